@@ -1,0 +1,233 @@
+"""The one typed configuration schema.
+
+A TOML file (sections below) plus `MAILGATE_<SECTION>_<KEY>` environment overrides,
+validated at start-up. Unknown keys and bad values raise ConfigError with one line
+naming the key and what was expected. docs/config.md is generated from this file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mailgate.errors import ConfigError
+
+ENV_PREFIX = "MAILGATE_"
+CONFIG_ENV = "MAILGATE_CONFIG"  # names the TOML file; not a setting itself
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    hostname: str = Field(
+        "localhost", description="Name used in the SMTP greeting, Received and Message-ID."
+    )
+    data_dir: str = Field("./data", description="Directory for the SQLite database and TLS files.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Logging threshold."
+    )
+
+
+class StoreConfig(_Section):
+    url: str = Field(
+        "",
+        description="Empty: SQLite at <data_dir>/mailgate.db. Or sqlite:///path or postgresql://…",
+    )
+    unsafe_no_fsync: bool = Field(
+        False,
+        description="Let SQLite acknowledge before the commit is on disk. Loses mail on power "
+        "failure; for throwaway test setups only.",
+    )
+    batch_max: int = Field(
+        1000, ge=1, le=100_000, description="Most writes folded into one group commit."
+    )
+    lease_seconds: float = Field(
+        300.0, gt=0, description="How long a worker's claim on recipients lasts before it returns."
+    )
+    pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per process.")
+
+
+class SmtpConfig(_Section):
+    enabled: bool = Field(True, description="Run the SMTP relay listener.")
+    host: str = Field("127.0.0.1", description="Address the SMTP listener binds.")
+    port: int = Field(2525, ge=0, le=65535, description="SMTP port (STARTTLS offered).")
+    tls_port: int = Field(
+        0, ge=0, le=65535, description="Implicit-TLS (SMTPS) port; 0 turns it off."
+    )
+    tls_cert: str = Field("", description="PEM certificate chain for STARTTLS / SMTPS.")
+    tls_key: str = Field("", description="PEM private key for STARTTLS / SMTPS.")
+    trusted_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Clients in these networks may relay without AUTH.",
+    )
+    allow_plaintext_auth: bool = Field(
+        False, description="Offer AUTH without TLS to non-loopback clients (unsafe)."
+    )
+    max_message_size: int = Field(
+        26_214_400, ge=1024, description="Largest message in bytes (advertised as SIZE)."
+    )
+    max_recipients: int = Field(100, ge=1, description="RCPT TO commands accepted per message.")
+    max_command_length: int = Field(
+        2048, ge=512, description="Longest command line in bytes, CRLF included."
+    )
+    max_connections: int = Field(1000, ge=1, description="Concurrent connections in total.")
+    max_connections_per_ip: int = Field(
+        100, ge=1, description="Concurrent connections from one address."
+    )
+    idle_timeout: float = Field(300.0, gt=0, description="Seconds to wait for a client command.")
+    session_timeout: float = Field(1800.0, gt=0, description="Longest whole session in seconds.")
+    max_auth_failures: int = Field(
+        3, ge=1, description="Failed AUTH attempts per connection before 421."
+    )
+    auth_failures_per_ip: int = Field(
+        10, ge=1, description="Failed AUTH attempts per IP per auth_failure_window before 421."
+    )
+    auth_failure_window: float = Field(
+        600.0, gt=0, description="Seconds over which failures per IP are counted."
+    )
+    max_unknown_commands: int = Field(
+        10, ge=1, description="Unknown or bad commands before the connection is closed."
+    )
+    dedupe_window: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds within which a repeated Message-ID from the same key is answered "
+        "with the first id instead of queued again; 0 turns it off.",
+    )
+    processes: int = Field(
+        1, ge=1, le=64, description="Ingress processes sharing the port (SO_REUSEPORT)."
+    )
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {net!r}") from exc
+        return value
+
+
+class HttpConfig(_Section):
+    enabled: bool = Field(True, description="Run the HTTP API.")
+    host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
+    port: int = Field(8025, ge=0, le=65535, description="HTTP API port.")
+    max_body_bytes: int = Field(
+        40 * 1024 * 1024, ge=1024, description="Largest request body in bytes (413 beyond)."
+    )
+    max_recipients: int = Field(
+        1000, ge=1, description="to + cc + bcc addresses per message (422 beyond)."
+    )
+    batch_max: int = Field(500, ge=1, le=10_000, description="Messages per batch request.")
+    rate_limit_per_second: float = Field(
+        0.0, ge=0, description="Requests per second per API key (429 beyond); 0 turns it off."
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Burst size of the per-key rate limit.")
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def store_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{self.data_dir / 'mailgate.db'}"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "server": ServerConfig,
+    "store": StoreConfig,
+    "smtp": SmtpConfig,
+    "http": HttpConfig,
+}
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        model = SECTIONS.get(section)
+        if model is None or key not in model.model_fields:
+            raise ConfigError(f"config: unknown environment setting {name}")
+        annotation = model.model_fields[key].annotation
+        value: Any = raw
+        if annotation == list[str]:
+            value = json.loads(raw) if raw.startswith("[") else [p for p in raw.split(",") if p]
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (if any), apply environment overrides, validate."""
+    env = dict(os.environ if environ is None else environ)
+    path = path or env.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path}: not valid TOML: {exc}") from None
+    for section, values in _env_overrides(env).items():
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config: {section}: expected a table")
+        target.update(values)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ConfigError(f"config: {where}: unknown setting") from None
+        got = first.get("input")
+        raise ConfigError(f"config: {where}: {first['msg']} (got {got!r})") from None
+
+
+def render_config_docs() -> str:
+    """docs/config.md, generated from the schema."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `src/mailgate/config.py` by `mailgate config-docs`; do not edit by hand.",
+        "",
+        "Settings live in a TOML file (`mailgate serve --config mailgate.toml`, or the",
+        "`MAILGATE_CONFIG` environment variable) under the section headers below. Any setting",
+        "can be overridden by an environment variable `MAILGATE_<SECTION>_<KEY>`, for example",
+        "`MAILGATE_SMTP_PORT=2526`; lists take commas or a JSON array. Unknown keys and bad",
+        "values stop start-up with one line naming the key (exit status 2).",
+        "",
+    ]
+    for section, model in SECTIONS.items():
+        lines += [f"## [{section}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, info in model.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            type_name = getattr(info.annotation, "__name__", str(info.annotation))
+            if str(info.annotation).startswith("typing.Literal"):
+                type_name = " \\| ".join(repr(a) for a in info.annotation.__args__)  # type: ignore[union-attr]
+            lines.append(
+                f"| `{key}` | {type_name} | `{json.dumps(default)}` | {info.description} |"
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""The nouns of mailgate: messages, recipients, events, API keys.
+
+Plain frozen dataclasses and closed enums. Nothing here does I/O and nothing here
+imports other mailgate modules.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None) -> str:
+    """A 26-character ULID: 48-bit milliseconds + 80 random bits, Crockford base32.
+
+    Sortable by creation time and URL-safe.
+    """
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+class Source(enum.StrEnum):
+    """Which door a message came through."""
+
+    HTTP = "http"  # POST /v1/messages and friends
+    SMTP = "smtp"  # the SMTP relay / submission listener
+    DSN = "dsn"  # a delivery status notification mailgate wrote itself
+
+
+class RecipientStatus(enum.StrEnum):
+    """Where one envelope recipient stands. Active statuses are claimable."""
+
+    QUEUED = "queued"  # accepted, not yet attempted (or scheduled for later)
+    DEFERRED = "deferred"  # attempted, got a temporary failure, will retry
+    DELIVERED = "delivered"  # the remote server answered 2xx after DATA
+    BOUNCED = "bounced"  # permanent failure (5xx, null MX, NXDOMAIN, policy)
+    EXPIRED = "expired"  # kept failing temporarily past the queue lifetime
+    CANCELLED = "cancelled"  # cancelled by a user before delivery
+    SUPPRESSED = "suppressed"  # on a suppression list; never attempted
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
+
+
+ACTIVE_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
+
+
+class EventKind(enum.StrEnum):
+    """What happened. Events are append-only."""
+
+    ACCEPTED = "accepted"  # message and recipients committed; ingress acknowledged
+    ATTEMPT = "attempt"  # a delivery attempt was made (details carry the reply)
+    DELIVERED = "delivered"  # recipient delivered
+    DEFERRED = "deferred"  # temporary failure, retry scheduled
+    BOUNCED = "bounced"  # permanent failure
+    EXPIRED = "expired"  # gave up after the queue lifetime
+    CANCELLED = "cancelled"  # cancelled by a user
+    SUPPRESSED = "suppressed"  # skipped because the address is suppressed
+    RETRY_NOW = "retry_now"  # an operator made a deferred recipient due immediately
+    LEASE_EXPIRED = "lease_expired"  # a worker's claim ran out and was taken again
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do."""
+
+    SEND = "send"  # submit mail over HTTP or SMTP AUTH
+    READ = "read"  # read its own messages and events
+    ADMIN = "admin"  # everything, including every key's messages
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A remote (or local) SMTP reply, kept as received."""
+
+    code: int
+    enhanced: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A request fingerprint kept with the message it produced, for replays."""
+
+    key: str
+    request_hash: str
+    response: str  # what the first request was answered (JSON text)
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message ready to be stored: bytes composed, envelope decided."""
+
+    raw: bytes
+    sender: str  # envelope MAIL FROM; "" for the null sender
+    recipients: tuple[str, ...]
+    source: Source
+    api_key_id: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    idempotency: Idempotency | None = None
+    message_id_header: str | None = None
+    subject: str | None = None
+    scheduled_at: float | None = None
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A stored message (without its bytes, which are fetched on demand)."""
+
+    id: str
+    sender: str
+    source: Source
+    api_key_id: str | None
+    tags: tuple[str, ...]
+    metadata: dict[str, str]
+    idempotency_key: str | None
+    message_id_header: str | None
+    subject: str | None
+    scheduled_at: float | None
+    created_at: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One envelope recipient of one message and its queue state."""
+
+    id: int
+    message_id: str
+    address: str
+    domain: str
+    status: RecipientStatus
+    attempts: int
+    next_attempt_at: float | None
+    lease_owner: str | None
+    last_reply: Reply | None
+    remote_host: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of a message's append-only history."""
+
+    id: int
+    message_id: str
+    recipient_id: int | None
+    kind: EventKind
+    at: float
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Due recipients of one domain, leased to one worker until lease_until."""
+
+    domain: str
+    owner: str
+    lease_until: float
+    recipients: tuple[Recipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The result of one attempt for one recipient, to be recorded with its event."""
+
+    recipient_id: int
+    status: RecipientStatus  # DELIVERED, DEFERRED, BOUNCED or EXPIRED
+    reply: Reply | None
+    remote_host: str | None = None
+    next_attempt_at: float | None = None  # for DEFERRED
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: never the secret, only its hash."""
+
+    id: str
+    name: str
+    scopes: frozenset[Scope]
+    sender_domains: tuple[str, ...]  # empty: any sender domain
+    created_at: float
+    revoked_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows_sender(self, domain: str) -> bool:
+        if not self.sender_domains:
+            return True
+        return domain.lower() in self.sender_domains
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """Filters for listing messages; cursor is the last id of the previous page."""
+
+    status: RecipientStatus | None = None
+    recipient: str | None = None
+    tag: str | None = None
+    since: float | None = None
+    until: float | None = None
+    api_key_id: str | None = None  # None: every key's messages (admin)
+    cursor: str | None = None
+    limit: int = 50
+
+
+def domain_of(address: str) -> str:
+    """The lowercased domain of an addr-spec (text after the last @)."""
+    return address.rpartition("@")[2].lower()

@@ -1,0 +1,247 @@
+"""The durable store: one interface, two implementations (SQLite, PostgreSQL).
+
+Every method that changes state returns only after its transaction is committed to
+disk. State changes of recipients write their event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from mailgate.models import (
+    ApiKey,
+    Claim,
+    Event,
+    EventKind,
+    Message,
+    MessageQuery,
+    NewMessage,
+    Recipient,
+    RecipientStatus,
+    Reply,
+    Scope,
+    Settlement,
+    Source,
+)
+
+
+class Store(Protocol):
+    """What the rest of mailgate may ask of storage."""
+
+    async def open(self) -> None:
+        """Connect, check durability settings, apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a write can be committed now."""
+
+    # messages -------------------------------------------------------------
+    async def enqueue(self, message: NewMessage) -> str:
+        """Store the message, one row per recipient and an `accepted` event, atomically.
+
+        Returns the message id. With message.idempotency set and that key already used
+        by the same API key (not expired), raises DuplicateIdempotencyKey instead.
+        """
+
+    async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        """Like enqueue for several messages, all in one transaction."""
+
+    async def get_message(self, message_id: str) -> Message | None: ...
+
+    async def get_raw(self, message_id: str) -> bytes | None: ...
+
+    async def recipients(self, message_id: str) -> list[Recipient]: ...
+
+    async def events(self, message_id: str) -> list[Event]: ...
+
+    async def list_messages(self, query: MessageQuery) -> list[Message]:
+        """Newest first; query.cursor is the last id of the previous page."""
+
+    async def idempotent_response(self, api_key_id: str | None, key: str) -> tuple[str, str] | None:
+        """(request_hash, response) stored for an unexpired idempotency key."""
+
+    # queue ----------------------------------------------------------------
+    async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
+        """Lease up to `limit` due recipients of one domain (the most overdue one)."""
+
+    async def settle(self, owner: str, settlements: Sequence[Settlement]) -> int:
+        """Record outcomes of leased recipients with their events; returns rows changed.
+
+        A settlement whose lease has passed to another owner is skipped (fencing).
+        """
+
+    async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
+        """Give leased recipients back, due at `now`, without counting an attempt."""
+
+    async def cancel(self, message_id: str, now: float) -> int:
+        """Cancel the message's active recipients; returns how many."""
+
+    async def retry_now(self, message_id: str, now: float) -> int:
+        """Make the message's active, unleased recipients due at `now`."""
+
+    async def status_counts(self) -> dict[RecipientStatus, int]: ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may be due (a NOTIFY, a local enqueue) or after timeout."""
+
+    # API keys -------------------------------------------------------------
+    async def add_key(self, key: ApiKey, secret_hash: str) -> None: ...
+
+    async def get_key(self, key_id: str) -> tuple[ApiKey, str] | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+
+EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
+    RecipientStatus.DELIVERED: EventKind.DELIVERED,
+    RecipientStatus.DEFERRED: EventKind.DEFERRED,
+    RecipientStatus.BOUNCED: EventKind.BOUNCED,
+    RecipientStatus.EXPIRED: EventKind.EXPIRED,
+    RecipientStatus.CANCELLED: EventKind.CANCELLED,
+    RecipientStatus.SUPPRESSED: EventKind.SUPPRESSED,
+}
+
+
+def settlement_details(s: Settlement) -> str:
+    details: dict[str, Any] = {}
+    if s.reply is not None:
+        details.update(code=s.reply.code, enhanced=s.reply.enhanced, text=s.reply.text)
+    if s.remote_host:
+        details["remote_host"] = s.remote_host
+    if s.next_attempt_at is not None:
+        details["next_attempt_at"] = s.next_attempt_at
+    return json.dumps(details)
+
+
+def message_rows(m: NewMessage) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...]]:
+    """(message row, recipient rows, accepted-event row) for an enqueue."""
+    due = m.scheduled_at if m.scheduled_at is not None else m.created_at
+    msg = (
+        m.id,
+        m.created_at,
+        m.sender,
+        m.source.value,
+        m.api_key_id,
+        json.dumps(list(m.tags)),
+        json.dumps(m.metadata),
+        m.idempotency_key,
+        m.message_id_header,
+        m.subject,
+        m.scheduled_at,
+        len(m.raw),
+        m.raw,
+    )
+    rcpts = [
+        (m.id, a, a.rpartition("@")[2].lower(), RecipientStatus.QUEUED.value, due, m.created_at)
+        for a in m.recipients
+    ]
+    event = (
+        m.id,
+        EventKind.ACCEPTED.value,
+        m.created_at,
+        json.dumps({"recipients": len(m.recipients), "size": len(m.raw), "source": m.source}),
+    )
+    return msg, rcpts, event
+
+
+MESSAGE_COLUMNS = (
+    "id, sender, source, api_key_id, tags, metadata, idempotency_key,"
+    " message_id_header, subject, scheduled_at, created_at, size"
+)
+RECIPIENT_COLUMNS = (
+    "id, message_id, address, domain, status, attempts, next_attempt_at, lease_owner,"
+    " last_code, last_enhanced, last_text, remote_host, updated_at"
+)
+EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details"
+KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
+
+
+def message_from_row(r: Sequence[Any]) -> Message:
+    return Message(
+        id=r[0],
+        sender=r[1],
+        source=Source(r[2]),
+        api_key_id=r[3],
+        tags=tuple(json.loads(r[4])),
+        metadata=json.loads(r[5]),
+        idempotency_key=r[6],
+        message_id_header=r[7],
+        subject=r[8],
+        scheduled_at=r[9],
+        created_at=r[10],
+        size=r[11],
+    )
+
+
+def recipient_from_row(r: Sequence[Any]) -> Recipient:
+    reply = Reply(r[8], r[9], r[10] or "") if r[8] is not None else None
+    return Recipient(
+        id=r[0],
+        message_id=r[1],
+        address=r[2],
+        domain=r[3],
+        status=RecipientStatus(r[4]),
+        attempts=r[5],
+        next_attempt_at=r[6],
+        lease_owner=r[7],
+        last_reply=reply,
+        remote_host=r[11],
+        updated_at=r[12],
+    )
+
+
+def event_from_row(r: Sequence[Any]) -> Event:
+    return Event(
+        id=r[0],
+        message_id=r[1],
+        recipient_id=r[2],
+        kind=EventKind(r[3]),
+        at=r[4],
+        details=json.loads(r[5]),
+    )
+
+
+def key_from_row(r: Sequence[Any]) -> tuple[ApiKey, str]:
+    key = ApiKey(
+        id=r[0],
+        name=r[1],
+        scopes=frozenset(Scope(s) for s in r[2].split(",") if s),
+        sender_domains=tuple(d for d in r[3].split(",") if d),
+        created_at=r[4],
+        revoked_at=r[5],
+    )
+    return key, r[6]
+
+
+def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
+    return (
+        key.id,
+        key.name,
+        secret_hash,
+        ",".join(sorted(s.value for s in key.scopes)),
+        ",".join(key.sender_domains),
+        key.created_at,
+        key.revoked_at,
+    )
+
+
+def open_store(url: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000,
+               pool_size: int = 8) -> Store:
+    """The store named by `url` (sqlite:///path or postgresql://...), not yet opened."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from mailgate.store.postgres import PostgresStore
+
+        return PostgresStore(url, batch_max=batch_max, pool_size=pool_size)
+    if url.startswith("sqlite:///"):
+        from mailgate.store.sqlite import SqliteStore
+
+        return SqliteStore(url[len("sqlite:///") :], unsafe_no_fsync=unsafe_no_fsync,
+                           batch_max=batch_max)
+    from mailgate.errors import ConfigError
+
+    raise ConfigError(f"config: store.url: expected sqlite:///path or postgresql://…, got {url!r}")

@@ -1,0 +1,253 @@
+"""The store contract: every test runs against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from mailgate.errors import DuplicateIdempotencyKey
+from mailgate.models import (
+    EventKind,
+    Idempotency,
+    MessageQuery,
+    NewMessage,
+    RecipientStatus,
+    Reply,
+    Scope,
+    Settlement,
+    Source,
+)
+from mailgate.store import Store
+
+RAW = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def message(*rcpts: str, **kw: object) -> NewMessage:
+    return NewMessage(
+        raw=kw.pop("raw", RAW),  # type: ignore[arg-type]
+        sender="a@example.org",
+        recipients=rcpts or ("b@example.com",),
+        source=Source.HTTP,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_enqueue_stores_message_recipients_and_accepted_event(store: Store) -> None:
+    m = message("x@one.test", "y@two.test", tags=("t1",), metadata={"k": "v"})
+    assert await store.enqueue(m) == m.id
+    got = await store.get_message(m.id)
+    assert got is not None
+    assert (got.sender, got.source, got.tags, got.metadata, got.size) == (
+        "a@example.org", Source.HTTP, ("t1",), {"k": "v"}, len(RAW)
+    )
+    assert await store.get_raw(m.id) == RAW
+    rcpts = await store.recipients(m.id)
+    assert [(r.address, r.domain, r.status) for r in rcpts] == [
+        ("x@one.test", "one.test", RecipientStatus.QUEUED),
+        ("y@two.test", "two.test", RecipientStatus.QUEUED),
+    ]
+    events = await store.events(m.id)
+    assert [e.kind for e in events] == [EventKind.ACCEPTED]
+    assert events[0].details["recipients"] == 2
+
+
+async def test_concurrent_enqueues_all_commit(store: Store) -> None:
+    msgs = [message(f"r{i}@d{i % 3}.test") for i in range(300)]
+    ids = await asyncio.gather(*(store.enqueue(m) for m in msgs))
+    assert ids == [m.id for m in msgs]
+    counts = await store.status_counts()
+    assert counts[RecipientStatus.QUEUED] == 300
+
+
+async def test_raw_bytes_are_kept_exactly(store: Store) -> None:
+    raw = bytes(range(256)) * 40 + b"\r\n.\r\n\x00"
+    m = message(raw=raw)
+    await store.enqueue(m)
+    assert await store.get_raw(m.id) == raw
+
+
+async def test_enqueue_many_is_one_transaction(store: Store) -> None:
+    first = message("a@x.test", idempotency=Idempotency("k1", "h", "{}", time.time() + 60))
+    await store.enqueue(first)
+    batch = [message("b@x.test"), message("c@x.test", idempotency=Idempotency(
+        "k1", "h2", "{}", time.time() + 60))]
+    with pytest.raises(DuplicateIdempotencyKey):
+        await store.enqueue_many(batch)
+    assert await store.get_message(batch[0].id) is None  # nothing half-written
+    ok = [message("d@x.test"), message("e@x.test")]
+    assert await store.enqueue_many(ok) == [m.id for m in ok]
+
+
+async def test_idempotency_key_replays_until_expiry(store: Store) -> None:
+    now = time.time()
+    a = message(api_key_id="K", idempotency=Idempotency("key", "hash-a", '{"id":1}', now + 60))
+    await store.enqueue(a)
+    b = message(api_key_id="K", idempotency=Idempotency("key", "hash-b", '{"id":2}', now + 60))
+    with pytest.raises(DuplicateIdempotencyKey) as info:
+        await store.enqueue(b)
+    assert info.value.message_id == a.id
+    assert await store.idempotent_response("K", "key") == ("hash-a", '{"id":1}')
+    other_key = message(api_key_id="L", idempotency=Idempotency("key", "x", "{}", now + 60))
+    assert await store.enqueue(other_key) == other_key.id  # keys are per API key
+    # an expired entry is taken over by a new request
+    c = message(api_key_id="K", idempotency=Idempotency("old", "h", "{}", now - 1),
+                created_at=now - 120)
+    await store.enqueue(c)
+    d = message(api_key_id="K", idempotency=Idempotency("old", "h2", "{}", now + 60))
+    assert await store.enqueue(d) == d.id
+
+
+async def test_claim_groups_by_domain_and_leases(store: Store) -> None:
+    now = time.time()
+    for i in range(5):
+        await store.enqueue(message(f"u{i}@alpha.test", f"v{i}@beta.test", created_at=now - 10))
+    claim = await store.claim("w1", now, 100, 60)
+    assert claim is not None
+    assert {r.domain for r in claim.recipients} == {claim.domain}
+    assert len(claim.recipients) == 5
+    other = await store.claim("w2", now, 100, 60)
+    assert other is not None and other.domain != claim.domain
+    assert await store.claim("w3", now, 100, 60) is None  # everything is leased
+
+
+async def test_claim_skips_future_and_scheduled(store: Store) -> None:
+    now = time.time()
+    await store.enqueue(message("later@x.test", scheduled_at=now + 3600))
+    assert await store.claim("w", now, 10, 60) is None
+    claim = await store.claim("w", now + 3601, 10, 60)
+    assert claim is not None and claim.recipients[0].address == "later@x.test"
+
+
+async def test_expired_lease_is_claimed_again_and_stale_owner_is_fenced(store: Store) -> None:
+    now = time.time()
+    m = message("r@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    first = await store.claim("dead-worker", now, 10, 30)
+    assert first is not None
+    assert await store.claim("w2", now + 29, 10, 30) is None
+    second = await store.claim("w2", now + 31, 10, 30)
+    assert second is not None and second.recipients[0].id == first.recipients[0].id
+    rid = first.recipients[0].id
+    stale = Settlement(rid, RecipientStatus.DELIVERED, Reply(250, "2.0.0", "ok"))
+    assert await store.settle("dead-worker", [stale]) == 0  # lease moved on
+    assert await store.settle("w2", [stale]) == 1
+    kinds = [e.kind for e in await store.events(m.id)]
+    assert kinds == [EventKind.ACCEPTED, EventKind.LEASE_EXPIRED, EventKind.DELIVERED]
+
+
+async def test_settle_records_each_outcome_with_its_event(store: Store) -> None:
+    now = time.time()
+    m = message("a@x.test", "b@x.test", "c@x.test", "d@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    claim = await store.claim("w", now, 10, 60)
+    assert claim is not None
+    a, b, c, d = claim.recipients
+    n = await store.settle("w", [
+        Settlement(a.id, RecipientStatus.DELIVERED, Reply(250, "2.0.0", "ok"), "mx.x.test"),
+        Settlement(b.id, RecipientStatus.DEFERRED, Reply(451, "4.3.0", "later"), "mx.x.test",
+                   next_attempt_at=now + 300),
+        Settlement(c.id, RecipientStatus.BOUNCED, Reply(550, "5.1.1", "no such user")),
+        Settlement(d.id, RecipientStatus.EXPIRED, Reply(451, "4.4.7", "too old")),
+    ])
+    assert n == 4
+    by_addr = {r.address: r for r in await store.recipients(m.id)}
+    assert by_addr["a@x.test"].status is RecipientStatus.DELIVERED
+    assert by_addr["a@x.test"].remote_host == "mx.x.test"
+    assert by_addr["b@x.test"].status is RecipientStatus.DEFERRED
+    assert by_addr["b@x.test"].next_attempt_at == pytest.approx(now + 300)
+    assert by_addr["b@x.test"].last_reply == Reply(451, "4.3.0", "later")
+    assert by_addr["c@x.test"].status is RecipientStatus.BOUNCED
+    assert by_addr["d@x.test"].status is RecipientStatus.EXPIRED
+    assert all(r.attempts == 1 for r in by_addr.values())
+    kinds = sorted(e.kind for e in await store.events(m.id))
+    assert kinds == sorted([EventKind.ACCEPTED, EventKind.DELIVERED, EventKind.DEFERRED,
+                            EventKind.BOUNCED, EventKind.EXPIRED])
+    # deferred comes back when due; final ones never do
+    again = await store.claim("w", now + 301, 10, 60)
+    assert again is not None and [r.address for r in again.recipients] == ["b@x.test"]
+
+
+async def test_release_makes_work_due_without_an_attempt(store: Store) -> None:
+    now = time.time()
+    m = message("a@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    claim = await store.claim("w", now, 10, 600)
+    assert claim is not None
+    assert await store.release("w", [r.id for r in claim.recipients], now) == 1
+    again = await store.claim("w2", now, 10, 600)
+    assert again is not None and again.recipients[0].attempts == 0
+
+
+async def test_cancel_and_retry_now(store: Store) -> None:
+    now = time.time()
+    m = message("a@x.test", "b@x.test", scheduled_at=now + 999)
+    await store.enqueue(m)
+    assert await store.retry_now(m.id, now) == 2
+    claim = await store.claim("w", now, 10, 60)
+    assert claim is not None and len(claim.recipients) == 2
+    m2 = message("c@y.test", scheduled_at=now + 999)
+    await store.enqueue(m2)
+    assert await store.cancel(m2.id, now) == 1
+    assert (await store.recipients(m2.id))[0].status is RecipientStatus.CANCELLED
+    assert await store.cancel(m2.id, now) == 0
+    assert [e.kind for e in await store.events(m2.id)][-1] is EventKind.CANCELLED
+
+
+async def test_list_messages_filters_and_cursor(store: Store) -> None:
+    now = time.time()
+    ids = []
+    for i in range(7):
+        m = message(f"r{i}@x.test", tags=("even",) if i % 2 == 0 else ("odd",),
+                    api_key_id="K1" if i < 5 else "K2", created_at=now + i)
+        await store.enqueue(m)
+        ids.append(m.id)
+    page1 = await store.list_messages(MessageQuery(limit=3))
+    assert [m.id for m in page1] == ids[::-1][:3]
+    page2 = await store.list_messages(MessageQuery(limit=3, cursor=page1[-1].id))
+    assert [m.id for m in page2] == ids[::-1][3:6]
+    assert {m.id for m in await store.list_messages(MessageQuery(tag="odd"))} == {
+        ids[1], ids[3], ids[5]}
+    assert [m.id for m in await store.list_messages(MessageQuery(recipient="r2@x.test"))] == [
+        ids[2]]
+    assert len(await store.list_messages(MessageQuery(api_key_id="K2"))) == 2
+    since = await store.list_messages(MessageQuery(since=now + 5))
+    assert [m.id for m in since] == [ids[6], ids[5]]
+    until = await store.list_messages(MessageQuery(until=now + 1))
+    assert [m.id for m in until] == [ids[0]]
+    claim = await store.claim("w", now + 100, 1, 60)
+    assert claim is not None
+    await store.settle("w", [Settlement(claim.recipients[0].id, RecipientStatus.DELIVERED,
+                                        Reply(250, None, "ok"))])
+    delivered = await store.list_messages(MessageQuery(status=RecipientStatus.DELIVERED))
+    assert [m.id for m in delivered] == [claim.recipients[0].message_id]
+
+
+async def test_api_keys_round_trip_and_revoke(store: Store) -> None:
+    from mailgate import keys
+
+    key, secret = await keys.create_key(store, "ci", [Scope.SEND], ["Example.org"])
+    got = await keys.authenticate(store, secret)
+    assert got is not None and got.id == key.id
+    assert got.sender_domains == ("example.org",) and got.scopes == frozenset([Scope.SEND])
+    assert await keys.authenticate(store, secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert await keys.authenticate(store, "mg_nonsense") is None
+    assert [k.id for k in await store.list_keys()] == [key.id]
+    assert await store.revoke_key(key.id, time.time())
+    assert await keys.authenticate(store, secret) is None
+    stored = await store.get_key(key.id)
+    assert stored is not None and secret not in stored[1]
+
+
+async def test_ping_commits(store: Store) -> None:
+    await store.ping()
+
+
+async def test_wait_for_work_wakes_on_enqueue(store: Store) -> None:
+    waiter = asyncio.create_task(store.wait_for_work(10))
+    await asyncio.sleep(0.3)  # let a PostgreSQL listener connect first
+    started = time.monotonic()
+    await store.enqueue(message())
+    await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - started < 5
