@@ -1,0 +1,136 @@
+"""The only place that wires everything: store, SMTP relay, HTTP API, workers.
+
+`mailgate serve` runs one `App`; each component is an asyncio task. Roles choose the
+components, so several processes or machines can share one PostgreSQL store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import enum
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from mailgate.config import Config
+from mailgate.errors import ConfigError
+from mailgate.ingress.smtp_relay import SmtpRelay
+from mailgate.store import Store, open_store
+
+log = logging.getLogger("mailgate")
+
+
+class Role(enum.StrEnum):
+    """What one mailgate process runs."""
+
+    ALL = "all"  # everything in one process (the default)
+    API = "api"  # the HTTP API only
+    SMTP = "smtp"  # the SMTP relay only
+    WORKER = "worker"  # delivery workers only
+
+
+def make_store(config: Config) -> Store:
+    return open_store(
+        config.store_url,
+        unsafe_no_fsync=config.store.unsafe_no_fsync,
+        batch_max=config.store.batch_max,
+        pool_size=config.store.pool_size,
+    )
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    cert, key = config.smtp.tls_cert, config.smtp.tls_key
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("config: smtp.tls_cert and smtp.tls_key must be set together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"config: smtp.tls_cert / smtp.tls_key: cannot load: {exc}") from None
+    return ctx
+
+
+def write_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """A self-signed certificate for development (`mailgate init`)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "tls-cert.pem", directory / "tls-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class App:
+    """One running mailgate process."""
+
+    def __init__(self, config: Config, role: Role = Role.ALL) -> None:
+        self.config = config
+        self.role = role
+        self.store: Store | None = None
+        self.smtp: SmtpRelay | None = None
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def wants(self, role: Role) -> bool:
+        return self.role in (Role.ALL, role)
+
+    async def start(self) -> None:
+        cfg = self.config
+        ctx = tls_context(cfg)
+        self.store = make_store(cfg)
+        await self.store.open()
+        if self.wants(Role.SMTP) and cfg.smtp.enabled:
+            self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx)
+            await self.smtp.start(reuse_port=cfg.smtp.processes > 1)
+            log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        """Stop accepting, finish or release work in flight, close the store."""
+        if self.smtp is not None:
+            await self.smtp.stop()
+        if self.store is not None:
+            await self.store.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.start()
+            await self.stopping.wait()
+            log.info("stopping")
+        finally:
+            await self.stop()

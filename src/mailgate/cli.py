@@ -1,0 +1,289 @@
+"""The `mailgate` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mailgate import keys as api_keys
+from mailgate.app import App, Role, make_store, write_self_signed
+from mailgate.config import Config, load_config, render_config_docs
+from mailgate.errors import ConfigError, MailgateError, StoreError
+from mailgate.models import MessageQuery, RecipientStatus, Scope
+from mailgate.store import Store
+
+T = TypeVar("T")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="mailgate: a self-hosted email API.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
+queue_app = typer.Typer(no_args_is_help=True, help="Look at and steer the delivery queue.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(queue_app, name="queue")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: $MAILGATE_CONFIG)."),
+]
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on uvloop; turn expected errors into one line and an exit code."""
+    try:
+        import uvloop
+
+        return uvloop.run(fn())  # type: ignore[no-any-return]
+    except ConfigError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    except StoreError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except MailgateError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _config(path: Path | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+async def _with_store(config: Config, fn: Callable[[Store], Awaitable[T]]) -> T:
+    store = make_store(config)
+    await store.open()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    role: Annotated[Role, typer.Option(help="Which components this process runs.")] = Role.ALL,
+) -> None:
+    """Run mailgate (SMTP relay, HTTP API, delivery) until SIGTERM / SIGINT."""
+    cfg = _config(config)
+    logging.basicConfig(
+        level=cfg.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _run(App(cfg, role).run)
+
+
+@app.command()
+def migrate(config: ConfigOpt = None) -> None:
+    """Create or upgrade the database schema."""
+    cfg = _config(config)
+
+    async def run(store: Store) -> None:
+        return None
+
+    _run(lambda: _with_store(cfg, run))
+    out.print(f"schema is current: {cfg.store_url.split('@')[-1]}")
+
+
+@app.command("check-config")
+def check_config(config: ConfigOpt = None) -> None:
+    """Validate the configuration and print it."""
+    cfg = _config(config)
+    out.print_json(cfg.model_dump_json())
+
+
+@app.command("config-docs")
+def config_docs(
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print docs/config.md, generated from the config schema."""
+    text = render_config_docs()
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write mailgate.toml.")] = Path(
+        "."
+    ),
+    hostname: Annotated[str, typer.Option(help="This server's name.")] = "localhost",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing mailgate.toml.")] = False,
+) -> None:
+    """Write a config with safe defaults, a development TLS pair and the first admin key."""
+    path = directory / "mailgate.toml"
+    if path.exists() and not force:
+        err.print(f"{path} exists; use --force to overwrite", markup=False)
+        raise typer.Exit(1)
+    data_dir = (directory / "data").resolve()
+    cert, key = write_self_signed(data_dir / "tls", hostname)
+    path.write_text(
+        "# mailgate configuration; every key is documented in docs/config.md\n"
+        f'[server]\nhostname = "{hostname}"\ndata_dir = "{data_dir}"\n\n'
+        '[smtp]\nhost = "127.0.0.1"\nport = 2525\n'
+        f'tls_cert = "{cert}"\ntls_key = "{key}"\n\n'
+        '[http]\nhost = "127.0.0.1"\nport = 8025\n'
+    )
+    cfg = _config(path)
+
+    async def run(store: Store) -> str:
+        _, secret = await api_keys.create_key(store, "admin", [Scope.ADMIN, Scope.SEND, Scope.READ])
+        return secret
+
+    secret = _run(lambda: _with_store(cfg, run))
+    out.print(f"wrote {path}")
+    out.print("admin API key (shown once, store it now):")
+    print(secret)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key.")],
+    scope: Annotated[str, typer.Option(help="Comma-separated: send,read,admin.")] = "send",
+    sender_domain: Annotated[
+        list[str] | None, typer.Option(help="Limit MAIL FROM / From: to this domain (repeatable).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key; its secret is printed once and only its hash is stored."""
+    cfg = _config(config)
+    try:
+        scopes = [Scope(s.strip()) for s in scope.split(",") if s.strip()]
+    except ValueError:
+        err.print(f"--scope: expected send, read or admin, got {scope!r}", markup=False)
+        raise typer.Exit(2) from None
+    if not scopes:
+        err.print("--scope: give at least one of send, read, admin", markup=False)
+        raise typer.Exit(2)
+
+    async def run(store: Store) -> str:
+        key, secret = await api_keys.create_key(store, name, scopes, sender_domain or [])
+        err.print(f"created key {key.id} ({name}); the secret is shown once:")
+        return secret
+
+    print(_run(lambda: _with_store(cfg, run)))
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """List keys (never their secrets)."""
+    cfg = _config(config)
+    found = _run(lambda: _with_store(cfg, lambda s: s.list_keys()))
+    table = Table("id", "name", "scopes", "sender domains", "created", "revoked")
+    for k in found:
+        table.add_row(k.id, k.name, ",".join(sorted(k.scopes)), ",".join(k.sender_domains) or "any",
+                      _time(k.created_at), _time(k.revoked_at))
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
+    """Revoke a key; it stops working at once."""
+    cfg = _config(config)
+    done = _run(lambda: _with_store(cfg, lambda s: s.revoke_key(key_id, _now())))
+    if not done:
+        err.print(f"no active key {key_id}", markup=False)
+        raise typer.Exit(1)
+    out.print(f"revoked {key_id}")
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+@queue_app.command("list")
+def queue_list(
+    status: Annotated[RecipientStatus | None, typer.Option(help="Only messages with a recipient in this status.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    config: ConfigOpt = None,
+) -> None:
+    """List recent messages with their recipients' statuses."""
+    cfg = _config(config)
+
+    async def run(store: Store) -> tuple[list[list[str]], dict[RecipientStatus, int]]:
+        rows = []
+        for m in await store.list_messages(MessageQuery(status=status, limit=limit)):
+            rcpts = await store.recipients(m.id)
+            summary = ", ".join(f"{r.address}:{r.status}" for r in rcpts[:3])
+            if len(rcpts) > 3:
+                summary += f" (+{len(rcpts) - 3})"
+            rows.append([m.id, _time(m.created_at), m.source, m.sender or "<>", summary])
+        return rows, await store.status_counts()
+
+    rows, counts = _run(lambda: _with_store(cfg, run))
+    table = Table("id", "created (UTC)", "source", "from", "recipients")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print("  ".join(f"{s}: {n}" for s, n in counts.items()))
+
+
+@queue_app.command("show")
+def queue_show(message_id: str, config: ConfigOpt = None) -> None:
+    """One message: recipients and its event timeline."""
+    cfg = _config(config)
+
+    async def run(store: Store):  # type: ignore[no-untyped-def]
+        return (await store.get_message(message_id), await store.recipients(message_id),
+                await store.events(message_id))
+
+    message, rcpts, events = _run(lambda: _with_store(cfg, run))
+    if message is None:
+        err.print(f"no message {message_id}", markup=False)
+        raise typer.Exit(1)
+    out.print(f"message {message.id}  from <{message.sender}>  {message.size} bytes  "
+              f"via {message.source}  subject: {message.subject or '-'}")
+    table = Table("recipient", "status", "attempts", "next attempt", "last reply", "host")
+    for r in rcpts:
+        reply = f"{r.last_reply.code} {r.last_reply.text}" if r.last_reply else "-"
+        table.add_row(r.address, r.status, str(r.attempts), _time(r.next_attempt_at), reply,
+                      r.remote_host or "-")
+    out.print(table)
+    timeline = Table("time (UTC)", "event", "recipient", "details")
+    for e in events:
+        timeline.add_row(_time(e.at), e.kind, str(e.recipient_id or "-"), str(e.details))
+    out.print(timeline)
+
+
+@queue_app.command("retry")
+def queue_retry(message_id: str, config: ConfigOpt = None) -> None:
+    """Make a message's waiting recipients due now."""
+    cfg = _config(config)
+    n = _run(lambda: _with_store(cfg, lambda s: s.retry_now(message_id, _now())))
+    out.print(f"{n} recipient(s) due now")
+
+
+@queue_app.command("cancel")
+def queue_cancel(message_id: str, config: ConfigOpt = None) -> None:
+    """Cancel a message's recipients that are not delivered yet."""
+    cfg = _config(config)
+    n = _run(lambda: _with_store(cfg, lambda s: s.cancel(message_id, _now())))
+    out.print(f"{n} recipient(s) cancelled")
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["main"]

@@ -1,0 +1,641 @@
+"""The SMTP relay listener: a lean asyncio protocol in front of the one door.
+
+Why not aiosmtpd: its DATA path reads line by line through a StreamReader, which
+measured 257 msg/s for 100 KB mail here with no storage at all. This protocol keeps
+one bytearray per connection and finds the end of DATA with one `find` per chunk,
+so large mail costs a few memory copies, not a Python call per line.
+
+The 250 after the final dot is sent only after accept() has returned, i.e. after
+the message is committed. Each connection is one `Session`; `SmtpRelay` owns the
+listening sockets and the connection limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import logging
+import ssl
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from mailgate import keys
+from mailgate.config import SmtpConfig
+from mailgate.errors import StoreUnavailable
+from mailgate.ingress.accept import accept
+from mailgate.ingress.smtp_rules import (
+    Path,
+    SmtpReply,
+    added_headers,
+    data_problem,
+    header_facts,
+    parse_path,
+    unstuff,
+)
+from mailgate.models import ApiKey, Idempotency, NewMessage, Scope, Source, domain_of, new_id
+from mailgate.store import Store
+
+log = logging.getLogger("mailgate.smtp")
+
+READ_LIMIT = 1 << 20  # pause reading when this much is buffered and not yet handled
+# Commands after which a client must wait for our reply (RFC 2920 section 3.1).
+SYNC_VERBS = {"EHLO", "HELO", "STARTTLS", "QUIT"}
+
+
+class _Closed(Exception):
+    """The connection is gone or was closed by us; stop the session quietly."""
+
+
+@dataclass
+class RelayState:
+    """What all connections share: counters for limits and AUTH failures per IP."""
+
+    total: int = 0
+    per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    auth_failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    accepting: bool = True
+
+    def recent_failures(self, ip: str, window: float, now: float) -> int:
+        q = self.auth_failures[ip]
+        while q and q[0] < now - window:
+            q.popleft()
+        if not q:
+            del self.auth_failures[ip]
+            return 0
+        return len(q)
+
+
+class Session(asyncio.Protocol):
+    """One SMTP connection."""
+
+    def __init__(self, relay: SmtpRelay, *, implicit_tls: bool = False) -> None:
+        self.relay = relay
+        self.cfg = relay.cfg
+        self.buf = bytearray()
+        self.more = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.paused = False
+        self.out: list[bytes] = []
+        self.client_ip = "unknown"
+        self.tls = implicit_tls
+        self.esmtp = False
+        self.helo: str | None = None
+        self.key: ApiKey | None = None
+        self.auth_failures = 0
+        self.bad_commands = 0
+        self.task: asyncio.Task[None] | None = None
+        self.counted = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.mail_from: str | None = None
+        self.rcpts: list[str] = []
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        tr = cast(asyncio.Transport, transport)
+        if self.transport is not None:  # start_tls hands us the TLS transport
+            self.transport = tr
+            return
+        self.transport = tr
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "unknown"
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.relay.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.more.set()
+        if len(self.buf) > READ_LIMIT and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        self.more.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.more.set()
+        self.relay.sessions.discard(self)
+
+    # -- output ------------------------------------------------------------------
+    def reply(self, r: SmtpReply) -> None:
+        text = f"{r.enhanced} {r.text}" if self.esmtp and r.enhanced else r.text
+        self.out.append(f"{r.code} {text}\r\n".encode())
+
+    def raw_reply(self, line: str) -> None:
+        self.out.append(line.encode() + b"\r\n")
+
+    def flush(self) -> None:
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def close_with(self, r: SmtpReply) -> None:
+        self.reply(r)
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        raise _Closed
+
+    # -- input ---------------------------------------------------------------------
+    def _resume(self) -> None:
+        if self.paused and len(self.buf) < READ_LIMIT // 2 and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def _wait_more(self, deadline: float) -> None:
+        self.flush()
+        if self.closed:
+            raise _Closed
+        self.more.clear()
+        self._resume()
+        timeout = min(self.cfg.idle_timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            self.close_with(SmtpReply(421, "4.4.2", "Session time limit exceeded"))
+        try:
+            await asyncio.wait_for(self.more.wait(), timeout)
+        except TimeoutError:
+            self.close_with(SmtpReply(421, "4.4.2", "Timeout exceeded, closing"))
+
+    async def read_line(self, deadline: float) -> bytes | None:
+        """The next command line without its line end; None when it was too long."""
+        limit = self.cfg.max_command_length
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self.buf[:nl])
+                del self.buf[: nl + 1]
+                if len(line) + 1 > limit:
+                    return None
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self.buf) > limit:  # discard the overlong line as it streams in
+                self.buf.clear()
+                await self._skip_line(deadline)
+                return None
+            await self._wait_more(deadline)
+
+    async def _skip_line(self, deadline: float) -> None:
+        while True:
+            await self._wait_more(deadline)
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                del self.buf[: nl + 1]
+                return
+            self.buf.clear()
+
+    async def read_data(self, deadline: float) -> tuple[bytes | None, int]:
+        """The DATA section up to CRLF.CRLF, unstuffed; (None, size) when over the limit.
+
+        Past the size limit only the last four bytes are kept, so memory stays flat
+        while an oversized stream is refused.
+        """
+        limit = self.cfg.max_message_size
+        if self.buf.startswith(b".\r\n"):
+            del self.buf[:3]
+            return b"", 0
+        scanned = 0
+        dropped = 0
+        while True:
+            end = self.buf.find(b"\r\n.\r\n", max(0, scanned - 4))
+            if end >= 0:
+                size = dropped + end + 2
+                if dropped:
+                    del self.buf[: end + 5]
+                    return None, size
+                data = bytes(self.buf[: end + 2])
+                del self.buf[: end + 5]
+                return unstuff(data), size
+            scanned = len(self.buf)
+            if dropped or scanned > limit + 5:
+                keep = self.buf[-4:]
+                dropped += len(self.buf) - len(keep)
+                self.buf[:] = keep
+                scanned = len(self.buf)
+            await self._wait_more(deadline)
+
+    # -- the session ----------------------------------------------------------------
+    async def _run(self) -> None:
+        relay = self.relay
+        counted = False
+        try:
+            if not relay.state.accepting:
+                self.close_with(SmtpReply(421, "4.3.2", "Service shutting down, try later"))
+            if relay.state.total >= self.cfg.max_connections:
+                self.close_with(SmtpReply(421, "4.3.2", "Too many connections, try later"))
+            if relay.state.per_ip[self.client_ip] >= self.cfg.max_connections_per_ip:
+                self.close_with(SmtpReply(421, "4.3.2", "Too many connections from your address"))
+            relay.state.total += 1
+            relay.state.per_ip[self.client_ip] += 1
+            counted = True
+            self.raw_reply(f"220 {relay.hostname} ESMTP mailgate")
+            deadline = time.monotonic() + self.cfg.session_timeout
+            while True:
+                line = await self.read_line(deadline)
+                await self._command(line, deadline)
+        except _Closed:
+            pass
+        except Exception:  # never leak internals; log and end politely
+            log.exception("smtp session from %s failed", self.client_ip)
+            try:
+                self.close_with(SmtpReply(421, "4.3.0", "Internal error, closing connection"))
+            except _Closed:
+                pass
+        finally:
+            if counted:
+                relay.state.total -= 1
+                relay.state.per_ip[self.client_ip] -= 1
+                if relay.state.per_ip[self.client_ip] <= 0:
+                    del relay.state.per_ip[self.client_ip]
+            if self.transport is not None and not self.transport.is_closing():
+                self.flush()
+                self.transport.close()
+
+    async def _command(self, line: bytes | None, deadline: float) -> None:
+        if line is None:
+            self._bad(SmtpReply(500, "5.5.2", "Line too long"))
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad(SmtpReply(500, "5.5.2", "Command is not valid UTF-8"))
+            return
+        verb, _, arg = text.partition(" ")
+        verb = verb.upper()
+        if verb in SYNC_VERBS and self.buf and verb != "QUIT":
+            self.close_with(SmtpReply(554, "5.5.0", "Improper command pipelining"))
+        handler: Callable[[str], object] | None = getattr(self, f"smtp_{verb}", None)
+        if handler is None or "\x00" in text:
+            self._bad(SmtpReply(500, "5.5.2", "Command not recognized"))
+            return
+        result = handler(arg.strip())
+        if asyncio.iscoroutine(result):
+            await result
+
+    def _bad(self, r: SmtpReply) -> None:
+        self.bad_commands += 1
+        if self.bad_commands > self.cfg.max_unknown_commands:
+            self.close_with(SmtpReply(421, "4.7.0", "Too many errors, closing connection"))
+        self.reply(r)
+
+    # -- verbs (RFC spelling) ------------------------------------------------------------
+    def _ehlo_lines(self) -> list[str]:
+        lines = [
+            self.relay.hostname,
+            f"SIZE {self.cfg.max_message_size}",
+            "PIPELINING",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.relay.tls_context is not None and not self.tls:
+            lines.append("STARTTLS")
+        if self._auth_offered() and self.key is None:
+            lines.append("AUTH PLAIN LOGIN")
+        return lines
+
+    def _auth_offered(self) -> bool:
+        return self.tls or self.cfg.allow_plaintext_auth or self.relay.is_loopback(self.client_ip)
+
+    def smtp_EHLO(self, arg: str) -> None:
+        if not arg:
+            self.reply(SmtpReply(501, "5.5.4", "Syntax: EHLO hostname"))
+            return
+        self.esmtp = True
+        self.helo = arg.split()[0][:255]
+        self._reset()
+        lines = self._ehlo_lines()
+        for line in lines[:-1]:
+            self.raw_reply(f"250-{line}")
+        self.raw_reply(f"250 {lines[-1]}")
+
+    def smtp_HELO(self, arg: str) -> None:
+        if not arg:
+            self.reply(SmtpReply(501, "5.5.4", "Syntax: HELO hostname"))
+            return
+        self.esmtp = False
+        self.helo = arg.split()[0][:255]
+        self._reset()
+        self.raw_reply(f"250 {self.relay.hostname}")
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        ctx = self.relay.tls_context
+        if ctx is None or self.tls:
+            self.reply(SmtpReply(503 if self.tls else 454, "5.5.1" if self.tls else "4.7.0",
+                                 "TLS already active" if self.tls else "TLS not available"))
+            return
+        if arg:
+            self.reply(SmtpReply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        self.reply(SmtpReply(220, "2.0.0", "Ready to start TLS"))
+        self.flush()
+        self.buf.clear()  # RFC 3207: nothing sent before the handshake may be used after it
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await asyncio.wait_for(
+                loop.start_tls(self.transport, self, ctx, server_side=True), self.cfg.idle_timeout
+            )
+        except (ssl.SSLError, OSError, TimeoutError, ConnectionError):
+            raise _Closed from None
+        if new is None:
+            raise _Closed
+        self.transport = new
+        self.tls = True
+        self.buf.clear()
+        self.helo = None
+        self.esmtp = False
+        self._reset()
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if self.key is not None:
+            self.reply(SmtpReply(503, "5.5.1", "Already authenticated"))
+            return
+        if self.helo is None:
+            self.reply(SmtpReply(503, "5.5.1", "Send EHLO first"))
+            return
+        if self.mail_from is not None:
+            self.reply(SmtpReply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            return
+        if not self._auth_offered():
+            self.reply(SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first"))
+            return
+        mechanism, _, initial = arg.partition(" ")
+        mechanism = mechanism.upper()
+        secret: str | None
+        if mechanism == "PLAIN":
+            response = initial.strip() or await self._challenge("")
+            if response is None:
+                return
+            decoded = self._b64(response)
+            if decoded is None:
+                return
+            parts = decoded.split("\x00")
+            if len(parts) != 3:
+                self.reply(SmtpReply(501, "5.5.2", "Malformed PLAIN response"))
+                return
+            secret = parts[2]
+        elif mechanism == "LOGIN":
+            if initial.strip():
+                user = self._b64(initial.strip())
+            else:
+                got = await self._challenge("VXNlcm5hbWU6")
+                user = self._b64(got) if got is not None else None
+            if user is None:
+                return
+            got = await self._challenge("UGFzc3dvcmQ6")
+            secret = self._b64(got) if got is not None else None
+            if secret is None:
+                return
+        else:
+            self.reply(SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism"))
+            return
+        await self._check_secret(secret)
+
+    async def _challenge(self, prompt: str) -> str | None:
+        self.raw_reply(f"334 {prompt}")
+        line = await self.read_line(time.monotonic() + self.cfg.idle_timeout)
+        if line is None:
+            self.reply(SmtpReply(500, "5.5.2", "Line too long"))
+            return None
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            self.reply(SmtpReply(501, "5.0.0", "Authentication cancelled"))
+            return None
+        return text
+
+    def _b64(self, text: str) -> str | None:
+        try:
+            return base64.b64decode(text, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            self.reply(SmtpReply(501, "5.5.2", "Cannot decode base64 response"))
+            return None
+
+    async def _check_secret(self, secret: str) -> None:
+        state, now = self.relay.state, time.monotonic()
+        if state.recent_failures(self.client_ip, self.cfg.auth_failure_window, now) >= (
+            self.cfg.auth_failures_per_ip
+        ):
+            self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, try later"))
+        key = await keys.authenticate(self.relay.store, secret)
+        if key is not None and key.has(Scope.SEND):
+            self.key = key
+            self.reply(SmtpReply(235, "2.7.0", "Authentication successful"))
+            return
+        self.auth_failures += 1
+        state.auth_failures[self.client_ip].append(now)
+        # Same reply and a growing delay for unknown, wrong and under-scoped keys alike.
+        await asyncio.sleep(min(0.25 * 2 ** (self.auth_failures - 1), 4.0))
+        if self.auth_failures >= self.cfg.max_auth_failures:
+            self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, closing"))
+        self.reply(SmtpReply(535, "5.7.8", "Authentication credentials invalid"))
+
+    def smtp_MAIL(self, arg: str) -> None:
+        if self.helo is None:
+            self.reply(SmtpReply(503, "5.5.1", "Send HELO or EHLO first"))
+            return
+        if self.mail_from is not None:
+            self.reply(SmtpReply(503, "5.5.1", "Nested MAIL command"))
+            return
+        path = parse_path(arg, "FROM")
+        if isinstance(path, SmtpReply):
+            self.reply(path)
+            return
+        size = path.params.get("SIZE")
+        if size is not None:
+            if not size.isdigit():
+                self.reply(SmtpReply(501, "5.5.4", "Bad SIZE parameter"))
+                return
+            if int(size) > self.cfg.max_message_size:
+                self.reply(SmtpReply(552, "5.3.4", "Message size exceeds fixed limit"))
+                return
+        body = path.params.get("BODY")
+        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
+            self.reply(SmtpReply(501, "5.5.4", "Bad BODY parameter"))
+            return
+        if path.address and self.key is not None and not self.key.allows_sender(
+            domain_of(path.address)
+        ):
+            self.reply(SmtpReply(553, "5.7.1", "Sender address not allowed for this key"))
+            return
+        self.mail_from = path.address
+        self.reply(SmtpReply(250, "2.1.0", "Ok"))
+
+    def smtp_RCPT(self, arg: str) -> None:
+        if self.mail_from is None:
+            self.reply(SmtpReply(503, "5.5.1", "Need MAIL command"))
+            return
+        path = parse_path(arg, "TO")
+        if isinstance(path, SmtpReply):
+            self.reply(path)
+            return
+        if self.key is None and not self.relay.is_trusted(self.client_ip):
+            self.reply(SmtpReply(554, "5.7.1", "Relay access denied: authenticate first"))
+            return
+        if len(self.rcpts) >= self.cfg.max_recipients:
+            self.reply(SmtpReply(452, "4.5.3", "Too many recipients"))
+            return
+        self.rcpts.append(path.address)
+        self.reply(SmtpReply(250, "2.1.5", "Ok"))
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.mail_from is None:
+            self.reply(SmtpReply(503, "5.5.1", "Need MAIL command"))
+            return
+        if not self.rcpts:
+            self.reply(SmtpReply(503, "5.5.1", "Need RCPT command"))
+            return
+        if arg:
+            self.reply(SmtpReply(501, "5.5.4", "Syntax: DATA"))
+            return
+        self.raw_reply("354 End data with <CR><LF>.<CR><LF>")
+        self.flush()
+        data, size = await self.read_data(time.monotonic() + self.cfg.session_timeout)
+        result = await self._finish(data, size)
+        self._reset()
+        self.reply(result)
+
+    async def _finish(self, data: bytes | None, size: int) -> SmtpReply:
+        if data is None:
+            return SmtpReply(552, "5.3.4", "Message size exceeds fixed limit")
+        problem = data_problem(data)
+        if problem is not None:
+            return problem
+        facts = header_facts(data)
+        if self.key is not None and self.key.sender_domains:
+            for addr in facts.from_addresses or ("",):
+                if not self.key.allows_sender(domain_of(addr)):
+                    return SmtpReply(553, "5.7.1", "From: address not allowed for this key")
+        queue_id = new_id()
+        protocol = ("ESMTP" if self.esmtp else "SMTP") + ("S" if self.tls else "") + (
+            "A" if self.key else ""
+        )
+        head = added_headers(
+            facts, hostname=self.relay.hostname, helo=self.helo or "", client_ip=self.client_ip,
+            protocol=protocol, queue_id=queue_id, recipients=self.rcpts,
+        )
+        now = time.time()
+        idem = None
+        if facts.message_id and self.cfg.dedupe_window > 0:
+            idem = Idempotency(
+                "smtp-message-id:" + facts.message_id[:900], "", queue_id,
+                now + self.cfg.dedupe_window,
+            )
+        message = NewMessage(
+            raw=head + data,
+            sender=self.mail_from or "",
+            recipients=tuple(self.rcpts),
+            source=Source.SMTP,
+            api_key_id=self.key.id if self.key else None,
+            message_id_header=facts.message_id,
+            subject=facts.subject,
+            idempotency=idem,
+            id=queue_id,
+            created_at=now,
+        )
+        try:
+            accepted = await accept(self.relay.store, message)
+        except StoreUnavailable as exc:
+            log.warning("smtp: store cannot commit: %s", exc)
+            return SmtpReply(451, "4.3.0", "Temporary storage failure, try again later")
+        except Exception:
+            log.exception("smtp: accept failed")
+            return SmtpReply(451, "4.3.0", "Temporary failure, try again later")
+        return SmtpReply(250, "2.0.0", f"Ok: queued as {accepted.message_id}")
+
+    def smtp_RSET(self, arg: str) -> None:
+        self._reset()
+        self.reply(SmtpReply(250, "2.0.0", "Ok"))
+
+    def smtp_NOOP(self, arg: str) -> None:
+        self.reply(SmtpReply(250, "2.0.0", "Ok"))
+
+    def smtp_VRFY(self, arg: str) -> None:
+        self.reply(SmtpReply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+
+    def smtp_HELP(self, arg: str) -> None:
+        self.reply(SmtpReply(214, "2.0.0", "See RFC 5321"))
+
+    def smtp_QUIT(self, arg: str) -> None:
+        self.close_with(SmtpReply(221, "2.0.0", "Bye"))
+
+
+class SmtpRelay:
+    """Listening sockets, shared limits and the policy inputs of every session."""
+
+    def __init__(self, cfg: SmtpConfig, store: Store, hostname: str,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.state = RelayState()
+        self.sessions: set[Session] = set()
+        self.servers: list[asyncio.Server] = []
+        self._trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._trusted)
+
+    @staticmethod
+    def is_loopback(ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped.is_loopback
+        return addr.is_loopback
+
+    async def start(self, reuse_port: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Session(self), self.cfg.host, self.cfg.port, reuse_port=reuse_port or None,
+            backlog=1024,
+        )
+        self.servers.append(server)
+        if self.cfg.tls_port and self.tls_context is not None:
+            tls_server = await loop.create_server(
+                lambda: Session(self, implicit_tls=True), self.cfg.host, self.cfg.tls_port,
+                ssl=self.tls_context, reuse_port=reuse_port or None, backlog=1024,
+            )
+            self.servers.append(tls_server)
+
+    @property
+    def port(self) -> int:
+        sock = self.servers[0].sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; let transactions in flight finish; then close the rest."""
+        self.state.accepting = False  # new connections now get 421 4.3.2
+        deadline = time.monotonic() + grace
+        while any(s.mail_from is not None for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self.sessions):
+            if s.transport is not None and not s.transport.is_closing():
+                s.raw_reply("421 4.3.2 Service shutting down")
+                s.flush()
+                s.transport.close()
+        tasks = [s.task for s in self.sessions if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()

@@ -1,0 +1,179 @@
+"""Pure rules of the SMTP relay: path parsing, relay tricks, DATA checks, headers.
+
+No I/O here; smtp_relay.py calls these and turns their answers into replies.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from email.utils import formatdate, getaddresses
+
+from mailgate.models import new_id
+
+# RFC 5321 Dot-atom / quoted local part, kept deliberately strict for relaying.
+_ATOM = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"  # no % and no ! (classic relay tricks)
+_LOCAL_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
+_LOCAL_UTF8 = r"[^\s\"(),.:;<>@\[\\\]%!]+(?:\.[^\s\"(),.:;<>@\[\\\]%!]+)*"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|xn--[A-Za-z0-9-]+)"
+_UTF8_LABEL = r"[^\s\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]+"
+_DOMAIN = rf"(?:{_LABEL}|{_UTF8_LABEL})(?:\.(?:{_LABEL}|{_UTF8_LABEL}))+"
+_ADDR_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]"
+_MAILBOX = re.compile(
+    rf"^(?P<local>{_LOCAL_DOT_ATOM}|{_QUOTED}|{_LOCAL_UTF8})@(?P<domain>{_DOMAIN}|{_ADDR_LITERAL})$"
+)
+_PARAM = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?$")
+# A DATA section must contain only CRLF line ends and no NUL.
+_BARE_CR_LF_NUL = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
+MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    """A reply the relay sends: code, enhanced status (RFC 3463) and text."""
+
+    code: int
+    enhanced: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    address: str  # "" for the null reverse-path <>
+    params: dict[str, str | None]
+
+
+def parse_path(arg: str, keyword: str) -> Path | SmtpReply:
+    """Parse `FROM:<a@b> PARAMS` / `TO:<a@b> PARAMS` (keyword: FROM or TO)."""
+    head, colon, rest = arg.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        return SmtpReply(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+    rest = rest.strip()
+    if not rest.startswith("<"):
+        return SmtpReply(501, "5.1.7" if keyword == "FROM" else "5.1.3", "Bad address syntax: use <address>")
+    end = rest.find(">")
+    if end < 0:
+        return SmtpReply(501, "5.5.4", "Missing '>' after the address")
+    address, params_text = rest[1:end], rest[end + 1 :]
+    params: dict[str, str | None] = {}
+    for word in params_text.split():
+        m = _PARAM.match(word)
+        if not m:
+            return SmtpReply(501, "5.5.4", f"Bad parameter: {word[:40]}")
+        params[m.group(1).upper()] = m.group(2)
+    if address == "" and keyword == "FROM":
+        return Path("", params)
+    problem = address_problem(address)
+    if problem is not None:
+        code = "5.1.7" if keyword == "FROM" else "5.1.3"
+        return SmtpReply(553 if keyword == "TO" else 501, code, problem)
+    return Path(address, params)
+
+
+def address_problem(address: str) -> str | None:
+    """Why an envelope address may not be used, or None when it is a plain mailbox."""
+    if not address:
+        return "Empty address"
+    if address.startswith("@"):
+        return "Source routes are not accepted"
+    if address.count("@") != 1 and not address.startswith('"'):
+        return "Address has more than one @"
+    if "%" in address.rpartition("@")[0] or "!" in address.rpartition("@")[0]:
+        return "Relay tricks (% or ! in the local part) are not accepted"
+    m = _MAILBOX.match(address)
+    if m is None:
+        return "Bad address syntax"
+    local = m.group("local")
+    if local.startswith('"') and ("@" in local or "%" in local or "!" in local):
+        return "Quoted local parts with @, % or ! are not accepted"
+    if len(local) > 64 or len(address) > 254:
+        return "Address too long"
+    return None
+
+
+def data_problem(data: bytes, max_line: int = MAX_LINE) -> SmtpReply | None:
+    """Refuse DATA with bare CR, bare LF, NUL or overlong lines (smuggling-safe)."""
+    if _BARE_CR_LF_NUL.search(data):
+        return SmtpReply(550, "5.6.0", "Message contains bare CR, bare LF or NUL; use CRLF")
+    if len(data) > max_line and _has_long_line(data, max_line):
+        return SmtpReply(550, "5.6.0", f"Message has a line longer than {max_line} octets")
+    return None
+
+
+def _has_long_line(data: bytes, max_line: int) -> bool:
+    start = 0
+    n = len(data)
+    while start < n:
+        end = data.find(b"\r\n", start)
+        if end < 0:
+            end = n
+        if end - start > max_line:
+            return True
+        start = end + 2
+    return False
+
+
+def unstuff(data: bytes) -> bytes:
+    """Undo dot-stuffing (RFC 5321 4.5.2)."""
+    if data.startswith(b".."):
+        data = data[1:]
+    return data.replace(b"\r\n..", b"\r\n.")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderFacts:
+    message_id: str | None
+    has_date: bool
+    from_addresses: tuple[str, ...]
+    subject: str | None
+
+
+def header_facts(data: bytes) -> HeaderFacts:
+    """Message-ID, Date presence, From addr-specs and Subject of the header block."""
+    end = data.find(b"\r\n\r\n")
+    block = data if end < 0 else data[: end + 2]
+    fields: dict[str, list[str]] = {}
+    name = None
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and name is not None:
+            fields[name][-1] += " " + line.strip().decode("utf-8", "replace")
+            continue
+        head, colon, value = line.partition(b":")
+        if not colon:
+            break  # not a header: the body started without a blank line
+        name = head.strip().decode("ascii", "replace").lower()
+        fields.setdefault(name, []).append(value.strip().decode("utf-8", "replace"))
+    mid = fields.get("message-id", [None])[0]
+    froms = tuple(a for _, a in getaddresses(fields.get("from", [])) if a)
+    subject = fields.get("subject", [None])[0]
+    return HeaderFacts(mid, "date" in fields, froms, subject)
+
+
+def added_headers(
+    facts: HeaderFacts,
+    *,
+    hostname: str,
+    helo: str,
+    client_ip: str,
+    protocol: str,
+    queue_id: str,
+    recipients: list[str],
+    now: float | None = None,
+) -> bytes:
+    """Received (always), and Message-ID and Date when the message lacks them."""
+    now = time.time() if now is None else now
+    date = formatdate(now, localtime=False)
+    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    lines = [
+        f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n"
+        f"\tby {hostname} (mailgate) with {protocol} id {queue_id}{for_clause};\r\n\t{date}"
+    ]
+    if facts.message_id is None:
+        lines.append(f"Message-ID: <{new_id(now)}@{hostname}>")
+    if not facts.has_date:
+        lines.append(f"Date: {date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
