@@ -200,12 +200,12 @@ class Session(asyncio.Protocol):
         while an oversized stream is refused.
         """
         limit = self.cfg.max_message_size
-        if self.buf.startswith(b".\r\n"):
-            del self.buf[:3]
-            return b"", 0
         scanned = 0
         dropped = 0
         while True:
+            if not dropped and self.buf.startswith(b".\r\n"):  # the buffer starts the data
+                del self.buf[:3]
+                return b"", 0
             end = self.buf.find(b"\r\n.\r\n", max(0, scanned - 4))
             if end >= 0:
                 size = dropped + end + 2
@@ -341,9 +341,12 @@ class Session(asyncio.Protocol):
         self.buf.clear()  # RFC 3207: nothing sent before the handshake may be used after it
         assert self.transport is not None
         loop = asyncio.get_running_loop()
+        # Awaited directly (no wait_for task), so reading pauses before any more bytes
+        # can land in the buffer; decrypted data after the handshake is kept.
         try:
-            new = await asyncio.wait_for(
-                loop.start_tls(self.transport, self, ctx, server_side=True), self.cfg.idle_timeout
+            new = await loop.start_tls(
+                self.transport, self, ctx, server_side=True,
+                ssl_handshake_timeout=self.cfg.idle_timeout,
             )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError):
             raise _Closed from None
@@ -351,7 +354,6 @@ class Session(asyncio.Protocol):
             raise _Closed
         self.transport = new
         self.tls = True
-        self.buf.clear()
         self.helo = None
         self.esmtp = False
         self._reset()

@@ -1,0 +1,86 @@
+"""AUTH PLAIN / LOGIN with API keys; failures, delays and lockout."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from tests.ingress.conftest import RunningServer, make_config, start_server
+from tests.ingress.smtp_relay.dialog import greeted
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_auth_plain_with_send_key(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'any' + chr(0) + server.send_key)}") == (
+            235, "235 2.7.0 Authentication successful")
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'any' + chr(0) + server.send_key)}")[0] == 503
+
+
+def test_auth_plain_with_prompt(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        assert d.cmd("AUTH PLAIN") == (334, "334 ")
+        assert d.cmd(b64("\0u\0" + server.send_key))[0] == 235
+
+
+def test_auth_login(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        assert d.cmd("AUTH LOGIN") == (334, "334 VXNlcm5hbWU6")
+        assert d.cmd(b64("printer")) == (334, "334 UGFzc3dvcmQ6")
+        assert d.cmd(b64(server.send_key))[0] == 235
+
+
+@pytest.mark.parametrize("secret_of", ["wrong", "unknown", "read_only"])
+def test_bad_keys_get_identical_replies(server: RunningServer, secret_of: str) -> None:
+    secret = {
+        "wrong": server.send_key[:-4] + "AAAA",
+        "unknown": "mg_01ARZ3NDEKTSV4RRFFQ69G5FAV_" + "x" * 43,
+        "read_only": server.read_key,
+    }[secret_of]
+    with greeted(server.smtp_port) as d:
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + secret)}") == (
+            535, "535 5.7.8 Authentication credentials invalid")
+
+
+def test_bad_base64_and_unknown_mechanism(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        assert d.cmd("AUTH PLAIN !!!notbase64") == (501, "501 5.5.2 Cannot decode base64 response")
+        assert d.cmd("AUTH CRAM-MD5")[0] == 504
+        assert d.cmd("AUTH PLAIN") == (334, "334 ")
+        assert d.cmd("*")[0] == 501
+
+
+def test_failures_grow_slower_then_421(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        started = time.monotonic()
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + 'bad1')}")[0] == 535
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + 'bad2')}")[0] == 535
+        assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + 'bad3')}")[0] == 421
+        assert time.monotonic() - started >= 0.25 + 0.5 + 1.0 - 0.05
+        assert d.closed()
+
+
+def test_failures_per_ip_lock_out_new_connections(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(tmp_path, ca, auth_failures_per_ip=2, max_auth_failures=5)
+    for srv in start_server(cfg, ca):
+        with greeted(srv.smtp_port) as d:
+            for _ in range(2):
+                assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + 'bad')}")[0] == 535
+        with greeted(srv.smtp_port) as d:
+            # even the right key is refused while this address is locked out
+            assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + srv.send_key)}")[0] == 421
+
+
+def test_auth_not_offered_in_plaintext_to_remote_clients(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    # Loopback counts as local; make the relay think otherwise by listening on ::1 only?
+    # Instead check the rule itself on the running relay.
+    for srv in start_server(make_config(tmp_path, ca), ca):
+        relay = srv.app.smtp
+        assert relay is not None
+        assert relay.is_loopback("127.0.0.1") and relay.is_loopback("::ffff:127.0.0.1")
+        assert not relay.is_loopback("192.0.2.1")

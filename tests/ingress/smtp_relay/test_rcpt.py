@@ -1,0 +1,55 @@
+"""RCPT TO: ordering, relay tricks, the recipient limit, no open relay."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ingress.conftest import RunningServer, make_config, start_server
+from tests.ingress.smtp_relay.dialog import greeted
+
+
+def test_rcpt_before_mail_is_refused(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        assert d.cmd("RCPT TO:<b@example.com>")[0] == 503
+
+
+@pytest.mark.parametrize("address", [
+    "user%host@example.com",
+    "@relay.test:user@example.com",
+    '"user@other.test"@example.com',
+    "a@b@example.com",
+    "host!user@example.com",
+    "user@localhost",
+    "",
+])
+def test_relay_tricks_never_relay(server: RunningServer, address: str) -> None:
+    with greeted(server.smtp_port) as d:
+        d.cmd("MAIL FROM:<a@example.org>")
+        code, _ = d.cmd(f"RCPT TO:<{address}>")
+        assert code in (501, 553), address
+
+
+def test_recipient_limit_then_message_goes_to_first_n(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    for srv in start_server(make_config(tmp_path, ca, max_recipients=3), ca):
+        with greeted(srv.smtp_port) as d:
+            d.cmd("MAIL FROM:<a@example.org>")
+            codes = [d.cmd(f"RCPT TO:<r{i}@example.com>")[0] for i in range(5)]
+            assert codes == [250, 250, 250, 452, 452]
+            d.cmd("DATA")
+            d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+            code, text = d.read_reply()
+            assert code == 250
+            qid = text.rsplit(" ", 1)[1]
+        rcpts = srv.call(lambda s: s.recipients(qid))
+        assert [r.address for r in rcpts] == ["r0@example.com", "r1@example.com", "r2@example.com"]
+
+
+def test_untrusted_client_without_auth_cannot_relay(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    for srv in start_server(make_config(tmp_path, ca, trusted_networks=["192.0.2.0/24"]), ca):
+        with greeted(srv.smtp_port) as d:
+            assert d.cmd("MAIL FROM:<a@example.org>")[0] == 250
+            code, text = d.cmd("RCPT TO:<b@example.com>")
+            assert code == 554 and "5.7.1" in text
+        assert srv.call(lambda s: s.status_counts())
+        counts = srv.call(lambda s: s.status_counts())
+        assert sum(counts.values()) == 0
