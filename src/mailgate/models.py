@@ -8,25 +8,30 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
+_rng = random.Random(os.urandom(32))  # ids must be unique and sortable, not secret
 
 
-def new_id(now: float | None = None) -> str:
+def new_id(now: float | None = None, *, floor: bool = False) -> str:
     """A 26-character ULID: 48-bit milliseconds + 80 random bits, Crockford base32.
 
-    Sortable by creation time and URL-safe.
+    Sortable by creation time and URL-safe. With floor=True the random bits are zero:
+    the smallest id of that millisecond, for time-range queries on the id index.
     """
-    ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    ms = max(0, int((time.time() if now is None else now) * 1000))
+    rand = 0 if floor else _rng.getrandbits(80)
+    pairs = _PAIRS
+    head = _CROCKFORD[(ms >> 45) & 31] + "".join(
+        [pairs[(ms >> s) & 1023] for s in (35, 25, 15, 5)]
+    ) + _CROCKFORD[ms & 31]
+    tail = "".join([pairs[(rand >> s) & 1023] for s in (70, 60, 50, 40, 30, 20, 10, 0)])
+    return head + tail
 
 
 class Source(enum.StrEnum):
@@ -114,8 +119,12 @@ class NewMessage:
     message_id_header: str | None = None
     subject: str | None = None
     scheduled_at: float | None = None
-    id: str = field(default_factory=new_id)
+    id: str = ""  # default: a new ULID of created_at
     created_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", new_id(self.created_at))
 
 
 @dataclass(frozen=True, slots=True)

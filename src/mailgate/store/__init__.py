@@ -118,17 +118,23 @@ def settlement_details(s: Settlement) -> str:
     return json.dumps(details)
 
 
-def message_rows(m: NewMessage) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...]]:
-    """(message row, recipient rows, accepted-event row) for an enqueue."""
+_QUEUED = RecipientStatus.QUEUED.value
+_ACCEPTED = EventKind.ACCEPTED.value
+Rows = tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...], list[tuple[str, str]]]
+
+
+def message_rows(m: NewMessage) -> Rows:
+    """(message row, recipient rows, accepted-event row, tag rows) for an enqueue."""
     due = m.scheduled_at if m.scheduled_at is not None else m.created_at
+    mid, created = m.id, m.created_at
     msg = (
-        m.id,
-        m.created_at,
+        mid,
+        created,
         m.sender,
-        m.source.value,
+        str(m.source),
         m.api_key_id,
-        json.dumps(list(m.tags)),
-        json.dumps(m.metadata),
+        json.dumps(list(m.tags)) if m.tags else "[]",
+        json.dumps(m.metadata) if m.metadata else "{}",
         m.idempotency_key,
         m.message_id_header,
         m.subject,
@@ -136,17 +142,10 @@ def message_rows(m: NewMessage) -> tuple[tuple[Any, ...], list[tuple[Any, ...]],
         len(m.raw),
         m.raw,
     )
-    rcpts = [
-        (m.id, a, a.rpartition("@")[2].lower(), RecipientStatus.QUEUED.value, due, m.created_at)
-        for a in m.recipients
-    ]
-    event = (
-        m.id,
-        EventKind.ACCEPTED.value,
-        m.created_at,
-        json.dumps({"recipients": len(m.recipients), "size": len(m.raw), "source": m.source}),
-    )
-    return msg, rcpts, event
+    rcpts = [(mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created) for a in m.recipients]
+    details = f'{{"recipients": {len(m.recipients)}, "size": {len(m.raw)}, "source": "{m.source}"}}'
+    event = (mid, _ACCEPTED, created, details)
+    return msg, rcpts, event, [(t, mid) for t in m.tags]
 
 
 MESSAGE_COLUMNS = (

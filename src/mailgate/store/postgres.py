@@ -31,6 +31,7 @@ from mailgate.models import (
     Recipient,
     RecipientStatus,
     Settlement,
+    new_id,
 )
 from mailgate.store import (
     EVENT_COLUMNS,
@@ -249,11 +250,11 @@ class PostgresStore:
             return
         msgs, rcpts, events, tags = [], [], [], []
         for m in messages:
-            msg, rs, ev = message_rows(m)
+            msg, rs, ev, ts = message_rows(m)
             msgs.append(msg)
             rcpts.extend(rs)
             events.append(ev)
-            tags.extend((t, m.id) for t in m.tags)
+            tags.extend(ts)
         await conn.executemany(INSERT_MESSAGE, msgs)
         await conn.executemany(INSERT_RECIPIENT, rcpts)
         await conn.executemany(INSERT_EVENT, events)
@@ -348,10 +349,11 @@ class PostgresStore:
             where.append(f"m.api_key_id = {arg(query.api_key_id)}")
         if query.cursor:
             where.append(f"m.id < {arg(query.cursor)}")
+        # ids are ULIDs of created_at, so a time range is an id range on the primary key
         if query.since is not None:
-            where.append(f"m.created_at >= {arg(query.since)}")
+            where.append(f"m.id >= {arg(new_id(query.since, floor=True))}")
         if query.until is not None:
-            where.append(f"m.created_at < {arg(query.until)}")
+            where.append(f"m.id < {arg(new_id(query.until, floor=True))}")
         if query.tag is not None:
             where.append("EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id"
                          f" AND t.tag = {arg(query.tag)})")

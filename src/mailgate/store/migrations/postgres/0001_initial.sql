@@ -16,7 +16,6 @@ CREATE TABLE messages (
     raw BYTEA NOT NULL
 );
 CREATE INDEX messages_key ON messages (api_key_id, id);
-CREATE INDEX messages_created ON messages (created_at);
 
 CREATE TABLE message_tags (
     tag TEXT NOT NULL,

@@ -13,9 +13,8 @@ CREATE TABLE messages (
     scheduled_at REAL,
     size INTEGER NOT NULL,
     raw BLOB NOT NULL                    -- immutable once stored
-) WITHOUT ROWID;
+);  -- a rowid table: WITHOUT ROWID is slow for rows this large (sqlite.org/withoutrowid)
 CREATE INDEX messages_key ON messages (api_key_id, id);
-CREATE INDEX messages_created ON messages (created_at);
 
 CREATE TABLE message_tags (
     tag TEXT NOT NULL,
