@@ -28,12 +28,16 @@ queue_app = typer.Typer(no_args_is_help=True, help="Look at and steer the delive
 app.add_typer(keys_app, name="keys")
 app.add_typer(queue_app, name="queue")
 out = Console()
-err = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML config file (default: $MAILGATE_CONFIG)."),
 ]
+
+
+def _say(line: str) -> None:
+    """One unwrapped line on stderr (rich would wrap long paths)."""
+    print(line, file=sys.stderr)
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -43,13 +47,13 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 
         return uvloop.run(fn())  # type: ignore[no-any-return]
     except ConfigError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        _say(str(exc))
         raise typer.Exit(2) from None
     except StoreError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        _say(str(exc))
         raise typer.Exit(1) from None
     except MailgateError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        _say(f"error: {exc}")
         raise typer.Exit(1) from None
 
 
@@ -57,7 +61,7 @@ def _config(path: Path | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(str(exc), markup=False, highlight=False)
+        _say(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -132,7 +136,7 @@ def init(
     """Write a config with safe defaults, a development TLS pair and the first admin key."""
     path = directory / "mailgate.toml"
     if path.exists() and not force:
-        err.print(f"{path} exists; use --force to overwrite", markup=False)
+        _say(f"{path} exists; use --force to overwrite")
         raise typer.Exit(1)
     data_dir = (directory / "data").resolve()
     cert, key = write_self_signed(data_dir / "tls", hostname)
@@ -169,15 +173,15 @@ def keys_create(
     try:
         scopes = [Scope(s.strip()) for s in scope.split(",") if s.strip()]
     except ValueError:
-        err.print(f"--scope: expected send, read or admin, got {scope!r}", markup=False)
+        _say(f"--scope: expected send, read or admin, got {scope!r}")
         raise typer.Exit(2) from None
     if not scopes:
-        err.print("--scope: give at least one of send, read, admin", markup=False)
+        _say("--scope: give at least one of send, read, admin")
         raise typer.Exit(2)
 
     async def run(store: Store) -> str:
         key, secret = await api_keys.create_key(store, name, scopes, sender_domain or [])
-        err.print(f"created key {key.id} ({name}); the secret is shown once:")
+        _say(f"created key {key.id} ({name}); the secret is shown once:")
         return secret
 
     print(_run(lambda: _with_store(cfg, run)))
@@ -201,7 +205,7 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
     cfg = _config(config)
     done = _run(lambda: _with_store(cfg, lambda s: s.revoke_key(key_id, _now())))
     if not done:
-        err.print(f"no active key {key_id}", markup=False)
+        _say(f"no active key {key_id}")
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")
 
@@ -250,7 +254,7 @@ def queue_show(message_id: str, config: ConfigOpt = None) -> None:
 
     message, rcpts, events = _run(lambda: _with_store(cfg, run))
     if message is None:
-        err.print(f"no message {message_id}", markup=False)
+        _say(f"no message {message_id}")
         raise typer.Exit(1)
     out.print(f"message {message.id}  from <{message.sender}>  {message.size} bytes  "
               f"via {message.source}  subject: {message.subject or '-'}")
@@ -287,3 +291,7 @@ def main() -> None:
 
 
 __all__ = ["main"]
+
+
+if __name__ == "__main__":
+    main()
