@@ -25,8 +25,10 @@ import uvloop
 from mailgate.models import NewMessage, Source, new_id
 from mailgate.store import Store, open_store
 
-BODY = (b"Subject: bench\r\nFrom: a@example.org\r\nTo: b@example.com\r\n\r\n"
-        + (b"x" * 76 + b"\r\n") * 25)[:2048]
+BODY = (
+    b"Subject: bench\r\nFrom: a@example.org\r\nTo: b@example.com\r\n\r\n"
+    + (b"x" * 76 + b"\r\n") * 25
+)[:2048]
 
 
 def msg(rcpts: tuple[str, ...] = ("b@example.com",)) -> NewMessage:
@@ -47,6 +49,7 @@ async def rate(store: Store, producers: int, total: int) -> float:
 
 def sqlite_ceiling(path: Path, total: int, batch: int, synchronous: str = "FULL") -> float:
     """A bare sqlite3 loop writing the same three rows per message."""
+
     async def schema() -> None:
         s = open_store(f"sqlite:///{path}")
         await s.open()
@@ -64,14 +67,18 @@ def sqlite_ceiling(path: Path, total: int, batch: int, synchronous: str = "FULL"
             mid = new_id()
             conn.execute(
                 "INSERT INTO messages (id, created_at, sender, source, tags, metadata, size, raw)"
-                " VALUES (?,?,?,?,?,?,?,?)", (mid, now, "a@example.org", "http", "[]", "{}",
-                                             len(BODY), BODY))
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (mid, now, "a@example.org", "http", "[]", "{}", len(BODY), BODY),
+            )
             conn.execute(
                 "INSERT INTO recipients (message_id, address, domain, status, next_attempt_at,"
                 " updated_at) VALUES (?,?,?,?,?,?)",
-                (mid, "b@example.com", "example.com", "queued", now, now))
-            conn.execute("INSERT INTO events (message_id, kind, at, details) VALUES (?,?,?,?)",
-                         (mid, "accepted", now, json.dumps({"recipients": 1})))
+                (mid, "b@example.com", "example.com", "queued", now, now),
+            )
+            conn.execute(
+                "INSERT INTO events (message_id, kind, at, details) VALUES (?,?,?,?)",
+                (mid, "accepted", now, json.dumps({"recipients": 1})),
+            )
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
@@ -89,8 +96,10 @@ async def measure(url_for: callable, label: str, total: int) -> dict[str, float]
             r = await rate(store, producers, n)
             await store.close()
             results[f"{mode}/{producers}"] = r
-            print(f"  {label:10} {mode:7} commit, {producers:3} producers: {r:9,.0f} enqueues/s",
-                  flush=True)
+            print(
+                f"  {label:10} {mode:7} commit, {producers:3} producers: {r:9,.0f} enqueues/s",
+                flush=True,
+            )
     return results
 
 
@@ -112,16 +121,21 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
     counts = await store.status_counts()
     print(f"  backlog filled: {sum(counts.values()):,} recipients queued in {fill:.0f} s")
     r = await rate(store, 100, 20_000)
-    print(f"  enqueue with backlog, 100 producers: {r:,.0f}/s "
-          f"= {r / empty_rate:.2f}x the empty-queue rate (target >= 0.8x)")
+    print(
+        f"  enqueue with backlog, 100 producers: {r:,.0f}/s "
+        f"= {r / empty_rate:.2f}x the empty-queue rate (target >= 0.8x)"
+    )
     lat = []
     for _ in range(50):
         t = time.perf_counter()
         claim = await store.claim(f"w{_}", time.time(), 100, 300)
         lat.append(time.perf_counter() - t)
         assert claim is not None and len(claim.recipients) > 0
-    print(f"  claim of 100 due recipients with backlog: median {statistics.median(lat) * 1000:.2f} ms,"
-          f" max {max(lat) * 1000:.2f} ms")
+    median_ms, max_ms = statistics.median(lat) * 1000, max(lat) * 1000
+    print(
+        f"  claim of 100 due recipients with backlog: median {median_ms:.2f} ms,"
+        f" max {max_ms:.2f} ms"
+    )
     await store.close()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS of this process: {rss:,.0f} MiB")
@@ -129,8 +143,10 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
 
 async def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--pg", default=os.environ.get("MAILGATE_TEST_PG",
-                                                  "postgresql://postgres@127.0.0.1:5432/test"))
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("MAILGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
     p.add_argument("--total", type=int, default=20_000)
     p.add_argument("--no-backlog", action="store_true")
     p.add_argument("--backlog-recipients", type=int, default=1_000_000)
@@ -148,8 +164,10 @@ async def main() -> None:
     print(f"  bare sqlite3 loop, one commit per message: {single_ceiling:9,.0f} messages/s")
     sq = await measure(sqlite_url, "sqlite", args.total)
     g100 = sq["group/100"]
-    print(f"  sqlite group commit at 100 producers = {g100 / ceiling:.2f} of the ceiling "
-          f"(target >= 0.5) and {g100 / sq['single/100']:.1f}x one commit per message")
+    print(
+        f"  sqlite group commit at 100 producers = {g100 / ceiling:.2f} of the ceiling "
+        f"(target >= 0.5) and {g100 / sq['single/100']:.1f}x one commit per message"
+    )
 
     import asyncpg
 
@@ -168,8 +186,10 @@ async def main() -> None:
             return f"{args.pg}?search_path={name}"
 
         pg = await measure(pg_url, "postgresql", args.total)
-        print(f"  postgresql group commit at 100 producers: {pg['group/100'] / pg['single/100']:.1f}x"
-              " one commit per message")
+        print(
+            f"  postgresql group commit at 100 producers: {pg['group/100'] / pg['single/100']:.1f}x"
+            " one commit per message"
+        )
         for name in schemas:
             await base.execute(f"DROP SCHEMA {name} CASCADE")
         await base.close()

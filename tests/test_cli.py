@@ -12,12 +12,20 @@ from pathlib import Path
 MAILGATE = [sys.executable, "-m", "mailgate.cli"]
 
 
-def mailgate(*args: str, cwd: Path, env: dict[str, str] | None = None,
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mailgate(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
     full_env.update(env or {})
-    return subprocess.run([*MAILGATE, *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=timeout, check=False)
+    return subprocess.run(
+        [*MAILGATE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_init_keys_and_queue(tmp_path: Path) -> None:
@@ -26,8 +34,19 @@ def test_init_keys_and_queue(tmp_path: Path) -> None:
     secret = done.stdout.strip().splitlines()[-1]
     assert secret.startswith("mg_")
     cfg = str(tmp_path / "mailgate.toml")
-    created = mailgate("keys", "create", "--name", "printer", "--scope", "send",
-                       "--sender-domain", "example.org", "-c", cfg, cwd=tmp_path)
+    created = mailgate(
+        "keys",
+        "create",
+        "--name",
+        "printer",
+        "--scope",
+        "send",
+        "--sender-domain",
+        "example.org",
+        "-c",
+        cfg,
+        cwd=tmp_path,
+    )
     assert created.returncode == 0, created.stderr
     listed = mailgate("keys", "list", "-c", cfg, cwd=tmp_path)
     assert "printer" in listed.stdout and "example.org" in listed.stdout
@@ -55,8 +74,11 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_unreachable_database_exits_1_with_one_line(tmp_path: Path) -> None:
-    done = mailgate("migrate", cwd=tmp_path,
-                    env={"MAILGATE_STORE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"})
+    done = mailgate(
+        "migrate",
+        cwd=tmp_path,
+        env={"MAILGATE_STORE_URL": "postgresql://nobody:pw@127.0.0.1:1/none"},
+    )
     assert done.returncode == 1
     line = done.stderr.strip()
     assert line.startswith("store: cannot connect to postgresql://nobody:***@127.0.0.1:1/none")

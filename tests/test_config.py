@@ -29,25 +29,38 @@ def test_defaults_are_safe() -> None:
 
 def test_toml_and_environment_override(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
-    path.write_text('[smtp]\nport = 2600\nmax_recipients = 7\n')
-    cfg = load_config(path, environ={"MAILGATE_SMTP_PORT": "2700",
-                                     "MAILGATE_SMTP_TRUSTED_NETWORKS": "10.0.0.0/8,::1/128"})
+    path.write_text("[smtp]\nport = 2600\nmax_recipients = 7\n")
+    cfg = load_config(
+        path,
+        environ={
+            "MAILGATE_SMTP_PORT": "2700",
+            "MAILGATE_SMTP_TRUSTED_NETWORKS": "10.0.0.0/8,::1/128",
+        },
+    )
     assert cfg.smtp.port == 2700 and cfg.smtp.max_recipients == 7
     assert cfg.smtp.trusted_networks == ["10.0.0.0/8", "::1/128"]
 
 
-@pytest.mark.parametrize(("toml", "env", "message"), [
-    ("[smtp]\nport = 'abc'\n", {}, "config: smtp.port: Input should be a valid integer"),
-    ("[smtp]\nport = 70000\n", {}, "config: smtp.port: Input should be less than or equal to 65535"),
-    ("[smtp]\nprot = 25\n", {}, "config: smtp.prot: unknown setting"),
-    ("[nonsense]\nx = 1\n", {}, "config: nonsense: unknown setting"),
-    ("[smtp]\ntrusted_networks = ['not-a-net']\n", {}, "config: smtp.trusted_networks"),
-    ("", {"MAILGATE_SMTP_PROT": "1"}, "config: unknown environment setting MAILGATE_SMTP_PROT"),
-    ("", {"MAILGATE_STORE_UNSAFE_NO_FSYNC": "perhaps"}, "config: store.unsafe_no_fsync"),
-    ("[smtp\n", {}, "not valid TOML"),
-])
-def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, env: dict[str, str],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[smtp]\nport = 'abc'\n", {}, "config: smtp.port: Input should be a valid integer"),
+        (
+            "[smtp]\nport = 70000\n",
+            {},
+            "config: smtp.port: Input should be less than or equal to 65535",
+        ),
+        ("[smtp]\nprot = 25\n", {}, "config: smtp.prot: unknown setting"),
+        ("[nonsense]\nx = 1\n", {}, "config: nonsense: unknown setting"),
+        ("[smtp]\ntrusted_networks = ['not-a-net']\n", {}, "config: smtp.trusted_networks"),
+        ("", {"MAILGATE_SMTP_PROT": "1"}, "config: unknown environment setting MAILGATE_SMTP_PROT"),
+        ("", {"MAILGATE_STORE_UNSAFE_NO_FSYNC": "perhaps"}, "config: store.unsafe_no_fsync"),
+        ("[smtp\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_line(
+    tmp_path: Path, toml: str, env: dict[str, str], message: str
+) -> None:
     path = tmp_path / "m.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError) as info:

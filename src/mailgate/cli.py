@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,7 +21,9 @@ from mailgate.models import MessageQuery, RecipientStatus, Scope
 from mailgate.store import Store
 
 T = TypeVar("T")
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="mailgate: a self-hosted email API.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="mailgate: a self-hosted email API."
+)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 queue_app = typer.Typer(no_args_is_help=True, help="Look at and steer the delivery queue.")
 app.add_typer(keys_app, name="keys")
@@ -40,12 +41,13 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
+def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine on uvloop; turn expected errors into one line and an exit code."""
     try:
         import uvloop
 
-        return uvloop.run(fn())  # type: ignore[no-any-return]
+        result: T = uvloop.run(fn())
+        return result
     except ConfigError as exc:
         _say(str(exc))
         raise typer.Exit(2) from None
@@ -194,8 +196,14 @@ def keys_list(config: ConfigOpt = None) -> None:
     found = _run(lambda: _with_store(cfg, lambda s: s.list_keys()))
     table = Table("id", "name", "scopes", "sender domains", "created", "revoked")
     for k in found:
-        table.add_row(k.id, k.name, ",".join(sorted(k.scopes)), ",".join(k.sender_domains) or "any",
-                      _time(k.created_at), _time(k.revoked_at))
+        table.add_row(
+            k.id,
+            k.name,
+            ",".join(sorted(k.scopes)),
+            ",".join(k.sender_domains) or "any",
+            _time(k.created_at),
+            _time(k.revoked_at),
+        )
     out.print(table)
 
 
@@ -218,7 +226,9 @@ def _now() -> float:
 
 @queue_app.command("list")
 def queue_list(
-    status: Annotated[RecipientStatus | None, typer.Option(help="Only messages with a recipient in this status.")] = None,
+    status: Annotated[
+        RecipientStatus | None, typer.Option(help="Only messages with a recipient in this status.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     config: ConfigOpt = None,
 ) -> None:
@@ -249,20 +259,31 @@ def queue_show(message_id: str, config: ConfigOpt = None) -> None:
     cfg = _config(config)
 
     async def run(store: Store):  # type: ignore[no-untyped-def]
-        return (await store.get_message(message_id), await store.recipients(message_id),
-                await store.events(message_id))
+        return (
+            await store.get_message(message_id),
+            await store.recipients(message_id),
+            await store.events(message_id),
+        )
 
     message, rcpts, events = _run(lambda: _with_store(cfg, run))
     if message is None:
         _say(f"no message {message_id}")
         raise typer.Exit(1)
-    out.print(f"message {message.id}  from <{message.sender}>  {message.size} bytes  "
-              f"via {message.source}  subject: {message.subject or '-'}")
+    out.print(
+        f"message {message.id}  from <{message.sender}>  {message.size} bytes  "
+        f"via {message.source}  subject: {message.subject or '-'}"
+    )
     table = Table("recipient", "status", "attempts", "next attempt", "last reply", "host")
     for r in rcpts:
         reply = f"{r.last_reply.code} {r.last_reply.text}" if r.last_reply else "-"
-        table.add_row(r.address, r.status, str(r.attempts), _time(r.next_attempt_at), reply,
-                      r.remote_host or "-")
+        table.add_row(
+            r.address,
+            r.status,
+            str(r.attempts),
+            _time(r.next_attempt_at),
+            reply,
+            r.remote_host or "-",
+        )
     out.print(table)
     timeline = Table("time (UTC)", "event", "recipient", "details")
     for e in events:

@@ -1,12 +1,12 @@
 """mailgate's exceptions, one tree.
 
-    MailgateError                  base of everything mailgate raises on purpose
-    ├── ConfigError                a setting is unknown or has a bad value (exit 2)
-    ├── StoreError                 the store could not do what was asked
-    │   ├── StoreUnavailable       cannot commit now (disk full, database gone): answer 4xx / 503
-    │   ├── StoreLocked            another process holds the SQLite database
-    │   └── DuplicateIdempotencyKey  an idempotency key was already used by that API key
-    └── NotFound                   a named message, key or recipient does not exist
+MailgateError                  base of everything mailgate raises on purpose
+├── ConfigError                a setting is unknown or has a bad value (exit 2)
+├── StoreError                 the store could not do what was asked
+│   ├── StoreUnavailable       cannot commit now (disk full, database gone): answer 4xx / 503
+│   ├── StoreLocked            another process holds the SQLite database
+│   └── DuplicateIdempotencyKey  an idempotency key was already used by that API key
+└── NotFound                   a named message, key or recipient does not exist
 """
 
 from __future__ import annotations

@@ -27,9 +27,11 @@ def new_id(now: float | None = None, *, floor: bool = False) -> str:
     ms = max(0, int((time.time() if now is None else now) * 1000))
     rand = 0 if floor else _rng.getrandbits(80)
     pairs = _PAIRS
-    head = _CROCKFORD[(ms >> 45) & 31] + "".join(
-        [pairs[(ms >> s) & 1023] for s in (35, 25, 15, 5)]
-    ) + _CROCKFORD[ms & 31]
+    head = (
+        _CROCKFORD[(ms >> 45) & 31]
+        + "".join([pairs[(ms >> s) & 1023] for s in (35, 25, 15, 5)])
+        + _CROCKFORD[ms & 31]
+    )
     tail = "".join([pairs[(rand >> s) & 1023] for s in (70, 60, 50, 40, 30, 20, 10, 0)])
     return head + tail
 

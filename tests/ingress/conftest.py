@@ -41,10 +41,12 @@ def make_config(tmp: Path, ca: trustme.CA, **smtp: Any) -> Config:
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))
-    return Config.model_validate({
-        "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
-        "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
-    })
+    return Config.model_validate(
+        {
+            "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
+            "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
+        }
+    )
 
 
 def start_server(config: Config, ca: trustme.CA) -> Iterator[RunningServer]:

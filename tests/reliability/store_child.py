@@ -32,8 +32,13 @@ async def enqueue_forever(url: str, producers: int) -> None:
     async def producer() -> None:
         while True:
             m = NewMessage(raw=b"", sender="s@example.org", recipients=(), source=Source.SMTP)
-            m = NewMessage(raw=body_for(m.id), sender="s@example.org",
-                           recipients=recipients_for(m.id), source=Source.SMTP, id=m.id)
+            m = NewMessage(
+                raw=body_for(m.id),
+                sender="s@example.org",
+                recipients=recipients_for(m.id),
+                source=Source.SMTP,
+                id=m.id,
+            )
             await store.enqueue(m)
             sys.stdout.write(m.id + "\n")
             sys.stdout.flush()

@@ -30,7 +30,9 @@ def run_and_kill(url: str, seed: int) -> list[str]:
     rng = random.Random(seed)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.store_child", "enqueue", url, "20"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == b"ready", proc.stderr.read() if proc.stderr else ""
@@ -119,9 +121,13 @@ def test_killed_workers_claim_returns_after_its_lease(tmp_path: Path) -> None:
     async def seed() -> str:
         store = open_store(url)
         await store.open()
-        m = NewMessage(raw=b"Subject: x\r\n\r\nx\r\n", sender="s@example.org",
-                       recipients=("a@lease.test", "b@lease.test"), source=Source.HTTP,
-                       created_at=time.time() - 1)
+        m = NewMessage(
+            raw=b"Subject: x\r\n\r\nx\r\n",
+            sender="s@example.org",
+            recipients=("a@lease.test", "b@lease.test"),
+            source=Source.HTTP,
+            created_at=time.time() - 1,
+        )
         await store.enqueue(m)
         await store.close()
         return m.id
@@ -129,7 +135,8 @@ def test_killed_workers_claim_returns_after_its_lease(tmp_path: Path) -> None:
     message_id = asyncio.run(seed())
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.reliability.store_child", "claim", url, "1.0"],
-        cwd=ROOT, stdout=subprocess.PIPE,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
     claimed = [int(x) for x in proc.stdout.readline().split()]

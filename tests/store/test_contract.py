@@ -40,7 +40,11 @@ async def test_enqueue_stores_message_recipients_and_accepted_event(store: Store
     got = await store.get_message(m.id)
     assert got is not None
     assert (got.sender, got.source, got.tags, got.metadata, got.size) == (
-        "a@example.org", Source.HTTP, ("t1",), {"k": "v"}, len(RAW)
+        "a@example.org",
+        Source.HTTP,
+        ("t1",),
+        {"k": "v"},
+        len(RAW),
     )
     assert await store.get_raw(m.id) == RAW
     rcpts = await store.recipients(m.id)
@@ -71,8 +75,10 @@ async def test_raw_bytes_are_kept_exactly(store: Store) -> None:
 async def test_enqueue_many_is_one_transaction(store: Store) -> None:
     first = message("a@x.test", idempotency=Idempotency("k1", "h", "{}", time.time() + 60))
     await store.enqueue(first)
-    batch = [message("b@x.test"), message("c@x.test", idempotency=Idempotency(
-        "k1", "h2", "{}", time.time() + 60))]
+    batch = [
+        message("b@x.test"),
+        message("c@x.test", idempotency=Idempotency("k1", "h2", "{}", time.time() + 60)),
+    ]
     with pytest.raises(DuplicateIdempotencyKey):
         await store.enqueue_many(batch)
     assert await store.get_message(batch[0].id) is None  # nothing half-written
@@ -92,8 +98,9 @@ async def test_idempotency_key_replays_until_expiry(store: Store) -> None:
     other_key = message(api_key_id="L", idempotency=Idempotency("key", "x", "{}", now + 60))
     assert await store.enqueue(other_key) == other_key.id  # keys are per API key
     # an expired entry is taken over by a new request
-    c = message(api_key_id="K", idempotency=Idempotency("old", "h", "{}", now - 1),
-                created_at=now - 120)
+    c = message(
+        api_key_id="K", idempotency=Idempotency("old", "h", "{}", now - 1), created_at=now - 120
+    )
     await store.enqueue(c)
     d = message(api_key_id="K", idempotency=Idempotency("old", "h2", "{}", now + 60))
     assert await store.enqueue(d) == d.id
@@ -144,13 +151,21 @@ async def test_settle_records_each_outcome_with_its_event(store: Store) -> None:
     claim = await store.claim("w", now, 10, 60)
     assert claim is not None
     a, b, c, d = claim.recipients
-    n = await store.settle("w", [
-        Settlement(a.id, RecipientStatus.DELIVERED, Reply(250, "2.0.0", "ok"), "mx.x.test"),
-        Settlement(b.id, RecipientStatus.DEFERRED, Reply(451, "4.3.0", "later"), "mx.x.test",
-                   next_attempt_at=now + 300),
-        Settlement(c.id, RecipientStatus.BOUNCED, Reply(550, "5.1.1", "no such user")),
-        Settlement(d.id, RecipientStatus.EXPIRED, Reply(451, "4.4.7", "too old")),
-    ])
+    n = await store.settle(
+        "w",
+        [
+            Settlement(a.id, RecipientStatus.DELIVERED, Reply(250, "2.0.0", "ok"), "mx.x.test"),
+            Settlement(
+                b.id,
+                RecipientStatus.DEFERRED,
+                Reply(451, "4.3.0", "later"),
+                "mx.x.test",
+                next_attempt_at=now + 300,
+            ),
+            Settlement(c.id, RecipientStatus.BOUNCED, Reply(550, "5.1.1", "no such user")),
+            Settlement(d.id, RecipientStatus.EXPIRED, Reply(451, "4.4.7", "too old")),
+        ],
+    )
     assert n == 4
     by_addr = {r.address: r for r in await store.recipients(m.id)}
     assert by_addr["a@x.test"].status is RecipientStatus.DELIVERED
@@ -162,8 +177,15 @@ async def test_settle_records_each_outcome_with_its_event(store: Store) -> None:
     assert by_addr["d@x.test"].status is RecipientStatus.EXPIRED
     assert all(r.attempts == 1 for r in by_addr.values())
     kinds = sorted(e.kind for e in await store.events(m.id))
-    assert kinds == sorted([EventKind.ACCEPTED, EventKind.DELIVERED, EventKind.DEFERRED,
-                            EventKind.BOUNCED, EventKind.EXPIRED])
+    assert kinds == sorted(
+        [
+            EventKind.ACCEPTED,
+            EventKind.DELIVERED,
+            EventKind.DEFERRED,
+            EventKind.BOUNCED,
+            EventKind.EXPIRED,
+        ]
+    )
     # deferred comes back when due; final ones never do
     again = await store.claim("w", now + 301, 10, 60)
     assert again is not None and [r.address for r in again.recipients] == ["b@x.test"]
@@ -199,8 +221,12 @@ async def test_list_messages_filters_and_cursor(store: Store) -> None:
     now = time.time()
     ids = []
     for i in range(7):
-        m = message(f"r{i}@x.test", tags=("even",) if i % 2 == 0 else ("odd",),
-                    api_key_id="K1" if i < 5 else "K2", created_at=now + i)
+        m = message(
+            f"r{i}@x.test",
+            tags=("even",) if i % 2 == 0 else ("odd",),
+            api_key_id="K1" if i < 5 else "K2",
+            created_at=now + i,
+        )
         await store.enqueue(m)
         ids.append(m.id)
     page1 = await store.list_messages(MessageQuery(limit=3))
@@ -208,9 +234,13 @@ async def test_list_messages_filters_and_cursor(store: Store) -> None:
     page2 = await store.list_messages(MessageQuery(limit=3, cursor=page1[-1].id))
     assert [m.id for m in page2] == ids[::-1][3:6]
     assert {m.id for m in await store.list_messages(MessageQuery(tag="odd"))} == {
-        ids[1], ids[3], ids[5]}
+        ids[1],
+        ids[3],
+        ids[5],
+    }
     assert [m.id for m in await store.list_messages(MessageQuery(recipient="r2@x.test"))] == [
-        ids[2]]
+        ids[2]
+    ]
     assert len(await store.list_messages(MessageQuery(api_key_id="K2"))) == 2
     since = await store.list_messages(MessageQuery(since=now + 5))
     assert [m.id for m in since] == [ids[6], ids[5]]
@@ -218,8 +248,9 @@ async def test_list_messages_filters_and_cursor(store: Store) -> None:
     assert [m.id for m in until] == [ids[0]]
     claim = await store.claim("w", now + 100, 1, 60)
     assert claim is not None
-    await store.settle("w", [Settlement(claim.recipients[0].id, RecipientStatus.DELIVERED,
-                                        Reply(250, None, "ok"))])
+    await store.settle(
+        "w", [Settlement(claim.recipients[0].id, RecipientStatus.DELIVERED, Reply(250, None, "ok"))]
+    )
     delivered = await store.list_messages(MessageQuery(status=RecipientStatus.DELIVERED))
     assert [m.id for m in delivered] == [claim.recipients[0].message_id]
 

@@ -29,7 +29,6 @@ from mailgate.config import SmtpConfig
 from mailgate.errors import StoreUnavailable
 from mailgate.ingress.accept import accept
 from mailgate.ingress.smtp_rules import (
-    Path,
     SmtpReply,
     added_headers,
     data_problem,
@@ -330,8 +329,13 @@ class Session(asyncio.Protocol):
     async def smtp_STARTTLS(self, arg: str) -> None:
         ctx = self.relay.tls_context
         if ctx is None or self.tls:
-            self.reply(SmtpReply(503 if self.tls else 454, "5.5.1" if self.tls else "4.7.0",
-                                 "TLS already active" if self.tls else "TLS not available"))
+            self.reply(
+                SmtpReply(
+                    503 if self.tls else 454,
+                    "5.5.1" if self.tls else "4.7.0",
+                    "TLS already active" if self.tls else "TLS not available",
+                )
+            )
             return
         if arg:
             self.reply(SmtpReply(501, "5.5.4", "Syntax: STARTTLS"))
@@ -345,7 +349,10 @@ class Session(asyncio.Protocol):
         # can land in the buffer; decrypted data after the handshake is kept.
         try:
             new = await loop.start_tls(
-                self.transport, self, ctx, server_side=True,
+                self.transport,
+                self,
+                ctx,
+                server_side=True,
                 ssl_handshake_timeout=self.cfg.idle_timeout,
             )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError):
@@ -464,8 +471,10 @@ class Session(asyncio.Protocol):
         if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
             self.reply(SmtpReply(501, "5.5.4", "Bad BODY parameter"))
             return
-        if path.address and self.key is not None and not self.key.allows_sender(
-            domain_of(path.address)
+        if (
+            path.address
+            and self.key is not None
+            and not self.key.allows_sender(domain_of(path.address))
         ):
             self.reply(SmtpReply(553, "5.7.1", "Sender address not allowed for this key"))
             return
@@ -518,18 +527,27 @@ class Session(asyncio.Protocol):
                 if not self.key.allows_sender(domain_of(addr)):
                     return SmtpReply(553, "5.7.1", "From: address not allowed for this key")
         queue_id = new_id()
-        protocol = ("ESMTP" if self.esmtp else "SMTP") + ("S" if self.tls else "") + (
-            "A" if self.key else ""
+        protocol = (
+            ("ESMTP" if self.esmtp else "SMTP")
+            + ("S" if self.tls else "")
+            + ("A" if self.key else "")
         )
         head = added_headers(
-            facts, hostname=self.relay.hostname, helo=self.helo or "", client_ip=self.client_ip,
-            protocol=protocol, queue_id=queue_id, recipients=self.rcpts,
+            facts,
+            hostname=self.relay.hostname,
+            helo=self.helo or "",
+            client_ip=self.client_ip,
+            protocol=protocol,
+            queue_id=queue_id,
+            recipients=self.rcpts,
         )
         now = time.time()
         idem = None
         if facts.message_id and self.cfg.dedupe_window > 0:
             idem = Idempotency(
-                "smtp-message-id:" + facts.message_id[:900], "", queue_id,
+                "smtp-message-id:" + facts.message_id[:900],
+                "",
+                queue_id,
                 now + self.cfg.dedupe_window,
             )
         message = NewMessage(
@@ -574,8 +592,13 @@ class Session(asyncio.Protocol):
 class SmtpRelay:
     """Listening sockets, shared limits and the policy inputs of every session."""
 
-    def __init__(self, cfg: SmtpConfig, store: Store, hostname: str,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SmtpConfig,
+        store: Store,
+        hostname: str,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.hostname = hostname
@@ -607,14 +630,21 @@ class SmtpRelay:
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: Session(self), self.cfg.host, self.cfg.port, reuse_port=reuse_port or None,
+            lambda: Session(self),
+            self.cfg.host,
+            self.cfg.port,
+            reuse_port=reuse_port or None,
             backlog=1024,
         )
         self.servers.append(server)
         if self.cfg.tls_port and self.tls_context is not None:
             tls_server = await loop.create_server(
-                lambda: Session(self, implicit_tls=True), self.cfg.host, self.cfg.tls_port,
-                ssl=self.tls_context, reuse_port=reuse_port or None, backlog=1024,
+                lambda: Session(self, implicit_tls=True),
+                self.cfg.host,
+                self.cfg.tls_port,
+                ssl=self.tls_context,
+                reuse_port=reuse_port or None,
+                backlog=1024,
             )
             self.servers.append(tls_server)
 

@@ -49,10 +49,14 @@ def parse_path(arg: str, keyword: str) -> Path | SmtpReply:
     """Parse `FROM:<a@b> PARAMS` / `TO:<a@b> PARAMS` (keyword: FROM or TO)."""
     head, colon, rest = arg.partition(":")
     if not colon or head.strip().upper() != keyword:
-        return SmtpReply(501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>")
+        return SmtpReply(
+            501, "5.5.4", f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>"
+        )
     rest = rest.strip()
     if not rest.startswith("<"):
-        return SmtpReply(501, "5.1.7" if keyword == "FROM" else "5.1.3", "Bad address syntax: use <address>")
+        return SmtpReply(
+            501, "5.1.7" if keyword == "FROM" else "5.1.3", "Bad address syntax: use <address>"
+        )
     end = rest.find(">")
     if end < 0:
         return SmtpReply(501, "5.5.4", "Missing '>' after the address")

@@ -229,8 +229,9 @@ def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
     )
 
 
-def open_store(url: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000,
-               pool_size: int = 8) -> Store:
+def open_store(
+    url: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000, pool_size: int = 8
+) -> Store:
     """The store named by `url` (sqlite:///path or postgresql://...), not yet opened."""
     if url.startswith(("postgresql://", "postgres://")):
         from mailgate.store.postgres import PostgresStore
@@ -239,8 +240,9 @@ def open_store(url: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000
     if url.startswith("sqlite:///"):
         from mailgate.store.sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///") :], unsafe_no_fsync=unsafe_no_fsync,
-                           batch_max=batch_max)
+        return SqliteStore(
+            url[len("sqlite:///") :], unsafe_no_fsync=unsafe_no_fsync, batch_max=batch_max
+        )
     from mailgate.errors import ConfigError
 
     raise ConfigError(f"config: store.url: expected sqlite:///path or postgresql://…, got {url!r}")

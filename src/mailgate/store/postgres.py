@@ -171,7 +171,7 @@ class PostgresStore:
                 await self._batcher
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for m, fut in self._pending:
+        for _, fut in self._pending:
             if not fut.done():
                 fut.set_exception(StoreUnavailable("store: closing"))
         self._pending.clear()
@@ -267,13 +267,19 @@ class PostgresStore:
             i = m.idempotency
             won = await conn.fetchval(
                 CLAIM_IDEMPOTENCY,
-                m.api_key_id or "", i.key, i.request_hash, i.response, m.id, m.created_at,
+                m.api_key_id or "",
+                i.key,
+                i.request_hash,
+                i.response,
+                m.id,
+                m.created_at,
                 i.expires_at,
             )
             if won is None:
                 first = await conn.fetchval(
                     "SELECT message_id FROM idempotency WHERE api_key_id = $1 AND key = $2",
-                    m.api_key_id or "", i.key,
+                    m.api_key_id or "",
+                    i.key,
                 )
                 raise DuplicateIdempotencyKey(first)
         await self._insert_many(conn, [m])
@@ -286,7 +292,8 @@ class PostgresStore:
             lambda c: c.execute(
                 "INSERT INTO nodes (name, seen_at) VALUES ($1, $2)"
                 " ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at",
-                name, time.time(),
+                name,
+                time.time(),
             )
         )
 
@@ -309,8 +316,10 @@ class PostgresStore:
 
     async def get_message(self, message_id: str) -> Message | None:
         row = await self._run(
-            lambda c: c.fetchrow(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1",
-                                 message_id), tx=False
+            lambda c: c.fetchrow(
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1", message_id
+            ),
+            tx=False,
         )
         return message_from_row(row) if row else None
 
@@ -325,7 +334,8 @@ class PostgresStore:
             lambda c: c.fetch(
                 f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id = $1 ORDER BY id",
                 message_id,
-            ), tx=False
+            ),
+            tx=False,
         )
         return [recipient_from_row(r) for r in rows]
 
@@ -333,7 +343,8 @@ class PostgresStore:
         rows = await self._run(
             lambda c: c.fetch(
                 f"SELECT {EVENT_COLUMNS} FROM events WHERE message_id = $1 ORDER BY id", message_id
-            ), tx=False
+            ),
+            tx=False,
         )
         return [event_from_row(r) for r in rows]
 
@@ -355,8 +366,10 @@ class PostgresStore:
         if query.until is not None:
             where.append(f"m.id < {arg(new_id(query.until, floor=True))}")
         if query.tag is not None:
-            where.append("EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id"
-                         f" AND t.tag = {arg(query.tag)})")
+            where.append(
+                "EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id"
+                f" AND t.tag = {arg(query.tag)})"
+            )
         if query.status is not None or query.recipient is not None:
             sub = "SELECT 1 FROM recipients r WHERE r.message_id = m.id"
             if query.status is not None:
@@ -377,8 +390,11 @@ class PostgresStore:
             lambda c: c.fetchrow(
                 "SELECT request_hash, response FROM idempotency"
                 " WHERE api_key_id = $1 AND key = $2 AND expires_at > $3",
-                api_key_id or "", key, time.time(),
-            ), tx=False
+                api_key_id or "",
+                key,
+                time.time(),
+            ),
+            tx=False,
         )
         return (row[0], row[1]) if row else None
 
@@ -392,11 +408,20 @@ class PostgresStore:
             if taken:
                 await c.executemany(
                     INSERT_RECIPIENT_EVENT,
-                    [(r["message_id"], r["id"], EventKind.LEASE_EXPIRED.value, now,
-                      json.dumps({"previous_owner": r["previous"]})) for r in taken],
+                    [
+                        (
+                            r["message_id"],
+                            r["id"],
+                            EventKind.LEASE_EXPIRED.value,
+                            now,
+                            json.dumps({"previous_owner": r["previous"]}),
+                        )
+                        for r in taken
+                    ],
                 )
             recipients = sorted(
-                (recipient_from_row(tuple(r)[:-1]) for r in rows), key=lambda r: (r.message_id, r.id)
+                (recipient_from_row(tuple(r)[:-1]) for r in rows),
+                key=lambda r: (r.message_id, r.id),
             )
             return Claim(recipients[0].domain, owner, now + lease_seconds, tuple(recipients))
 
@@ -413,15 +438,24 @@ class PostgresStore:
                     SETTLE,
                     s.status.value,
                     s.next_attempt_at if s.status is RecipientStatus.DEFERRED else None,
-                    r.code if r else None, r.enhanced if r else None, r.text if r else None,
-                    s.remote_host, now, s.recipient_id, owner,
+                    r.code if r else None,
+                    r.enhanced if r else None,
+                    r.text if r else None,
+                    s.remote_host,
+                    now,
+                    s.recipient_id,
+                    owner,
                 )
                 if message_id is None:
                     continue
                 changed += 1
                 await c.execute(
-                    INSERT_RECIPIENT_EVENT, message_id, s.recipient_id,
-                    EVENT_FOR_STATUS[s.status].value, now, settlement_details(s),
+                    INSERT_RECIPIENT_EVENT,
+                    message_id,
+                    s.recipient_id,
+                    EVENT_FOR_STATUS[s.status].value,
+                    now,
+                    settlement_details(s),
                 )
             return changed
 
@@ -433,7 +467,9 @@ class PostgresStore:
                 "UPDATE recipients SET next_attempt_at = $1, lease_owner = NULL, updated_at = $1"
                 f" WHERE id = ANY($2::bigint[]) AND lease_owner = $3 AND status IN {ACTIVE_SQL}"
                 " RETURNING id",
-                now, list(recipient_ids), owner,
+                now,
+                list(recipient_ids),
+                owner,
             )
             await c.execute(f"NOTIFY {CHANNEL}")
             return len(rows)
@@ -447,14 +483,16 @@ class PostgresStore:
                     "UPDATE recipients SET status = 'cancelled', next_attempt_at = NULL,"
                     " lease_owner = NULL, updated_at = $1"
                     f" WHERE message_id = $2 AND status IN {ACTIVE_SQL} RETURNING id",
-                    now, message_id,
+                    now,
+                    message_id,
                 )
             else:
                 rows = await c.fetch(
                     "UPDATE recipients SET next_attempt_at = $1, updated_at = $1"
                     f" WHERE message_id = $2 AND status IN {ACTIVE_SQL}"
                     " AND lease_owner IS NULL RETURNING id",
-                    now, message_id,
+                    now,
+                    message_id,
                 )
                 await c.execute(f"NOTIFY {CHANNEL}")
             await c.executemany(
@@ -519,7 +557,8 @@ class PostgresStore:
             lambda c: c.fetchval(
                 "WITH u AS (UPDATE api_keys SET revoked_at = $1 WHERE id = $2"
                 " AND revoked_at IS NULL RETURNING 1) SELECT count(*) FROM u",
-                now, key_id,
+                now,
+                key_id,
             )
         )
         return bool(n)

@@ -45,11 +45,11 @@ from mailgate.store import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
+    Rows,
     event_from_row,
     key_from_row,
     key_row,
     message_from_row,
-    Rows,
     message_rows,
     recipient_from_row,
     settlement_details,
@@ -235,9 +235,7 @@ class SqliteStore:
                     continue
                 for statement in _statements(path.read_text()):
                     conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time())
-                )
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -366,7 +364,7 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK TO bulk")
                 conn.execute("RELEASE bulk")
-        results = []
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for op in batch:
             if plain_ok and op.message is not None and op.message.idempotency is None:
                 results.append((op.future, op.message.id, None))
@@ -407,8 +405,15 @@ class SqliteStore:
             i = m.idempotency
             cur = conn.execute(
                 CLAIM_IDEMPOTENCY,
-                (m.api_key_id or "", i.key, i.request_hash, i.response, m.id, m.created_at,
-                 i.expires_at),
+                (
+                    m.api_key_id or "",
+                    i.key,
+                    i.request_hash,
+                    i.response,
+                    m.id,
+                    m.created_at,
+                    i.expires_at,
+                ),
             )
             if cur.rowcount == 0:
                 row = conn.execute(
@@ -492,7 +497,8 @@ class SqliteStore:
         return await self._read(run)
 
     async def list_messages(self, query: MessageQuery) -> list[Message]:
-        where, args = [], []  # type: ignore[var-annotated]
+        where: list[str] = []
+        args: list[Any] = []
         if query.api_key_id is not None:
             where.append("m.api_key_id = ?")
             args.append(query.api_key_id)
@@ -507,8 +513,9 @@ class SqliteStore:
             where.append("m.id < ?")
             args.append(new_id(query.until, floor=True))
         if query.tag is not None:
-            where.append("EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id"
-                         " AND t.tag = ?)")
+            where.append(
+                "EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id AND t.tag = ?)"
+            )
             args.append(query.tag)
         if query.status is not None or query.recipient is not None:
             sub = "SELECT 1 FROM recipients r WHERE r.message_id = m.id"
@@ -563,8 +570,13 @@ class SqliteStore:
             c.executemany(
                 INSERT_RECIPIENT_EVENT,
                 [
-                    (r.message_id, r.id, EventKind.LEASE_EXPIRED.value, now,
-                     json.dumps({"previous_owner": r.lease_owner}))
+                    (
+                        r.message_id,
+                        r.id,
+                        EventKind.LEASE_EXPIRED.value,
+                        now,
+                        json.dumps({"previous_owner": r.lease_owner}),
+                    )
                     for r in rows
                     if r.lease_owner is not None
                 ],
@@ -600,8 +612,13 @@ class SqliteStore:
                 changed += 1
                 c.execute(
                     INSERT_RECIPIENT_EVENT,
-                    (row[0], s.recipient_id, EVENT_FOR_STATUS[s.status].value, now,
-                     settlement_details(s)),
+                    (
+                        row[0],
+                        s.recipient_id,
+                        EVENT_FOR_STATUS[s.status].value,
+                        now,
+                        settlement_details(s),
+                    ),
                 )
             return changed
 
@@ -686,7 +703,9 @@ class SqliteStore:
 
     async def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
         def run(c: sqlite3.Connection) -> tuple[ApiKey, str] | None:
-            row = c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            row = c.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
             return key_from_row(row) if row else None
 
         return await self._read(run)

@@ -18,7 +18,9 @@ def b64(text: str) -> str:
 def test_auth_plain_with_send_key(server: RunningServer) -> None:
     with greeted(server.smtp_port) as d:
         assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'any' + chr(0) + server.send_key)}") == (
-            235, "235 2.7.0 Authentication successful")
+            235,
+            "235 2.7.0 Authentication successful",
+        )
         assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'any' + chr(0) + server.send_key)}")[0] == 503
 
 
@@ -44,7 +46,9 @@ def test_bad_keys_get_identical_replies(server: RunningServer, secret_of: str) -
     }[secret_of]
     with greeted(server.smtp_port) as d:
         assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + secret)}") == (
-            535, "535 5.7.8 Authentication credentials invalid")
+            535,
+            "535 5.7.8 Authentication credentials invalid",
+        )
 
 
 def test_bad_base64_and_unknown_mechanism(server: RunningServer) -> None:

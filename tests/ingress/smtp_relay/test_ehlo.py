@@ -13,8 +13,15 @@ def test_ehlo_advertises_extensions(server: RunningServer) -> None:
         assert code == 250
         lines = [line[4:] for line in text.splitlines()]
         assert lines[0] == "mx.mailgate.test"
-        for ext in ("SIZE 26214400", "PIPELINING", "8BITMIME", "SMTPUTF8",
-                    "ENHANCEDSTATUSCODES", "STARTTLS", "AUTH PLAIN LOGIN"):
+        for ext in (
+            "SIZE 26214400",
+            "PIPELINING",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "STARTTLS",
+            "AUTH PLAIN LOGIN",
+        ):
             assert ext in lines, (ext, lines)
 
 

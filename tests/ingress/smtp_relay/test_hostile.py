@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import pytest
 
 from mailgate.models import MessageQuery
-
 from tests.ingress.conftest import RunningServer
 from tests.ingress.smtp_relay.dialog import Dialog, greeted
 
@@ -29,8 +28,11 @@ class Case:
 def smuggle(end: bytes) -> Case:
     """A message whose body hides a fake end-of-data and a second transaction."""
     body = b"Subject: x\r\n\r\nhello" + end + SMUGGLED + b"\r\n.\r\n"
-    return Case(f"smuggle {end!r}", [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.com>\r\n",
-                                      b"DATA\r\n", body], [250, 250, 354, 550])
+    return Case(
+        f"smuggle {end!r}",
+        [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n", body],
+        [250, 250, 354, 550],
+    )
 
 
 def plain(script: list[bytes], expect: list[int], name: str, stored: int = 0) -> Case:
@@ -48,23 +50,40 @@ CASES = [
     smuggle(b"\r\n.\r"),
     smuggle(b"\r\n.\x00\r\n"),
     smuggle(b"\n\n.\n\n"),
-    plain([b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n",
-           b"Subject: x\r\n\r\n" + b"y" * 1200 + b"\r\n.\r\n"], [250, 250, 354, 550],
-          "data line over 998 octets"),
+    plain(
+        [
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<b@example.com>\r\n",
+            b"DATA\r\n",
+            b"Subject: x\r\n\r\n" + b"y" * 1200 + b"\r\n.\r\n",
+        ],
+        [250, 250, 354, 550],
+        "data line over 998 octets",
+    ),
     plain([b"NOOP " + b"x" * 3000 + b"\r\n"], [500], "overlong command line"),
     plain([b"NOOP " + b"x" * (1 << 20) + b"\r\n"], [500], "1 MB command line"),
     plain([b"MAIL FROM:<a@example.org> SIZE=999999999999\r\n"], [552], "oversized SIZE"),
     plain([b"AUTH PLAIN ***\r\n"], [501], "bad base64 in AUTH"),
     plain([b"DATA\r\n"], [503], "DATA before MAIL"),
     plain([b"MAIL FROM:<a@example.org>\r\n", b"DATA\r\n"], [250, 503], "DATA before RCPT"),
-    plain([b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<u%other.test@example.com>\r\n"],
-          [250, 553], "percent hack"),
-    plain([b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<@hop.test:u@example.com>\r\n"],
-          [250, 553], "source route"),
-    plain([b"MAIL FROM:<a@example.org>\r\n", b'RCPT TO:<"u@other.test"@example.com>\r\n'],
-          [250, 553], "quoted local part with @"),
-    plain([b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<a@b@example.com>\r\n"],
-          [250, 553], "two @"),
+    plain(
+        [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<u%other.test@example.com>\r\n"],
+        [250, 553],
+        "percent hack",
+    ),
+    plain(
+        [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<@hop.test:u@example.com>\r\n"],
+        [250, 553],
+        "source route",
+    ),
+    plain(
+        [b"MAIL FROM:<a@example.org>\r\n", b'RCPT TO:<"u@other.test"@example.com>\r\n'],
+        [250, 553],
+        "quoted local part with @",
+    ),
+    plain(
+        [b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<a@b@example.com>\r\n"], [250, 553], "two @"
+    ),
     plain([b"NO\x00OP\r\n"], [500], "NUL in a command"),
     plain([b"\xff\xfe\r\n"], [500], "invalid UTF-8 command"),
     plain([b"XYZZY\r\n"], [500], "unknown command"),

@@ -10,20 +10,23 @@ from tests.ingress.conftest import RunningServer
 from tests.ingress.smtp_relay.dialog import Dialog, greeted
 
 
-@pytest.mark.parametrize(("arg", "code"), [
-    ("FROM:<a@example.org>", 250),
-    ("FROM:<>", 250),
-    ("FROM:<a@example.org> SIZE=1000 BODY=8BITMIME", 250),
-    ("FROM:<a@example.org> SMTPUTF8", 250),
-    ("FROM:<ü@exämple.org> SMTPUTF8", 250),
-    ("FROM:a@example.org", 501),
-    ("FROM:<a@example.org", 501),
-    ("FROM:<not an address>", 501),
-    ("FROM:<a@example.org> SIZE=abc", 501),
-    ("FROM:<a@example.org> SIZE=999999999999", 552),
-    ("FROM:<a@example.org> BODY=BINARYMIME", 501),
-    ("TO:<a@example.org>", 501),
-])
+@pytest.mark.parametrize(
+    ("arg", "code"),
+    [
+        ("FROM:<a@example.org>", 250),
+        ("FROM:<>", 250),
+        ("FROM:<a@example.org> SIZE=1000 BODY=8BITMIME", 250),
+        ("FROM:<a@example.org> SMTPUTF8", 250),
+        ("FROM:<ü@exämple.org> SMTPUTF8", 250),
+        ("FROM:a@example.org", 501),
+        ("FROM:<a@example.org", 501),
+        ("FROM:<not an address>", 501),
+        ("FROM:<a@example.org> SIZE=abc", 501),
+        ("FROM:<a@example.org> SIZE=999999999999", 552),
+        ("FROM:<a@example.org> BODY=BINARYMIME", 501),
+        ("TO:<a@example.org>", 501),
+    ],
+)
 def test_mail_from_syntax(server: RunningServer, arg: str, code: int) -> None:
     with greeted(server.smtp_port) as d:
         assert d.cmd(f"MAIL {arg}")[0] == code

@@ -13,15 +13,18 @@ def test_rcpt_before_mail_is_refused(server: RunningServer) -> None:
         assert d.cmd("RCPT TO:<b@example.com>")[0] == 503
 
 
-@pytest.mark.parametrize("address", [
-    "user%host@example.com",
-    "@relay.test:user@example.com",
-    '"user@other.test"@example.com',
-    "a@b@example.com",
-    "host!user@example.com",
-    "user@localhost",
-    "",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "user%host@example.com",
+        "@relay.test:user@example.com",
+        '"user@other.test"@example.com',
+        "a@b@example.com",
+        "host!user@example.com",
+        "user@localhost",
+        "",
+    ],
+)
 def test_relay_tricks_never_relay(server: RunningServer, address: str) -> None:
     with greeted(server.smtp_port) as d:
         d.cmd("MAIL FROM:<a@example.org>")
@@ -40,7 +43,7 @@ def test_recipient_limit_then_message_goes_to_first_n(tmp_path, ca) -> None:  # 
             code, text = d.read_reply()
             assert code == 250
             qid = text.rsplit(" ", 1)[1]
-        rcpts = srv.call(lambda s: s.recipients(qid))
+        rcpts = srv.call(lambda s, q=qid: s.recipients(q))
         assert [r.address for r in rcpts] == ["r0@example.com", "r1@example.com", "r2@example.com"]
 
 

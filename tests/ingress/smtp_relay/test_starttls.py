@@ -20,8 +20,9 @@ def test_smtplib_starttls_then_auth_then_send(server: RunningServer) -> None:
         assert not smtp.has_extn("starttls")
         assert "PLAIN" in smtp.esmtp_features["auth"]
         smtp.login("printer", server.send_key)
-        refused = smtp.sendmail("a@example.org", ["b@example.com", "c@example.net"],
-                                b"Subject: tls\r\n\r\nsecret\r\n")
+        refused = smtp.sendmail(
+            "a@example.org", ["b@example.com", "c@example.net"], b"Subject: tls\r\n\r\nsecret\r\n"
+        )
         assert refused == {}
     counts = server.call(lambda s: s.status_counts())
     assert sum(counts.values()) == 2

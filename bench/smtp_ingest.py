@@ -1,0 +1,123 @@
+"""SMTP ingest: Postfix's smtp-source against mailgate and against a durable Postfix.
+
+Both receivers run on loopback in the same run: mailgate (`mailgate serve`, SQLite,
+synchronous=FULL) and Postfix set up by ../shared/tools/postfix-relay.sh (queue files
+fsynced before 250) relaying to smtp-sink. For 2 KB and 100 KB messages, prints msg/s
+for each and the ratio. Needs root for Postfix; installs postfix if missing.
+
+    python bench/smtp_ingest.py [--messages 20000] [--sessions 20] [--processes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "tools" / "postfix-relay.sh"
+MAILGATE_PORT, POSTFIX_PORT, SINK_PORT = 2725, 2625, 2626
+
+
+def ensure_postfix() -> None:
+    if shutil.which("smtp-source") or Path("/usr/sbin/smtp-source").exists():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as s:
+                s.recv(100)
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Run smtp-source; return messages per second."""
+    started = time.perf_counter()
+    subprocess.run(
+        ["/usr/sbin/smtp-source", "-d", "-s", str(sessions), "-m", str(messages),
+         "-l", str(size), "-f", "bench@example.org", "-t", "sink@example.com",
+         f"127.0.0.1:{port}"],
+        check=True, timeout=1800,
+    )
+    return messages / (time.perf_counter() - started)
+
+
+def start_mailgate(tmp: Path, processes: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update({
+        "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
+        "MAILGATE_SMTP_PORT": str(MAILGATE_PORT),
+        "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
+        "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
+        "MAILGATE_SMTP_PROCESSES": str(processes),
+        "MAILGATE_HTTP_ENABLED": "false",
+        "MAILGATE_SERVER_LOG_LEVEL": "warning",
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
+    wait_port(MAILGATE_PORT)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--sizes", default="2048,102400")
+    args = p.parse_args()
+    ensure_postfix()
+    tmp = Path(tempfile.mkdtemp(prefix="mailgate-ingest-"))
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
+                            stdout=subprocess.DEVNULL)
+    subprocess.run(["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    wait_port(POSTFIX_PORT)
+    rows = []
+    try:
+        for size in (int(s) for s in args.sizes.split(",")):
+            mg = start_mailgate(tmp, args.processes)
+            try:
+                mg_rate = smtp_source(MAILGATE_PORT, args.messages, args.sessions, size)
+            finally:
+                stop(mg)
+                shutil.rmtree(tmp / "mailgate", ignore_errors=True)
+            pf_rate = smtp_source(POSTFIX_PORT, args.messages, args.sessions, size)
+            rows.append((size, mg_rate, pf_rate))
+            print(f"{size // 1024:4d} KB: mailgate {mg_rate:7,.0f} msg/s   postfix {pf_rate:7,.0f}"
+                  f" msg/s   ratio {mg_rate / pf_rate:.2f}x", flush=True)
+    finally:
+        subprocess.run(["postfix", "stop"], check=False, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        sink.terminate()
+        sink.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"smtp-source: {args.sessions} sessions, {args.messages:,} messages per run, "
+          f"mailgate ingress processes: {args.processes}")
+
+
+if __name__ == "__main__":
+    main()
