@@ -91,7 +91,7 @@ def main() -> None:
     args = p.parse_args()
     ensure_postfix()
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-ingest-"))
-    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
                             stdout=subprocess.DEVNULL)
     subprocess.run(["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"], check=True,
                    stdout=subprocess.DEVNULL)

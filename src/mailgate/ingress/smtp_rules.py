@@ -25,8 +25,6 @@ _MAILBOX = re.compile(
     rf"^(?P<local>{_LOCAL_DOT_ATOM}|{_QUOTED}|{_LOCAL_UTF8})@(?P<domain>{_DOMAIN}|{_ADDR_LITERAL})$"
 )
 _PARAM = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?$")
-# A DATA section must contain only CRLF line ends and no NUL.
-_BARE_CR_LF_NUL = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 
 
@@ -99,24 +97,13 @@ def address_problem(address: str) -> str | None:
 
 def data_problem(data: bytes, max_line: int = MAX_LINE) -> SmtpReply | None:
     """Refuse DATA with bare CR, bare LF, NUL or overlong lines (smuggling-safe)."""
-    if _BARE_CR_LF_NUL.search(data):
+    if b"\x00" in data or not (data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")):
+        # equal counts mean every CR starts a CRLF and every LF ends one; C-speed checks,
+        # where a regex took 2 ms per 100 KB
         return SmtpReply(550, "5.6.0", "Message contains bare CR, bare LF or NUL; use CRLF")
-    if len(data) > max_line and _has_long_line(data, max_line):
+    if len(data) > max_line and max(map(len, data.split(b"\r\n"))) > max_line:
         return SmtpReply(550, "5.6.0", f"Message has a line longer than {max_line} octets")
     return None
-
-
-def _has_long_line(data: bytes, max_line: int) -> bool:
-    start = 0
-    n = len(data)
-    while start < n:
-        end = data.find(b"\r\n", start)
-        if end < 0:
-            end = n
-        if end - start > max_line:
-            return True
-        start = end + 2
-    return False
 
 
 def unstuff(data: bytes) -> bytes:
