@@ -7,7 +7,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.ingress.smtp_rules import address_problem, data_problem, header_facts, unstuff
+from mailgate.addresses import address_problem
+from mailgate.ingress.smtp_rules import data_problem, header_facts, unstuff
 
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 

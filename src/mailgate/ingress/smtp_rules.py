@@ -10,20 +10,9 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate, getaddresses
 
+from mailgate.addresses import address_problem
 from mailgate.models import new_id
 
-# RFC 5321 Dot-atom / quoted local part, kept deliberately strict for relaying.
-_ATOM = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"  # no % and no ! (classic relay tricks)
-_LOCAL_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
-_LOCAL_UTF8 = r"[^\s\"(),.:;<>@\[\\\]%!]+(?:\.[^\s\"(),.:;<>@\[\\\]%!]+)*"
-_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
-_LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|xn--[A-Za-z0-9-]+)"
-_UTF8_LABEL = r"[^\s\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]+"
-_DOMAIN = rf"(?:{_LABEL}|{_UTF8_LABEL})(?:\.(?:{_LABEL}|{_UTF8_LABEL}))+"
-_ADDR_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]"
-_MAILBOX = re.compile(
-    rf"^(?P<local>{_LOCAL_DOT_ATOM}|{_QUOTED}|{_LOCAL_UTF8})@(?P<domain>{_DOMAIN}|{_ADDR_LITERAL})$"
-)
 _PARAM = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?$")
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
 
@@ -72,27 +61,6 @@ def parse_path(arg: str, keyword: str) -> Path | SmtpReply:
         code = "5.1.7" if keyword == "FROM" else "5.1.3"
         return SmtpReply(553 if keyword == "TO" else 501, code, problem)
     return Path(address, params)
-
-
-def address_problem(address: str) -> str | None:
-    """Why an envelope address may not be used, or None when it is a plain mailbox."""
-    if not address:
-        return "Empty address"
-    if address.startswith("@"):
-        return "Source routes are not accepted"
-    if address.count("@") != 1 and not address.startswith('"'):
-        return "Address has more than one @"
-    if "%" in address.rpartition("@")[0] or "!" in address.rpartition("@")[0]:
-        return "Relay tricks (% or ! in the local part) are not accepted"
-    m = _MAILBOX.match(address)
-    if m is None:
-        return "Bad address syntax"
-    local = m.group("local")
-    if local.startswith('"') and ("@" in local or "%" in local or "!" in local):
-        return "Quoted local parts with @, % or ! are not accepted"
-    if len(local) > 64 or len(address) > 254:
-        return "Address too long"
-    return None
 
 
 def data_problem(data: bytes, max_line: int = MAX_LINE) -> SmtpReply | None:
