@@ -15,8 +15,12 @@ import signal
 import ssl
 from pathlib import Path
 
+import uvicorn
+
 from mailgate.config import Config
 from mailgate.errors import ConfigError
+from mailgate.ingress.http_api import Api, Metrics
+from mailgate.ingress.http_routes import create_api
 from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.store import Store, open_store
 
@@ -99,6 +103,8 @@ class App:
         self.role = role
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
+        self.http: uvicorn.Server | None = None
+        self.metrics = Metrics.create()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -114,10 +120,38 @@ class App:
             self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx)
             await self.smtp.start(reuse_port=cfg.smtp.processes > 1)
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
+        if self.wants(Role.API) and cfg.http.enabled:
+            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics)
+            server_config = uvicorn.Config(
+                create_api(api), host=cfg.http.host, port=cfg.http.port, lifespan="off",
+                http="httptools", log_level="warning", access_log=False,
+                timeout_graceful_shutdown=10,
+            )
+            self.http = uvicorn.Server(server_config)
+            server_config.load()
+            self.http.lifespan = server_config.lifespan_class(server_config)
+            try:
+                await self.http.startup()
+            except SystemExit:  # uvicorn exits when it cannot bind
+                self.http = None
+                raise ConfigError(
+                    f"config: http.port: cannot listen on {cfg.http.host}:{cfg.http.port}"
+                ) from None
+            self._http_ticks = asyncio.create_task(self.http.main_loop())
+            log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
         self.ready.set()
+
+    @property
+    def http_port(self) -> int:
+        assert self.http is not None
+        return int(self.http.servers[0].sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, finish or release work in flight, close the store."""
+        if self.http is not None:
+            self.http.should_exit = True
+            await self._http_ticks
+            await self.http.shutdown()
         if self.smtp is not None:
             await self.smtp.stop()
         if self.store is not None:

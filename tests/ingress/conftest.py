@@ -31,12 +31,18 @@ class RunningServer:
     read_key: str  # read scope only: no sending
     ca: trustme.CA
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.http_port}"
+
     def call(self, fn: Callable[[Store], Awaitable[T]]) -> T:
         assert self.app.store is not None
         return asyncio.run_coroutine_threadsafe(fn(self.app.store), self.loop).result(30)
 
 
-def make_config(tmp: Path, ca: trustme.CA, **smtp: Any) -> Config:
+def make_config(tmp: Path, ca: trustme.CA, http: dict[str, Any] | None = None, **smtp: Any
+                ) -> Config:
+    http = http or {}
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))

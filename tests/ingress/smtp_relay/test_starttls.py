@@ -62,7 +62,9 @@ def test_no_tls_configured_answers_454(tmp_path, ca) -> None:  # type: ignore[no
     from mailgate.config import Config
     from tests.ingress.conftest import start_server
 
-    cfg = Config.model_validate({"server": {"data_dir": str(tmp_path)}, "smtp": {"port": 0}})
+    cfg = Config.model_validate(
+        {"server": {"data_dir": str(tmp_path)}, "smtp": {"port": 0}, "http": {"port": 0}}
+    )
     for srv in start_server(cfg, ca):
         with Dialog(srv.smtp_port) as d:
             d.read_reply()

@@ -1,0 +1,437 @@
+"""The HTTP JSON API: FastAPI routes in front of the one door.
+
+Order of checks on every POST: content type (415), API key (401), scope and sender
+domain (403), rate (429), size (413), JSON (400), fields (422), then compose and
+accept(); the 202 is sent only after accept() returned, i.e. after the commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from mailgate import keys
+from mailgate.compose import Attachment as DraftAttachment
+from mailgate.compose import Draft, compose
+from mailgate.config import HttpConfig
+from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailable
+from mailgate.ingress import http_models as m
+from mailgate.ingress.accept import accept, accept_many
+from mailgate.ingress.smtp_rules import added_headers, header_facts
+from mailgate.addresses import address_problem, parse_mailbox
+from mailgate.models import (
+    ApiKey,
+    Idempotency,
+    Message,
+    MessageQuery,
+    NewMessage,
+    Recipient,
+    RecipientStatus,
+    Scope,
+    Source,
+    domain_of,
+    new_id,
+)
+from mailgate.store import Store
+
+IDEMPOTENCY_TTL = 24 * 3600.0
+AUTH_CACHE_SECONDS = 5.0  # a revoked key may keep working this long on a busy node
+JSON_TYPES = ("application/json",)
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"code", "message", "field"}}."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    body = {"error": {"code": e.code, "message": e.message, "field": e.field}}
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """("attachments", 2, "content") -> "attachments[2].content"."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + ("from" if part == "from_" else str(part))
+    return out
+
+
+def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> ApiError:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] in ("json_invalid", "json_type") or first["type"].startswith("recursion"):
+        return ApiError(400, "malformed_json", f"Request body is not valid JSON: {first['msg']}")
+    path = field_path(tuple(first["loc"]))
+    if prefix:
+        path = f"{prefix}.{path}" if path else prefix
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "Unknown field"
+    return ApiError(422, "invalid_field", msg, path or None)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    accepted: Counter
+    rejected: Counter
+    latency: Histogram
+    queue_depth: Gauge
+
+    @classmethod
+    def create(cls) -> Metrics:
+        r = CollectorRegistry()
+        return cls(
+            r,
+            Counter("mailgate_accepted_messages", "Messages committed", ["source"], registry=r),
+            Counter("mailgate_rejected_requests", "Requests refused", ["reason"], registry=r),
+            Histogram("mailgate_http_request_seconds", "HTTP request latency", ["route"],
+                      registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                           0.5, 1, 2.5)),
+            Gauge("mailgate_queue_depth", "Recipients by status", ["status"], registry=r),
+        )
+
+
+class Api:
+    """Request handling that does not depend on FastAPI; create_api() routes to it."""
+
+    def __init__(self, store: Store, cfg: HttpConfig, hostname: str, metrics: Metrics) -> None:
+        self.store, self.cfg, self.hostname, self.metrics = store, cfg, hostname, metrics
+        self._auth_cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    # -- checks -------------------------------------------------------------------
+    async def key_for(self, request: Request, scope: Scope) -> ApiKey:
+        secret = _secret_from(request.headers.get("authorization", ""))
+        if secret is None:
+            raise ApiError(401, "unauthorized", "Missing API key: use Authorization: Bearer <key>",
+                           headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+        now = time.monotonic()
+        cached = self._auth_cache.get(secret)
+        if cached is not None and cached[1] > now:
+            key = cached[0]
+        else:
+            key = await keys.authenticate(self.store, secret)
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[secret] = (key, now + AUTH_CACHE_SECONDS)
+        if key is None:
+            raise ApiError(401, "unauthorized", "Invalid API key",
+                           headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+        if not key.has(scope):
+            raise ApiError(403, "forbidden", f"This key lacks the {scope} scope")
+        self._rate(key)
+        return key
+
+    def _rate(self, key: ApiKey) -> None:
+        rate = self.cfg.rate_limit_per_second
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key.id, (float(self.cfg.rate_limit_burst), now))
+        tokens = min(float(self.cfg.rate_limit_burst), tokens + (now - last) * rate)
+        if tokens < 1:
+            wait = max(1, int((1 - tokens) / rate + 0.999))
+            raise ApiError(429, "rate_limited", "Too many requests for this key",
+                           headers={"Retry-After": str(wait)})
+        self._buckets[key.id] = (tokens - 1, now)
+
+    async def body(self, request: Request, types: tuple[str, ...] = JSON_TYPES) -> bytes:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in types:
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type must be {' or '.join(types)}")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.cfg.max_body_bytes:
+            raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.cfg.max_body_bytes:
+                raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- building messages ------------------------------------------------------------
+    async def draft_message(self, req: m.SendRequest, key: ApiKey, prefix: str = "") -> NewMessage:
+        def at(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        sender = _mailbox(req.from_)
+        if not key.allows_sender(domain_of(sender[1])):
+            raise ApiError(403, "sender_not_allowed", "This key may not send from that domain",
+                           at("from"))
+        rcpts = [*req.to, *req.cc, *req.bcc]
+        if not rcpts:
+            raise ApiError(422, "invalid_field", "At least one of to, cc, bcc is required", at("to"))
+        if len(rcpts) > self.cfg.max_recipients:
+            raise ApiError(422, "invalid_field",
+                           f"At most {self.cfg.max_recipients} recipients in to + cc + bcc",
+                           at("to"))
+        if req.text is None and req.html is None:
+            raise ApiError(422, "invalid_field", "Give text, html or both", at("text"))
+        subject, in_reply_to, references = req.subject, None, ()
+        if req.reply_to_message_id is not None:
+            subject, in_reply_to, references = await self._thread(req, key, at)
+        now = time.time()
+        message_id = f"<{new_id(now)}@{self.hostname}>"
+        draft = Draft(
+            sender=sender,
+            to=tuple(_mailbox(a) for a in req.to),
+            cc=tuple(_mailbox(a) for a in req.cc),
+            reply_to=tuple(_mailbox(a) for a in req.reply_to),
+            subject=subject,
+            text=req.text,
+            html=req.html,
+            attachments=tuple(
+                DraftAttachment(a.filename, a.decoded(), a.content_type, a.content_id, a.is_inline)
+                for a in req.attachments
+            ),
+            headers=tuple(req.headers.items()),
+            in_reply_to=in_reply_to,
+            references=references,
+            message_id=message_id,
+            date=now,
+        )
+        envelope = tuple(dict.fromkeys(_mailbox(a)[1] for a in rcpts))
+        return NewMessage(
+            raw=compose(draft),
+            sender=sender[1],
+            recipients=envelope,
+            source=Source.HTTP,
+            api_key_id=key.id,
+            tags=tuple(req.tags),
+            metadata=dict(req.metadata),
+            message_id_header=message_id,
+            subject=subject,
+            scheduled_at=req.scheduled_at.timestamp() if req.scheduled_at else None,
+            created_at=now,
+        )
+
+    async def _thread(self, req: m.SendRequest, key: ApiKey, at: Any
+                      ) -> tuple[str | None, str | None, tuple[str, ...]]:
+        assert req.reply_to_message_id is not None
+        original = await self.visible_message(req.reply_to_message_id, key,
+                                              field=at("reply_to_message_id"))
+        raw = await self.store.get_raw(original.id) or b""
+        refs = _header(raw, b"references").split()
+        parent = original.message_id_header
+        if parent:
+            refs = [r for r in refs if r != parent] + [parent]
+        subject = req.subject
+        if subject is None:
+            base = original.subject or ""
+            subject = base if base.lower().startswith("re:") else f"Re: {base}".rstrip()
+        return subject, parent, tuple(refs[-20:])
+
+    async def visible_message(self, message_id: str, key: ApiKey, field: str | None = None
+                              ) -> Message:
+        message = await self.store.get_message(message_id)
+        if message is None or (not key.has(Scope.ADMIN) and message.api_key_id != key.id):
+            raise ApiError(404, "not_found", f"No message {message_id}", field)
+        return message
+
+    def raw_message(self, raw: bytes, sender: str, to: list[str], key: ApiKey,
+                    tags: tuple[str, ...] = ()) -> NewMessage:
+        if sender:
+            problem = address_problem(sender)
+            if problem is not None:
+                raise ApiError(422, "invalid_field", problem, "from")
+            if not key.allows_sender(domain_of(sender)):
+                raise ApiError(403, "sender_not_allowed",
+                               "This key may not send from that domain", "from")
+        if b"\x00" in raw:
+            raise ApiError(422, "invalid_field", "Message contains NUL", "raw")
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        if max(len(line) for line in raw.split(b"\r\n")) > 998:
+            raise ApiError(422, "invalid_field", "A line is longer than 998 octets", "raw")
+        facts = header_facts(raw)
+        if key.sender_domains and not all(key.allows_sender(domain_of(a))
+                                          for a in facts.from_addresses or ("",)):
+            raise ApiError(403, "sender_not_allowed", "From: address not allowed for this key",
+                           "raw")
+        if len(to) > self.cfg.max_recipients:
+            raise ApiError(422, "invalid_field", "Too many recipients", "to")
+        now = time.time()
+        mid = new_id(now)
+        head = added_headers(facts, hostname=self.hostname, helo="api", client_ip="http",
+                             protocol="HTTP", queue_id=mid, recipients=to, now=now)
+        return NewMessage(raw=head + raw, sender=sender, recipients=tuple(dict.fromkeys(to)),
+                          source=Source.HTTP, api_key_id=key.id, tags=tags,
+                          message_id_header=facts.message_id, subject=facts.subject, id=mid,
+                          created_at=now)
+
+    # -- committing -----------------------------------------------------------------------
+    async def commit_one(self, message: NewMessage, idem: tuple[str, str] | None) -> Response:
+        body = accepted_body(message)
+        if idem is not None:
+            message = _with_idempotency(message, idem, body)
+        try:
+            result = await accept(self.store, message)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        if result.replayed and idem is not None:
+            return await self.replay(idem)
+        self.metrics.accepted.labels("http").inc()
+        return Response(body, status_code=202, media_type="application/json")
+
+    async def commit_many(self, messages: list[NewMessage], body: str,
+                          idem: tuple[str, str] | None) -> Response:
+        if idem is not None and messages:
+            messages = [_with_idempotency(messages[0], idem, body), *messages[1:]]
+        try:
+            await accept_many(self.store, messages)
+        except DuplicateIdempotencyKey:
+            assert idem is not None
+            return await self.replay(idem)
+        except StoreUnavailable:
+            raise _unavailable() from None
+        except StoreError:
+            raise _unavailable() from None
+        self.metrics.accepted.labels("http").inc(len(messages))
+        return Response(body, status_code=202, media_type="application/json")
+
+    async def check_replay(self, request: Request, key: ApiKey, body: bytes
+                           ) -> tuple[tuple[str, str] | None, Response | None]:
+        """(idempotency key and request hash, or None; a replayed response, or None)."""
+        idem_key = request.headers.get("idempotency-key")
+        if idem_key is None:
+            return None, None
+        if not 1 <= len(idem_key) <= 255 or any(c in idem_key for c in "\r\n\x00"):
+            raise ApiError(422, "invalid_field", "Idempotency-Key must be 1-255 characters",
+                           "Idempotency-Key")
+        digest = hashlib.sha256(request.url.path.encode() + b"\0" + body).hexdigest()
+        idem = (f"{key.id}:{idem_key}", digest)
+        found = await self.store.idempotent_response(key.id, idem[0])
+        if found is None:
+            return idem, None
+        return idem, self._replayed(found, idem)
+
+    async def replay(self, idem: tuple[str, str]) -> Response:
+        found = None
+        for _ in range(20):  # the first request may still be committing
+            found = await self.store.idempotent_response(idem[0].split(":", 1)[0], idem[0])
+            if found is not None:
+                break
+        if found is None:
+            raise _unavailable()
+        return self._replayed(found, idem)
+
+    def _replayed(self, found: tuple[str, str], idem: tuple[str, str]) -> Response:
+        if found[0] != idem[1]:
+            raise ApiError(409, "idempotency_conflict",
+                           "This Idempotency-Key was used with a different request",
+                           "Idempotency-Key")
+        return Response(found[1], status_code=202, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+
+    # -- reading ----------------------------------------------------------------------------
+    async def message_out(self, message: Message, with_events: bool) -> m.MessageOut:
+        rcpts = await self.store.recipients(message.id)
+        by_id = {r.id: r.address for r in rcpts}
+        events = None
+        if with_events:
+            events = [
+                m.EventOut(at=_dt(e.at), kind=e.kind, recipient=by_id.get(e.recipient_id or -1),
+                           details=e.details)
+                for e in await self.store.events(message.id)
+            ]
+        return m.MessageOut(
+            id=message.id, created_at=_dt(message.created_at), source=message.source,
+            sender=message.sender, subject=message.subject, message_id=message.message_id_header,
+            tags=list(message.tags), metadata=message.metadata, size=message.size,
+            scheduled_at=_dt(message.scheduled_at) if message.scheduled_at else None,
+            recipients=[_recipient_out(r) for r in rcpts], events=events,
+        )
+
+
+def _secret_from(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer" and value.strip():
+        return value.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def _mailbox(text: str) -> tuple[str, str]:
+    parsed = parse_mailbox(text)
+    assert not isinstance(parsed, str)  # validated by the request model
+    return parsed
+
+
+def _header(raw: bytes, name: bytes) -> str:
+    end = raw.find(b"\r\n\r\n")
+    value = None
+    for line in raw[: end if end >= 0 else len(raw)].split(b"\r\n"):
+        if value is not None and line[:1] in (b" ", b"\t"):
+            value += " " + line.strip().decode("utf-8", "replace")
+            continue
+        if value is not None:
+            return value
+        head, colon, rest = line.partition(b":")
+        if colon and head.strip().lower() == name:
+            value = rest.strip().decode("utf-8", "replace")
+    return value or ""
+
+
+def _dt(t: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC)
+
+
+def _recipient_out(r: Recipient) -> m.RecipientOut:
+    reply = r.last_reply
+    return m.RecipientOut(
+        address=r.address, status=r.status, attempts=r.attempts,
+        last_reply=f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{reply.text}"
+        if reply else None,
+        remote_host=r.remote_host,
+        next_attempt_at=_dt(r.next_attempt_at)
+        if r.next_attempt_at and r.status in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
+        else None,
+    )
+
+
+def accepted_body(message: NewMessage) -> str:
+    return json.dumps({
+        "id": message.id,
+        "message_id": message.message_id_header,
+        "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
+        "scheduled_at": _dt(message.scheduled_at).isoformat() if message.scheduled_at else None,
+    })
+
+
+def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> NewMessage:
+    import dataclasses
+
+    record = Idempotency(idem[0], idem[1], body, message.created_at + IDEMPOTENCY_TTL)
+    return dataclasses.replace(message, idempotency=record)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "Storage cannot commit right now; retry later",
+                    headers={"Retry-After": "5"})

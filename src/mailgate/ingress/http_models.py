@@ -1,0 +1,219 @@
+"""The JSON shapes of the HTTP API, validated by pydantic.
+
+Unknown fields are refused, and every string that ends up in a header is checked for
+CR, LF and NUL here, so header injection fails with 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from mailgate.addresses import parse_mailbox
+
+_FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
+RESERVED_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "Reply-To", "Sender",
+        "In-Reply-To", "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+        "Content-Disposition", "Received", "Return-Path", "DKIM-Signature",
+    )
+)
+
+
+def _no_controls(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+def _mailbox(value: str) -> str:
+    parsed = parse_mailbox(value)
+    if isinstance(parsed, str):
+        raise ValueError(parsed)
+    return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Line = Annotated[str, AfterValidator(_no_controls)]
+Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_mailbox)]
+Mailboxes = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
+
+
+class Attachment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    filename: Annotated[Line, Field(min_length=1, max_length=255)]
+    content: str = Field(description="The file, base64-encoded.")
+    content_type: Annotated[str, Field(pattern=_TOKEN.pattern)] = "application/octet-stream"
+    content_id: Annotated[Line, Field(max_length=200, pattern=r"^[^<>\s]+$")] | None = None
+    disposition: Literal["attachment", "inline"] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be valid base64") from None
+        return value
+
+    def decoded(self) -> bytes:
+        return base64.b64decode(self.content)
+
+    @property
+    def is_inline(self) -> bool:
+        if self.disposition is not None:
+            return self.disposition == "inline"
+        return self.content_id is not None
+
+
+class SendRequest(BaseModel):
+    """POST /v1/messages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: Mailbox = Field(alias="from", description="`addr@example.org` or `Name <addr@…>`.")
+    to: Mailboxes = Field(default_factory=list)
+    cc: Mailboxes = Field(default_factory=list)
+    bcc: Mailboxes = Field(default_factory=list)
+    reply_to: Mailboxes = Field(default_factory=list)
+    subject: Annotated[Line, Field(max_length=998)] | None = None
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+    headers: dict[str, Line] = Field(default_factory=dict, max_length=50)
+    tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=20
+    )
+    metadata: dict[str, Annotated[Line, Field(max_length=1000)]] = Field(
+        default_factory=dict, max_length=50
+    )
+    scheduled_at: datetime.datetime | None = None
+    reply_to_message_id: Annotated[str, Field(pattern=r"^[0-9A-Z]{26}$")] | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"header name {name[:40]!r} is not a valid field name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by mailgate; use the matching field")
+        return value
+
+    @field_validator("text", "html")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL")
+        return value
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _aware(cls, value: datetime.datetime | None) -> datetime.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must include a time zone, e.g. 2026-01-01T09:00:00Z")
+        return value
+
+
+class BatchRequest(BaseModel):
+    """POST /v1/messages/batch: each item is validated on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class RawRequest(BaseModel):
+    """POST /v1/messages/raw with a JSON body."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    raw: str = Field(description="The complete RFC 5322 message, base64-encoded.")
+    from_: Annotated[str, Field(max_length=320)] = Field(
+        alias="from", description="Envelope sender (MAIL FROM); empty for <>."
+    )
+    to: Annotated[list[Mailbox], BeforeValidator(_one_or_many)] = Field(min_length=1)
+    tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=20
+    )
+
+    @field_validator("raw")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be valid base64") from None
+        return value
+
+
+class RecipientOut(BaseModel):
+    address: str
+    status: str
+    attempts: int = 0
+    last_reply: str | None = None
+    remote_host: str | None = None
+    next_attempt_at: datetime.datetime | None = None
+
+
+class Accepted(BaseModel):
+    id: str
+    message_id: str | None
+    recipients: list[RecipientOut]
+    scheduled_at: datetime.datetime | None = None
+
+
+class EventOut(BaseModel):
+    at: datetime.datetime
+    kind: str
+    recipient: str | None
+    details: dict[str, Any]
+
+
+class MessageOut(BaseModel):
+    id: str
+    created_at: datetime.datetime
+    source: str
+    sender: str
+    subject: str | None
+    message_id: str | None
+    tags: list[str]
+    metadata: dict[str, str]
+    size: int
+    scheduled_at: datetime.datetime | None
+    recipients: list[RecipientOut] = Field(default_factory=list)
+    events: list[EventOut] | None = None
+
+
+class MessageList(BaseModel):
+    data: list[MessageOut]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
