@@ -50,25 +50,40 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     """Run smtp-source; return messages per second."""
     started = time.perf_counter()
     subprocess.run(
-        ["/usr/sbin/smtp-source", "-d", "-s", str(sessions), "-m", str(messages),
-         "-l", str(size), "-f", "bench@example.org", "-t", "sink@example.com",
-         f"127.0.0.1:{port}"],
-        check=True, timeout=1800,
+        [
+            "/usr/sbin/smtp-source",
+            "-d",
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            "bench@example.org",
+            "-t",
+            "sink@example.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        timeout=1800,
     )
     return messages / (time.perf_counter() - started)
 
 
 def start_mailgate(tmp: Path, processes: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env.update({
-        "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
-        "MAILGATE_SMTP_PORT": str(MAILGATE_PORT),
-        "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
-        "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
-        "MAILGATE_SMTP_PROCESSES": str(processes),
-        "MAILGATE_HTTP_ENABLED": "false",
-        "MAILGATE_SERVER_LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
+            "MAILGATE_SMTP_PORT": str(MAILGATE_PORT),
+            "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
+            "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
+            "MAILGATE_SMTP_PROCESSES": str(processes),
+            "MAILGATE_HTTP_ENABLED": "false",
+            "MAILGATE_SERVER_LOG_LEVEL": "warning",
+        }
+    )
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
     wait_port(MAILGATE_PORT)
     return proc
@@ -91,10 +106,15 @@ def main() -> None:
     args = p.parse_args()
     ensure_postfix()
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-ingest-"))
-    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
-                            stdout=subprocess.DEVNULL)
-    subprocess.run(["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"], check=True,
-                   stdout=subprocess.DEVNULL)
+    sink = subprocess.Popen(
+        ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wait_port(POSTFIX_PORT)
     rows = []
     try:
@@ -107,16 +127,22 @@ def main() -> None:
                 shutil.rmtree(tmp / "mailgate", ignore_errors=True)
             pf_rate = smtp_source(POSTFIX_PORT, args.messages, args.sessions, size)
             rows.append((size, mg_rate, pf_rate))
-            print(f"{size // 1024:4d} KB: mailgate {mg_rate:7,.0f} msg/s   postfix {pf_rate:7,.0f}"
-                  f" msg/s   ratio {mg_rate / pf_rate:.2f}x", flush=True)
+            print(
+                f"{size // 1024:4d} KB: mailgate {mg_rate:7,.0f} msg/s   postfix {pf_rate:7,.0f}"
+                f" msg/s   ratio {mg_rate / pf_rate:.2f}x",
+                flush=True,
+            )
     finally:
-        subprocess.run(["postfix", "stop"], check=False, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["postfix", "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         sink.terminate()
         sink.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"smtp-source: {args.sessions} sessions, {args.messages:,} messages per run, "
-          f"mailgate ingress processes: {args.processes}")
+    print(
+        f"smtp-source: {args.sessions} sessions, {args.messages:,} messages per run, "
+        f"mailgate ingress processes: {args.processes}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,18 @@ printable = st.text(
     st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\u2028\u2029\x85"),
     max_size=120,
 )
-body_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                    max_size=3000)
+body_text = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=3000
+)
 names = st.one_of(st.just(""), printable.map(str.strip))
 local = st.from_regex(r"[a-z0-9][a-z0-9.+_-]{0,20}[a-z0-9]", fullmatch=True).filter(
-    lambda s: ".." not in s)
-addresses = st.builds(lambda lp, d: f"{lp}@{d}.test", local,
-                      st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True))
+    lambda s: ".." not in s
+)
+addresses = st.builds(
+    lambda lp, d: f"{lp}@{d}.test",
+    local,
+    st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True),
+)
 mailboxes = st.tuples(names, addresses)
 
 
@@ -45,19 +50,39 @@ def check_lines(raw: bytes) -> None:
     subject=printable,
     text=st.none() | body_text,
     html=st.none() | body_text,
-    files=st.lists(st.tuples(printable.filter(lambda s: s.strip() != ""), st.binary(max_size=2000),
-                             st.booleans()), max_size=3),
+    files=st.lists(
+        st.tuples(
+            printable.filter(lambda s: s.strip() != ""), st.binary(max_size=2000), st.booleans()
+        ),
+        max_size=3,
+    ),
 )
-def test_compose_round_trips_through_the_email_package(sender, to, cc, subject, text, html,
-                                                        files) -> None:  # type: ignore[no-untyped-def]
+def test_compose_round_trips_through_the_email_package(
+    sender, to, cc, subject, text, html, files
+) -> None:  # type: ignore[no-untyped-def]
     attachments = tuple(
-        Attachment(name.strip(), content, "application/octet-stream",
-                   content_id=f"c{i}@x" if inline else None, inline=inline)
+        Attachment(
+            name.strip(),
+            content,
+            "application/octet-stream",
+            content_id=f"c{i}@x" if inline else None,
+            inline=inline,
+        )
         for i, (name, content, inline) in enumerate(files)
     )
-    draft = Draft(sender=sender, to=tuple(to), cc=tuple(cc), subject=subject, text=text,
-                  html=html, attachments=attachments, message_id="<id@mailgate.test>",
-                  date=time.time(), in_reply_to="<p@x>", references=("<a@x>", "<p@x>"))
+    draft = Draft(
+        sender=sender,
+        to=tuple(to),
+        cc=tuple(cc),
+        subject=subject,
+        text=text,
+        html=html,
+        attachments=attachments,
+        message_id="<id@mailgate.test>",
+        date=time.time(),
+        in_reply_to="<p@x>",
+        references=("<a@x>", "<p@x>"),
+    )
     raw = compose(draft)
     check_lines(raw)
     msg = parse(raw)
@@ -70,32 +95,46 @@ def test_compose_round_trips_through_the_email_package(sender, to, cc, subject, 
         assert [a.addr_spec for a in msg["Cc"].addresses] == [a for _, a in cc]
     assert msg["Message-ID"] == "<id@mailgate.test>"
     assert msg["In-Reply-To"] == "<p@x>" and msg["References"].split() == ["<a@x>", "<p@x>"]
+
     def norm(s: str) -> str:
         return s.replace("\r\n", "\n").replace("\r", "\n")
+
     plain = msg.get_body(("plain",))
     if text is not None:
         assert plain is not None and norm(plain.get_content()).rstrip("\n") == norm(text).rstrip(
-            "\n")
+            "\n"
+        )
     if html is not None:
         part = msg.get_body(("html",))
         assert part is not None and norm(part.get_content()).rstrip("\n") == norm(html).rstrip("\n")
-    got = [(p.get_filename(), p.get_content()) for p in msg.walk()
-           if p.get_content_disposition() in ("attachment", "inline") and p.get_filename()]
+    got = [
+        (p.get_filename(), p.get_content())
+        for p in msg.walk()
+        if p.get_content_disposition() in ("attachment", "inline") and p.get_filename()
+    ]
     ordered = [a for a in attachments if a.inline] + [a for a in attachments if not a.inline]
     assert got == [(a.filename, a.content) for a in ordered]  # inline parts sit nearer the body
 
 
 def test_long_ascii_subject_is_folded_not_cut() -> None:
     subject = " ".join(["word"] * 400)
-    raw = compose(Draft(sender=("", "a@b.test"), to=(("", "c@d.test"),), subject=subject,
-                        text="x", message_id="<m@x>"))
+    raw = compose(
+        Draft(
+            sender=("", "a@b.test"),
+            to=(("", "c@d.test"),),
+            subject=subject,
+            text="x",
+            message_id="<m@x>",
+        )
+    )
     check_lines(raw)
     assert parse(raw)["Subject"] == subject
 
 
 def test_unbroken_long_line_in_text_uses_quoted_printable() -> None:
-    raw = compose(Draft(sender=("", "a@b.test"), to=(("", "c@d.test"),), text="y" * 5000,
-                        message_id="<m@x>"))
+    raw = compose(
+        Draft(sender=("", "a@b.test"), to=(("", "c@d.test"),), text="y" * 5000, message_id="<m@x>")
+    )
     check_lines(raw)
     part = parse(raw).get_body(("plain",))
     assert part is not None and part["Content-Transfer-Encoding"] == "quoted-printable"

@@ -123,8 +123,13 @@ class App:
         if self.wants(Role.API) and cfg.http.enabled:
             api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics)
             server_config = uvicorn.Config(
-                create_api(api), host=cfg.http.host, port=cfg.http.port, lifespan="off",
-                http="httptools", log_level="warning", access_log=False,
+                create_api(api),
+                host=cfg.http.host,
+                port=cfg.http.port,
+                lifespan="off",
+                http="httptools",
+                log_level="warning",
+                access_log=False,
                 timeout_graceful_shutdown=10,
             )
             self.http = uvicorn.Server(server_config)

@@ -40,8 +40,9 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(fn(self.app.store), self.loop).result(30)
 
 
-def make_config(tmp: Path, ca: trustme.CA, http: dict[str, Any] | None = None, **smtp: Any
-                ) -> Config:
+def make_config(
+    tmp: Path, ca: trustme.CA, http: dict[str, Any] | None = None, **smtp: Any
+) -> Config:
     http = http or {}
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
@@ -51,6 +52,7 @@ def make_config(tmp: Path, ca: trustme.CA, http: dict[str, Any] | None = None, *
         {
             "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
             "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
+            "http": {"port": 0, **http},
         }
     )
 

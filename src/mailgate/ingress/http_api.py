@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mailgate import keys
+from mailgate.addresses import address_problem, parse_mailbox
 from mailgate.compose import Attachment as DraftAttachment
 from mailgate.compose import Draft, compose
 from mailgate.config import HttpConfig
@@ -29,12 +30,10 @@ from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailabl
 from mailgate.ingress import http_models as m
 from mailgate.ingress.accept import accept, accept_many
 from mailgate.ingress.smtp_rules import added_headers, header_facts
-from mailgate.addresses import address_problem, parse_mailbox
 from mailgate.models import (
     ApiKey,
     Idempotency,
     Message,
-    MessageQuery,
     NewMessage,
     Recipient,
     RecipientStatus,
@@ -53,8 +52,14 @@ JSON_TYPES = ("application/json",)
 class ApiError(Exception):
     """An error answered as {"error": {"code", "message", "field"}}."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.field = status, code, message, field
         self.headers = headers or {}
@@ -104,9 +109,13 @@ class Metrics:
             r,
             Counter("mailgate_accepted_messages", "Messages committed", ["source"], registry=r),
             Counter("mailgate_rejected_requests", "Requests refused", ["reason"], registry=r),
-            Histogram("mailgate_http_request_seconds", "HTTP request latency", ["route"],
-                      registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                           0.5, 1, 2.5)),
+            Histogram(
+                "mailgate_http_request_seconds",
+                "HTTP request latency",
+                ["route"],
+                registry=r,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            ),
             Gauge("mailgate_queue_depth", "Recipients by status", ["status"], registry=r),
         )
 
@@ -123,8 +132,12 @@ class Api:
     async def key_for(self, request: Request, scope: Scope) -> ApiKey:
         secret = _secret_from(request.headers.get("authorization", ""))
         if secret is None:
-            raise ApiError(401, "unauthorized", "Missing API key: use Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "Missing API key: use Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
+            )
         now = time.monotonic()
         cached = self._auth_cache.get(secret)
         if cached is not None and cached[1] > now:
@@ -135,8 +148,12 @@ class Api:
                 self._auth_cache.clear()
             self._auth_cache[secret] = (key, now + AUTH_CACHE_SECONDS)
         if key is None:
-            raise ApiError(401, "unauthorized", "Invalid API key",
-                           headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "Invalid API key",
+                headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
+            )
         if not key.has(scope):
             raise ApiError(403, "forbidden", f"This key lacks the {scope} scope")
         self._rate(key)
@@ -151,15 +168,20 @@ class Api:
         tokens = min(float(self.cfg.rate_limit_burst), tokens + (now - last) * rate)
         if tokens < 1:
             wait = max(1, int((1 - tokens) / rate + 0.999))
-            raise ApiError(429, "rate_limited", "Too many requests for this key",
-                           headers={"Retry-After": str(wait)})
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many requests for this key",
+                headers={"Retry-After": str(wait)},
+            )
         self._buckets[key.id] = (tokens - 1, now)
 
     async def body(self, request: Request, types: tuple[str, ...] = JSON_TYPES) -> bytes:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in types:
-            raise ApiError(415, "unsupported_media_type",
-                           f"Content-Type must be {' or '.join(types)}")
+            raise ApiError(
+                415, "unsupported_media_type", f"Content-Type must be {' or '.join(types)}"
+            )
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.cfg.max_body_bytes:
             raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
@@ -178,18 +200,25 @@ class Api:
 
         sender = _mailbox(req.from_)
         if not key.allows_sender(domain_of(sender[1])):
-            raise ApiError(403, "sender_not_allowed", "This key may not send from that domain",
-                           at("from"))
+            raise ApiError(
+                403, "sender_not_allowed", "This key may not send from that domain", at("from")
+            )
         rcpts = [*req.to, *req.cc, *req.bcc]
         if not rcpts:
-            raise ApiError(422, "invalid_field", "At least one of to, cc, bcc is required", at("to"))
+            raise ApiError(
+                422, "invalid_field", "At least one of to, cc, bcc is required", at("to")
+            )
         if len(rcpts) > self.cfg.max_recipients:
-            raise ApiError(422, "invalid_field",
-                           f"At most {self.cfg.max_recipients} recipients in to + cc + bcc",
-                           at("to"))
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"At most {self.cfg.max_recipients} recipients in to + cc + bcc",
+                at("to"),
+            )
         if req.text is None and req.html is None:
             raise ApiError(422, "invalid_field", "Give text, html or both", at("text"))
-        subject, in_reply_to, references = req.subject, None, ()
+        subject, in_reply_to = req.subject, None
+        references: tuple[str, ...] = ()
         if req.reply_to_message_id is not None:
             subject, in_reply_to, references = await self._thread(req, key, at)
         now = time.time()
@@ -227,11 +256,13 @@ class Api:
             created_at=now,
         )
 
-    async def _thread(self, req: m.SendRequest, key: ApiKey, at: Any
-                      ) -> tuple[str | None, str | None, tuple[str, ...]]:
+    async def _thread(
+        self, req: m.SendRequest, key: ApiKey, at: Any
+    ) -> tuple[str | None, str | None, tuple[str, ...]]:
         assert req.reply_to_message_id is not None
-        original = await self.visible_message(req.reply_to_message_id, key,
-                                              field=at("reply_to_message_id"))
+        original = await self.visible_message(
+            req.reply_to_message_id, key, field=at("reply_to_message_id")
+        )
         raw = await self.store.get_raw(original.id) or b""
         refs = _header(raw, b"references").split()
         parent = original.message_id_header
@@ -243,42 +274,63 @@ class Api:
             subject = base if base.lower().startswith("re:") else f"Re: {base}".rstrip()
         return subject, parent, tuple(refs[-20:])
 
-    async def visible_message(self, message_id: str, key: ApiKey, field: str | None = None
-                              ) -> Message:
+    async def visible_message(
+        self, message_id: str, key: ApiKey, field: str | None = None
+    ) -> Message:
         message = await self.store.get_message(message_id)
         if message is None or (not key.has(Scope.ADMIN) and message.api_key_id != key.id):
             raise ApiError(404, "not_found", f"No message {message_id}", field)
         return message
 
-    def raw_message(self, raw: bytes, sender: str, to: list[str], key: ApiKey,
-                    tags: tuple[str, ...] = ()) -> NewMessage:
+    def raw_message(
+        self, raw: bytes, sender: str, to: list[str], key: ApiKey, tags: tuple[str, ...] = ()
+    ) -> NewMessage:
         if sender:
             problem = address_problem(sender)
             if problem is not None:
                 raise ApiError(422, "invalid_field", problem, "from")
             if not key.allows_sender(domain_of(sender)):
-                raise ApiError(403, "sender_not_allowed",
-                               "This key may not send from that domain", "from")
+                raise ApiError(
+                    403, "sender_not_allowed", "This key may not send from that domain", "from"
+                )
         if b"\x00" in raw:
             raise ApiError(422, "invalid_field", "Message contains NUL", "raw")
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         if max(len(line) for line in raw.split(b"\r\n")) > 998:
             raise ApiError(422, "invalid_field", "A line is longer than 998 octets", "raw")
         facts = header_facts(raw)
-        if key.sender_domains and not all(key.allows_sender(domain_of(a))
-                                          for a in facts.from_addresses or ("",)):
-            raise ApiError(403, "sender_not_allowed", "From: address not allowed for this key",
-                           "raw")
+        if key.sender_domains and not all(
+            key.allows_sender(domain_of(a)) for a in facts.from_addresses or ("",)
+        ):
+            raise ApiError(
+                403, "sender_not_allowed", "From: address not allowed for this key", "raw"
+            )
         if len(to) > self.cfg.max_recipients:
             raise ApiError(422, "invalid_field", "Too many recipients", "to")
         now = time.time()
         mid = new_id(now)
-        head = added_headers(facts, hostname=self.hostname, helo="api", client_ip="http",
-                             protocol="HTTP", queue_id=mid, recipients=to, now=now)
-        return NewMessage(raw=head + raw, sender=sender, recipients=tuple(dict.fromkeys(to)),
-                          source=Source.HTTP, api_key_id=key.id, tags=tags,
-                          message_id_header=facts.message_id, subject=facts.subject, id=mid,
-                          created_at=now)
+        head = added_headers(
+            facts,
+            hostname=self.hostname,
+            helo="api",
+            client_ip="http",
+            protocol="HTTP",
+            queue_id=mid,
+            recipients=to,
+            now=now,
+        )
+        return NewMessage(
+            raw=head + raw,
+            sender=sender,
+            recipients=tuple(dict.fromkeys(to)),
+            source=Source.HTTP,
+            api_key_id=key.id,
+            tags=tags,
+            message_id_header=facts.message_id,
+            subject=facts.subject,
+            id=mid,
+            created_at=now,
+        )
 
     # -- committing -----------------------------------------------------------------------
     async def commit_one(self, message: NewMessage, idem: tuple[str, str] | None) -> Response:
@@ -294,8 +346,9 @@ class Api:
         self.metrics.accepted.labels("http").inc()
         return Response(body, status_code=202, media_type="application/json")
 
-    async def commit_many(self, messages: list[NewMessage], body: str,
-                          idem: tuple[str, str] | None) -> Response:
+    async def commit_many(
+        self, messages: list[NewMessage], body: str, idem: tuple[str, str] | None
+    ) -> Response:
         if idem is not None and messages:
             messages = [_with_idempotency(messages[0], idem, body), *messages[1:]]
         try:
@@ -310,15 +363,17 @@ class Api:
         self.metrics.accepted.labels("http").inc(len(messages))
         return Response(body, status_code=202, media_type="application/json")
 
-    async def check_replay(self, request: Request, key: ApiKey, body: bytes
-                           ) -> tuple[tuple[str, str] | None, Response | None]:
+    async def check_replay(
+        self, request: Request, key: ApiKey, body: bytes
+    ) -> tuple[tuple[str, str] | None, Response | None]:
         """(idempotency key and request hash, or None; a replayed response, or None)."""
         idem_key = request.headers.get("idempotency-key")
         if idem_key is None:
             return None, None
         if not 1 <= len(idem_key) <= 255 or any(c in idem_key for c in "\r\n\x00"):
-            raise ApiError(422, "invalid_field", "Idempotency-Key must be 1-255 characters",
-                           "Idempotency-Key")
+            raise ApiError(
+                422, "invalid_field", "Idempotency-Key must be 1-255 characters", "Idempotency-Key"
+            )
         digest = hashlib.sha256(request.url.path.encode() + b"\0" + body).hexdigest()
         idem = (f"{key.id}:{idem_key}", digest)
         found = await self.store.idempotent_response(key.id, idem[0])
@@ -338,11 +393,18 @@ class Api:
 
     def _replayed(self, found: tuple[str, str], idem: tuple[str, str]) -> Response:
         if found[0] != idem[1]:
-            raise ApiError(409, "idempotency_conflict",
-                           "This Idempotency-Key was used with a different request",
-                           "Idempotency-Key")
-        return Response(found[1], status_code=202, media_type="application/json",
-                        headers={"Idempotent-Replayed": "true"})
+            raise ApiError(
+                409,
+                "idempotency_conflict",
+                "This Idempotency-Key was used with a different request",
+                "Idempotency-Key",
+            )
+        return Response(
+            found[1],
+            status_code=202,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
 
     # -- reading ----------------------------------------------------------------------------
     async def message_out(self, message: Message, with_events: bool) -> m.MessageOut:
@@ -351,16 +413,27 @@ class Api:
         events = None
         if with_events:
             events = [
-                m.EventOut(at=_dt(e.at), kind=e.kind, recipient=by_id.get(e.recipient_id or -1),
-                           details=e.details)
+                m.EventOut(
+                    at=_dt(e.at),
+                    kind=e.kind,
+                    recipient=by_id.get(e.recipient_id or -1),
+                    details=e.details,
+                )
                 for e in await self.store.events(message.id)
             ]
         return m.MessageOut(
-            id=message.id, created_at=_dt(message.created_at), source=message.source,
-            sender=message.sender, subject=message.subject, message_id=message.message_id_header,
-            tags=list(message.tags), metadata=message.metadata, size=message.size,
+            id=message.id,
+            created_at=_dt(message.created_at),
+            source=message.source,
+            sender=message.sender,
+            subject=message.subject,
+            message_id=message.message_id_header,
+            tags=list(message.tags),
+            metadata=message.metadata,
+            size=message.size,
             scheduled_at=_dt(message.scheduled_at) if message.scheduled_at else None,
-            recipients=[_recipient_out(r) for r in rcpts], events=events,
+            recipients=[_recipient_out(r) for r in rcpts],
+            events=events,
         )
 
 
@@ -406,9 +479,12 @@ def _dt(t: float) -> datetime.datetime:
 def _recipient_out(r: Recipient) -> m.RecipientOut:
     reply = r.last_reply
     return m.RecipientOut(
-        address=r.address, status=r.status, attempts=r.attempts,
+        address=r.address,
+        status=r.status,
+        attempts=r.attempts,
         last_reply=f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{reply.text}"
-        if reply else None,
+        if reply
+        else None,
         remote_host=r.remote_host,
         next_attempt_at=_dt(r.next_attempt_at)
         if r.next_attempt_at and r.status in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
@@ -417,12 +493,14 @@ def _recipient_out(r: Recipient) -> m.RecipientOut:
 
 
 def accepted_body(message: NewMessage) -> str:
-    return json.dumps({
-        "id": message.id,
-        "message_id": message.message_id_header,
-        "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
-        "scheduled_at": _dt(message.scheduled_at).isoformat() if message.scheduled_at else None,
-    })
+    return json.dumps(
+        {
+            "id": message.id,
+            "message_id": message.message_id_header,
+            "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
+            "scheduled_at": _dt(message.scheduled_at).isoformat() if message.scheduled_at else None,
+        }
+    )
 
 
 def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> NewMessage:
@@ -433,5 +511,9 @@ def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> 
 
 
 def _unavailable() -> ApiError:
-    return ApiError(503, "unavailable", "Storage cannot commit right now; retry later",
-                    headers={"Retry-After": "5"})
+    return ApiError(
+        503,
+        "unavailable",
+        "Storage cannot commit right now; retry later",
+        headers={"Retry-After": "5"},
+    )

@@ -28,9 +28,24 @@ _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
-        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "Reply-To", "Sender",
-        "In-Reply-To", "References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
-        "Content-Disposition", "Received", "Return-Path", "DKIM-Signature",
+        "From",
+        "To",
+        "Cc",
+        "Bcc",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Reply-To",
+        "Sender",
+        "In-Reply-To",
+        "References",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Content-Disposition",
+        "Received",
+        "Return-Path",
+        "DKIM-Signature",
     )
 )
 
@@ -180,6 +195,21 @@ class Accepted(BaseModel):
     message_id: str | None
     recipients: list[RecipientOut]
     scheduled_at: datetime.datetime | None = None
+
+
+class BatchItem(BaseModel):
+    index: int
+    id: str | None = None
+    message_id: str | None = None
+    recipients: list[RecipientOut] | None = None
+    scheduled_at: datetime.datetime | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[BatchItem]
 
 
 class EventOut(BaseModel):

@@ -20,11 +20,16 @@ from mailgate.models import MessageQuery, RecipientStatus, Scope
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": m.ErrorOut, "description": text}
     for code, text in [
-        (400, "Malformed JSON"), (401, "Missing or invalid API key"),
-        (403, "Scope or sender domain not allowed"), (404, "No such message"),
-        (409, "Idempotency-Key reused with another request"), (413, "Body too large"),
-        (415, "Wrong Content-Type"), (422, "A field is invalid; `field` names it"),
-        (429, "Rate limited; see Retry-After"), (503, "Storage unavailable; see Retry-After"),
+        (400, "Malformed JSON"),
+        (401, "Missing or invalid API key"),
+        (403, "Scope or sender domain not allowed"),
+        (404, "No such message"),
+        (409, "Idempotency-Key reused with another request"),
+        (413, "Body too large"),
+        (415, "Wrong Content-Type"),
+        (422, "A field is invalid; `field` names it"),
+        (429, "Rate limited; see Retry-After"),
+        (503, "Storage unavailable; see Retry-After"),
     ]
 }
 _SCHEMAS: dict[str, Any] = {}
@@ -40,8 +45,11 @@ def _body_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
 
 
 def create_api(api: Api) -> FastAPI:
-    app = FastAPI(title="mailgate", version="0.1.0",
-                  description="Send mail with one HTTP request; every 202 means committed to disk.")
+    app = FastAPI(
+        title="mailgate",
+        version="0.1.0",
+        description="Send mail with one HTTP request; every 202 means committed to disk.",
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -51,21 +59,32 @@ def create_api(api: Api) -> FastAPI:
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
         api.metrics.rejected.labels("unavailable").inc()
-        return error_response(ApiError(503, "unavailable", "Storage unavailable; retry later",
-                                       headers={"Retry-After": "5"}))
+        return error_response(
+            ApiError(
+                503, "unavailable", "Storage unavailable; retry later", headers={"Retry-After": "5"}
+            )
+        )
 
     @app.middleware("http")
-    async def _timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                      ) -> Response:
+    async def _timing(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
         api.metrics.latency.labels(getattr(route, "path", "other")).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
         return response
 
-    @app.post("/v1/messages", status_code=202, response_model=m.Accepted, responses=ERRORS,
-              openapi_extra=_body_schema(m.SendRequest), summary="Send one message")
+    @app.post(
+        "/v1/messages",
+        status_code=202,
+        response_model=m.Accepted,
+        responses=ERRORS,
+        openapi_extra=_body_schema(m.SendRequest),
+        summary="Send one message",
+    )
     async def send(request: Request) -> Response:
         key = await api.key_for(request, Scope.SEND)
         body = await api.body(request)
@@ -79,8 +98,14 @@ def create_api(api: Api) -> FastAPI:
         message = await api.draft_message(req, key)
         return await api.commit_one(message, idem)
 
-    @app.post("/v1/messages/batch", status_code=202, responses=ERRORS,
-              openapi_extra=_body_schema(m.BatchRequest), summary="Send up to 500 messages")
+    @app.post(
+        "/v1/messages/batch",
+        status_code=202,
+        response_model=m.BatchResult,
+        responses=ERRORS,
+        openapi_extra=_body_schema(m.BatchRequest),
+        summary="Send up to 500 messages",
+    )
     async def batch(request: Request) -> Response:
         key = await api.key_for(request, Scope.SEND)
         body = await api.body(request)
@@ -92,8 +117,9 @@ def create_api(api: Api) -> FastAPI:
         except pydantic.ValidationError as exc:
             raise validation_error(exc) from None
         if len(req.messages) > api.cfg.batch_max:
-            raise ApiError(422, "invalid_field", f"At most {api.cfg.batch_max} messages",
-                           "messages")
+            raise ApiError(
+                422, "invalid_field", f"At most {api.cfg.batch_max} messages", "messages"
+            )
         results: list[dict[str, Any]] = []
         accepted = []
         for i, item in enumerate(req.messages):
@@ -111,17 +137,35 @@ def create_api(api: Api) -> FastAPI:
             accepted.append(message)
             results.append({"index": i, **_accepted_dict(message)})
         if not accepted:
-            return JSONResponse({"accepted": 0, "rejected": len(results), "results": results},
-                                status_code=422)
+            first = results[0]["error"]
+            error = {
+                "code": "invalid_batch",
+                "message": "No message in the batch is valid",
+                "field": first["field"],
+            }
+            return JSONResponse(
+                {"error": error, "accepted": 0, "rejected": len(results), "results": results},
+                status_code=422,
+            )
         import json
 
-        out = json.dumps({"accepted": len(accepted), "rejected": len(results) - len(accepted),
-                          "results": results})
+        out = json.dumps(
+            {
+                "accepted": len(accepted),
+                "rejected": len(results) - len(accepted),
+                "results": results,
+            }
+        )
         return await api.commit_many(accepted, out, idem)
 
-    @app.post("/v1/messages/raw", status_code=202, response_model=m.Accepted, responses=ERRORS,
-              openapi_extra=_body_schema(m.RawRequest),
-              summary="Send a complete RFC 5322 message (JSON, or message/rfc822 with ?from=&to=)")
+    @app.post(
+        "/v1/messages/raw",
+        status_code=202,
+        response_model=m.Accepted,
+        responses=ERRORS,
+        openapi_extra=_body_schema(m.RawRequest),
+        summary="Send a complete RFC 5322 message (JSON, or message/rfc822 with ?from=&to=)",
+    )
     async def send_raw(request: Request) -> Response:
         key = await api.key_for(request, Scope.SEND)
         body = await api.body(request, ("application/json", "message/rfc822"))
@@ -133,7 +177,8 @@ def create_api(api: Api) -> FastAPI:
             to = request.query_params.getlist("to")
             try:
                 req = m.RawRequest.model_validate(
-                    {"raw": base64.b64encode(body).decode(), "from": sender, "to": to})
+                    {"raw": base64.b64encode(body).decode(), "from": sender, "to": to}
+                )
             except pydantic.ValidationError as exc:
                 raise validation_error(exc) from None
         else:
@@ -141,12 +186,17 @@ def create_api(api: Api) -> FastAPI:
                 req = m.RawRequest.model_validate_json(body)
             except pydantic.ValidationError as exc:
                 raise validation_error(exc) from None
-        message = api.raw_message(base64.b64decode(req.raw), req.from_, list(req.to), key,
-                                  tuple(req.tags))
+        message = api.raw_message(
+            base64.b64decode(req.raw), req.from_, list(req.to), key, tuple(req.tags)
+        )
         return await api.commit_one(message, idem)
 
-    @app.get("/v1/messages", response_model=m.MessageList, responses=ERRORS,
-             summary="List messages, newest first")
+    @app.get(
+        "/v1/messages",
+        response_model=m.MessageList,
+        responses=ERRORS,
+        summary="List messages, newest first",
+    )
     async def list_messages(
         request: Request,
         status: RecipientStatus | None = None,
@@ -158,30 +208,49 @@ def create_api(api: Api) -> FastAPI:
         limit: int = Query(50, ge=1, le=500),
     ) -> m.MessageList:
         key = await api.key_for(request, Scope.READ)
-        query = MessageQuery(status=status, recipient=recipient, tag=tag, since=since,
-                             until=until, cursor=cursor, limit=limit,
-                             api_key_id=None if key.has(Scope.ADMIN) else key.id)
+        query = MessageQuery(
+            status=status,
+            recipient=recipient,
+            tag=tag,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+            api_key_id=None if key.has(Scope.ADMIN) else key.id,
+        )
         found = await api.store.list_messages(query)
         data = [await api.message_out(x, with_events=False) for x in found]
         return m.MessageList(data=data, next_cursor=found[-1].id if len(found) == limit else None)
 
-    @app.get("/v1/messages/{message_id}", response_model=m.MessageOut, responses=ERRORS,
-             summary="One message with its recipients and event timeline")
+    @app.get(
+        "/v1/messages/{message_id}",
+        response_model=m.MessageOut,
+        responses=ERRORS,
+        summary="One message with its recipients and event timeline",
+    )
     async def get_message(request: Request, message_id: str) -> m.MessageOut:
         key = await api.key_for(request, Scope.READ)
         message = await api.visible_message(message_id, key)
         return await api.message_out(message, with_events=True)
 
-    @app.get("/v1/messages/{message_id}/raw", responses=ERRORS, response_class=Response,
-             summary="The stored RFC 5322 bytes")
+    @app.get(
+        "/v1/messages/{message_id}/raw",
+        responses=ERRORS,
+        response_class=Response,
+        summary="The stored RFC 5322 bytes",
+    )
     async def get_raw(request: Request, message_id: str) -> Response:
         key = await api.key_for(request, Scope.READ)
         message = await api.visible_message(message_id, key)
         raw = await api.store.get_raw(message.id)
         return Response(raw or b"", media_type="message/rfc822")
 
-    @app.post("/v1/messages/{message_id}/cancel", response_model=m.MessageOut, responses=ERRORS,
-              summary="Cancel recipients not yet delivered")
+    @app.post(
+        "/v1/messages/{message_id}/cancel",
+        response_model=m.MessageOut,
+        responses=ERRORS,
+        summary="Cancel recipients not yet delivered",
+    )
     async def cancel(request: Request, message_id: str) -> m.MessageOut:
         key = await api.key_for(request, Scope.SEND)
         message = await api.visible_message(message_id, key)
@@ -197,8 +266,9 @@ def create_api(api: Api) -> FastAPI:
         try:
             await api.store.ping()
         except StoreError:
-            return error_response(ApiError(503, "unavailable", "Storage cannot commit",
-                                           headers={"Retry-After": "5"}))
+            return error_response(
+                ApiError(503, "unavailable", "Storage cannot commit", headers={"Retry-After": "5"})
+            )
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
@@ -208,8 +278,9 @@ def create_api(api: Api) -> FastAPI:
                 api.metrics.queue_depth.labels(status).set(n)
         except StoreError:
             pass
-        return Response(generate_latest(api.metrics.registry),
-                        media_type="text/plain; version=0.0.4")
+        return Response(
+            generate_latest(api.metrics.registry), media_type="text/plain; version=0.0.4"
+        )
 
     original_openapi = app.openapi
 

@@ -1,0 +1,175 @@
+"""Hostile input to the HTTP API: each case gets its status and field, nothing is stored
+half-way, and the server keeps answering."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.ingress.conftest import RunningServer
+
+BASE: dict[str, Any] = {"from": "a@example.org", "to": "b@example.com", "text": "hi"}
+INJECT = "x\r\nBcc: victim@evil.test"
+
+
+def att(**kw: Any) -> dict[str, Any]:
+    return {"attachments": [{"filename": "f.txt", "content": "aGk=", **kw}]}
+
+
+CASES: list[tuple[str, dict[str, Any], int, str | None]] = [
+    ("from", {"from": f"a@example.org{INJECT}"}, 422, "from"),
+    ("from name", {"from": f"A{INJECT} <a@example.org>"}, 422, "from"),
+    ("to", {"to": [f"b@example.com{INJECT}"]}, 422, "to[0]"),
+    ("cc", {"cc": f"c@example.com{INJECT}"}, 422, "cc[0]"),
+    ("bcc", {"bcc": ["d@example.com\n"]}, 422, "bcc[0]"),
+    ("reply_to", {"reply_to": f"r@example.com{INJECT}"}, 422, "reply_to[0]"),
+    ("subject", {"subject": f"hi{INJECT}"}, 422, "subject"),
+    ("subject NUL", {"subject": "a\x00b"}, 422, "subject"),
+    ("header value", {"headers": {"X-A": f"v{INJECT}"}}, 422, "headers.X-A"),
+    ("header name", {"headers": {"X-A\r\nBcc": "v"}}, 422, "headers"),
+    ("reserved header", {"headers": {"Bcc": "v@evil.test"}}, 422, "headers"),
+    ("filename", att(filename=f"a{INJECT}"), 422, "attachments[0].filename"),
+    ("content type", att(content_type="text/plain\r\nBcc: x"), 422, "attachments[0].content_type"),
+    ("content id", att(content_id="a\r\nb"), 422, "attachments[0].content_id"),
+    ("bad base64", att(content="***"), 422, "attachments[0].content"),
+    ("tag", {"tags": [f"t{INJECT}"]}, 422, "tags[0]"),
+    ("metadata", {"metadata": {"k": f"v{INJECT}"}}, 422, "metadata.k"),
+    ("relay trick", {"to": "a%b@example.com"}, 422, "to[0]"),
+    ("bad address", {"to": "nobody"}, 422, "to[0]"),
+    ("unknown field", {"bogus": True}, 422, "bogus"),
+    ("wrong type", {"to": 42}, 422, "to"),
+    (
+        "wrong type nested",
+        {"attachments": [{"filename": 1, "content": "aGk="}]},
+        422,
+        "attachments[0].filename",
+    ),
+    ("no body", {"text": None}, 422, "text"),
+    ("too many recipients", {"to": [f"r{i}@example.com" for i in range(10_000)]}, 422, "to"),
+    ("naive schedule", {"scheduled_at": "2030-01-01T00:00:00"}, 422, "scheduled_at"),
+    ("bad reply id", {"reply_to_message_id": "../../etc"}, 422, "reply_to_message_id"),
+]
+
+
+def total(server: RunningServer) -> int:
+    return sum(server.call(lambda s: s.status_counts()).values())
+
+
+@pytest.mark.parametrize(("name", "patch", "status", "field"), CASES, ids=[c[0] for c in CASES])
+def test_hostile_json_fields(
+    server: RunningServer, name: str, patch: dict[str, Any], status: int, field: str | None
+) -> None:
+    body = {**BASE, **patch}
+    r = httpx.post(
+        f"{server.http_url}/v1/messages",
+        json=body,
+        headers={"Authorization": f"Bearer {server.send_key}"},
+        timeout=30,
+    )
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["field"] == field and error["message"]
+    assert total(server) == 0
+    still_up(server)
+
+
+RAW_CASES = [
+    ("malformed JSON", b'{"from": ', "application/json", 400),
+    ("invalid UTF-8", b'{"from": "\xff\xfe"}', "application/json", 400),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+    (
+        "JSON bomb of nesting in a field",
+        b'{"metadata": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+        "application/json",
+        400,
+    ),
+    ("not an object", b"[]", "application/json", 422),
+    ("wrong content type", b"{}", "text/plain", 415),
+    ("100 MB body", b"x" * (100 * 1024 * 1024), "application/json", 413),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "ctype", "status"), RAW_CASES, ids=[c[0] for c in RAW_CASES]
+)
+def test_hostile_bodies(
+    server: RunningServer, name: str, body: bytes, ctype: str, status: int
+) -> None:
+    r = httpx.post(
+        f"{server.http_url}/v1/messages",
+        content=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {server.send_key}", "Content-Type": ctype},
+    )
+    assert r.status_code == status, r.text[:300]
+    assert r.json()["error"]["code"]
+    assert total(server) == 0
+    still_up(server)
+
+
+def test_chunked_body_over_the_limit_is_413(server: RunningServer) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(50):
+            yield b"x" * (1024 * 1024)
+
+    r = httpx.post(
+        f"{server.http_url}/v1/messages",
+        content=chunks(),
+        timeout=60,
+        headers={"Authorization": f"Bearer {server.send_key}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    still_up(server)
+
+
+def still_up(server: RunningServer) -> None:
+    r = httpx.get(f"{server.http_url}/healthz", timeout=10)
+    assert r.status_code == 200
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    from tests.ingress.conftest import make_config, start_server
+
+    cfg = make_config(tmp_path, ca, http={"rate_limit_per_second": 1, "rate_limit_burst": 3})
+    for srv in start_server(cfg, ca):
+        codes = [
+            httpx.post(
+                f"{srv.http_url}/v1/messages",
+                json=BASE,
+                headers={"Authorization": f"Bearer {srv.send_key}"},
+            ).status_code
+            for _ in range(5)
+        ]
+        assert codes[:3] == [202, 202, 202] and codes[3] == 429
+        r = httpx.post(
+            f"{srv.http_url}/v1/messages",
+            json=BASE,
+            headers={"Authorization": f"Bearer {srv.send_key}"},
+        )
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+def test_store_failure_is_503_with_retry_after(server: RunningServer) -> None:
+    from mailgate.errors import StoreUnavailable
+
+    store = server.app.store
+    assert store is not None
+    original = store.enqueue
+
+    async def failing(message):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("disk full")
+
+    store.enqueue = failing  # type: ignore[method-assign]
+    try:
+        r = httpx.post(
+            f"{server.http_url}/v1/messages",
+            json=BASE,
+            headers={"Authorization": f"Bearer {server.send_key}"},
+        )
+    finally:
+        store.enqueue = original  # type: ignore[method-assign]
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert base64  # keeps the import honest for raw cases below
