@@ -306,7 +306,9 @@ class PostgresStore:
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
         async def run(c: asyncpg.Connection) -> list[str]:
             for m in messages:
-                await self._insert_one(c, m)
+                if m.idempotency is not None:
+                    await self._insert_one(c, m)
+            await self._insert_many(c, [m for m in messages if m.idempotency is None])
             return [m.id for m in messages]
 
         try:

@@ -453,9 +453,13 @@ class SqliteStore:
         return await fut
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        rows = [message_rows(m) for m in messages if m.idempotency is None]
+
         def run(conn: sqlite3.Connection) -> list[str]:
             for m in messages:
-                self._insert_one(conn, m)
+                if m.idempotency is not None:
+                    self._insert_one(conn, m)
+            self._insert_rows(conn, rows)
             return [m.id for m in messages]
 
         return await self._write(run)
