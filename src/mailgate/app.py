@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from mailgate.config import Config
+from mailgate.delivery.worker import Deliverer
 from mailgate.errors import ConfigError
 from mailgate.ingress.http_api import Api, Metrics
 from mailgate.ingress.http_routes import create_api
@@ -104,6 +105,8 @@ class App:
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
         self.http: uvicorn.Server | None = None
+        self.deliverer: Deliverer | None = None
+        self._delivery: asyncio.Task[None] | None = None
         self.metrics = Metrics.create()
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -144,6 +147,14 @@ class App:
                 ) from None
             self._http_ticks = asyncio.create_task(self.http.main_loop())
             log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
+        if self.wants(Role.WORKER) and cfg.delivery.enabled:
+            own = set()
+            if self.smtp is not None:
+                own.add((cfg.smtp.host, self.smtp.port))
+            self.deliverer = Deliverer(
+                self.store, cfg.delivery, cfg.server.hostname, own_endpoints=own
+            )
+            self._delivery = asyncio.create_task(self.deliverer.run())
         self.ready.set()
 
     @property
@@ -159,6 +170,12 @@ class App:
             await self.http.shutdown()
         if self.smtp is not None:
             await self.smtp.stop()
+        if self.deliverer is not None and self._delivery is not None:
+            self.deliverer.stopping.set()  # workers finish the claim in hand, then stop
+            done, _ = await asyncio.wait({self._delivery}, timeout=30)
+            if not done:  # a stuck remote: cancel; step() releases the leases it held
+                self._delivery.cancel()
+                await asyncio.wait({self._delivery}, timeout=5)
         if self.store is not None:
             await self.store.close()
 

@@ -55,6 +55,15 @@ class StoreConfig(_Section):
     pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per process.")
 
 
+def _check_networks(value: list[str]) -> list[str]:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not an IP network: {net!r}") from exc
+    return value
+
+
 class SmtpConfig(_Section):
     enabled: bool = Field(True, description="Run the SMTP relay listener.")
     host: str = Field("127.0.0.1", description="Address the SMTP listener binds.")
@@ -109,12 +118,7 @@ class SmtpConfig(_Section):
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for net in value:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"not an IP network: {net!r}") from exc
-        return value
+        return _check_networks(value)
 
 
 class HttpConfig(_Section):
@@ -134,11 +138,65 @@ class HttpConfig(_Section):
     rate_limit_burst: int = Field(100, ge=1, description="Burst size of the per-key rate limit.")
 
 
+class DeliveryConfig(_Section):
+    enabled: bool = Field(True, description="Run delivery workers.")
+    ehlo_hostname: str = Field("", description="Name sent in EHLO; empty: server.hostname.")
+    concurrency: int = Field(20, ge=1, le=1000, description="Claims delivered at the same time.")
+    claim_batch: int = Field(100, ge=1, le=10_000, description="Recipients per claim.")
+    port: int = Field(25, ge=1, le=65535, description="Destination SMTP port.")
+    resolver: str = Field(
+        "", description="DNS server as host or host:port; empty: the system resolver."
+    )
+    allow_private_networks: list[str] = Field(
+        default_factory=list,
+        description="Destination networks allowed despite being loopback, private, link-local "
+        "or unspecified (for example 127.0.0.0/8 in tests).",
+    )
+    tls: Literal["opportunistic", "required", "none"] = Field(
+        "opportunistic", description="STARTTLS to destinations: when offered, always, or never."
+    )
+    verify_certificates: bool = Field(
+        False, description="Verify destination certificates (opportunistic TLS usually does not)."
+    )
+    tls_ca_file: str = Field("", description="Extra CA bundle for verifying destinations.")
+    connect_timeout: float = Field(30.0, gt=0, description="Seconds to connect and get 220.")
+    command_timeout: float = Field(
+        300.0, gt=0, description="Seconds per command (RFC 5321 4.5.3.2: 5 minutes)."
+    )
+    data_timeout: float = Field(
+        600.0, gt=0, description="Seconds for the reply after the final dot (10 minutes)."
+    )
+    retry_first: float = Field(300.0, gt=0, description="First retry delay in seconds.")
+    retry_max: float = Field(4000.0, gt=0, description="Longest retry delay in seconds.")
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="Random spread of each delay (share).")
+    lifetime: float = Field(
+        432_000.0, gt=0, description="Seconds a recipient may stay deferred before it expires."
+    )
+    max_connections_per_domain: int = Field(
+        10, ge=1, description="Simultaneous connections to one destination domain."
+    )
+    dsn_for_api: bool = Field(
+        False, description="Also send bounce messages (DSNs) for mail that came in over HTTP."
+    )
+    smarthost: str = Field("", description="host:port to relay all mail through; empty: MX.")
+    smarthost_tls: Literal["starttls", "implicit", "none"] = Field(
+        "starttls", description="How to secure the smarthost connection."
+    )
+    smarthost_username: str = Field("", description="AUTH user for the smarthost (over TLS only).")
+    smarthost_password: str = Field("", description="AUTH password for the smarthost.")
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -156,6 +214,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "store": StoreConfig,
     "smtp": SmtpConfig,
     "http": HttpConfig,
+    "delivery": DeliveryConfig,
 }
 
 

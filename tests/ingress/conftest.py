@@ -53,6 +53,7 @@ def make_config(
             "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
             "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
             "http": {"port": 0, **http},
+            "delivery": {"enabled": False},  # ingress tests never send anywhere
         }
     )
 

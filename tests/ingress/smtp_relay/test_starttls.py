@@ -63,7 +63,12 @@ def test_no_tls_configured_answers_454(tmp_path, ca) -> None:  # type: ignore[no
     from tests.ingress.conftest import start_server
 
     cfg = Config.model_validate(
-        {"server": {"data_dir": str(tmp_path)}, "smtp": {"port": 0}, "http": {"port": 0}}
+        {
+            "server": {"data_dir": str(tmp_path)},
+            "smtp": {"port": 0},
+            "http": {"port": 0},
+            "delivery": {"enabled": False},
+        }
     )
     for srv in start_server(cfg, ca):
         with Dialog(srv.smtp_port) as d:

@@ -1,0 +1,1 @@
+"""Delivery: claim due recipients, resolve, send over SMTP, decide, record."""

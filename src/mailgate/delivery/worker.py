@@ -1,0 +1,241 @@
+"""The delivery loop: claim → resolve → send → decide → record.
+
+Each worker task claims due recipients of one domain (a lease), resolves where that
+domain's mail goes, sends each message's recipients in one transaction over one reused
+connection, decides every recipient's fate from its Outcome, and records the results
+with their events. DSNs for bounces are queued like any other message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+
+from mailgate.config import DeliveryConfig
+from mailgate.delivery.bounces import Failure, build_dsn
+from mailgate.delivery.mx import MxResolver, Target
+from mailgate.delivery.outcome import Outcome, Verdict, permanent
+from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
+from mailgate.delivery.smtp_client import Session, Transaction
+from mailgate.errors import StoreError
+from mailgate.models import (
+    Claim,
+    Message,
+    NewMessage,
+    Recipient,
+    RecipientStatus,
+    Settlement,
+    Source,
+)
+from mailgate.store import Store
+
+log = logging.getLogger("mailgate.delivery")
+MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
+LEASE_SECONDS = 600.0
+
+
+class Deliverer:
+    def __init__(
+        self,
+        store: Store,
+        cfg: DeliveryConfig,
+        hostname: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        own_endpoints: set[tuple[str, int]] | None = None,
+    ) -> None:
+        self.store, self.cfg, self.clock = store, cfg, clock
+        self.hostname = hostname
+        self.ehlo = cfg.ehlo_hostname or hostname
+        self.rng = rng or random.Random()
+        self.resolver = MxResolver(cfg.resolver, cfg.allow_private_networks, clock, self.rng)
+        self.policy = RetryPolicy(cfg.retry_first, cfg.retry_max, cfg.retry_jitter, cfg.lifetime)
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.slots: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(cfg.max_connections_per_domain)
+        )
+        self.own_endpoints = own_endpoints or set()
+        self.stopping = asyncio.Event()
+
+    # -- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.cfg.concurrency)))
+
+    async def _worker(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                worked = await self.step()
+            except StoreError as exc:
+                log.warning("delivery: store trouble, pausing: %s", exc)
+                worked = False
+                await asyncio.sleep(1)
+            if not worked:
+                waiter = asyncio.create_task(self.store.wait_for_work(1.0))
+                stop = asyncio.create_task(self.stopping.wait())
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (waiter, stop):
+                    task.cancel()
+
+    async def step(self) -> bool:
+        """Deliver one claim; False when nothing was due."""
+        claim = await self.store.claim(
+            self.owner, self.clock(), self.cfg.claim_batch, LEASE_SECONDS
+        )
+        if claim is None:
+            return False
+        try:
+            await self.deliver(claim)
+        except BaseException:
+            # anything unexpected: hand the recipients back rather than sit on the lease
+            await self.store.release(self.owner, [r.id for r in claim.recipients], self.clock())
+            raise
+        return True
+
+    async def deliver(self, claim: Claim) -> None:
+        messages = await self._load(claim)
+        targets = await self.resolve(claim.domain)
+        if isinstance(targets, Outcome):
+            outcomes = {r.id: targets for r in claim.recipients}
+        else:
+            async with self.slots[claim.domain]:
+                outcomes = await self.send(claim, targets, messages)
+        settlements = [
+            self.decide(r, outcomes[r.id], messages[r.message_id][0]) for r in claim.recipients
+        ]
+        await self.record(settlements, claim, messages)
+
+    # -- steps ------------------------------------------------------------------------------
+    async def _load(self, claim: Claim) -> dict[str, tuple[Message, bytes]]:
+        out = {}
+        for message_id in dict.fromkeys(r.message_id for r in claim.recipients):
+            message = await self.store.get_message(message_id)
+            raw = await self.store.get_raw(message_id)
+            assert message is not None and raw is not None, "recipients never outlive messages"
+            out[message_id] = (message, raw)
+        return out
+
+    async def resolve(self, domain: str) -> list[Target] | Outcome:
+        if self.cfg.smarthost:
+            host, _, port = self.cfg.smarthost.rpartition(":")
+            return [Target(host, host, 0, int(port or 25))]
+        return await self.resolver.targets(domain)
+
+    def _port(self, target: Target) -> int:
+        return target.port or self.cfg.port
+
+    async def send(
+        self, claim: Claim, targets: list[Target], messages: dict[str, tuple[Message, bytes]]
+    ) -> dict[int, Outcome]:
+        """Outcomes per recipient id: one transaction per message, one connection reused,
+        the next MX on connection failure."""
+        by_message: dict[str, list[Recipient]] = defaultdict(list)
+        for r in claim.recipients:
+            by_message[r.message_id].append(r)
+        outcomes: dict[int, Outcome] = {}
+        session: Session | None = None
+        index = 0
+        failure: Outcome = permanent("no destination", "5.4.4")
+        try:
+            for message_id, rcpts in by_message.items():
+                message, raw = messages[message_id]
+                if raw.count(b"\r\nReceived:") + raw.startswith(b"Received:") > MAX_HOPS:
+                    loop = permanent("Mail loop detected (too many hops)", "5.4.6", 554)
+                    outcomes.update(dict.fromkeys((r.id for r in rcpts), loop))
+                    continue
+                pending = rcpts
+                while pending:
+                    if session is None:
+                        if index >= len(targets):
+                            outcomes.update(dict.fromkeys((r.id for r in pending), failure))
+                            break
+                        target = targets[index]
+                        if (target.address, self._port(target)) in self.own_endpoints:
+                            failure = permanent(
+                                "Destination is this mail server (loop)", "5.4.6", 554, target.host
+                            )
+                            index += 1
+                            continue
+                        session = Session(target, self._port(target), self.cfg, self.ehlo)
+                        problem = await session.open()
+                        if problem is not None:
+                            failure, session, index = problem, None, index + 1
+                            continue
+                    tx = Transaction(message.sender, tuple(r.address for r in pending), raw)
+                    result = await session.send(tx)
+                    if isinstance(result, Outcome):  # connection lost: next MX
+                        failure, session, index = result, None, index + 1
+                        continue
+                    too_many = [r for r in pending if result[r.address].reply.code == 452]
+                    progress = len(too_many) < len(pending)
+                    for r in pending:
+                        if not (progress and r in too_many):
+                            outcomes[r.id] = result[r.address]
+                    # 452 too many recipients: the rest go in another transaction
+                    pending = too_many if progress else []
+        finally:
+            if session is not None:
+                await session.close()
+        return outcomes
+
+    def decide(self, r: Recipient, outcome: Outcome, message: Message) -> Settlement:
+        now = self.clock()
+        if outcome.verdict is Verdict.DELIVERED:
+            status, at = RecipientStatus.DELIVERED, None
+        elif outcome.verdict is Verdict.PERMANENT:
+            status, at = RecipientStatus.BOUNCED, None
+        else:
+            status, at = after_temporary_failure(
+                r.attempts + 1, message.created_at, now, self.policy, self.rng
+            )
+        return Settlement(r.id, status, outcome.reply, outcome.remote_host, at)
+
+    async def record(
+        self,
+        settlements: list[Settlement],
+        claim: Claim,
+        messages: dict[str, tuple[Message, bytes]],
+    ) -> None:
+        await self.store.settle(self.owner, settlements)
+        failed: dict[str, list[Failure]] = defaultdict(list)
+        by_id = {r.id: r for r in claim.recipients}
+        for s in settlements:
+            if s.status not in (RecipientStatus.BOUNCED, RecipientStatus.EXPIRED):
+                continue
+            r = by_id[s.recipient_id]
+            expired = s.status is RecipientStatus.EXPIRED
+            code = (
+                "4.4.7"
+                if expired
+                else (s.reply.enhanced if s.reply and s.reply.enhanced else "5.0.0")
+            )
+            failed[r.message_id].append(Failure(r.address, code, s.reply, s.remote_host, expired))
+        for message_id, failures in failed.items():
+            message, raw = messages[message_id]
+            if self._wants_dsn(message):
+                await self._queue_dsn(message, raw, failures)
+
+    def _wants_dsn(self, message: Message) -> bool:
+        if not message.sender or message.source is Source.DSN:
+            return False  # a bounce is never bounced
+        return message.source is Source.SMTP or self.cfg.dsn_for_api
+
+    async def _queue_dsn(self, message: Message, raw: bytes, failures: list[Failure]) -> None:
+        now = self.clock()
+        dsn = build_dsn(raw, message.sender, failures, self.hostname, message.created_at, now)
+        await self.store.enqueue(
+            NewMessage(
+                raw=dsn,
+                sender="",
+                recipients=(message.sender,),
+                source=Source.DSN,
+                subject="Undelivered Mail",
+                created_at=now,
+            )
+        )
