@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_ingest import (  # noqa: E402
+from smtp_ingest import (
     POSTFIX_PORT,
     SHARED,
     SINK_PORT,
@@ -52,21 +52,41 @@ end
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
-                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "wrk"],
+        check=True,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
 
 
 def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = dict(os.environ)
-    env.update({
-        "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
-        "MAILGATE_SMTP_ENABLED": "false",
-        "MAILGATE_HTTP_PORT": str(HTTP_PORT),
-        "MAILGATE_SERVER_LOG_LEVEL": "warning",
-    })
-    made = subprocess.run([sys.executable, "-m", "mailgate.cli", "keys", "create", "--name",
-                           "bench", "--scope", "send"], env=env, cwd=tmp, capture_output=True,
-                          text=True, check=True)
+    env.update(
+        {
+            "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
+            "MAILGATE_SMTP_ENABLED": "false",
+            "MAILGATE_HTTP_PORT": str(HTTP_PORT),
+            "MAILGATE_SERVER_LOG_LEVEL": "warning",
+        }
+    )
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mailgate.cli",
+            "keys",
+            "create",
+            "--name",
+            "bench",
+            "--scope",
+            "send",
+        ],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = made.stdout.strip().splitlines()[-1]
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
     deadline = time.monotonic() + 30
@@ -81,20 +101,39 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("mailgate did not start")
 
 
-def run_wrk(tmp: Path, key: str, path: str, body: str, seconds: int, connections: int
-            ) -> tuple[int, float, float, float, int]:
+def run_wrk(
+    tmp: Path, key: str, path: str, body: str, seconds: int, connections: int
+) -> tuple[int, float, float, float, int]:
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", key).replace("{body}", body))
     out = subprocess.run(
-        ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s",
-         str(script), f"http://127.0.0.1:{HTTP_PORT}{path}"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t",
+            "2",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{HTTP_PORT}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)", out)
     assert m, out
     requests, micros = int(m.group(1)), int(m.group(2))
-    return requests, requests / (micros / 1e6), float(m.group(3)) / 1000, float(
-        m.group(4)) / 1000, int(m.group(5))
+    return (
+        requests,
+        requests / (micros / 1e6),
+        float(m.group(3)) / 1000,
+        float(m.group(4)) / 1000,
+        int(m.group(5)),
+    )
 
 
 def main() -> None:
@@ -107,21 +146,34 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-http-"))
     mg, key = start_mailgate(tmp)
     try:
-        n, single, p50, p99, errors = run_wrk(tmp, key, "/v1/messages", json.dumps(ONE),
-                                               args.seconds, args.connections)
-        print(f"single : {single:8,.0f} messages/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
-              f"({n:,} requests, {errors} errors)", flush=True)
+        n, single, p50, p99, errors = run_wrk(
+            tmp, key, "/v1/messages", json.dumps(ONE), args.seconds, args.connections
+        )
+        print(
+            f"single : {single:8,.0f} messages/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
+            f"({n:,} requests, {errors} errors)",
+            flush=True,
+        )
         batch = json.dumps({"messages": [ONE] * 100})
-        n, rps, bp50, bp99, berrors = run_wrk(tmp, key, "/v1/messages/batch", batch,
-                                               args.seconds, args.connections)
-        print(f"batch  : {rps * 100:8,.0f} messages/s  p50 {bp50:6.1f} ms  p99 {bp99:6.1f} ms "
-              f"({n:,} requests of 100, {berrors} errors)", flush=True)
+        n, rps, bp50, bp99, berrors = run_wrk(
+            tmp, key, "/v1/messages/batch", batch, args.seconds, args.connections
+        )
+        print(
+            f"batch  : {rps * 100:8,.0f} messages/s  p50 {bp50:6.1f} ms  p99 {bp99:6.1f} ms "
+            f"({n:,} requests of 100, {berrors} errors)",
+            flush=True,
+        )
     finally:
         stop(mg)
-    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "nobody", "-c",
-                             f"127.0.0.1:{SINK_PORT}", "1000"], stdout=subprocess.DEVNULL)
-    subprocess.run(["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"],
-                   check=True, stdout=subprocess.DEVNULL)
+    sink = subprocess.Popen(
+        ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_port(POSTFIX_PORT)
         postfix = smtp_source(POSTFIX_PORT, 20_000, 20, 2048)
@@ -131,8 +183,10 @@ def main() -> None:
         sink.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"postfix: {postfix:8,.0f} messages/s (smtp-source, 20 sessions, 2 KB)")
-    print(f"ratio  : single {single / postfix:.1f}x (target >= 5x, p99 <= 50 ms), "
-          f"batch {rps * 100 / postfix:.1f}x (target >= 20x and >= 10,000/s)")
+    print(
+        f"ratio  : single {single / postfix:.1f}x (target >= 5x, p99 <= 50 ms), "
+        f"batch {rps * 100 / postfix:.1f}x (target >= 20x and >= 10,000/s)"
+    )
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ class Session:
                 self.tls = True
             except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError) as exc:
                 await self.close()
+                if not required:
+                    # Opportunistic TLS falls back to plaintext on a failed handshake, as
+                    # Postfix does at security level "may"; "required" defers instead.
+                    return await self.open(allow_tls=False)
                 return temporary(f"TLS with {host} failed: {exc}", host, enhanced="4.7.5")
         elif required:
             await self.close()

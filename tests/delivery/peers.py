@@ -1,0 +1,153 @@
+"""Real peers on loopback for delivery tests: a DNS server (dnslib) and a scripted SMTP
+receiver (aiosmtpd). Both run in their own threads and stop with their fixtures."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+
+class ZoneResolver(BaseResolver):  # type: ignore[misc]
+    """Answers from a dict: name -> [(qtype, value)], MX values as (preference, host)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+        self.servfail: set[str] = set()
+        self.queries: list[tuple[str, str]] = []
+
+    def add(self, name: str, qtype: str, value: Any) -> None:
+        self.records[name.rstrip(".").lower()].append((qtype, value))
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        qname = str(request.q.qname).rstrip(".").lower()
+        qtype = QTYPE[request.q.qtype]
+        self.queries.append((qname, qtype))
+        if qname in self.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        if qname not in self.records:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        for rtype, value in self.records[qname]:
+            if rtype != qtype:
+                continue
+            if rtype == "MX":
+                rdata = MX(value[1], value[0])
+            elif rtype == "A":
+                rdata = A(value)
+            else:
+                rdata = AAAA(value)
+            reply.add_answer(RR(qname, QTYPE.reverse[rtype], rdata=rdata, ttl=60))
+        return reply
+
+
+def start_dns() -> tuple[DNSServer, ZoneResolver, int]:
+    zone = ZoneResolver()
+    quiet = DNSLogger(logf=lambda _: None)
+    server = DNSServer(zone, port=0, address="127.0.0.1", logger=quiet)
+    server.start_thread()
+    port = server.server.server_address[1]
+    return server, zone, port
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+    tls: bool = False
+
+
+@dataclass
+class Script:
+    """How the sink answers, by recipient local part prefix."""
+
+    received: list[Received] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    open_now: int = 0
+    max_open: int = 0
+    connections: int = 0
+    rcpt_limit: int = 0  # 452 after this many RCPTs in one transaction (0: no limit)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ScriptedHandler:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        s = self.script
+        local = address.split("@")[0]
+        with s.lock:
+            s.seen[address] += 1
+            count = s.seen[address]
+        if s.rcpt_limit and len(envelope.rcpt_tos) >= s.rcpt_limit:
+            return "452 4.5.3 Too many recipients"
+        if local.startswith("tempfail-once") and count == 1:
+            return "450 4.2.0 Mailbox busy, try later"
+        if local.startswith("tempfail"):
+            if not local.startswith("tempfail-once"):
+                return "451 4.3.0 Temporary local problem"
+        if local.startswith("reject"):
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if any(r.split("@")[0].startswith("datafail") for r in envelope.rcpt_tos):
+            return "554 5.6.0 Content rejected"
+        with self.script.lock:
+            self.script.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.content,
+                    tls=session.ssl is not None,
+                )
+            )
+        return "250 2.0.0 Queued"
+
+
+class CountingSMTP(SMTP):  # type: ignore[misc]
+    script: Script
+
+    def connection_made(self, transport: Any) -> None:
+        with self.script.lock:
+            self.script.open_now += 1
+            self.script.connections += 1
+            self.script.max_open = max(self.script.max_open, self.script.open_now)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with self.script.lock:
+            self.script.open_now -= 1
+        super().connection_lost(exc)
+
+
+class SinkController(Controller):  # type: ignore[misc]
+    def __init__(self, script: Script, port: int, tls_context: Any = None) -> None:
+        self.script = script
+        self.sink_tls = tls_context
+        super().__init__(ScriptedHandler(script), hostname="127.0.0.1", port=port)
+
+    def factory(self) -> SMTP:
+        smtp = CountingSMTP(
+            self.handler, hostname="sink.test", decode_data=False, tls_context=self.sink_tls
+        )
+        smtp.script = self.script
+        return smtp
+
+
+def parse_status(report: str) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Za-z-]+): (.*)$", report, flags=re.M))

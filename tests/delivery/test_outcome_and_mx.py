@@ -1,0 +1,49 @@
+"""Outcome classification and MX ordering / address safety (pure parts)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+from mailgate.delivery.mx import forbidden, order_mx
+from mailgate.delivery.outcome import Verdict, from_reply, reply_from
+from mailgate.models import Reply
+
+
+def test_replies_become_verdicts_with_enhanced_codes() -> None:
+    assert from_reply(250, "2.0.0 Ok queued", "h").verdict is Verdict.DELIVERED
+    assert from_reply(451, "4.3.0 try later", "h").verdict is Verdict.TEMPORARY
+    assert from_reply(421, "closing", "h").verdict is Verdict.TEMPORARY
+    assert from_reply(552, "5.3.4 too big", "h").verdict is Verdict.PERMANENT
+    assert reply_from(550, "5.1.1  No such\n user") == Reply(550, "5.1.1", "No such user")
+    assert reply_from(550, "No such user") == Reply(550, None, "No such user")
+
+
+def test_mx_order_by_preference_random_among_equals() -> None:
+    records = [(20, "c"), (10, "a"), (10, "b"), (30, "d")]
+    seen = set()
+    for seed in range(40):
+        ordered = order_mx(records, random.Random(seed))
+        assert [p for p, _ in ordered] == [10, 10, 20, 30]
+        seen.add(tuple(h for _, h in ordered[:2]))
+    assert seen == {("a", "b"), ("b", "a")}
+
+
+def test_private_addresses_are_forbidden_unless_allowed() -> None:
+    ip = ipaddress.ip_address
+    for bad in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "169.254.1.1",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+    ):
+        assert forbidden(ip(bad), []), bad
+    assert not forbidden(ip("93.184.216.34"), [])
+    allowed = [ipaddress.ip_network("127.0.0.0/8")]
+    assert not forbidden(ip("127.0.0.1"), allowed)
+    assert not forbidden(ip("::ffff:127.0.0.1"), allowed)
