@@ -96,9 +96,8 @@ class ScriptedHandler:
             return "452 4.5.3 Too many recipients"
         if local.startswith("tempfail-once") and count == 1:
             return "450 4.2.0 Mailbox busy, try later"
-        if local.startswith("tempfail"):
-            if not local.startswith("tempfail-once"):
-                return "451 4.3.0 Temporary local problem"
+        if local.startswith("tempfail") and not local.startswith("tempfail-once"):
+            return "451 4.3.0 Temporary local problem"
         if local.startswith("reject"):
             return "550 5.1.1 No such user here"
         envelope.rcpt_tos.append(address)
