@@ -150,3 +150,73 @@ class SinkController(Controller):  # type: ignore[misc]
 
 def parse_status(report: str) -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z-]+): (.*)$", report, flags=re.M))
+
+
+class RawPeer:
+    """A misbehaving SMTP server on an address of our choosing, for failure stories:
+    mode "greet421" (421 at greeting), "drop_in_data" (closes mid-DATA),
+    "stall_after_dot" (takes the message, never answers the final dot)."""
+
+    def __init__(self, mode: str, host: str, port: int) -> None:
+        import asyncio
+
+        self.mode, self.host, self.port = mode, host, port
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: Any = None
+
+    def start(self) -> None:
+        import asyncio
+
+        self.thread.start()
+        fut = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, self.host, self.port), self.loop
+        )
+        self.server = fut.result(10)
+
+    def stop(self) -> None:
+        import asyncio
+
+        async def close() -> None:
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _session(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        self.connections += 1
+        try:
+            if self.mode == "greet421":
+                writer.write(b"421 4.3.2 Too busy, go away\r\n")
+                await writer.drain()
+                return
+            writer.write(b"220 raw.test ESMTP\r\n")
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    writer.write(b"250 raw.test\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    if self.mode == "drop_in_data":
+                        await reader.read(10)
+                        return
+                    while (await reader.readline()) not in (b".\r\n", b""):
+                        pass
+                    await asyncio.sleep(3600)  # stall_after_dot: never answer
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    return
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
