@@ -175,6 +175,12 @@ class DeliveryConfig(_Section):
     max_connections_per_domain: int = Field(
         10, ge=1, description="Simultaneous connections to one destination domain."
     )
+    max_connections_per_host: int = Field(
+        20, ge=1, description="Simultaneous connections to one destination host (IP)."
+    )
+    domain_rate: float = Field(
+        0.0, ge=0, description="Messages per second to one domain (traffic shaping); 0: no limit."
+    )
     dsn_for_api: bool = Field(
         False, description="Also send bounce messages (DSNs) for mail that came in over HTTP."
     )

@@ -223,3 +223,32 @@ async def test_smarthost_auth_only_over_tls(world: World) -> None:
     [r] = await world.store.recipients(mid)
     assert r.status is RecipientStatus.DEFERRED and r.last_reply is not None
     assert "without TLS" in r.last_reply.text and world.script.received == []
+
+
+async def test_domain_rate_spaces_messages(world: World) -> None:
+    import time
+
+    world.clock.now = time.time()  # the pacer sleeps in real time
+    for i in range(5):
+        await world.queue(f"r{i}@example.test")
+    started = time.monotonic()
+    d = world.deliverer(domain_rate=10)  # 10 per second: 5 messages take >= 0.4 s
+    await world.run_until_idle(d)
+    assert time.monotonic() - started >= 0.35
+    assert (await world.store.status_counts())[RecipientStatus.DELIVERED] == 5
+
+
+async def test_host_connection_cap(world: World) -> None:
+    for i in range(40):
+        await world.queue(f"h{i}@example.test")
+    d = world.deliverer(
+        concurrency=8, max_connections_per_domain=8, max_connections_per_host=1, claim_batch=5
+    )
+    task = asyncio.create_task(d.run())
+    for _ in range(200):
+        if (await world.store.status_counts())[RecipientStatus.DELIVERED] == 40:
+            break
+        await asyncio.sleep(0.05)
+    d.stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert world.script.max_open == 1

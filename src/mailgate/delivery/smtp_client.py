@@ -5,6 +5,7 @@ caller can try the next MX."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -32,10 +33,18 @@ def tls_context(cfg: DeliveryConfig) -> ssl.SSLContext:
 class Session:
     """One connection to one target, reused for several transactions."""
 
-    def __init__(self, target: Target, port: int, cfg: DeliveryConfig, ehlo: str) -> None:
+    def __init__(
+        self,
+        target: Target,
+        port: int,
+        cfg: DeliveryConfig,
+        ehlo: str,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.target, self.port, self.cfg, self.ehlo = target, port, cfg, ehlo
         self.smtp: aiosmtplib.SMTP | None = None
         self.tls = False
+        self._on_close = on_close  # frees the per-host connection slot exactly once
 
     async def open(self, allow_tls: bool = True) -> Outcome | None:
         """Connect, EHLO and STARTTLS per policy; None when ready, else why not."""
@@ -69,7 +78,8 @@ class Session:
                 await smtp.starttls(tls_context=tls_context(cfg), server_hostname=host)
                 self.tls = True
             except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError) as exc:
-                await self.close()
+                await _quit(smtp)  # keeps the host slot for the plaintext retry
+                self.smtp = None
                 if not required:
                     # Opportunistic TLS falls back to plaintext on a failed handshake, as
                     # Postfix does at security level "may"; "required" defers instead.
@@ -138,6 +148,10 @@ class Session:
         if self.smtp is not None:
             await _quit(self.smtp)
             self.smtp = None
+        release = self._on_close
+        if release is not None:
+            self._on_close = None
+            release()
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

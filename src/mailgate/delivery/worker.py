@@ -40,6 +40,23 @@ MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
 LEASE_SECONDS = 600.0
 
 
+class Pacer:
+    """At most `rate` messages per second to one domain (0: unlimited)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate, self.clock = rate, clock
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        at = max(now, self.next_at)
+        self.next_at = at + 1.0 / self.rate
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
 class Deliverer:
     def __init__(
         self,
@@ -61,6 +78,10 @@ class Deliverer:
         self.slots: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(cfg.max_connections_per_domain)
         )
+        self.host_slots: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(cfg.max_connections_per_host)
+        )
+        self.pacers: dict[str, Pacer] = defaultdict(lambda: Pacer(cfg.domain_rate, clock))
         self.own_endpoints = own_endpoints or set()
         self.stopping = asyncio.Event()
 
@@ -162,14 +183,25 @@ class Deliverer:
                             )
                             index += 1
                             continue
-                        session = Session(target, self._port(target), self.cfg, self.ehlo)
+                        host_slot = self.host_slots[target.address]
+                        await host_slot.acquire()
+                        session = Session(
+                            target,
+                            self._port(target),
+                            self.cfg,
+                            self.ehlo,
+                            on_close=host_slot.release,
+                        )
                         problem = await session.open()
                         if problem is not None:
+                            await session.close()
                             failure, session, index = problem, None, index + 1
                             continue
+                    await self.pacers[claim.domain].wait()
                     tx = Transaction(message.sender, tuple(r.address for r in pending), raw)
                     result = await session.send(tx)
                     if isinstance(result, Outcome):  # connection lost: next MX
+                        await session.close()
                         failure, session, index = result, None, index + 1
                         continue
                     too_many = [r for r in pending if result[r.address].reply.code == 452]
