@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smtp_ingest import (
     POSTFIX_PORT,
-    SHARED,
     SINK_PORT,
     ensure_postfix,
     smtp_source,
+    start_postfix,
     stop,
     wait_port,
 )
@@ -169,11 +169,7 @@ def main() -> None:
         ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
         stdout=subprocess.DEVNULL,
     )
-    subprocess.run(
-        ["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    start_postfix(POSTFIX_PORT, SINK_PORT)
     try:
         wait_port(POSTFIX_PORT)
         postfix = smtp_source(POSTFIX_PORT, 20_000, 20, 2048)

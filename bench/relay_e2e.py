@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_ingest import SHARED, ensure_postfix, stop, wait_port
+from smtp_ingest import ensure_postfix, start_postfix, stop, wait_port
 
 MG_PORT, PF_PORT, SINK_PORT = 2735, 2635, 2636
 
@@ -135,11 +135,7 @@ def main() -> None:
         # Postfix, flowing
         log = tmp / "sink-pf.log"
         sink = start_sink(log)
-        subprocess.run(
-            ["bash", str(SHARED), str(PF_PORT), f"127.0.0.1:{SINK_PORT}"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        start_postfix(PF_PORT, SINK_PORT)
         wait_port(PF_PORT)
         started = time.monotonic()
         source(PF_PORT, n, args.sessions)

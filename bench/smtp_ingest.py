@@ -34,6 +34,17 @@ def ensure_postfix() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
 
 
+def start_postfix(port: int, relay_port: int) -> None:
+    """Postfix as a durable loopback relay (the shared reference setup), empty queue."""
+    subprocess.run(
+        ["bash", str(SHARED), str(port), f"127.0.0.1:{relay_port}"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(["postsuper", "-d", "ALL"], check=False, capture_output=True)
+    wait_port(port)
+
+
 def wait_port(port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -71,7 +82,9 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     return messages / (time.perf_counter() - started)
 
 
-def start_mailgate(tmp: Path, processes: int) -> subprocess.Popen[bytes]:
+def start_mailgate(tmp: Path, processes: int, deliver: bool) -> subprocess.Popen[bytes]:
+    """mailgate on SQLite; with deliver, it relays to smtp-sink while it takes mail in,
+    as the Postfix it is compared with does."""
     env = dict(os.environ)
     env.update(
         {
@@ -82,6 +95,9 @@ def start_mailgate(tmp: Path, processes: int) -> subprocess.Popen[bytes]:
             "MAILGATE_SMTP_PROCESSES": str(processes),
             "MAILGATE_HTTP_ENABLED": "false",
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
+            "MAILGATE_DELIVERY_ENABLED": "true" if deliver else "false",
+            "MAILGATE_DELIVERY_SMARTHOST": f"127.0.0.1:{SINK_PORT}",
+            "MAILGATE_DELIVERY_SMARTHOST_TLS": "none",
         }
     )
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
@@ -110,26 +126,23 @@ def main() -> None:
         ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
         stdout=subprocess.DEVNULL,
     )
-    subprocess.run(
-        ["bash", str(SHARED), str(POSTFIX_PORT), f"127.0.0.1:{SINK_PORT}"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    start_postfix(POSTFIX_PORT, SINK_PORT)
     wait_port(POSTFIX_PORT)
-    rows = []
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            mg = start_mailgate(tmp, args.processes)
-            try:
-                mg_rate = smtp_source(MAILGATE_PORT, args.messages, args.sessions, size)
-            finally:
-                stop(mg)
-                shutil.rmtree(tmp / "mailgate", ignore_errors=True)
+            rates = {}
+            for deliver in (False, True):
+                mg = start_mailgate(tmp, args.processes, deliver)
+                try:
+                    rates[deliver] = smtp_source(MAILGATE_PORT, args.messages, args.sessions, size)
+                finally:
+                    stop(mg)
+                    shutil.rmtree(tmp / "mailgate", ignore_errors=True)
             pf_rate = smtp_source(POSTFIX_PORT, args.messages, args.sessions, size)
-            rows.append((size, mg_rate, pf_rate))
             print(
-                f"{size // 1024:4d} KB: mailgate {mg_rate:7,.0f} msg/s   postfix {pf_rate:7,.0f}"
-                f" msg/s   ratio {mg_rate / pf_rate:.2f}x",
+                f"{size // 1024:4d} KB: mailgate {rates[False]:7,.0f} msg/s (delivering at the "
+                f"same time: {rates[True]:7,.0f})   postfix {pf_rate:7,.0f} msg/s   ratio "
+                f"{rates[False] / pf_rate:.2f}x ({rates[True] / pf_rate:.2f}x)",
                 flush=True,
             )
     finally:

@@ -137,17 +137,30 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 
     smtp_port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update({"MAILGATE_SERVER_DATA_DIR": str(tmp_path), "MAILGATE_SMTP_PORT": str(smtp_port),
-                "MAILGATE_HTTP_PORT": str(http_port), "MAILGATE_DELIVERY_ENABLED": "false"})
-    proc = subprocess.Popen([*MAILGATE, "serve"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env.update(
+        {
+            "MAILGATE_SERVER_DATA_DIR": str(tmp_path),
+            "MAILGATE_SMTP_PORT": str(smtp_port),
+            "MAILGATE_HTTP_PORT": str(http_port),
+            "MAILGATE_DELIVERY_ENABLED": "false",
+        }
+    )
+    proc = subprocess.Popen(
+        [*MAILGATE, "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
                 with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as smtp:
-                    refused = smtp.sendmail("a@example.org", ["b@example.com"],
-                                            b"Subject: x\r\n\r\nkept\r\n")
+                    refused = smtp.sendmail(
+                        "a@example.org", ["b@example.com"], b"Subject: x\r\n\r\nkept\r\n"
+                    )
                     assert refused == {}
                 break
             except OSError:
@@ -161,5 +174,6 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         proc.communicate()
     conn = sqlite3.connect(tmp_path / "mailgate.db")
     assert conn.execute("SELECT count(*) FROM recipients WHERE status = 'queued'").fetchone() == (
-        1,)
+        1,
+    )
     conn.close()

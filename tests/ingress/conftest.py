@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,22 @@ class RunningServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.app.http_port}"
+
+    @contextlib.contextmanager
+    def failing_enqueue(self, error: Exception) -> Iterator[None]:
+        """Make every enqueue raise `error` (a store that cannot commit) for a while."""
+        store = self.app.store
+        assert store is not None
+        original = store.enqueue
+
+        async def failing(message: Any) -> str:
+            raise error
+
+        store.enqueue = failing  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            store.enqueue = original  # type: ignore[method-assign]
 
     def call(self, fn: Callable[[Store], Awaitable[T]]) -> T:
         assert self.app.store is not None

@@ -176,6 +176,15 @@ class Api:
             )
         self._buckets[key.id] = (tokens - 1, now)
 
+    async def begin_post(
+        self, request: Request, types: tuple[str, ...] = JSON_TYPES
+    ) -> tuple[ApiKey, bytes, tuple[str, str] | None, Response | None]:
+        """Key (send scope), body, idempotency fingerprint and a replay if there is one."""
+        key = await self.key_for(request, Scope.SEND)
+        body = await self.body(request, types)
+        idem, replay = await self.check_replay(request, key, body)
+        return key, body, idem, replay
+
     async def body(self, request: Request, types: tuple[str, ...] = JSON_TYPES) -> bytes:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in types:

@@ -67,7 +67,16 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+def _base64(value: str) -> str:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be valid base64") from None
+    return value
+
+
 Line = Annotated[str, AfterValidator(_no_controls)]
+Base64 = Annotated[str, AfterValidator(_base64)]
 Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_mailbox)]
 Mailboxes = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
 
@@ -76,19 +85,10 @@ class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     filename: Annotated[Line, Field(min_length=1, max_length=255)]
-    content: str = Field(description="The file, base64-encoded.")
+    content: Base64 = Field(description="The file, base64-encoded.")
     content_type: Annotated[str, Field(pattern=_TOKEN.pattern)] = "application/octet-stream"
     content_id: Annotated[Line, Field(max_length=200, pattern=r"^[^<>\s]+$")] | None = None
     disposition: Literal["attachment", "inline"] | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be valid base64") from None
-        return value
 
     def decoded(self) -> bytes:
         return base64.b64decode(self.content)
@@ -162,7 +162,7 @@ class RawRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    raw: str = Field(description="The complete RFC 5322 message, base64-encoded.")
+    raw: Base64 = Field(description="The complete RFC 5322 message, base64-encoded.")
     from_: Annotated[str, Field(max_length=320)] = Field(
         alias="from", description="Envelope sender (MAIL FROM); empty for <>."
     )
@@ -170,15 +170,6 @@ class RawRequest(BaseModel):
     tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=20
     )
-
-    @field_validator("raw")
-    @classmethod
-    def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be valid base64") from None
-        return value
 
 
 class RecipientOut(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 from fastapi import FastAPI, Query, Request, Response
@@ -73,15 +74,10 @@ def create_api(api: Api) -> FastAPI:
         summary="Send one message",
     )
     async def send(request: Request) -> Response:
-        key = await api.key_for(request, Scope.SEND)
-        body = await api.body(request)
-        idem, replay = await api.check_replay(request, key, body)
+        key, body, idem, replay = await api.begin_post(request)
         if replay is not None:
             return replay
-        try:
-            req = m.SendRequest.model_validate_json(body)
-        except pydantic.ValidationError as exc:
-            raise validation_error(exc) from None
+        req = parse_json(m.SendRequest, body)
         message = await api.draft_message(req, key)
         return await api.commit_one(message, idem)
 
@@ -94,15 +90,10 @@ def create_api(api: Api) -> FastAPI:
         summary="Send up to 500 messages",
     )
     async def batch(request: Request) -> Response:
-        key = await api.key_for(request, Scope.SEND)
-        body = await api.body(request)
-        idem, replay = await api.check_replay(request, key, body)
+        key, body, idem, replay = await api.begin_post(request)
         if replay is not None:
             return replay
-        try:
-            req = m.BatchRequest.model_validate_json(body)
-        except pydantic.ValidationError as exc:
-            raise validation_error(exc) from None
+        req = parse_json(m.BatchRequest, body)
         if len(req.messages) > api.cfg.batch_max:
             raise ApiError(
                 422, "invalid_field", f"At most {api.cfg.batch_max} messages", "messages"
@@ -134,8 +125,6 @@ def create_api(api: Api) -> FastAPI:
                 {"error": error, "accepted": 0, "rejected": len(results), "results": results},
                 status_code=422,
             )
-        import json
-
         out = json.dumps(
             {
                 "accepted": len(accepted),
@@ -154,25 +143,21 @@ def create_api(api: Api) -> FastAPI:
         summary="Send a complete RFC 5322 message (JSON, or message/rfc822 with ?from=&to=)",
     )
     async def send_raw(request: Request) -> Response:
-        key = await api.key_for(request, Scope.SEND)
-        body = await api.body(request, ("application/json", "message/rfc822"))
-        idem, replay = await api.check_replay(request, key, body)
+        key, body, idem, replay = await api.begin_post(
+            request, ("application/json", "message/rfc822")
+        )
         if replay is not None:
             return replay
         if request.headers.get("content-type", "").startswith("message/rfc822"):
-            sender = request.query_params.get("from", "")
-            to = request.query_params.getlist("to")
-            try:
-                req = m.RawRequest.model_validate(
-                    {"raw": base64.b64encode(body).decode(), "from": sender, "to": to}
-                )
-            except pydantic.ValidationError as exc:
-                raise validation_error(exc) from None
+            params = request.query_params
+            envelope = {
+                "raw": base64.b64encode(body).decode(),
+                "from": params.get("from", ""),
+                "to": params.getlist("to"),
+            }
+            req = parse_json(m.RawRequest, json.dumps(envelope).encode())
         else:
-            try:
-                req = m.RawRequest.model_validate_json(body)
-            except pydantic.ValidationError as exc:
-                raise validation_error(exc) from None
+            req = parse_json(m.RawRequest, body)
         message = api.raw_message(
             base64.b64decode(req.raw), req.from_, list(req.to), key, tuple(req.tags)
         )
@@ -304,11 +289,20 @@ class Timing:
             )
 
 
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+
+def parse_json(model: type[T], body: bytes) -> T:
+    """The request model, or ApiError 400 (not JSON) / 422 (naming the field)."""
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 def _err(e: ApiError) -> dict[str, Any]:
     return {"status": e.status, "code": e.code, "message": e.message, "field": e.field}
 
 
 def _accepted_dict(message: Any) -> dict[str, Any]:
-    import json
-
     return dict(json.loads(accepted_body(message)))

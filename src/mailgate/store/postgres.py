@@ -131,6 +131,7 @@ class PostgresStore:
         self._inflight = asyncio.Semaphore(max(1, pool_size // 2))
         self._listener: asyncpg.Connection | None = None
         self._work = asyncio.Event()
+        self._listener_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------
@@ -520,12 +521,13 @@ class PostgresStore:
         return counts
 
     async def wait_for_work(self, timeout: float) -> None:
-        if self._listener is None or self._listener.is_closed():
-            try:
-                self._listener = await asyncpg.connect(self.url, timeout=5)
-                await self._listener.add_listener(CHANNEL, lambda *_: self._work.set())
-            except (*TRANSIENT, asyncpg.PostgresError):
-                self._listener = None  # fall back to polling until it comes back
+        async with self._listener_lock:  # many workers wait; one LISTEN connection serves all
+            if self._listener is None or self._listener.is_closed():
+                try:
+                    self._listener = await asyncpg.connect(self.url, timeout=5)
+                    await self._listener.add_listener(CHANNEL, lambda *_: self._work.set())
+                except (*TRANSIENT, asyncpg.PostgresError):
+                    self._listener = None  # fall back to polling until it comes back
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._work.wait(), timeout)
         self._work.clear()

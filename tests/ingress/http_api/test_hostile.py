@@ -3,7 +3,6 @@ half-way, and the server keeps answering."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import httpx
@@ -155,21 +154,11 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, ca) -> None:  # type:
 def test_store_failure_is_503_with_retry_after(server: RunningServer) -> None:
     from mailgate.errors import StoreUnavailable
 
-    store = server.app.store
-    assert store is not None
-    original = store.enqueue
-
-    async def failing(message):  # type: ignore[no-untyped-def]
-        raise StoreUnavailable("disk full")
-
-    store.enqueue = failing  # type: ignore[method-assign]
-    try:
+    with server.failing_enqueue(StoreUnavailable("disk full")):
         r = httpx.post(
             f"{server.http_url}/v1/messages",
             json=BASE,
             headers={"Authorization": f"Bearer {server.send_key}"},
         )
-    finally:
-        store.enqueue = original  # type: ignore[method-assign]
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
-    assert base64  # keeps the import honest for raw cases below
+    assert total(server) == 0

@@ -56,21 +56,10 @@ def test_oversized_stream_is_refused_with_flat_memory(tmp_path, ca) -> None:  # 
 
 
 def test_commit_failure_answers_451_never_250(server: RunningServer) -> None:
-    store = server.app.store
-    assert store is not None
-    original = store.enqueue
-
-    async def failing(message):  # type: ignore[no-untyped-def]
-        raise StoreUnavailable("disk full")
-
-    store.enqueue = failing  # type: ignore[method-assign]
-    try:
-        with greeted(server.smtp_port) as d:
-            _transaction(d)
-            d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
-            assert d.read_reply() == (451, "451 4.3.0 Temporary storage failure, try again later")
-    finally:
-        store.enqueue = original  # type: ignore[method-assign]
+    with server.failing_enqueue(StoreUnavailable("disk full")), greeted(server.smtp_port) as d:
+        _transaction(d)
+        d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+        assert d.read_reply() == (451, "451 4.3.0 Temporary storage failure, try again later")
 
 
 def test_same_message_id_from_same_key_is_queued_once(server: RunningServer) -> None:

@@ -58,22 +58,14 @@ def test_slow_client_hits_the_session_limit(tmp_path, ca) -> None:  # type: igno
 
 
 def test_unexpected_error_is_generic_451(server: RunningServer) -> None:
-    store = server.app.store
-    assert store is not None
-    original = store.enqueue
-
-    async def broken(message):  # type: ignore[no-untyped-def]
-        raise RuntimeError("secret internal detail /var/lib/x")
-
-    store.enqueue = broken  # type: ignore[method-assign]
-    try:
-        with greeted(server.smtp_port) as d:
-            d.cmd("MAIL FROM:<a@example.org>")
-            d.cmd("RCPT TO:<b@example.com>")
-            d.cmd("DATA")
-            d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
-            code, text = d.read_reply()
-            assert code == 451 and "secret" not in text and "/var" not in text
-            assert d.cmd("NOOP")[0] == 250
-    finally:
-        store.enqueue = original  # type: ignore[method-assign]
+    with (
+        server.failing_enqueue(RuntimeError("secret internal detail /var/lib/x")),
+        greeted(server.smtp_port) as d,
+    ):
+        d.cmd("MAIL FROM:<a@example.org>")
+        d.cmd("RCPT TO:<b@example.com>")
+        d.cmd("DATA")
+        d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+        code, text = d.read_reply()
+        assert code == 451 and "secret" not in text and "/var" not in text
+        assert d.cmd("NOOP")[0] == 250
