@@ -282,3 +282,12 @@ async def test_wait_for_work_wakes_on_enqueue(store: Store) -> None:
     await store.enqueue(message())
     await asyncio.wait_for(waiter, 5)
     assert time.monotonic() - started < 5
+
+
+async def test_load_returns_messages_with_bytes(store: Store) -> None:
+    a, b = message("a@x.test", raw=b"A\r\n"), message("b@x.test", raw=b"B\r\n")
+    await store.enqueue(a)
+    await store.enqueue(b)
+    loaded = await store.load([a.id, b.id, "0" * 26])
+    assert {k: v[1] for k, v in loaded.items()} == {a.id: b"A\r\n", b.id: b"B\r\n"}
+    assert loaded[a.id][0].sender == "a@example.org"

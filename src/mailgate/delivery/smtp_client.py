@@ -76,6 +76,7 @@ class Session:
         if wants_tls and smtp.supports_extension("starttls"):
             try:
                 await smtp.starttls(tls_context=tls_context(cfg), server_hostname=host)
+                await smtp.ehlo()  # RFC 3207: the session starts over after STARTTLS
                 self.tls = True
             except (aiosmtplib.SMTPException, ssl.SSLError, OSError, TimeoutError) as exc:
                 await _quit(smtp)  # keeps the host slot for the plaintext retry
@@ -111,22 +112,25 @@ class Session:
         host = self.target.host
         results: dict[str, Outcome] = {}
         try:
-            options = []
-            if smtp.supports_extension("size"):
-                options.append(f"SIZE={len(tx.raw)}")
-            try:
-                await smtp.mail(tx.sender, options=options)
-            except aiosmtplib.SMTPResponseException as exc:
-                outcome = from_reply(exc.code, exc.message, host)
+            # MAIL and RCPT go out as raw commands: the addresses were validated when the
+            # message was accepted, and aiosmtplib's re-parsing cost a fifth of delivery time.
+            options = [f"SIZE={len(tx.raw)}".encode()] if smtp.supports_extension("size") else []
+            if not tx.sender.isascii() and smtp.supports_extension("smtputf8"):
+                options.append(b"SMTPUTF8")
+            response = await smtp.execute_command(
+                b"MAIL", b"FROM:<" + tx.sender.encode() + b">", *options
+            )
+            if response.code != 250:
+                outcome = from_reply(response.code, response.message, host)
                 await _rset(smtp)
                 return dict.fromkeys(tx.recipients, outcome)
             accepted: list[str] = []
             for rcpt in tx.recipients:
-                try:
-                    await smtp.rcpt(rcpt)
+                response = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode() + b">")
+                if response.code in (250, 251):
                     accepted.append(rcpt)
-                except aiosmtplib.SMTPResponseException as exc:
-                    results[rcpt] = from_reply(exc.code, exc.message, host)
+                else:
+                    results[rcpt] = from_reply(response.code, response.message, host)
             if not accepted:
                 await _rset(smtp)
                 return results

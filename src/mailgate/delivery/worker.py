@@ -134,13 +134,11 @@ class Deliverer:
 
     # -- steps ------------------------------------------------------------------------------
     async def _load(self, claim: Claim) -> dict[str, tuple[Message, bytes]]:
-        out = {}
-        for message_id in dict.fromkeys(r.message_id for r in claim.recipients):
-            message = await self.store.get_message(message_id)
-            raw = await self.store.get_raw(message_id)
-            assert message is not None and raw is not None, "recipients never outlive messages"
-            out[message_id] = (message, raw)
-        return out
+        loaded = await self.store.load(list(dict.fromkeys(r.message_id for r in claim.recipients)))
+        assert len(loaded) == len({r.message_id for r in claim.recipients}), (
+            "recipients never outlive their messages"
+        )
+        return loaded
 
     async def resolve(self, domain: str) -> list[Target] | Outcome:
         if self.cfg.smarthost:

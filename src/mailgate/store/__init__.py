@@ -53,6 +53,9 @@ class Store(Protocol):
 
     async def get_raw(self, message_id: str) -> bytes | None: ...
 
+    async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+        """Messages with their bytes, in one round trip (what a delivery claim needs)."""
+
     async def recipients(self, message_id: str) -> list[Recipient]: ...
 
     async def events(self, message_id: str) -> list[Event]: ...

@@ -332,6 +332,16 @@ class PostgresStore:
         )
         return bytes(raw) if raw is not None else None
 
+    async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+        rows = await self._run(
+            lambda c: c.fetch(
+                f"SELECT {MESSAGE_COLUMNS}, raw FROM messages WHERE id = ANY($1::text[])",
+                list(message_ids),
+            ),
+            tx=False,
+        )
+        return {r[0]: (message_from_row(r), bytes(r[-1])) for r in rows}
+
     async def recipients(self, message_id: str) -> list[Recipient]:
         rows = await self._run(
             lambda c: c.fetch(

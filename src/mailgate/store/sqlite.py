@@ -480,6 +480,21 @@ class SqliteStore:
 
         return await self._read(run)
 
+    async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+        ids = list(message_ids)
+
+        def run(c: sqlite3.Connection) -> dict[str, tuple[Message, bytes]]:
+            out: dict[str, tuple[Message, bytes]] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT {MESSAGE_COLUMNS}, raw FROM messages WHERE id IN ({marks})"
+                for row in c.execute(sql, chunk):
+                    out[row[0]] = (message_from_row(row), bytes(row[-1]))
+            return out
+
+        return await self._read(run)
+
     async def recipients(self, message_id: str) -> list[Recipient]:
         def run(c: sqlite3.Connection) -> list[Recipient]:
             rows = c.execute(
@@ -559,6 +574,9 @@ class SqliteStore:
     # -- queue ------------------------------------------------------------------
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
         lease_until = now + lease_seconds
+        # A read first: idle workers polling an empty queue must not queue up writes.
+        if await self._read(lambda c: c.execute(NEXT_DUE_DOMAIN, (now,)).fetchone()) is None:
+            return None
 
         def run(c: sqlite3.Connection) -> Claim | None:
             row = c.execute(NEXT_DUE_DOMAIN, (now,)).fetchone()
