@@ -120,6 +120,7 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
     fill = time.perf_counter() - started
     counts = await store.status_counts()
     print(f"  backlog filled: {sum(counts.values()):,} recipients queued in {fill:.0f} s")
+    await asyncio.sleep(3)  # let the background checkpoint of the bulk fill catch up
     r = await rate(store, 100, 20_000)
     print(
         f"  enqueue with backlog, 100 producers: {r:,.0f}/s "
