@@ -20,6 +20,7 @@ import pydantic
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 
 from mailgate import keys
 from mailgate.addresses import address_problem, parse_mailbox
@@ -194,12 +195,16 @@ class Api:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.cfg.max_body_bytes:
             raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.cfg.max_body_bytes:
-                raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
-            chunks.append(chunk)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.cfg.max_body_bytes:
+                    raise ApiError(413, "too_large", f"Body over {self.cfg.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client went away mid-body: nothing to answer
+            raise ApiError(400, "client_disconnected", "The client closed the request") from None
         return b"".join(chunks)
 
     # -- building messages ------------------------------------------------------------

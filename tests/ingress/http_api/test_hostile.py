@@ -162,3 +162,17 @@ def test_store_failure_is_503_with_retry_after(server: RunningServer) -> None:
         )
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert total(server) == 0
+
+
+def test_client_that_disconnects_mid_body_leaves_no_trace(server: RunningServer) -> None:
+    import socket
+
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.send_key}"
+        '\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"from": '
+    )
+    port = int(server.http_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(head.encode())
+    still_up(server)
+    assert total(server) == 0
