@@ -103,6 +103,19 @@ async def measure(url_for: callable, label: str, total: int) -> dict[str, float]
     return results
 
 
+async def settle_wal(path: Path) -> None:
+    """Wait until the WAL written by the bulk fill is checkpointed: measure steady state."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for _ in range(300):
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy == 0 and log == done:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        conn.close()
+
+
 async def backlog(url: str, recipients: int, empty_rate: float) -> None:
     store = open_store(url)
     await store.open()
@@ -120,7 +133,7 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
     fill = time.perf_counter() - started
     counts = await store.status_counts()
     print(f"  backlog filled: {sum(counts.values()):,} recipients queued in {fill:.0f} s")
-    await asyncio.sleep(3)  # let the background checkpoint of the bulk fill catch up
+    await settle_wal(Path(url[len("sqlite:///") :]))
     r = await rate(store, 100, 20_000)
     print(
         f"  enqueue with backlog, 100 producers: {r:,.0f}/s "
