@@ -47,6 +47,11 @@ async def rate(store: Store, producers: int, total: int) -> float:
     return per * producers / (time.perf_counter() - started)
 
 
+async def steady_rate(store: Store, producers: int, total: int, runs: int = 3) -> float:
+    """The median of several runs: single one-second runs here spread by +-30%."""
+    return statistics.median([await rate(store, producers, total) for _ in range(runs)])
+
+
 def sqlite_ceiling(path: Path, total: int, batch: int, synchronous: str = "FULL") -> float:
     """A bare sqlite3 loop writing the same three rows per message."""
 
@@ -93,7 +98,7 @@ async def measure(url_for: callable, label: str, total: int) -> dict[str, float]
             store = open_store(url, batch_max=batch_max)
             await store.open()
             n = total if (mode == "group" and producers > 1) else total // 4
-            r = await rate(store, producers, n)
+            r = await steady_rate(store, producers, n)
             await store.close()
             results[f"{mode}/{producers}"] = r
             print(
@@ -134,7 +139,7 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
     counts = await store.status_counts()
     print(f"  backlog filled: {sum(counts.values()):,} recipients queued in {fill:.0f} s")
     await settle_wal(Path(url[len("sqlite:///") :]))
-    r = await rate(store, 100, 20_000)
+    r = await steady_rate(store, 100, 20_000)
     print(
         f"  enqueue with backlog, 100 producers: {r:,.0f}/s "
         f"= {r / empty_rate:.2f}x the empty-queue rate (target >= 0.8x)"
