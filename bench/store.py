@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import sqlite3
 import statistics
@@ -31,7 +32,19 @@ BODY = (
 )[:2048]
 
 
-def msg(rcpts: tuple[str, ...] = ("b@example.com",)) -> NewMessage:
+RANDOM_RECIPIENTS = False  # --random-recipients: a new address at one of 50 domains each
+
+
+def msg(rcpts: tuple[str, ...] | None = None) -> NewMessage:
+    """A 2 KB message to b@example.com, the same rows the bare sqlite3 ceiling writes; with
+    --random-recipients to a fresh address each (index inserts land mid-tree, as in real
+    traffic, not at the end)."""
+    if rcpts is None:
+        if RANDOM_RECIPIENTS:
+            n = random.getrandbits(32)
+            rcpts = (f"user{n}@domain{n % 50}.test",)
+        else:
+            rcpts = ("b@example.com",)
     return NewMessage(raw=BODY, sender="a@example.org", recipients=rcpts, source=Source.HTTP)
 
 
@@ -168,8 +181,11 @@ async def main() -> None:
     )
     p.add_argument("--total", type=int, default=20_000)
     p.add_argument("--no-backlog", action="store_true")
+    p.add_argument("--random-recipients", action="store_true")
     p.add_argument("--backlog-recipients", type=int, default=1_000_000)
     args = p.parse_args()
+    global RANDOM_RECIPIENTS
+    RANDOM_RECIPIENTS = args.random_recipients
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     counter = iter(range(1000))
 
