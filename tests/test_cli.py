@@ -85,18 +85,25 @@ def test_unreachable_database_exits_1_with_one_line(tmp_path: Path) -> None:
     assert "\n" not in line and "pw" not in line
 
 
-def test_database_in_use_by_another_mailgate_exits_1(tmp_path: Path) -> None:
-    env = {"MAILGATE_SERVER_DATA_DIR": str(tmp_path)}
+def test_second_server_on_one_database_exits_1_but_commands_still_work(tmp_path: Path) -> None:
+    env = {
+        "MAILGATE_SERVER_DATA_DIR": str(tmp_path),
+        "MAILGATE_SMTP_PORT": "0",
+        "MAILGATE_HTTP_PORT": "0",
+        "MAILGATE_DELIVERY_ENABLED": "false",
+    }
     assert mailgate("migrate", cwd=tmp_path, env=env).returncode == 0
-    fd = os.open(tmp_path / "mailgate.db.lock", os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    fd = os.open(tmp_path / "mailgate.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a running server holds
     try:
-        done = mailgate("migrate", cwd=tmp_path, env=env)
+        second = mailgate("serve", cwd=tmp_path, env=env)
+        listed = mailgate("queue", "list", cwd=tmp_path, env=env)
     finally:
         os.close(fd)
-    assert done.returncode == 1
-    assert "in use by another mailgate process" in done.stderr
-    assert done.stderr.strip().count("\n") == 0
+    assert second.returncode == 1
+    assert "in use by another mailgate server" in second.stderr
+    assert second.stderr.strip().count("\n") == 0
+    assert listed.returncode == 0 and "queued: 0" in listed.stdout
 
 
 def test_sqlite_locked_by_another_program_exits_1(tmp_path: Path) -> None:

@@ -37,12 +37,13 @@ class Role(enum.StrEnum):
     WORKER = "worker"  # delivery workers only
 
 
-def make_store(config: Config) -> Store:
+def make_store(config: Config, *, server: bool = False) -> Store:
     return open_store(
         config.store_url,
         unsafe_no_fsync=config.store.unsafe_no_fsync,
         batch_max=config.store.batch_max,
         pool_size=config.store.pool_size,
+        exclusive=server,
     )
 
 
@@ -117,7 +118,7 @@ class App:
     async def start(self) -> None:
         cfg = self.config
         ctx = tls_context(cfg)
-        self.store = make_store(cfg)
+        self.store = make_store(cfg, server=True)
         await self.store.open()
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
             self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx)

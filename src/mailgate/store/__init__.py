@@ -233,9 +233,18 @@ def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
 
 
 def open_store(
-    url: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000, pool_size: int = 8
+    url: str,
+    *,
+    unsafe_no_fsync: bool = False,
+    batch_max: int = 1000,
+    pool_size: int = 8,
+    exclusive: bool = False,
 ) -> Store:
-    """The store named by `url` (sqlite:///path or postgresql://...), not yet opened."""
+    """The store named by `url` (sqlite:///path or postgresql://...), not yet opened.
+
+    exclusive: this process is the server; a second server on the same SQLite file is
+    refused. Short-lived commands (keys, queue) share the file through SQLite's locking.
+    """
     if url.startswith(("postgresql://", "postgres://")):
         from mailgate.store.postgres import PostgresStore
 
@@ -244,7 +253,10 @@ def open_store(
         from mailgate.store.sqlite import SqliteStore
 
         return SqliteStore(
-            url[len("sqlite:///") :], unsafe_no_fsync=unsafe_no_fsync, batch_max=batch_max
+            url[len("sqlite:///") :],
+            unsafe_no_fsync=unsafe_no_fsync,
+            batch_max=batch_max,
+            exclusive=exclusive,
         )
     from mailgate.errors import ConfigError
 

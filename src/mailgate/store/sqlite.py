@@ -4,7 +4,8 @@ All writes go through one writer thread that folds whatever is waiting into a
 single transaction (group commit): one fsync acknowledges many messages. A caller's
 future resolves only after COMMIT has returned, i.e. after the WAL is on disk.
 Reads use their own connection on a second thread; WAL lets them run beside writes.
-A lock file keeps a second mailgate process from opening the same database.
+A lock file keeps a second mailgate server from opening the same database; CLI commands
+share it with a running server through SQLite's own locking.
 """
 
 from __future__ import annotations
@@ -146,8 +147,16 @@ def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]
 class SqliteStore:
     """Store on one SQLite file; see the module docstring for the commit model."""
 
-    def __init__(self, path: str, *, unsafe_no_fsync: bool = False, batch_max: int = 1000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        unsafe_no_fsync: bool = False,
+        batch_max: int = 1000,
+        exclusive: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.exclusive = exclusive
         self.unsafe_no_fsync = unsafe_no_fsync
         self.batch_max = batch_max
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
@@ -183,16 +192,18 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"store: cannot create {self.path.parent}: {exc.strerror}") from None
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(
-                f"store: {self.path} is in use by another mailgate process ({lock_path} is locked)"
-            ) from None
-        self._lock_fd = fd
+        if self.exclusive:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StoreLocked(
+                    f"store: {self.path} is in use by another mailgate server "
+                    f"({lock_path} is locked)"
+                ) from None
+            self._lock_fd = fd
         try:
             self._wconn = self._connect()
             self._check_durability(self._wconn)
