@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_ingest import ensure_postfix, start_postfix, stop, wait_port
+from smtp_ingest import ensure_postfix, smtp_source, start_postfix, stop, wait_port
 
 MG_PORT, PF_PORT, SINK_PORT = 2735, 2635, 2636
 
@@ -50,25 +50,7 @@ def wait_delivered(log: Path, target: int, timeout: float) -> float:
 
 
 def source(port: int, messages: int, sessions: int) -> None:
-    subprocess.run(
-        [
-            "/usr/sbin/smtp-source",
-            "-d",
-            "-s",
-            str(sessions),
-            "-m",
-            str(messages),
-            "-l",
-            "2048",
-            "-f",
-            "bench@example.org",
-            "-t",
-            "sink@example.com",
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-        timeout=3600,
-    )
+    smtp_source(port, messages, sessions, 2048)
 
 
 def mailgate_env(tmp: Path, deliver: bool) -> dict[str, str]:
