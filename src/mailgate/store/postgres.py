@@ -225,10 +225,11 @@ class PostgresStore:
                 rest = [(m, f) for m, f in batch if m.idempotency is not None]
             except asyncpg.IntegrityConstraintViolationError:
                 done, rest = [], batch
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, asyncpg.PostgresError) as exc:
+                err = exc if isinstance(exc, StoreError) else StoreUnavailable(f"store: {exc}")
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(exc)
+                        fut.set_exception(err)
                 return
             for m, fut in done:
                 if not fut.done():
@@ -243,6 +244,12 @@ class PostgresStore:
                         fut.set_exception(
                             exc if isinstance(exc, StoreError) else StoreError(f"store: {exc}")
                         )
+        except BaseException as exc:  # never leave a caller waiting on a lost batch
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreUnavailable(f"store: {type(exc).__name__}"))
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._inflight.release()
 
