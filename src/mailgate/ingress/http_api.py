@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -396,12 +397,10 @@ class Api:
         return idem, self._replayed(found, idem)
 
     async def replay(self, idem: tuple[str, str]) -> Response:
-        found = None
-        for _ in range(20):  # the first request may still be committing
-            found = await self.store.idempotent_response(idem[0].split(":", 1)[0], idem[0])
-            if found is not None:
-                break
-        if found is None:
+        """Answer a request that lost the race for its idempotency key: the winner's row
+        is committed (the conflict was found inside a later transaction), so read it."""
+        found = await self.store.idempotent_response(idem[0].split(":", 1)[0], idem[0])
+        if found is None:  # it expired in between: let the client retry
             raise _unavailable()
         return self._replayed(found, idem)
 
@@ -518,8 +517,6 @@ def accepted_body(message: NewMessage) -> str:
 
 
 def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> NewMessage:
-    import dataclasses
-
     record = Idempotency(idem[0], idem[1], body, message.created_at + IDEMPOTENCY_TTL)
     return dataclasses.replace(message, idempotency=record)
 
