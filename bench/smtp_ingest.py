@@ -5,7 +5,7 @@ synchronous=FULL) and Postfix set up by ../shared/tools/postfix-relay.sh (queue 
 fsynced before 250) relaying to smtp-sink. For 2 KB and 100 KB messages, prints msg/s
 for each and the ratio. Needs root for Postfix; installs postfix if missing.
 
-    python bench/smtp_ingest.py [--messages 20000] [--sessions 20] [--processes N]
+    python bench/smtp_ingest.py [--messages 20000] [--sessions 20]
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     return messages / (time.perf_counter() - started)
 
 
-def start_mailgate(tmp: Path, processes: int, deliver: bool) -> subprocess.Popen[bytes]:
+def start_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
     """mailgate on SQLite; with deliver, it relays to smtp-sink while it takes mail in,
     as the Postfix it is compared with does."""
     env = dict(os.environ)
@@ -92,7 +92,6 @@ def start_mailgate(tmp: Path, processes: int, deliver: bool) -> subprocess.Popen
             "MAILGATE_SMTP_PORT": str(MAILGATE_PORT),
             "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
             "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
-            "MAILGATE_SMTP_PROCESSES": str(processes),
             "MAILGATE_HTTP_ENABLED": "false",
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
             "MAILGATE_DELIVERY_ENABLED": "true" if deliver else "false",
@@ -117,7 +116,6 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--messages", type=int, default=20_000)
     p.add_argument("--sessions", type=int, default=20)
-    p.add_argument("--processes", type=int, default=1)
     p.add_argument("--sizes", default="2048,102400")
     args = p.parse_args()
     ensure_postfix()
@@ -132,7 +130,7 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             rates = {}
             for deliver in (False, True):
-                mg = start_mailgate(tmp, args.processes, deliver)
+                mg = start_mailgate(tmp, deliver)
                 try:
                     rates[deliver] = smtp_source(MAILGATE_PORT, args.messages, args.sessions, size)
                 finally:
@@ -154,7 +152,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"smtp-source: {args.sessions} sessions, {args.messages:,} messages per run, "
-        f"mailgate ingress processes: {args.processes}"
+        "one mailgate process"
     )
 
 

@@ -122,7 +122,7 @@ class App:
         await self.store.open()
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
             self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx)
-            await self.smtp.start(reuse_port=cfg.smtp.processes > 1)
+            await self.smtp.start()
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
             api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics)

@@ -111,9 +111,6 @@ class SmtpConfig(_Section):
         description="Seconds within which a repeated Message-ID from the same key is answered "
         "with the first id instead of queued again; 0 turns it off.",
     )
-    processes: int = Field(
-        1, ge=1, le=64, description="Ingress processes sharing the port (SO_REUSEPORT)."
-    )
 
     @field_validator("trusted_networks")
     @classmethod

@@ -133,7 +133,3 @@ class MxResolver:
             except (dns.resolver.NoNameservers, dns.exception.Timeout):
                 trouble += 1
         return found, trouble
-
-
-def is_outcome(value: list[Target] | Outcome) -> bool:
-    return isinstance(value, Outcome)

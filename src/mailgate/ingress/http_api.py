@@ -505,15 +505,18 @@ def _recipient_out(r: Recipient) -> m.RecipientOut:
     )
 
 
+def accepted_dict(message: NewMessage) -> dict[str, Any]:
+    """What a 202 says about one accepted message."""
+    return {
+        "id": message.id,
+        "message_id": message.message_id_header,
+        "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
+        "scheduled_at": _dt(message.scheduled_at).isoformat() if message.scheduled_at else None,
+    }
+
+
 def accepted_body(message: NewMessage) -> str:
-    return json.dumps(
-        {
-            "id": message.id,
-            "message_id": message.message_id_header,
-            "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
-            "scheduled_at": _dt(message.scheduled_at).isoformat() if message.scheduled_at else None,
-        }
-    )
+    return json.dumps(accepted_dict(message))
 
 
 def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> NewMessage:

@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 
 from mailgate.errors import StoreError
 from mailgate.ingress import http_models as m
-from mailgate.ingress.http_api import Api, ApiError, accepted_body, error_response, validation_error
+from mailgate.ingress.http_api import Api, ApiError, accepted_dict, error_response, validation_error
 from mailgate.models import MessageQuery, RecipientStatus, Scope
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -113,7 +113,7 @@ def create_api(api: Api) -> FastAPI:
                 results.append({"index": i, "error": _err(err)})
                 continue
             accepted.append(message)
-            results.append({"index": i, **_accepted_dict(message)})
+            results.append({"index": i, **accepted_dict(message)})
         if not accepted:
             first = results[0]["error"]
             error = {
@@ -302,7 +302,3 @@ def parse_json(model: type[T], body: bytes) -> T:
 
 def _err(e: ApiError) -> dict[str, Any]:
     return {"status": e.status, "code": e.code, "message": e.message, "field": e.field}
-
-
-def _accepted_dict(message: Any) -> dict[str, Any]:
-    return dict(json.loads(accepted_body(message)))

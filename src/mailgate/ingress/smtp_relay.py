@@ -89,7 +89,6 @@ class Session(asyncio.Protocol):
         self.auth_failures = 0
         self.bad_commands = 0
         self.task: asyncio.Task[None] | None = None
-        self.counted = False
         self._reset()
 
     def _reset(self) -> None:
