@@ -106,6 +106,7 @@ class App:
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
         self.http: uvicorn.Server | None = None
+        self.api: Api | None = None
         self.deliverer: Deliverer | None = None
         self._delivery: asyncio.Task[None] | None = None
         self.metrics = Metrics.create()
@@ -126,6 +127,7 @@ class App:
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
             api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics)
+            self.api = api
             server_config = uvicorn.Config(
                 create_api(api),
                 host=cfg.http.host,
@@ -153,7 +155,11 @@ class App:
             if self.smtp is not None:
                 own.add((cfg.smtp.host, self.smtp.port))
             self.deliverer = Deliverer(
-                self.store, cfg.delivery, cfg.server.hostname, own_endpoints=own
+                self.store,
+                cfg.delivery,
+                cfg.server.hostname,
+                own_endpoints=own,
+                lease_seconds=cfg.store.lease_seconds,
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
         self.ready.set()
@@ -163,14 +169,17 @@ class App:
         assert self.http is not None
         return int(self.http.servers[0].sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        """Stop accepting, finish or release work in flight, close the store."""
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, finish or release work in flight, close the store.
+
+        New HTTP requests get 503 and new SMTP sessions and transactions 421 4.3.2 while
+        the requests and transactions in flight finish (up to `grace` seconds)."""
+        stops = []
         if self.http is not None:
-            self.http.should_exit = True
-            await self._http_ticks
-            await self.http.shutdown()
+            stops.append(self._stop_http(grace))
         if self.smtp is not None:
-            await self.smtp.stop()
+            stops.append(self.smtp.stop(grace))
+        await asyncio.gather(*stops)
         if self.deliverer is not None and self._delivery is not None:
             self.deliverer.stopping.set()  # workers finish the claim in hand, then stop
             done, _ = await asyncio.wait({self._delivery}, timeout=30)
@@ -179,6 +188,18 @@ class App:
                 await asyncio.wait({self._delivery}, timeout=5)
         if self.store is not None:
             await self.store.close()
+
+    async def _stop_http(self, grace: float) -> None:
+        assert self.http is not None and self.api is not None
+        self.api.draining = True
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(not t.done() for t in self.http.server_state.tasks):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self.http.should_exit = True
+        await self._http_ticks
+        await self.http.shutdown()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

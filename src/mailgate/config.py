@@ -50,7 +50,10 @@ class StoreConfig(_Section):
         1000, ge=1, le=100_000, description="Most writes folded into one group commit."
     )
     lease_seconds: float = Field(
-        300.0, gt=0, description="How long a worker's claim on recipients lasts before it returns."
+        900.0,
+        gt=0,
+        description="How long a worker's claim lasts before another may take it (keep it"
+        " above the slowest delivery of one claim).",
     )
     pool_size: int = Field(8, ge=1, le=200, description="PostgreSQL connections per process.")
 

@@ -178,7 +178,10 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Due recipients of one domain, leased to one worker until lease_until."""
+    """Due recipients of one domain, leased to one worker until lease_until.
+
+    Each recipient's lease_owner is the owner *before* this claim: None, unless a worker
+    died holding it (the message may already have reached the remote)."""
 
     domain: str
     owner: str

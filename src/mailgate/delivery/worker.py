@@ -37,7 +37,6 @@ from mailgate.store import Store
 
 log = logging.getLogger("mailgate.delivery")
 MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
-LEASE_SECONDS = 600.0
 
 
 class Pacer:
@@ -67,8 +66,10 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         own_endpoints: set[tuple[str, int]] | None = None,
+        lease_seconds: float = 900.0,
     ) -> None:
         self.store, self.cfg, self.clock = store, cfg, clock
+        self.lease_seconds = lease_seconds
         self.hostname = hostname
         self.ehlo = cfg.ehlo_hostname or hostname
         self.rng = rng or random.Random()
@@ -107,10 +108,19 @@ class Deliverer:
     async def step(self) -> bool:
         """Deliver one claim; False when nothing was due."""
         claim = await self.store.claim(
-            self.owner, self.clock(), self.cfg.claim_batch, LEASE_SECONDS
+            self.owner, self.clock(), self.cfg.claim_batch, self.lease_seconds
         )
         if claim is None:
             return False
+        for r in claim.recipients:
+            if r.lease_owner is not None:
+                log.warning(
+                    "delivery: %s of message %s was in flight when worker %s stopped;"
+                    " sending it again (a possible duplicate)",
+                    r.address,
+                    r.message_id,
+                    r.lease_owner,
+                )
         try:
             await self.deliver(claim)
         except BaseException:

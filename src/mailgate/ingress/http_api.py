@@ -129,9 +129,14 @@ class Api:
         self.store, self.cfg, self.hostname, self.metrics = store, cfg, hostname, metrics
         self._auth_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.draining = False  # set at shutdown: new requests get 503, in-flight ones finish
 
     # -- checks -------------------------------------------------------------------
     async def key_for(self, request: Request, scope: Scope) -> ApiKey:
+        if self.draining:
+            raise ApiError(
+                503, "shutting_down", "Server is shutting down, retry", headers={"Retry-After": "5"}
+            )
         secret = _secret_from(request.headers.get("authorization", ""))
         if secret is None:
             raise ApiError(

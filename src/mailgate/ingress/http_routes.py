@@ -235,6 +235,12 @@ def create_api(api: Api) -> FastAPI:
 
     @app.get("/readyz", summary="The store can commit", responses={503: ERRORS[503]})
     async def readyz() -> JSONResponse:
+        if api.draining:
+            return error_response(
+                ApiError(
+                    503, "shutting_down", "Server is shutting down", headers={"Retry-After": "5"}
+                )
+            )
         try:
             await api.store.ping()
         except StoreError:

@@ -138,8 +138,13 @@ class Session(asyncio.Protocol):
             self.transport.write(b"".join(self.out))
         self.out.clear()
 
-    def close_with(self, r: SmtpReply) -> None:
-        self.reply(r)
+    def close_with(self, r: SmtpReply, *, enhanced: bool = False) -> None:
+        """Reply and hang up. `enhanced` adds the status code before EHLO too, as
+        Postfix does for its greeting-time refusals (clients log it, none parse it)."""
+        if enhanced and not self.esmtp:
+            self.raw_reply(f"{r.code} {r.enhanced} {r.text}")
+        else:
+            self.reply(r)
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -227,11 +232,18 @@ class Session(asyncio.Protocol):
         counted = False
         try:
             if not relay.state.accepting:
-                self.close_with(SmtpReply(421, "4.3.2", "Service shutting down, try later"))
+                self.close_with(
+                    SmtpReply(421, "4.3.2", "Service shutting down, try later"), enhanced=True
+                )
             if relay.state.total >= self.cfg.max_connections:
-                self.close_with(SmtpReply(421, "4.3.2", "Too many connections, try later"))
+                self.close_with(
+                    SmtpReply(421, "4.3.2", "Too many connections, try later"), enhanced=True
+                )
             if relay.state.per_ip[self.client_ip] >= self.cfg.max_connections_per_ip:
-                self.close_with(SmtpReply(421, "4.3.2", "Too many connections from your address"))
+                self.close_with(
+                    SmtpReply(421, "4.3.2", "Too many connections from your address"),
+                    enhanced=True,
+                )
             relay.state.total += 1
             relay.state.per_ip[self.client_ip] += 1
             counted = True
@@ -448,6 +460,8 @@ class Session(asyncio.Protocol):
         self.reply(SmtpReply(535, "5.7.8", "Authentication credentials invalid"))
 
     def smtp_MAIL(self, arg: str) -> None:
+        if not self.relay.state.accepting:  # shutting down: no new transactions
+            self.close_with(SmtpReply(421, "4.3.2", "Service shutting down, try later"))
         if self.helo is None:
             self.reply(SmtpReply(503, "5.5.1", "Send HELO or EHLO first"))
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -439,8 +440,14 @@ class PostgresStore:
                         for r in taken
                     ],
                 )
+            # lease_owner reads as the previous owner, as in SQLite: None unless taken over
             recipients = sorted(
-                (recipient_from_row(tuple(r)[:-1]) for r in rows),
+                (
+                    dataclasses.replace(
+                        recipient_from_row(tuple(r)[:-1]), lease_owner=r["previous"]
+                    )
+                    for r in rows
+                ),
                 key=lambda r: (r.message_id, r.id),
             )
             return Claim(recipients[0].domain, owner, now + lease_seconds, tuple(recipients))

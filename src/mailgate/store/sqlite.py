@@ -210,6 +210,8 @@ class SqliteStore:
             self._migrate(self._wconn)
             # Checkpoints run on their own thread, so the writer never stalls on one.
             self._wconn.execute("PRAGMA wal_autocheckpoint = 0")
+            if self.exclusive:
+                self._recover_leases(self._wconn)
             self._rconn = self._connect()
             self._cconn = self._connect()
         except sqlite3.OperationalError as exc:
@@ -220,6 +222,17 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             self._release_lock()
             raise StoreError(f"store: {self.path} is not a mailgate database: {exc}") from None
+
+    @staticmethod
+    def _recover_leases(conn: sqlite3.Connection) -> None:
+        """Holding the server lock, every lease left in the file is a dead process's: make
+        those recipients due now. The owner stays, so the next claim records
+        `lease_expired` (a possible duplicate if the remote had the data)."""
+        conn.execute(
+            "UPDATE recipients SET next_attempt_at = ?"
+            f" WHERE lease_owner IS NOT NULL AND status IN {ACTIVE_SQL}",
+            (time.time(),),
+        )
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

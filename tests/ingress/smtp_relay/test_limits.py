@@ -14,7 +14,7 @@ def test_connections_per_ip_and_in_total(tmp_path, ca) -> None:  # type: ignore[
         for d in held:
             assert d.read_reply()[0] == 220
         with Dialog(srv.smtp_port) as extra:
-            assert extra.read_reply() == (421, "421 Too many connections from your address")
+            assert extra.read_reply() == (421, "421 4.3.2 Too many connections from your address")
             assert extra.closed()
         held.pop().close()
         time.sleep(0.2)

@@ -1,0 +1,5 @@
+"""`python -m mailgate` is the `mailgate` command."""
+
+from mailgate.cli import main
+
+main()
