@@ -77,6 +77,7 @@ class Script:
     max_open: int = 0
     connections: int = 0
     rcpt_limit: int = 0  # 452 after this many RCPTs in one transaction (0: no limit)
+    busy_data: int = 0  # answer this many DATA commands with 421, then accept again
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -104,6 +105,10 @@ class ScriptedHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.script.lock:
+            if self.script.busy_data > 0:
+                self.script.busy_data -= 1
+                return "421 4.3.2 System busy, try later"
         if any(r.split("@")[0].startswith("datafail") for r in envelope.rcpt_tos):
             return "554 5.6.0 Content rejected"
         with self.script.lock:

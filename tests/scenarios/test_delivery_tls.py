@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -13,12 +14,14 @@ from tests.delivery.conftest import World, free_port
 from tests.delivery.peers import Script, SinkController
 
 
+CA = trustme.CA()  # trusted only where a test hands its certificate over as tls_ca_file
+
+
 @pytest.fixture
 def sink() -> Iterator[tuple[Script, int]]:
     """This module's sink offers STARTTLS with a certificate from a CA nobody trusts."""
-    ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("mx.example.test").configure_cert(ctx)
+    CA.issue_cert("mx.example.test").configure_cert(ctx)
     script = Script()
     controller = SinkController(script, free_port(), tls_context=ctx)
     controller.start()
@@ -54,3 +57,21 @@ async def test_required_tls_with_bad_certificate_defers(world: World) -> None:
 async def test_required_tls_with_trusted_certificate_delivers(world: World) -> None:
     status = await status_after(world, tls="required")  # no verification asked
     assert status is RecipientStatus.DELIVERED and world.script.received[0].tls
+
+
+async def test_tls_handshake_failures_defer_until_the_certificate_is_trusted(
+    world: World, tmp_path: Path
+) -> None:
+    """A destination whose certificate fails verification under `required`: the mail
+    waits (deferred, never sent in plaintext), and goes once the CA is configured."""
+    mid = await world.queue("a@example.test")
+    await world.run_until_idle(world.deliverer(tls="required", verify_certificates=True))
+    [r] = await world.store.recipients(mid)
+    assert r.status is RecipientStatus.DEFERRED and world.script.received == []
+    ca_file = tmp_path / "ca.pem"
+    CA.cert_pem.write_to_path(str(ca_file))
+    world.clock.advance(100)
+    fixed = world.deliverer(tls="required", verify_certificates=True, tls_ca_file=str(ca_file))
+    await world.run_until_idle(fixed)
+    [r] = await world.store.recipients(mid)
+    assert r.status is RecipientStatus.DELIVERED and world.script.received[0].tls
