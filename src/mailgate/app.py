@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 
+from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer
 from mailgate.errors import ConfigError
@@ -120,13 +121,16 @@ class App:
         cfg = self.config
         ctx = tls_context(cfg)
         self.store = make_store(cfg, server=True)
+        guard = AuthGuard(
+            cfg.auth.failures_per_ip, cfg.auth.failures_per_key, cfg.auth.failure_window
+        )
         await self.store.open()
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
-            self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx)
+            self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx, guard)
             await self.smtp.start()
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
-            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics)
+            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics, guard)
             self.api = api
             server_config = uvicorn.Config(
                 create_api(api),

@@ -99,12 +99,6 @@ class SmtpConfig(_Section):
     max_auth_failures: int = Field(
         3, ge=1, description="Failed AUTH attempts per connection before 421."
     )
-    auth_failures_per_ip: int = Field(
-        10, ge=1, description="Failed AUTH attempts per IP per auth_failure_window before 421."
-    )
-    auth_failure_window: float = Field(
-        600.0, gt=0, description="Seconds over which failures per IP are counted."
-    )
     max_unknown_commands: int = Field(
         10, ge=1, description="Unknown or bad commands before the connection is closed."
     )
@@ -119,6 +113,22 @@ class SmtpConfig(_Section):
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return _check_networks(value)
+
+
+class AuthConfig(_Section):
+    failures_per_ip: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications (SMTP AUTH or HTTP key) from one address within"
+        " failure_window before that address is refused (421 / 429).",
+    )
+    failures_per_key: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications naming one key within failure_window before the"
+        " key is locked (answered like a wrong key).",
+    )
+    failure_window: float = Field(600.0, gt=0, description="Seconds failures are remembered.")
 
 
 class HttpConfig(_Section):
@@ -202,6 +212,7 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @property
@@ -220,6 +231,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "store": StoreConfig,
     "smtp": SmtpConfig,
     "http": HttpConfig,
+    "auth": AuthConfig,
     "delivery": DeliveryConfig,
 }
 

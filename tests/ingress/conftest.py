@@ -58,7 +58,11 @@ class RunningServer:
 
 
 def make_config(
-    tmp: Path, ca: trustme.CA, http: dict[str, Any] | None = None, **smtp: Any
+    tmp: Path,
+    ca: trustme.CA,
+    http: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    **smtp: Any,
 ) -> Config:
     http = http or {}
     cert = ca.issue_cert("localhost", "127.0.0.1")
@@ -70,6 +74,7 @@ def make_config(
             "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
             "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
             "http": {"port": 0, **http},
+            "auth": auth or {},
             "delivery": {"enabled": False},  # ingress tests never send anywhere
         }
     )

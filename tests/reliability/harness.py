@@ -54,9 +54,9 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 class Sink:
     """The recording sink process (tests/reliability/recording_sink.py)."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, *extra: str, port: int | None = None) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        self.port, self.log = free_port(), tmp / "sink.log"
+        self.port, self.log = port or free_port(), tmp / "sink.log"
         self.log.touch()
         args = [str(self.port), str(self.log), *extra]
         self.proc = subprocess.Popen(
@@ -384,6 +384,32 @@ def shutdown_case(tmp: Path, seed: int) -> tuple[CaseResult, Tally]:
         if server.proc is not None and server.proc.poll() is None:
             server.kill()
         sink.stop()
+
+
+def destination_case(tmp: Path, kind: str) -> CaseResult:
+    """The receiver is down during the load and comes up later (`down`), or answers
+    its first 300 messages with 421 (`storm`): everything arrives once, after recovery."""
+    started = time.monotonic()
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    sink = Sink(tmp, "--fail-first", "300", port=port) if kind == "storm" else None
+    server = Server(tmp, port)
+    tally = Tally()
+    try:
+        key = server.make_key()
+        server.start()
+        run_load(server, key, tally, 1.0, "a")
+        if sink is None:
+            sink = Sink(tmp, port=port)
+        acked = set(tally.acked)
+        wait_drained(server, sink, acked)
+        clean = server.terminate() == 0
+        return judge(f"dest-{kind}", server, sink, acked, clean, started)
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+        if sink is not None:
+            sink.stop()
 
 
 def judge(

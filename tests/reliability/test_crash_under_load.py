@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import crash_case, table
+from tests.reliability.harness import crash_case, destination_case, table
 
-RUNS = int(os.environ.get("CHAOS_CRASH_RUNS", "3"))  # bench/chaos.py runs 20
+RUNS = int(os.environ.get("CHAOS_CRASH_RUNS", "5"))  # bench/chaos.py runs 20
 
 
 @pytest.mark.slow
@@ -25,3 +25,12 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert not r.unexplained_duplicates, f"{r.name}: {r.unexplained_duplicates[:10]}"
         assert r.left_queued == 0, f"{r.name}: {r.left_queued} recipients still queued"
         assert r.clean_exit, f"{r.name}: SIGTERM did not end the server cleanly"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["down", "storm"])
+def test_receiver_faults_under_load_deliver_everything_once(tmp_path: Path, kind: str) -> None:
+    r = destination_case(tmp_path, kind)
+    print("\n" + table([r]))
+    assert r.acked > 0 and not r.lost and r.left_queued == 0 and r.clean_exit
+    assert not r.duplicated, "a 421 or a refused connection must not cause a resend"

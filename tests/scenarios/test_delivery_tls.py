@@ -13,7 +13,6 @@ from mailgate.models import RecipientStatus
 from tests.delivery.conftest import World, free_port
 from tests.delivery.peers import Script, SinkController
 
-
 CA = trustme.CA()  # trusted only where a test hands its certificate over as tls_ca_file
 
 

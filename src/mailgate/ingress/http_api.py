@@ -7,6 +7,7 @@ accept(); the 202 is sent only after accept() returned, i.e. after the commit.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import dataclasses
@@ -25,6 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from mailgate import keys
 from mailgate.addresses import address_problem, parse_mailbox
+from mailgate.auth_guard import AuthGuard
 from mailgate.compose import Attachment as DraftAttachment
 from mailgate.compose import Draft, compose
 from mailgate.config import HttpConfig
@@ -125,8 +127,16 @@ class Metrics:
 class Api:
     """Request handling that does not depend on FastAPI; create_api() routes to it."""
 
-    def __init__(self, store: Store, cfg: HttpConfig, hostname: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cfg: HttpConfig,
+        hostname: str,
+        metrics: Metrics,
+        guard: AuthGuard | None = None,
+    ) -> None:
         self.store, self.cfg, self.hostname, self.metrics = store, cfg, hostname, metrics
+        self.guard = guard or AuthGuard()
         self._auth_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self.draining = False  # set at shutdown: new requests get 503, in-flight ones finish
@@ -145,6 +155,14 @@ class Api:
                 "Missing API key: use Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
             )
+        ip = request.client.host if request.client else "unknown"
+        if self.guard.ip_locked(ip):
+            raise ApiError(
+                429,
+                "too_many_auth_failures",
+                "Too many failed authentications from your address",
+                headers={"Retry-After": str(self.guard.retry_after(ip))},
+            )
         now = time.monotonic()
         cached = self._auth_cache.get(secret)
         if cached is not None and cached[1] > now:
@@ -154,7 +172,11 @@ class Api:
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
             self._auth_cache[secret] = (key, now + AUTH_CACHE_SECONDS)
+        if key is not None and self.guard.key_locked(key.id):
+            key = None  # locked: answered exactly like a wrong key
         if key is None:
+            # the same answer and a growing delay for unknown, wrong and locked keys
+            await asyncio.sleep(self.guard.failed(ip, keys.key_id_of(secret)))
             raise ApiError(
                 401,
                 "unauthorized",

@@ -19,12 +19,13 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 from mailgate import keys
+from mailgate.auth_guard import AuthGuard
 from mailgate.config import SmtpConfig
 from mailgate.errors import StoreUnavailable
 from mailgate.ingress.accept import accept
@@ -56,17 +57,7 @@ class RelayState:
 
     total: int = 0
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    auth_failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     accepting: bool = True
-
-    def recent_failures(self, ip: str, window: float, now: float) -> int:
-        q = self.auth_failures[ip]
-        while q and q[0] < now - window:
-            q.popleft()
-        if not q:
-            del self.auth_failures[ip]
-            return 0
-        return len(q)
 
 
 class Session(asyncio.Protocol):
@@ -441,20 +432,18 @@ class Session(asyncio.Protocol):
             return None
 
     async def _check_secret(self, secret: str) -> None:
-        state, now = self.relay.state, time.monotonic()
-        if state.recent_failures(self.client_ip, self.cfg.auth_failure_window, now) >= (
-            self.cfg.auth_failures_per_ip
-        ):
+        guard = self.relay.guard
+        if guard.ip_locked(self.client_ip):
             self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, try later"))
+        key_id = keys.key_id_of(secret)
         key = await keys.authenticate(self.relay.store, secret)
-        if key is not None and key.has(Scope.SEND):
+        if key is not None and key.has(Scope.SEND) and not guard.key_locked(key_id):
             self.key = key
             self.reply(SmtpReply(235, "2.7.0", "Authentication successful"))
             return
         self.auth_failures += 1
-        state.auth_failures[self.client_ip].append(now)
-        # Same reply and a growing delay for unknown, wrong and under-scoped keys alike.
-        await asyncio.sleep(min(0.25 * 2 ** (self.auth_failures - 1), 4.0))
+        # Same reply and a growing delay for unknown, wrong, locked and under-scoped keys.
+        await asyncio.sleep(guard.failed(self.client_ip, key_id))
         if self.auth_failures >= self.cfg.max_auth_failures:
             self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, closing"))
         self.reply(SmtpReply(535, "5.7.8", "Authentication credentials invalid"))
@@ -611,8 +600,10 @@ class SmtpRelay:
         store: Store,
         hostname: str,
         tls_context: ssl.SSLContext | None = None,
+        guard: AuthGuard | None = None,
     ) -> None:
         self.cfg = cfg
+        self.guard = guard or AuthGuard()
         self.store = store
         self.hostname = hostname
         self.tls_context = tls_context

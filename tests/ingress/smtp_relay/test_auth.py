@@ -70,7 +70,7 @@ def test_failures_grow_slower_then_421(server: RunningServer) -> None:
 
 
 def test_failures_per_ip_lock_out_new_connections(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_config(tmp_path, ca, auth_failures_per_ip=2, max_auth_failures=5)
+    cfg = make_config(tmp_path, ca, auth={"failures_per_ip": 2}, max_auth_failures=5)
     for srv in start_server(cfg, ca):
         with greeted(srv.smtp_port) as d:
             for _ in range(2):
