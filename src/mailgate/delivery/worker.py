@@ -212,6 +212,9 @@ class Deliverer:
                         await session.close()
                         failure, session, index = result, None, index + 1
                         continue
+                    if not session.usable:  # it dropped the connection: a fresh one next
+                        await session.close()
+                        session = None
                     too_many = [r for r in pending if result[r.address].reply.code == 452]
                     progress = len(too_many) < len(pending)
                     for r in pending:
