@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "tools" / "postfix-relay.sh"
+POSTFIX_RELAY = ROOT / "scripts" / "postfix-relay"  # same setup as ../shared/tools
 MAILGATE_PORT, POSTFIX_PORT, SINK_PORT = 2725, 2625, 2626
 
 
@@ -37,7 +37,7 @@ def ensure_postfix() -> None:
 def start_postfix(port: int, relay_port: int) -> None:
     """Postfix as a durable loopback relay (the shared reference setup), empty queue."""
     subprocess.run(
-        ["bash", str(SHARED), str(port), f"127.0.0.1:{relay_port}"],
+        ["bash", str(POSTFIX_RELAY), str(port), f"127.0.0.1:{relay_port}"],
         check=True,
         stdout=subprocess.DEVNULL,
     )

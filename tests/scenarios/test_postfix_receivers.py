@@ -18,7 +18,7 @@ from mailgate.models import RecipientStatus
 from tests.delivery.conftest import World, free_port
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
-POSTFIX_RELAY = Path(__file__).resolve().parents[3] / "shared" / "tools" / "postfix-relay.sh"
+POSTFIX_RELAY = Path(__file__).resolve().parents[2] / "scripts" / "postfix-relay"
 
 if not Path(SMTP_SINK).exists():  # pragma: no cover - scripts/setup --test installs it
     if os.environ.get("CI") == "true":
