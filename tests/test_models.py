@@ -38,3 +38,20 @@ def test_api_key_rules() -> None:
     admin = ApiKey("id", "n", frozenset([Scope.ADMIN]), (), 0.0, None)
     assert admin.has(Scope.READ) and admin.allows_sender("anything.test")
     assert domain_of("A@Example.ORG") == "example.org"
+
+
+def test_forked_processes_make_different_ids() -> None:
+    import os
+
+    from mailgate.models import new_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes its next id and leaves at once
+        os.write(write, new_id(1_700_000_000.0).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 26 and child != new_id(1_700_000_000.0)

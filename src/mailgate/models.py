@@ -16,6 +16,8 @@ from typing import Any
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
 _rng = random.Random(os.urandom(32))  # ids must be unique and sortable, not secret
+# A forked child must not repeat its parent's sequence (two processes, the same ids).
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
 
 
 def new_id(now: float | None = None, *, floor: bool = False) -> str:
