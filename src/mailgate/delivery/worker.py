@@ -14,7 +14,7 @@ import os
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from mailgate.config import DeliveryConfig
@@ -36,6 +36,7 @@ from mailgate.models import (
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.delivery")
+GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
 MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
 
 
@@ -85,25 +86,56 @@ class Deliverer:
         self.pacers: dict[str, Pacer] = defaultdict(lambda: Pacer(cfg.domain_rate, clock))
         self.own_endpoints = own_endpoints or set()
         self.stopping = asyncio.Event()
+        self._idle: deque[asyncio.Future[None]] = deque()
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(self.cfg.concurrency)))
+        watcher = asyncio.create_task(self._watch())
+        try:
+            await asyncio.gather(*(self._worker() for _ in range(self.cfg.concurrency)))
+        finally:
+            watcher.cancel()
+
+    async def _watch(self) -> None:
+        """Wake one idle worker per store notification (or each second, for retries that
+        came due). Waking them all made every commit cost `concurrency` claim queries."""
+        while not self.stopping.is_set():
+            stop = asyncio.ensure_future(self.stopping.wait())
+            work = asyncio.ensure_future(self.store.wait_for_work(1.0))
+            await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (stop, work):
+                task.cancel()
+            if self.stopping.is_set():
+                for fut in self._idle:
+                    if not fut.done():
+                        fut.set_result(None)
+                return
+            if work.done() and not work.cancelled():
+                # new mail: let a few milliseconds of commits gather into one claim
+                await asyncio.sleep(GATHER_SECONDS)
+            self._kick()
+
+    def _kick(self) -> None:
+        """Wake one idle worker; a worker that found work wakes the next (a chain)."""
+        while self._idle:
+            fut = self._idle.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
             try:
                 worked = await self.step()
             except StoreError as exc:
                 log.warning("delivery: store trouble, pausing: %s", exc)
-                worked = False
                 await asyncio.sleep(1)
-            if not worked:
-                waiter = asyncio.create_task(self.store.wait_for_work(1.0))
-                stop = asyncio.create_task(self.stopping.wait())
-                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (waiter, stop):
-                    task.cancel()
+                continue
+            if not worked and not self.stopping.is_set():
+                fut: asyncio.Future[None] = loop.create_future()
+                self._idle.append(fut)
+                await fut
 
     async def step(self) -> bool:
         """Deliver one claim; False when nothing was due."""
@@ -112,6 +144,8 @@ class Deliverer:
         )
         if claim is None:
             return False
+        if len(claim.recipients) >= self.cfg.claim_batch:
+            self._kick()  # a full claim: more may be due, let an idle worker look now
         for r in claim.recipients:
             if r.lease_owner is not None:
                 log.warning(
