@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import datetime
 import enum
 import logging
+import os
 import signal
 import ssl
+import sys
+import time
 from pathlib import Path
 
 import uvicorn
@@ -32,7 +36,7 @@ log = logging.getLogger("mailgate")
 class Role(enum.StrEnum):
     """What one mailgate process runs."""
 
-    ALL = "all"  # everything in one process (the default)
+    ALL = "all"  # everything (delivery in a child process when server.delivery_process)
     API = "api"  # the HTTP API only
     SMTP = "smtp"  # the SMTP relay only
     WORKER = "worker"  # delivery workers only
@@ -98,12 +102,24 @@ def write_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _die_with_parent() -> None:
+    """In the delivery child, before exec: die with the serving process (Linux). A
+    leftover child would keep delivering what the restarted server takes back."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class App:
     """One running mailgate process."""
 
-    def __init__(self, config: Config, role: Role = Role.ALL) -> None:
+    def __init__(
+        self, config: Config, role: Role = Role.ALL, config_path: Path | None = None
+    ) -> None:
         self.config = config
         self.role = role
+        self.config_path = config_path  # handed to the delivery child
+        self.child: asyncio.subprocess.Process | None = None
+        self._child: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
         self.http: uvicorn.Server | None = None
@@ -115,12 +131,22 @@ class App:
         self.ready = asyncio.Event()
 
     def wants(self, role: Role) -> bool:
+        if role is Role.WORKER and self.child_delivers:
+            return False
         return self.role in (Role.ALL, role)
+
+    @property
+    def child_delivers(self) -> bool:
+        """Delivery runs in a `serve --role worker` child of this process."""
+        cfg = self.config
+        return self.role is Role.ALL and cfg.server.delivery_process and cfg.delivery.enabled
 
     async def start(self) -> None:
         cfg = self.config
         ctx = tls_context(cfg)
-        self.store = make_store(cfg, server=True)
+        # The process taking mail in holds the SQLite server lock; a delivery process
+        # shares the file beside it.
+        self.store = make_store(cfg, server=self.role is not Role.WORKER)
         guard = AuthGuard(
             cfg.auth.failures_per_ip, cfg.auth.failures_per_key, cfg.auth.failure_window
         )
@@ -158,6 +184,8 @@ class App:
             own = set()
             if self.smtp is not None:
                 own.add((cfg.smtp.host, self.smtp.port))
+            elif cfg.smtp.enabled and cfg.smtp.port:
+                own.add((cfg.smtp.host, cfg.smtp.port))  # the relay in another process
             self.deliverer = Deliverer(
                 self.store,
                 cfg.delivery,
@@ -166,7 +194,28 @@ class App:
                 lease_seconds=cfg.store.lease_seconds,
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
+        if self.child_delivers:
+            self._child = asyncio.create_task(self._supervise_delivery())
         self.ready.set()
+
+    async def _supervise_delivery(self) -> None:
+        """Run `mailgate serve --role worker` beside this process; when it dies, hand its
+        leased recipients back and start another."""
+        assert self.store is not None
+        while not self.stopping.is_set():
+            config = ["--config", str(self.config_path)] if self.config_path else []
+            proc = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "mailgate", "serve", "--role", "worker", *config),
+                preexec_fn=_die_with_parent,
+            )
+            self.child = proc
+            code = await proc.wait()
+            if self.stopping.is_set():
+                return
+            log.error("delivery process %s exited with %s; starting another", proc.pid, code)
+            owner = f"{os.uname().nodename}:{proc.pid}:"
+            await self.store.recover_leases(owner, time.time())
+            await asyncio.sleep(1)
 
     @property
     def http_port(self) -> int:
@@ -184,6 +233,7 @@ class App:
         if self.smtp is not None:
             stops.append(self.smtp.stop(grace))
         await asyncio.gather(*stops)
+        await self._stop_child()
         if self.deliverer is not None and self._delivery is not None:
             self.deliverer.stopping.set()  # workers finish the claim in hand, then stop
             done, _ = await asyncio.wait({self._delivery}, timeout=30)
@@ -192,6 +242,23 @@ class App:
                 await asyncio.wait({self._delivery}, timeout=5)
         if self.store is not None:
             await self.store.close()
+
+    async def _stop_child(self) -> None:
+        """SIGTERM the delivery process; it finishes or releases its claims."""
+        proc = self.child
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 45)
+            except TimeoutError:
+                log.error("delivery process %s did not stop; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()
+        if self._child is not None:
+            await asyncio.wait({self._child}, timeout=5)
 
     async def _stop_http(self, grace: float) -> None:
         assert self.http is not None and self.api is not None

@@ -93,7 +93,7 @@ def serve(
         level=cfg.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _run(App(cfg, role).run)
+    _run(App(cfg, role, config).run)
 
 
 @app.command()

@@ -34,6 +34,11 @@ class ServerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Logging threshold."
     )
+    delivery_process: bool = Field(
+        True,
+        description="`serve` runs delivery in a child process of its own, so taking mail in"
+        " and sending it out use separate cores; off: one process does everything.",
+    )
 
 
 class StoreConfig(_Section):

@@ -80,7 +80,7 @@ class Sink:
 class Server:
     """`mailgate serve` as a child process, relaying everything to the sink."""
 
-    def __init__(self, tmp: Path, sink_port: int, lease_seconds: float = 5.0) -> None:
+    def __init__(self, tmp: Path, sink_port: int, lease_seconds: float = 120.0) -> None:
         self.tmp, self.data = tmp, tmp / "data"
         self.smtp_port, self.http_port = free_port(), free_port()
         self.config = tmp / "mailgate.toml"

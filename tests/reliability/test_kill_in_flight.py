@@ -4,8 +4,11 @@ Postfix and Exim do) and say it may be a duplicate. Losing it would break the 25
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -40,4 +43,40 @@ def test_kill_while_the_sink_holds_its_reply_delivers_again(tmp_path: Path) -> N
     (message_id,) = conn.execute("SELECT id FROM messages").fetchone()
     conn.close()
     assert lease_taken_over(server.db, message_id), "no lease_expired event recorded"
+    assert "possible duplicate" in server.logs()
+
+
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_a_killed_delivery_process_is_replaced_and_its_claims_taken_back(
+    tmp_path: Path,
+) -> None:
+    """`serve` runs delivery in a child process. Killed while the remote holds its reply,
+    the child is replaced and the message sent again at once, not after the lease."""
+    marker = tmp_path / "holding"
+    with running(tmp_path, "--hold-first", str(marker)) as (server, sink, _):
+        assert server.proc is not None
+        with smtplib.SMTP("127.0.0.1", server.smtp_port) as client:
+            client.sendmail(
+                "loader@chaos.test",
+                ["sink@dest.test"],
+                b"Subject: held\r\nX-Chaos-Seq: child-1\r\n\r\nbody\r\n",
+            )
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [child] = child_pids(server.proc.pid)
+        os.kill(child, signal.SIGKILL)
+        while sink.delivered()["child-1"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.delivered()["child-1"] == 2, "not sent again by the new delivery process"
+        assert time.monotonic() < deadline, "waited for the lease instead of taking it back"
+        [replacement] = child_pids(server.proc.pid)
+        assert replacement != child
+        assert server.terminate() == 0
+    assert not child_pids(server.proc.pid)
+    assert "exited with -9; starting another" in server.logs()
     assert "possible duplicate" in server.logs()

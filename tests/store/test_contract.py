@@ -202,6 +202,22 @@ async def test_release_makes_work_due_without_an_attempt(store: Store) -> None:
     assert again is not None and again.recipients[0].attempts == 0
 
 
+async def test_recover_leases_of_a_dead_worker_only(store: Store) -> None:
+    now = time.time()
+    await store.enqueue(message("a@x.test", created_at=now - 1))
+    await store.enqueue(message("b@y.test", created_at=now - 1))
+    dead = await store.claim("node:41:aa", now, 10, 600)
+    alive = await store.claim("node:4:bb", now, 10, 600)
+    assert dead is not None and alive is not None
+    assert await store.recover_leases("node:41:", now + 1) == 1
+    again = await store.claim("node:5:cc", now + 1, 10, 600)
+    assert again is not None and len(again.recipients) == 1
+    assert again.domain == dead.domain and again.recipients[0].lease_owner == "node:41:aa"
+    kinds = [e.kind for e in await store.events(again.recipients[0].message_id)]
+    assert EventKind.LEASE_EXPIRED in kinds
+    assert await store.claim("node:6:dd", now + 1, 10, 600) is None  # alive's lease holds
+
+
 async def test_cancel_and_retry_now(store: Store) -> None:
     now = time.time()
     m = message("a@x.test", "b@x.test", scheduled_at=now + 999)

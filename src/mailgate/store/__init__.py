@@ -79,6 +79,10 @@ class Store(Protocol):
     async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
         """Give leased recipients back, due at `now`, without counting an attempt."""
 
+    async def recover_leases(self, owner_prefix: str, now: float) -> int:
+        """Make recipients leased by a dead worker (its owner starts with `owner_prefix`)
+        due at `now`. The owner stays, so the next claim records `lease_expired`."""
+
     async def cancel(self, message_id: str, now: float) -> int:
         """Cancel the message's active recipients; returns how many."""
 

@@ -488,6 +488,22 @@ class PostgresStore:
 
         return await self._run(run)
 
+    async def recover_leases(self, owner_prefix: str, now: float) -> int:
+        async def run(c: asyncpg.Connection) -> int:
+            rows = await c.fetch(
+                "UPDATE recipients SET next_attempt_at = $1"
+                f" WHERE lease_owner IS NOT NULL AND status IN {ACTIVE_SQL}"
+                " AND left(lease_owner, $2) = $3 RETURNING id",
+                now,
+                len(owner_prefix),
+                owner_prefix,
+            )
+            if rows:
+                await c.execute(f"NOTIFY {CHANNEL}")
+            return len(rows)
+
+        return await self._run(run)
+
     async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
         async def run(c: asyncpg.Connection) -> int:
             rows = await c.fetch(

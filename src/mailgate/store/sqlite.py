@@ -64,6 +64,7 @@ BUSY_TIMEOUT_MS = 5000
 GATHER_THRESHOLD = 8  # after a batch at least this big, wait GATHER_DELAY for more writes
 GATHER_DELAY = 0.0002
 SWITCH_INTERVAL = 0.0005  # seconds; see open()
+POLL_INTERVAL = 0.02  # how often a process beside the server looks for new commits
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 log = logging.getLogger("mailgate.store")
 
@@ -224,15 +225,17 @@ class SqliteStore:
             raise StoreError(f"store: {self.path} is not a mailgate database: {exc}") from None
 
     @staticmethod
-    def _recover_leases(conn: sqlite3.Connection) -> None:
-        """Holding the server lock, every lease left in the file is a dead process's: make
-        those recipients due now. The owner stays, so the next claim records
-        `lease_expired` (a possible duplicate if the remote had the data)."""
-        conn.execute(
+    def _recover_leases(conn: sqlite3.Connection, owner_prefix: str = "", now: float = 0) -> int:
+        """Make recipients leased by dead workers due now. The owner stays, so the next
+        claim records `lease_expired` (a possible duplicate if the remote had the data).
+        Holding the server lock at start, every lease in the file is a dead process's."""
+        cur = conn.execute(
             "UPDATE recipients SET next_attempt_at = ?"
-            f" WHERE lease_owner IS NOT NULL AND status IN {ACTIVE_SQL}",
-            (time.time(),),
+            f" WHERE lease_owner IS NOT NULL AND status IN {ACTIVE_SQL}"
+            " AND substr(lease_owner, 1, ?) = ?",
+            (now or time.time(), len(owner_prefix), owner_prefix),
         )
+        return cur.rowcount
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -687,6 +690,12 @@ class SqliteStore:
 
         return await self._write(run)
 
+    async def recover_leases(self, owner_prefix: str, now: float) -> int:
+        n = await self._write(lambda c: self._recover_leases(c, owner_prefix, now))
+        if n and self._work is not None:
+            self._work.set()
+        return n
+
     async def _change_active(
         self, message_id: str, now: float, status: RecipientStatus, kind: EventKind
     ) -> int:
@@ -736,11 +745,25 @@ class SqliteStore:
 
     async def wait_for_work(self, timeout: float) -> None:
         assert self._work is not None
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout)
-        except TimeoutError:
-            pass
+        if self.exclusive:  # the server process makes (and so hears of) every enqueue
+            try:
+                await asyncio.wait_for(self._work.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._work.clear()
+            return
+        # A process beside the server (serve's delivery process): another process's
+        # commits show as a new `data_version` on this process's read connection.
+        deadline = time.monotonic() + timeout
+        seen = await self._data_version()
+        while time.monotonic() < deadline and not self._work.is_set():
+            await asyncio.sleep(POLL_INTERVAL)
+            if await self._data_version() != seen:
+                break
         self._work.clear()
+
+    async def _data_version(self) -> int:
+        return int(await self._read(lambda c: c.execute("PRAGMA data_version").fetchone()[0]))
 
     # -- API keys -----------------------------------------------------------------
     async def add_key(self, key: ApiKey, secret_hash: str) -> None:
