@@ -106,14 +106,14 @@ class Deliverer:
             for task in (stop, work):
                 task.cancel()
             if self.stopping.is_set():
-                for fut in self._idle:
-                    if not fut.done():
-                        fut.set_result(None)
-                return
+                break
             if work.done() and not work.cancelled():
                 # new mail: let a few milliseconds of commits gather into one claim
                 await asyncio.sleep(GATHER_SECONDS)
             self._kick()
+        for fut in self._idle:  # stopping: every idle worker wakes to see it
+            if not fut.done():
+                fut.set_result(None)
 
     def _kick(self) -> None:
         """Wake one idle worker; a worker that found work wakes the next (a chain)."""
