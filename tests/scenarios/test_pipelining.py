@@ -24,6 +24,10 @@ class WirePeer:
         await writer.drain()
         envelope = await reader.read(65536)
         self.chunks.append(envelope)
+        if envelope.upper().startswith(b"QUIT"):
+            writer.write(b"221 bye\r\n")
+            writer.close()
+            return
         writer.write(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go\r\n")
         await writer.drain()
         while not self.data.endswith(b"\r\n.\r\n"):
@@ -61,3 +65,22 @@ async def test_envelope_and_data_go_in_one_write_and_the_body_is_stuffed(world: 
     by_address = {r.address: r for r in await world.store.recipients(mid)}
     assert by_address["a@example.test"].status is RecipientStatus.DELIVERED
     assert by_address["b@example.test"].status is RecipientStatus.BOUNCED
+
+
+async def test_a_message_over_the_servers_size_limit_bounces_without_being_sent(
+    world: World,
+) -> None:
+    peer = WirePeer()  # offers SIZE 1000000
+    server = await asyncio.start_server(peer.session, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    raw = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n"
+    mid = await world.queue("a@example.test", raw=raw * 1100, source=Source.HTTP)
+    try:
+        await world.run_until_idle(world.deliverer(port=port))
+    finally:
+        server.close()
+        await server.wait_closed()
+    [r] = await world.store.recipients(mid)
+    assert r.status is RecipientStatus.BOUNCED and r.last_reply is not None
+    assert (r.last_reply.code, r.last_reply.enhanced) == (552, "5.3.4")
+    assert peer.chunks == [b"QUIT\r\n"], "nothing of the message was sent"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.mx import Target
-from mailgate.delivery.outcome import Outcome, from_reply, temporary
+from mailgate.delivery.outcome import Outcome, from_reply, permanent, temporary
 
 MAX_REPLY_LINES = 100  # a reply longer than this is a broken or hostile server
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
@@ -282,6 +282,13 @@ class Session:
         conn = self.conn
         assert conn is not None
         host, cfg = self.target.host, self.cfg
+        limit = conn.extensions.get("SIZE", "")
+        if limit.isdigit() and 0 < int(limit) < len(tx.raw):
+            # RFC 1870: the server said it would refuse this; do not send it to find out
+            too_big = permanent(
+                f"Message size {len(tx.raw)} exceeds {host}'s limit of {limit}", "5.3.4", 552, host
+            )
+            return dict.fromkeys(tx.recipients, too_big)
         try:
             mail = b"MAIL FROM:<" + tx.sender.encode() + b">"
             if conn.supports("SIZE"):
