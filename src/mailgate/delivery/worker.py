@@ -37,6 +37,7 @@ from mailgate.store import Store
 
 log = logging.getLogger("mailgate.delivery")
 GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
+RECORD_EVERY = 10  # recipients settled per store write while a claim is being sent
 MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
 
 
@@ -55,6 +56,14 @@ class Pacer:
         self.next_at = at + 1.0 / self.rate
         if at > now:
             await asyncio.sleep(at - now)
+
+
+def by_message(claim: Claim) -> dict[str, list[Recipient]]:
+    """A claim's recipients grouped by message, in claim order."""
+    grouped: dict[str, list[Recipient]] = defaultdict(list)
+    for r in claim.recipients:
+        grouped[r.message_id].append(r)
+    return grouped
 
 
 class Deliverer:
@@ -166,15 +175,36 @@ class Deliverer:
     async def deliver(self, claim: Claim) -> None:
         messages = await self._load(claim)
         targets = await self.resolve(claim.domain)
-        if isinstance(targets, Outcome):
-            outcomes = {r.id: targets for r in claim.recipients}
-        else:
-            async with self.slots[claim.domain]:
-                outcomes = await self.send(claim, targets, messages)
-        settlements = [
-            self.decide(r, outcomes[r.id], messages[r.message_id][0]) for r in claim.recipients
-        ]
-        await self.record(settlements, claim, messages)
+        records: list[asyncio.Task[None]] = []
+        settled: list[Settlement] = []
+        finished: list[Recipient] = []
+
+        def flush() -> None:
+            if settled:
+                task = self.record(settled[:], finished[:], messages)
+                records.append(asyncio.create_task(task))
+                settled.clear()
+                finished.clear()
+
+        def done(rcpts: list[Recipient], outcomes: dict[int, Outcome]) -> None:
+            # Recorded every few messages, not after the whole claim: a crash then resends
+            # only the last few (in flight), and the store folds the writes together.
+            message = messages[rcpts[0].message_id][0]
+            settled.extend(self.decide(r, outcomes[r.id], message) for r in rcpts)
+            finished.extend(rcpts)
+            if len(finished) >= RECORD_EVERY:
+                flush()
+
+        try:
+            if isinstance(targets, Outcome):
+                for rcpts in by_message(claim).values():
+                    done(rcpts, dict.fromkeys((r.id for r in rcpts), targets))
+            else:
+                async with self.slots[claim.domain]:
+                    await self.send(claim, targets, messages, done)
+        finally:
+            flush()
+            await asyncio.gather(*records)
 
     # -- steps ------------------------------------------------------------------------------
     async def _load(self, claim: Claim) -> dict[str, tuple[Message, bytes]]:
@@ -194,23 +224,24 @@ class Deliverer:
         return target.port or self.cfg.port
 
     async def send(
-        self, claim: Claim, targets: list[Target], messages: dict[str, tuple[Message, bytes]]
-    ) -> dict[int, Outcome]:
-        """Outcomes per recipient id: one transaction per message, one connection reused,
-        the next MX on connection failure."""
-        by_message: dict[str, list[Recipient]] = defaultdict(list)
-        for r in claim.recipients:
-            by_message[r.message_id].append(r)
+        self,
+        claim: Claim,
+        targets: list[Target],
+        messages: dict[str, tuple[Message, bytes]],
+        done: Callable[[list[Recipient], dict[int, Outcome]], None],
+    ) -> None:
+        """One transaction per message, one connection reused, the next MX on connection
+        failure; `done` gets each message's outcomes per recipient id as they come."""
         outcomes: dict[int, Outcome] = {}
         session: Session | None = None
         index = 0
         failure: Outcome = permanent("no destination", "5.4.4")
         try:
-            for message_id, rcpts in by_message.items():
+            for message_id, rcpts in by_message(claim).items():
                 message, raw = messages[message_id]
                 if raw.count(b"\r\nReceived:") + raw.startswith(b"Received:") > MAX_HOPS:
                     loop = permanent("Mail loop detected (too many hops)", "5.4.6", 554)
-                    outcomes.update(dict.fromkeys((r.id for r in rcpts), loop))
+                    done(rcpts, dict.fromkeys((r.id for r in rcpts), loop))
                     continue
                 pending = rcpts
                 while pending:
@@ -256,10 +287,10 @@ class Deliverer:
                             outcomes[r.id] = result[r.address]
                     # 452 too many recipients: the rest go in another transaction
                     pending = too_many if progress else []
+                done(rcpts, {r.id: outcomes[r.id] for r in rcpts})
         finally:
             if session is not None:
                 await session.close()
-        return outcomes
 
     def decide(self, r: Recipient, outcome: Outcome, message: Message) -> Settlement:
         now = self.clock()
@@ -276,12 +307,12 @@ class Deliverer:
     async def record(
         self,
         settlements: list[Settlement],
-        claim: Claim,
+        rcpts: list[Recipient],
         messages: dict[str, tuple[Message, bytes]],
     ) -> None:
         await self.store.settle(self.owner, settlements)
         failed: dict[str, list[Failure]] = defaultdict(list)
-        by_id = {r.id: r for r in claim.recipients}
+        by_id = {r.id: r for r in rcpts}
         for s in settlements:
             if s.status not in (RecipientStatus.BOUNCED, RecipientStatus.EXPIRED):
                 continue
