@@ -65,6 +65,7 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         {
             "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
             "MAILGATE_SMTP_ENABLED": "false",
+            "MAILGATE_DELIVERY_ENABLED": "false",  # what a 202 costs, nothing else
             "MAILGATE_HTTP_PORT": str(HTTP_PORT),
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
         }

@@ -169,6 +169,11 @@ class SqliteStore:
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         self._lock_fd: int | None = None
+        # SQLite's busy handler sleeps and retries, so beside a server that commits
+        # back to back a second process could wait for ever. Guests (the delivery
+        # process, CLI commands) hold `mailgate.db.turn` exclusively while they write;
+        # the server checks it before each commit and lets them go first.
+        self._turn_fd: int | None = None
         self._work: asyncio.Event | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
 
@@ -205,6 +210,13 @@ class SqliteStore:
                     f"({lock_path} is locked)"
                 ) from None
             self._lock_fd = fd
+        try:
+            self._turn_fd = os.open(
+                self.path.with_name(self.path.name + ".turn"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+        except OSError as exc:
+            self._release_lock()
+            raise StoreError(f"store: cannot open {self.path}.turn: {exc.strerror}") from None
         try:
             self._wconn = self._connect()
             self._check_durability(self._wconn)
@@ -278,6 +290,9 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._turn_fd is not None:
+            os.close(self._turn_fd)
+            self._turn_fd = None
 
     async def close(self) -> None:
         self._closing.set()
@@ -344,10 +359,30 @@ class SqliteStore:
             batch.append(nxt)
         return False
 
+    def _take_turn(self) -> None:
+        """Let a waiting guest write first (see `_turn_fd`). The server never holds the
+        SQLite write lock while it waits here, so the two cannot deadlock."""
+        fd = self._turn_fd
+        if fd is None:
+            return
+        if self.exclusive:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # a guest is waiting or writing: after it
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _end_turn(self) -> None:
+        if self._turn_fd is not None and not self.exclusive:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
+
     def _commit_batch(self, batch: list[_Op]) -> None:
         conn = self._wconn
         assert conn is not None
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._take_turn()
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = self._apply(conn, batch)
@@ -365,6 +400,8 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
             results = [(op.future, None, exc) for op in batch]
+        finally:
+            self._end_turn()
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for op, result in zip(batch, results, strict=True):
             by_loop.setdefault(op.loop, []).append(result)
