@@ -267,6 +267,13 @@ class SqliteStore:
             raise StoreError("store: SQLite synchronous is below FULL; refusing to start")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
+        self._take_turn()
+        try:
+            self._migrate_in_turn(conn)
+        finally:
+            self._end_turn()
+
+    def _migrate_in_turn(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(
