@@ -246,14 +246,11 @@ def run_load(server: Server, key: str, tally: Tally, seconds: float, tag: str) -
     asyncio.run(go())
 
 
-def kill_under_load(server: Server, key: str, tally: Tally, after: float, tag: str) -> None:
-    """Load, SIGKILL the server `after` seconds in, and let the loader notice."""
-    stop_under_load(server, key, tally, after, tag, server.kill)
-
-
 def stop_under_load(
     server: Server, key: str, tally: Tally, after: float, tag: str, how: Callable[[], object]
 ) -> None:
+    """Load, stop the server `after` seconds in (`how`), and let the loader notice."""
+
     async def go() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(load_until(server, key, tally, stop, tag))
@@ -339,51 +336,31 @@ class CaseResult:
 
 def crash_case(tmp: Path, seed: int) -> CaseResult:
     """One run: load, SIGKILL at a random moment, restart, drain, compare."""
-    rng = random.Random(seed)
-    started = time.monotonic()
-    sink = Sink(tmp)
-    server = Server(tmp, sink.port)
-    tally = Tally()
-    try:
-        key = server.make_key()
-        server.start()
-        kill_under_load(server, key, tally, rng.uniform(0.3, 2.5), "a")
-        server.start()
-        run_load(server, key, tally, rng.uniform(0.0, 0.5), "b")  # life goes on after
-        acked = set(tally.acked)
-        wait_drained(server, sink, acked)
-        clean = server.terminate() == 0
-        return judge(f"crash-{seed}", server, sink, acked, clean, started)
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.kill()
-        sink.stop()
+    return _stop_case(tmp, seed, "crash", Server.kill)[0]
 
 
 def shutdown_case(tmp: Path, seed: int) -> tuple[CaseResult, Tally]:
     """SIGTERM under load: the server ends cleanly and in time, clients get 421 / 503
     or a refused connection, and after a restart everything acknowledged is delivered."""
+    return _stop_case(tmp, seed, "sigterm", lambda server: server.terminate() == 0)
+
+
+def _stop_case(
+    tmp: Path, seed: int, name: str, how: Callable[[Server], object]
+) -> tuple[CaseResult, Tally]:
     rng = random.Random(seed)
     started = time.monotonic()
-    sink = Sink(tmp)
-    server = Server(tmp, sink.port)
     tally = Tally()
-    codes: list[int] = []
-    try:
-        key = server.make_key()
+    stopped: list[object] = []
+    with running(tmp) as (server, sink, key):
+        after = rng.uniform(0.3, 2.5)
+        stop_under_load(server, key, tally, after, "a", lambda: stopped.append(how(server)))
         server.start()
-        stop_under_load(
-            server, key, tally, rng.uniform(0.5, 2.0), "a", lambda: codes.append(server.terminate())
-        )
-        server.start()
+        run_load(server, key, tally, rng.uniform(0.0, 0.5), "b")  # life goes on after
         acked = set(tally.acked)
         wait_drained(server, sink, acked)
-        clean = codes == [0] and server.terminate() == 0
-        return judge(f"sigterm-{seed}", server, sink, acked, clean, started), tally
-    finally:
-        if server.proc is not None and server.proc.poll() is None:
-            server.kill()
-        sink.stop()
+        clean = False not in stopped and server.terminate() == 0
+        return judge(f"{name}-{seed}", server, sink, acked, clean, started), tally
 
 
 def destination_case(tmp: Path, kind: str) -> CaseResult:
