@@ -101,6 +101,8 @@ class ScriptedHandler:
             return "451 4.3.0 Temporary local problem"
         if local.startswith("reject"):
             return "550 5.1.1 No such user here"
+        if local.startswith("full"):
+            return "552 5.2.2 Mailbox full"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -111,6 +113,8 @@ class ScriptedHandler:
                 return "421 4.3.2 System busy, try later"
         if any(r.split("@")[0].startswith("datafail") for r in envelope.rcpt_tos):
             return "554 5.6.0 Content rejected"
+        if any(r.split("@")[0].startswith("datatemp") for r in envelope.rcpt_tos):
+            return "451 4.3.0 Local problem at end of data, try later"
         with self.script.lock:
             self.script.received.append(
                 Received(

@@ -252,3 +252,16 @@ async def test_host_connection_cap(world: World) -> None:
     d.stopping.set()
     await asyncio.wait_for(task, 10)
     assert world.script.max_open == 1
+
+
+async def test_552_mailbox_full_bounces_and_451_at_data_defers(world: World) -> None:
+    full = await world.queue("full@example.test", source=Source.HTTP)
+    later = await world.queue("datatemp@example.test", source=Source.HTTP)
+    await world.run_until_idle(world.deliverer())
+    [r] = await world.store.recipients(full)
+    assert r.status is RecipientStatus.BOUNCED and r.last_reply is not None
+    assert (r.last_reply.code, r.last_reply.enhanced) == (552, "5.2.2")
+    [r] = await world.store.recipients(later)
+    assert r.status is RecipientStatus.DEFERRED and r.last_reply is not None
+    assert (r.last_reply.code, r.last_reply.enhanced) == (451, "4.3.0")
+    assert world.script.received == []
