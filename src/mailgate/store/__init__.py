@@ -114,6 +114,22 @@ EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
 }
 
 
+def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
+    """The settle statement's parameters, in the order both backends' SQL takes them."""
+    r = s.reply
+    return (
+        s.status.value,
+        s.next_attempt_at if s.status is RecipientStatus.DEFERRED else None,
+        r.code if r else None,
+        r.enhanced if r else None,
+        r.text if r else None,
+        s.remote_host,
+        now,
+        s.recipient_id,
+        owner,
+    )
+
+
 def settlement_details(s: Settlement) -> str:
     details: dict[str, Any] = {}
     if s.reply is not None:

@@ -46,6 +46,7 @@ from mailgate.store import (
     message_from_row,
     message_rows,
     recipient_from_row,
+    settle_params,
     settlement_details,
 )
 
@@ -460,19 +461,7 @@ class PostgresStore:
         async def run(c: asyncpg.Connection) -> int:
             changed = 0
             for s in settlements:
-                r = s.reply
-                message_id = await c.fetchval(
-                    SETTLE,
-                    s.status.value,
-                    s.next_attempt_at if s.status is RecipientStatus.DEFERRED else None,
-                    r.code if r else None,
-                    r.enhanced if r else None,
-                    r.text if r else None,
-                    s.remote_host,
-                    now,
-                    s.recipient_id,
-                    owner,
-                )
+                message_id = await c.fetchval(SETTLE, *settle_params(s, now, owner))
                 if message_id is None:
                     continue
                 changed += 1

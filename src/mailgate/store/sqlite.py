@@ -54,6 +54,7 @@ from mailgate.store import (
     message_from_row,
     message_rows,
     recipient_from_row,
+    settle_params,
     settlement_details,
 )
 
@@ -691,21 +692,7 @@ class SqliteStore:
         def run(c: sqlite3.Connection) -> int:
             changed = 0
             for s in settlements:
-                reply = s.reply
-                row = c.execute(
-                    SETTLE,
-                    (
-                        s.status.value,
-                        s.next_attempt_at if s.status is RecipientStatus.DEFERRED else None,
-                        reply.code if reply else None,
-                        reply.enhanced if reply else None,
-                        reply.text if reply else None,
-                        s.remote_host,
-                        now,
-                        s.recipient_id,
-                        owner,
-                    ),
-                ).fetchone()
+                row = c.execute(SETTLE, settle_params(s, now, owner)).fetchone()
                 if row is None:
                     continue
                 changed += 1
