@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     ]
 }
 _SCHEMAS: dict[str, Any] = {}
+log = logging.getLogger("mailgate.http")
 
 
 def _body_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
@@ -316,6 +318,9 @@ class Direct:
                     headers={"Retry-After": "5"},
                 )
             )
+        except Exception:  # a bug: say so in JSON, keep the details for the log
+            log.exception("http: %s %s failed", scope["method"], scope["path"])
+            response = error_response(ApiError(500, "internal", "Internal error"))
         await response(scope, receive, send)
         self.api.metrics.latency.labels(scope["path"]).observe(time.perf_counter() - started)
 

@@ -164,6 +164,20 @@ def test_store_failure_is_503_with_retry_after(server: RunningServer) -> None:
     assert total(server) == 0
 
 
+def test_unexpected_error_is_a_json_500_and_the_server_goes_on(server: RunningServer) -> None:
+    with server.failing_enqueue(RuntimeError("a bug")):
+        r = httpx.post(
+            f"{server.http_url}/v1/messages",
+            json=BASE,
+            headers={"Authorization": f"Bearer {server.send_key}"},
+        )
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "internal"
+    assert "a bug" not in r.text  # details go to the log only
+    assert total(server) == 0
+    still_up(server)
+
+
 def test_client_that_disconnects_mid_body_leaves_no_trace(server: RunningServer) -> None:
     import socket
 
