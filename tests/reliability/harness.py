@@ -80,8 +80,11 @@ class Sink:
 class Server:
     """`mailgate serve` as a child process, relaying everything to the sink."""
 
-    def __init__(self, tmp: Path, sink_port: int, lease_seconds: float = 120.0) -> None:
+    def __init__(
+        self, tmp: Path, sink_port: int, lease_seconds: float = 120.0, store_url: str = ""
+    ) -> None:
         self.tmp, self.data = tmp, tmp / "data"
+        self.url = store_url or f"sqlite:///{self.data / 'mailgate.db'}"
         self.smtp_port, self.http_port = free_port(), free_port()
         self.config = tmp / "mailgate.toml"
         self.config.write_text(
@@ -90,6 +93,7 @@ class Server:
 hostname = "mailgate.chaos.test"
 data_dir = "{self.data}"
 [store]
+url = "{self.url}"
 lease_seconds = {lease_seconds}
 [smtp]
 port = {self.smtp_port}
@@ -111,7 +115,7 @@ concurrency = 8
 
     def make_key(self) -> str:
         async def create() -> str:
-            store = open_store(f"sqlite:///{self.data / 'mailgate.db'}")
+            store = open_store(self.url)
             await store.open()
             try:
                 _, secret = await keys.create_key(store, "chaos", [Scope.SEND, Scope.ADMIN])
