@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailgate.errors import StoreUnavailable
 from tests.ingress.conftest import RunningServer
 
 BASE: dict[str, Any] = {"from": "a@example.org", "to": "b@example.com", "text": "hi"}
@@ -151,29 +152,24 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path, ca) -> None:  # type:
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
 
 
-def test_store_failure_is_503_with_retry_after(server: RunningServer) -> None:
-    from mailgate.errors import StoreUnavailable
-
-    with server.failing_enqueue(StoreUnavailable("disk full")):
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [(StoreUnavailable("disk full"), 503, "unavailable"), (RuntimeError("a bug"), 500, "internal")],
+    ids=["store-cannot-commit", "a-bug"],
+)
+def test_failures_after_validation_answer_json_and_store_nothing(
+    server: RunningServer, error: Exception, status: int, code: str
+) -> None:
+    with server.failing_enqueue(error):
         r = httpx.post(
             f"{server.http_url}/v1/messages",
             json=BASE,
             headers={"Authorization": f"Bearer {server.send_key}"},
         )
-    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
-    assert total(server) == 0
-
-
-def test_unexpected_error_is_a_json_500_and_the_server_goes_on(server: RunningServer) -> None:
-    with server.failing_enqueue(RuntimeError("a bug")):
-        r = httpx.post(
-            f"{server.http_url}/v1/messages",
-            json=BASE,
-            headers={"Authorization": f"Bearer {server.send_key}"},
-        )
-    assert r.status_code == 500
-    assert r.json()["error"]["code"] == "internal"
-    assert "a bug" not in r.text  # details go to the log only
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert str(error) not in r.text  # details go to the log only
+    if status == 503:
+        assert r.headers["Retry-After"] == "5"
     assert total(server) == 0
     still_up(server)
 
