@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import crash_case, destination_case, table
+from tests.reliability.conftest import RESULTS
+from tests.reliability.harness import crash_case, destination_case
 
 RUNS = int(os.environ.get("CHAOS_CRASH_RUNS", "5"))  # bench/chaos.py runs 20
 
@@ -18,7 +19,7 @@ RUNS = int(os.environ.get("CHAOS_CRASH_RUNS", "5"))  # bench/chaos.py runs 20
 @pytest.mark.slow
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     results = [crash_case(tmp_path / f"run{seed}", seed) for seed in range(RUNS)]
-    print("\n" + table(results))
+    RESULTS.extend(results)
     for r in results:
         assert r.acked > 0, f"{r.name}: the loader got nothing acknowledged"
         assert not r.lost, f"{r.name}: acknowledged but never delivered: {r.lost[:10]}"
@@ -31,6 +32,6 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["down", "storm"])
 def test_receiver_faults_under_load_deliver_everything_once(tmp_path: Path, kind: str) -> None:
     r = destination_case(tmp_path, kind)
-    print("\n" + table([r]))
+    RESULTS.append(r)
     assert r.acked > 0 and not r.lost and r.left_queued == 0 and r.clean_exit
     assert not r.duplicated, "a 421 or a refused connection must not cause a resend"
