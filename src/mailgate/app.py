@@ -12,7 +12,6 @@ import ctypes
 import datetime
 import enum
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -23,7 +22,7 @@ import uvicorn
 
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
-from mailgate.delivery.worker import Deliverer
+from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.errors import ConfigError
 from mailgate.ingress.http_api import Api, Metrics
 from mailgate.ingress.http_routes import create_api
@@ -119,7 +118,7 @@ class App:
         self.role = role
         self.config_path = config_path  # handed to the delivery child
         self.child: asyncio.subprocess.Process | None = None
-        self._child: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
         self.http: uvicorn.Server | None = None
@@ -195,7 +194,7 @@ class App:
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
         if self.child_delivers:
-            self._child = asyncio.create_task(self._supervise_delivery())
+            self._supervisor = asyncio.create_task(self._supervise_delivery())
         self.ready.set()
 
     async def _supervise_delivery(self) -> None:
@@ -213,8 +212,7 @@ class App:
             if self.stopping.is_set():
                 return
             log.error("delivery process %s exited with %s; starting another", proc.pid, code)
-            owner = f"{os.uname().nodename}:{proc.pid}:"
-            await self.store.recover_leases(owner, time.time())
+            await self.store.recover_leases(owner_prefix(proc.pid), time.time())
             await asyncio.sleep(1)
 
     @property
@@ -257,8 +255,8 @@ class App:
                 log.error("delivery process %s did not stop; killing it", proc.pid)
                 proc.kill()
                 await proc.wait()
-        if self._child is not None:
-            await asyncio.wait({self._child}, timeout=5)
+        if self._supervisor is not None:
+            await asyncio.wait({self._supervisor}, timeout=5)
 
     async def _stop_http(self, grace: float) -> None:
         assert self.http is not None and self.api is not None

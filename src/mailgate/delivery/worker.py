@@ -58,6 +58,11 @@ class Pacer:
             await asyncio.sleep(at - now)
 
 
+def owner_prefix(pid: int) -> str:
+    """The start of every lease owner name a process on this host with this pid uses."""
+    return f"{os.uname().nodename}:{pid}:"
+
+
 def by_message(claim: Claim) -> dict[str, list[Recipient]]:
     """A claim's recipients grouped by message, in claim order."""
     grouped: dict[str, list[Recipient]] = defaultdict(list)
@@ -85,7 +90,7 @@ class Deliverer:
         self.rng = rng or random.Random()
         self.resolver = MxResolver(cfg.resolver, cfg.allow_private_networks, clock, self.rng)
         self.policy = RetryPolicy(cfg.retry_first, cfg.retry_max, cfg.retry_jitter, cfg.lifetime)
-        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_prefix(os.getpid()) + uuid.uuid4().hex[:8]
         self.slots: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(cfg.max_connections_per_domain)
         )

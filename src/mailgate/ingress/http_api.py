@@ -53,6 +53,12 @@ AUTH_CACHE_SECONDS = 5.0  # a revoked key may keep working this long on a busy n
 JSON_TYPES = ("application/json",)
 
 
+def shutting_down() -> ApiError:
+    return ApiError(
+        503, "shutting_down", "Server is shutting down, retry", headers={"Retry-After": "5"}
+    )
+
+
 class ApiError(Exception):
     """An error answered as {"error": {"code", "message", "field"}}."""
 
@@ -144,9 +150,7 @@ class Api:
     # -- checks -------------------------------------------------------------------
     async def key_for(self, request: Request, scope: Scope) -> ApiKey:
         if self.draining:
-            raise ApiError(
-                503, "shutting_down", "Server is shutting down, retry", headers={"Retry-After": "5"}
-            )
+            raise shutting_down()
         secret = _secret_from(request.headers.get("authorization", ""))
         if secret is None:
             raise ApiError(

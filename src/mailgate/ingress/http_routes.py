@@ -16,7 +16,14 @@ from prometheus_client import generate_latest
 
 from mailgate.errors import StoreError
 from mailgate.ingress import http_models as m
-from mailgate.ingress.http_api import Api, ApiError, accepted_dict, error_response, validation_error
+from mailgate.ingress.http_api import (
+    Api,
+    ApiError,
+    accepted_dict,
+    error_response,
+    shutting_down,
+    validation_error,
+)
 from mailgate.models import MessageQuery, RecipientStatus, Scope
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -55,18 +62,9 @@ def create_api(api: Api) -> Direct:
     )
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        api.metrics.rejected.labels(exc.code).inc()
-        return error_response(exc)
-
     @app.exception_handler(StoreError)
-    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
-        api.metrics.rejected.labels("unavailable").inc()
-        return error_response(
-            ApiError(
-                503, "unavailable", "Storage unavailable; retry later", headers={"Retry-After": "5"}
-            )
-        )
+    async def _rejected(request: Request, exc: Exception) -> JSONResponse:
+        return rejected(api, exc)
 
     @app.post(
         "/v1/messages",
@@ -239,11 +237,7 @@ def create_api(api: Api) -> Direct:
     @app.get("/readyz", summary="The store can commit", responses={503: ERRORS[503]})
     async def readyz() -> JSONResponse:
         if api.draining:
-            return error_response(
-                ApiError(
-                    503, "shutting_down", "Server is shutting down", headers={"Retry-After": "5"}
-                )
-            )
+            return error_response(shutting_down())
         try:
             await api.store.ping()
         except StoreError:
@@ -284,6 +278,16 @@ def create_api(api: Api) -> Direct:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def rejected(api: Api, exc: Exception) -> JSONResponse:
+    """The JSON answer to an ApiError or StoreError a handler raised, counted by code."""
+    if not isinstance(exc, ApiError):  # the store could not commit or read
+        exc = ApiError(
+            503, "unavailable", "Storage unavailable; retry later", headers={"Retry-After": "5"}
+        )
+    api.metrics.rejected.labels(exc.code).inc()
+    return error_response(exc)
+
+
 class Direct:
     """The hot POST routes called straight from ASGI, past FastAPI's routing layers
     (dependency solving, query parsing, telemetry: most of each request's time). The
@@ -305,19 +309,8 @@ class Direct:
         started = time.perf_counter()
         try:
             response = await handler(Request(scope, receive))
-        except ApiError as exc:
-            self.api.metrics.rejected.labels(exc.code).inc()
-            response = error_response(exc)
-        except StoreError:
-            self.api.metrics.rejected.labels("unavailable").inc()
-            response = error_response(
-                ApiError(
-                    503,
-                    "unavailable",
-                    "Storage unavailable; retry later",
-                    headers={"Retry-After": "5"},
-                )
-            )
+        except (ApiError, StoreError) as exc:
+            response = rejected(self.api, exc)
         except Exception:  # a bug: say so in JSON, keep the details for the log
             log.exception("http: %s %s failed", scope["method"], scope["path"])
             response = error_response(ApiError(500, "internal", "Internal error"))
