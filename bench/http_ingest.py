@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,6 +26,7 @@ from smtp_ingest import (
     start_postfix,
     stop,
     wait_port,
+    wait_ready,
 )
 
 HTTP_PORT = 8725
@@ -90,16 +90,8 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     )
     key = made.stdout.strip().splitlines()[-1]
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            import httpx
-
-            if httpx.get(f"http://127.0.0.1:{HTTP_PORT}/healthz", timeout=1).status_code == 200:
-                return proc, key
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError("mailgate did not start")
+    wait_ready(HTTP_PORT)
+    return proc, key
 
 
 def run_wrk(

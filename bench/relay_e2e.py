@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_ingest import ensure_postfix, smtp_source, start_postfix, stop, wait_port
+from smtp_ingest import (
+    READY_PORT,
+    ensure_postfix,
+    smtp_source,
+    start_postfix,
+    stop,
+    wait_port,
+    wait_ready,
+)
 
 MG_PORT, PF_PORT, SINK_PORT = 2735, 2635, 2636
 
@@ -61,7 +69,7 @@ def mailgate_env(tmp: Path, deliver: bool) -> dict[str, str]:
             "MAILGATE_SMTP_PORT": str(MG_PORT),
             "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
             "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
-            "MAILGATE_HTTP_ENABLED": "false",
+            "MAILGATE_HTTP_PORT": str(READY_PORT),
             "MAILGATE_DELIVERY_ENABLED": "true" if deliver else "false",
             "MAILGATE_DELIVERY_SMARTHOST": f"127.0.0.1:{SINK_PORT}",
             "MAILGATE_DELIVERY_SMARTHOST_TLS": "none",
@@ -77,7 +85,7 @@ def run_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailgate.cli", "serve"], env=mailgate_env(tmp, deliver), cwd=tmp
     )
-    wait_port(MG_PORT)
+    wait_ready(READY_PORT)
     return proc
 
 

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTFIX_RELAY = ROOT / "scripts" / "postfix-relay"  # same setup as ../shared/tools
 MAILGATE_PORT, POSTFIX_PORT, SINK_PORT = 2725, 2625, 2626
+READY_PORT = 8724  # mailgate's HTTP port, for /readyz only
 
 
 def ensure_postfix() -> None:
@@ -55,6 +57,19 @@ def wait_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answers on port {port}")
+
+
+def wait_ready(http_port: int, timeout: float = 60) -> None:
+    """Until `/readyz` says 200: every ingress process of `serve` is listening (a load
+    started earlier would put all its connections on the first one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2):
+                return
+        except OSError:  # refused, or HTTPError 503 while starting
+            time.sleep(0.1)
+    raise RuntimeError(f"mailgate on port {http_port} did not become ready")
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
@@ -92,7 +107,7 @@ def start_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
             "MAILGATE_SMTP_PORT": str(MAILGATE_PORT),
             "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
             "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
-            "MAILGATE_HTTP_ENABLED": "false",
+            "MAILGATE_HTTP_PORT": str(READY_PORT),
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
             "MAILGATE_DELIVERY_ENABLED": "true" if deliver else "false",
             "MAILGATE_DELIVERY_SMARTHOST": f"127.0.0.1:{SINK_PORT}",
@@ -100,7 +115,7 @@ def start_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
         }
     )
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
-    wait_port(MAILGATE_PORT)
+    wait_ready(READY_PORT)
     return proc
 
 
@@ -152,7 +167,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"smtp-source: {args.sessions} sessions, {args.messages:,} messages per run, "
-        "one mailgate process"
+        "mailgate with its default ingress processes"
     )
 
 

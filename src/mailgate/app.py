@@ -12,7 +12,9 @@ import ctypes
 import datetime
 import enum
 import logging
+import os
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -39,6 +41,7 @@ class Role(enum.StrEnum):
     API = "api"  # the HTTP API only
     SMTP = "smtp"  # the SMTP relay only
     WORKER = "worker"  # delivery workers only
+    INGRESS = "ingress"  # HTTP and SMTP on the ports of the `serve` process that started it
 
 
 def make_store(config: Config, *, server: bool = False) -> Store:
@@ -108,17 +111,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+async def _terminate(proc: asyncio.subprocess.Process, role: Role) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 45)
+    except TimeoutError:
+        log.error("%s process %s did not stop; killing it", role, proc.pid)
+        proc.kill()
+        await proc.wait()
+
+
 class App:
     """One running mailgate process."""
 
     def __init__(
-        self, config: Config, role: Role = Role.ALL, config_path: Path | None = None
+        self,
+        config: Config,
+        role: Role = Role.ALL,
+        config_path: Path | None = None,
+        ready_fd: int | None = None,
     ) -> None:
         self.config = config
         self.role = role
-        self.config_path = config_path  # handed to the delivery child
-        self.child: asyncio.subprocess.Process | None = None
-        self._supervisor: asyncio.Task[None] | None = None
+        self.ready_fd = ready_fd  # a child writes one byte here once it is listening
+        self.config_path = config_path  # handed to the children
+        self.children: dict[int, tuple[Role, asyncio.subprocess.Process]] = {}
+        self._supervisors: dict[Role, list[asyncio.Task[None]]] = {}
         self.store: Store | None = None
         self.smtp: SmtpRelay | None = None
         self.http: uvicorn.Server | None = None
@@ -132,7 +152,16 @@ class App:
     def wants(self, role: Role) -> bool:
         if role is Role.WORKER and self.child_delivers:
             return False
+        if self.role is Role.INGRESS:
+            return role in (Role.API, Role.SMTP)
         return self.role in (Role.ALL, role)
+
+    @property
+    def shares_ports(self) -> bool:
+        """Several processes listen on the HTTP and SMTP ports (SO_REUSEPORT)."""
+        return self.role is Role.INGRESS or (
+            self.role is Role.ALL and self.config.server.ingress_processes > 1
+        )
 
     @property
     def child_delivers(self) -> bool:
@@ -143,19 +172,20 @@ class App:
     async def start(self) -> None:
         cfg = self.config
         ctx = tls_context(cfg)
-        # The process taking mail in holds the SQLite server lock; a delivery process
-        # shares the file beside it.
-        self.store = make_store(cfg, server=self.role is not Role.WORKER)
+        # The serving process holds the SQLite server lock; its children (delivery,
+        # more ingress) share the file beside it.
+        self.store = make_store(cfg, server=self.role not in (Role.WORKER, Role.INGRESS))
         guard = AuthGuard(
             cfg.auth.failures_per_ip, cfg.auth.failures_per_key, cfg.auth.failure_window
         )
         await self.store.open()
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
             self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx, guard)
-            await self.smtp.start()
+            await self.smtp.start(reuse_port=self.shares_ports)
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
             api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics, guard)
+            api.starting = self.role is Role.ALL  # until its children are up
             self.api = api
             server_config = uvicorn.Config(
                 create_api(api),
@@ -171,11 +201,18 @@ class App:
             server_config.load()
             self.http.lifespan = server_config.lifespan_class(server_config)
             try:
-                await self.http.startup()
-            except SystemExit:  # uvicorn exits when it cannot bind
+                sock = socket.create_server(
+                    (cfg.http.host, cfg.http.port),
+                    family=socket.AF_INET6 if ":" in cfg.http.host else socket.AF_INET,
+                    backlog=2048,
+                    reuse_port=self.shares_ports,
+                )
+                await self.http.startup(sockets=[sock])
+            except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot serve
                 self.http = None
                 raise ConfigError(
-                    f"config: http.port: cannot listen on {cfg.http.host}:{cfg.http.port}"
+                    f"config: http.port: cannot listen on {cfg.http.host}:{cfg.http.port}: "
+                    f"{getattr(exc, 'strerror', None) or exc}"
                 ) from None
             self._http_ticks = asyncio.create_task(self.http.main_loop())
             log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
@@ -193,26 +230,70 @@ class App:
                 lease_seconds=cfg.store.lease_seconds,
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
-        if self.child_delivers:
-            self._supervisor = asyncio.create_task(self._supervise_delivery())
+        roles = [Role.WORKER] if self.child_delivers else []
+        if self.role is Role.ALL and self.shares_ports:
+            roles += [Role.INGRESS] * (cfg.server.ingress_processes - 1)
+        if roles:
+            await self._start_children(roles)
+        if self.api is not None:
+            self.api.starting = False
         self.ready.set()
 
-    async def _supervise_delivery(self) -> None:
-        """Run `mailgate serve --role worker` beside this process; when it dies, hand its
-        leased recipients back and start another."""
+    async def _start_children(self, roles: list[Role]) -> None:
+        """Start them and wait until each says it is up: until then /readyz says 503, as
+        a client that connected earlier would stay on this process alone."""
+        started = [asyncio.Event() for _ in roles]
+        for role, event in zip(roles, started, strict=True):
+            supervisor = asyncio.create_task(self._supervise(role, event))
+            self._supervisors.setdefault(role, []).append(supervisor)
+        waits = [asyncio.create_task(event.wait()) for event in started]
+        _, late = await asyncio.wait(waits, timeout=60)
+        for wait in late:
+            wait.cancel()
+        if late:
+            log.error("%d child processes did not start", len(late))
+
+    def _child_env(self) -> dict[str, str]:
+        """The children listen on the ports this process got (config may say 0)."""
+        env = dict(os.environ)
+        if self.http is not None:
+            env["MAILGATE_HTTP_PORT"] = str(self.http_port)
+        if self.smtp is not None:
+            env["MAILGATE_SMTP_PORT"] = str(self.smtp.port)
+        return env
+
+    async def _supervise(self, role: Role, started: asyncio.Event) -> None:
+        """Run `mailgate serve --role <role>` beside this process and start another when
+        it dies; a dead delivery process's leased recipients are handed back first.
+        `started` is set once the child says it is up."""
         assert self.store is not None
         while not self.stopping.is_set():
             config = ["--config", str(self.config_path)] if self.config_path else []
-            proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "mailgate", "serve", "--role", "worker", *config),
-                preexec_fn=_die_with_parent,
-            )
-            self.child = proc
+            read_end, write_end = os.pipe()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *(sys.executable, "-m", "mailgate", "serve", "--role", role.value, *config),
+                    "--ready-fd",
+                    str(write_end),
+                    env=self._child_env(),
+                    pass_fds=(write_end,),
+                    preexec_fn=_die_with_parent,
+                )
+            finally:
+                os.close(write_end)
+            self.children[proc.pid] = (role, proc)
+            # b"" when the child died first: the loop below starts another
+            said = await asyncio.to_thread(os.read, read_end, 1)
+            os.close(read_end)
+            if said:
+                started.set()
             code = await proc.wait()
             if self.stopping.is_set():
                 return
-            log.error("delivery process %s exited with %s; starting another", proc.pid, code)
-            await self.store.recover_leases(owner_prefix(proc.pid), time.time())
+            del self.children[proc.pid]
+            log.error("%s process %s exited with %s; starting another", role, proc.pid, code)
+            if role is Role.WORKER:
+                await self.store.recover_leases(owner_prefix(proc.pid), time.time())
             await asyncio.sleep(1)
 
     @property
@@ -225,13 +306,13 @@ class App:
 
         New HTTP requests get 503 and new SMTP sessions and transactions 421 4.3.2 while
         the requests and transactions in flight finish (up to `grace` seconds)."""
-        stops = []
+        stops = [self._stop_children(Role.INGRESS)]  # they drain the same way
         if self.http is not None:
             stops.append(self._stop_http(grace))
         if self.smtp is not None:
             stops.append(self.smtp.stop(grace))
         await asyncio.gather(*stops)
-        await self._stop_child()
+        await self._stop_children(Role.WORKER)
         if self.deliverer is not None and self._delivery is not None:
             self.deliverer.stopping.set()  # workers finish the claim in hand, then stop
             done, _ = await asyncio.wait({self._delivery}, timeout=30)
@@ -241,22 +322,14 @@ class App:
         if self.store is not None:
             await self.store.close()
 
-    async def _stop_child(self) -> None:
-        """SIGTERM the delivery process; it finishes or releases its claims."""
-        proc = self.child
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 45)
-            except TimeoutError:
-                log.error("delivery process %s did not stop; killing it", proc.pid)
-                proc.kill()
-                await proc.wait()
-        if self._supervisor is not None:
-            await asyncio.wait({self._supervisor}, timeout=5)
+    async def _stop_children(self, role: Role) -> None:
+        """SIGTERM the children of one role: ingress ones drain their requests and
+        sessions, a delivery one finishes or releases its claims."""
+        procs = [proc for r, proc in self.children.values() if r is role]
+        await asyncio.gather(*(_terminate(proc, role) for proc in procs))
+        supervisors = self._supervisors.get(role, [])
+        if supervisors:
+            await asyncio.wait(supervisors, timeout=5)
 
     async def _stop_http(self, grace: float) -> None:
         assert self.http is not None and self.api is not None
@@ -277,6 +350,9 @@ class App:
                 loop.add_signal_handler(sig, self.stopping.set)
         try:
             await self.start()
+            if self.ready_fd is not None:
+                os.write(self.ready_fd, b"1")
+                os.close(self.ready_fd)
             await self.stopping.wait()
             log.info("stopping")
         finally:

@@ -86,6 +86,9 @@ def _time(t: float | None) -> str:
 def serve(
     config: ConfigOpt = None,
     role: Annotated[Role, typer.Option(help="Which components this process runs.")] = Role.ALL,
+    ready_fd: Annotated[
+        int | None, typer.Option(hidden=True, help="Write one byte here once listening.")
+    ] = None,
 ) -> None:
     """Run mailgate (SMTP relay, HTTP API, delivery) until SIGTERM / SIGINT."""
     cfg = _config(config)
@@ -93,7 +96,7 @@ def serve(
         level=cfg.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _run(App(cfg, role, config).run)
+    _run(App(cfg, role, config, ready_fd).run)
 
 
 @app.command()

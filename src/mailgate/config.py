@@ -39,6 +39,14 @@ class ServerConfig(_Section):
         description="`serve` runs delivery in a child process of its own, so taking mail in"
         " and sending it out use separate cores; off: one process does everything.",
     )
+    ingress_processes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Processes taking mail in over HTTP and SMTP: `serve` starts all but one"
+        " as children sharing its ports (SO_REUSEPORT) and its store, since one Python"
+        " process uses one core. 1: everything in the serving process.",
+    )
 
 
 class StoreConfig(_Section):

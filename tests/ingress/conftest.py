@@ -71,7 +71,11 @@ def make_config(
     cert.private_key_pem.write_to_path(str(key_path))
     return Config.model_validate(
         {
-            "server": {"data_dir": str(tmp / "data"), "hostname": "mx.mailgate.test"},
+            "server": {
+                "data_dir": str(tmp / "data"),
+                "hostname": "mx.mailgate.test",
+                "ingress_processes": 1,  # in-process: no `serve` children
+            },
             "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
             "http": {"port": 0, **http},
             "auth": auth or {},

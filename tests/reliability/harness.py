@@ -51,6 +51,25 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
+def wait_ready(http_port: int, timeout: float = 30.0) -> None:
+    """Until `/readyz` says 200: serve and all its ingress children are listening."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"not ready after {timeout}s")
+
+
+def child_pids(pid: int, role: str) -> list[int]:
+    """The `serve --role <role>` children of process `pid`."""
+    out = subprocess.run(
+        ["pgrep", "-P", str(pid), "-f", f"serve --role {role}"], capture_output=True, text=True
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
 class Sink:
     """The recording sink process (tests/reliability/recording_sink.py)."""
 
@@ -134,11 +153,11 @@ concurrency = 8
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        for port in (self.smtp_port, self.http_port):
-            try:
-                wait_port(port)
-            except TimeoutError:
-                raise RuntimeError(f"mailgate did not start: {self.logs()[-2000:]}") from None
+        try:
+            wait_port(self.smtp_port)
+            wait_ready(self.http_port)
+        except TimeoutError:
+            raise RuntimeError(f"mailgate did not start: {self.logs()[-2000:]}") from None
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -8,11 +8,10 @@ import os
 import signal
 import smtplib
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
-from tests.reliability.harness import active_count, lease_taken_over, running
+from tests.reliability.harness import active_count, child_pids, lease_taken_over, running
 
 
 def test_kill_while_the_sink_holds_its_reply_delivers_again(tmp_path: Path) -> None:
@@ -46,11 +45,6 @@ def test_kill_while_the_sink_holds_its_reply_delivers_again(tmp_path: Path) -> N
     assert "possible duplicate" in server.logs()
 
 
-def child_pids(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def test_a_killed_delivery_process_is_replaced_and_its_claims_taken_back(
     tmp_path: Path,
 ) -> None:
@@ -68,15 +62,15 @@ def test_a_killed_delivery_process_is_replaced_and_its_claims_taken_back(
         deadline = time.monotonic() + 30
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        [child] = child_pids(server.proc.pid)
+        [child] = child_pids(server.proc.pid, "worker")
         os.kill(child, signal.SIGKILL)
         while sink.delivered()["child-1"] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sink.delivered()["child-1"] == 2, "not sent again by the new delivery process"
         assert time.monotonic() < deadline, "waited for the lease instead of taking it back"
-        [replacement] = child_pids(server.proc.pid)
+        [replacement] = child_pids(server.proc.pid, "worker")
         assert replacement != child
         assert server.terminate() == 0
-    assert not child_pids(server.proc.pid)
+    assert not child_pids(server.proc.pid, "worker")
     assert "exited with -9; starting another" in server.logs()
     assert "possible duplicate" in server.logs()

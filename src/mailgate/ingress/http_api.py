@@ -146,6 +146,7 @@ class Api:
         self._auth_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
         self.draining = False  # set at shutdown: new requests get 503, in-flight ones finish
+        self.starting = False  # /readyz says 503 while serve's ingress children start
 
     # -- checks -------------------------------------------------------------------
     async def key_for(self, request: Request, scope: Scope) -> ApiKey:

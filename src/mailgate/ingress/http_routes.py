@@ -238,6 +238,15 @@ def create_api(api: Api) -> Direct:
     async def readyz() -> JSONResponse:
         if api.draining:
             return error_response(shutting_down())
+        if api.starting:
+            return error_response(
+                ApiError(
+                    503,
+                    "starting",
+                    "Not every ingress process is listening yet",
+                    headers={"Retry-After": "1"},
+                )
+            )
         try:
             await api.store.ping()
         except StoreError:

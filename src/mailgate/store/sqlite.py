@@ -65,7 +65,7 @@ BUSY_TIMEOUT_MS = 5000
 GATHER_THRESHOLD = 8  # after a batch at least this big, wait GATHER_DELAY for more writes
 GATHER_DELAY = 0.0002
 SWITCH_INTERVAL = 0.0005  # seconds; see open()
-POLL_INTERVAL = 0.02  # how often a process beside the server looks for new commits
+POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 log = logging.getLogger("mailgate.store")
 
@@ -170,10 +170,8 @@ class SqliteStore:
         self._checkpointer: threading.Thread | None = None
         self._closing = threading.Event()
         self._lock_fd: int | None = None
-        # SQLite's busy handler sleeps and retries, so beside a server that commits
-        # back to back a second process could wait for ever. Guests (the delivery
-        # process, CLI commands) hold `mailgate.db.turn` exclusively while they write;
-        # the server checks it before each commit and lets them go first.
+        # Every writing process (the server, its ingress and delivery children, CLI
+        # commands) holds `mailgate.db.turn` while it writes; see _take_turn.
         self._turn_fd: int | None = None
         self._work: asyncio.Event | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
@@ -368,22 +366,15 @@ class SqliteStore:
         return False
 
     def _take_turn(self) -> None:
-        """Let a waiting guest write first (see `_turn_fd`). The server never holds the
-        SQLite write lock while it waits here, so the two cannot deadlock."""
-        fd = self._turn_fd
-        if fd is None:
-            return
-        if self.exclusive:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:  # a guest is waiting or writing: after it
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        """Wait for the write turn. Every process writing the file takes `mailgate.db.turn`
+        for the whole transaction: the kernel wakes the next writer the moment the lock
+        is free, where SQLite's busy handler would sleep (up to 100 ms a round) and
+        could leave a process beside a busy server waiting for ever."""
+        if self._turn_fd is not None:
+            fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
 
     def _end_turn(self) -> None:
-        if self._turn_fd is not None and not self.exclusive:
+        if self._turn_fd is not None:
             fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
     def _commit_batch(self, batch: list[_Op]) -> None:
@@ -775,22 +766,20 @@ class SqliteStore:
         return await self._read(run)
 
     async def wait_for_work(self, timeout: float) -> None:
+        """Return when this process enqueued something, when another process committed
+        (a new `data_version` on this process's read connection), or after `timeout`."""
         assert self._work is not None
-        if self.exclusive:  # the server process makes (and so hears of) every enqueue
-            try:
-                await asyncio.wait_for(self._work.wait(), timeout)
-            except TimeoutError:
-                pass
-            self._work.clear()
-            return
-        # A process beside the server (serve's delivery process): another process's
-        # commits show as a new `data_version` on this process's read connection.
         deadline = time.monotonic() + timeout
         seen = await self._data_version()
-        while time.monotonic() < deadline and not self._work.is_set():
-            await asyncio.sleep(POLL_INTERVAL)
-            if await self._data_version() != seen:
+        while not self._work.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
                 break
+            try:
+                await asyncio.wait_for(self._work.wait(), min(left, POLL_INTERVAL))
+            except TimeoutError:
+                if await self._data_version() != seen:
+                    break
         self._work.clear()
 
     async def _data_version(self) -> int:

@@ -1,0 +1,80 @@
+"""`serve` takes mail in with `server.ingress_processes` processes on shared ports
+(SO_REUSEPORT). Both take connections; a killed ingress child is replaced; whatever it
+acknowledged before it died is delivered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from tests.reliability.harness import (
+    Tally,
+    active_count,
+    child_pids,
+    run_load,
+    running,
+    wait_drained,
+)
+
+
+def connections_of(pid: int, port: int) -> int:
+    """Established connections process `pid` holds on local `port` (from ss)."""
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(f"pid={pid}," in line for line in out.splitlines())
+
+
+def test_both_ingress_processes_take_connections(tmp_path: Path) -> None:
+    with running(tmp_path) as (server, _, key):
+        assert server.proc is not None
+        [child] = child_pids(server.proc.pid, "ingress")
+        seen = {server.proc.pid: 0, child: 0}
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                for pid in seen:
+                    seen[pid] = max(seen[pid], connections_of(pid, server.http_port))
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            run_load(server, key, Tally(), 1.5, "spread")  # 4 HTTP + 4 SMTP clients
+        finally:
+            stop.set()
+            watcher.join()
+        assert all(n > 0 for n in seen.values()), f"HTTP connections per process: {seen}"
+        assert server.terminate() == 0
+    assert not child_pids(server.proc.pid, "ingress"), "the child outlived serve"
+
+
+def test_a_killed_ingress_process_is_replaced_and_loses_nothing(tmp_path: Path) -> None:
+    with running(tmp_path) as (server, sink, key):
+        assert server.proc is not None
+        [child] = child_pids(server.proc.pid, "ingress")
+        tally = Tally()
+        killer = threading.Timer(1.0, os.kill, (child, signal.SIGKILL))
+        killer.start()
+        run_load(server, key, tally, 2.5, "ingress-kill")
+        killer.join()
+        deadline = time.monotonic() + 20
+        while not child_pids(server.proc.pid, "ingress") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [replacement] = child_pids(server.proc.pid, "ingress")
+        assert replacement != child
+        acked = set(tally.acked)
+        assert len(acked) > 100
+        wait_drained(server, sink, acked)
+        assert acked <= set(sink.delivered()), "an acknowledged message was lost"
+        assert active_count(server.db) == 0
+        assert server.terminate() == 0
+    assert "ingress process" in server.logs() and "exited with -9" in server.logs()
