@@ -139,3 +139,24 @@ def test_unbroken_long_line_in_text_uses_quoted_printable() -> None:
     part = parse(raw).get_body(("plain",))
     assert part is not None and part["Content-Transfer-Encoding"] == "quoted-printable"
     assert part.get_content().rstrip("\r\n") == "y" * 5000
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.lists(
+        st.text(st.sampled_from("ab =.\t" + "xyz" * 5), min_size=0, max_size=2500),
+        min_size=1,
+        max_size=3,
+    ).map("\n".join)
+)
+def test_long_printable_lines_round_trip_through_quoted_printable(text: str) -> None:
+    """The quoted-printable fast path (printable ASCII, soft breaks only) and the general
+    path it falls back to ('=', whitespace at a line's end) both decode to the text."""
+    raw = compose(Draft(sender=("", "a@b.test"), to=(("", "c@d.test"),), text=text))
+    check_lines(raw)
+    part = parse(raw).get_body(("plain",))
+    assert part is not None
+    assert part.get_content().replace("\r\n", "\n").rstrip("\n") == text.rstrip("\n")
+    if part["Content-Transfer-Encoding"] == "quoted-printable":  # RFC 2045 6.7 (5)
+        body = raw.split(b"\r\n\r\n", 1)[1]
+        assert max(len(line) for line in body.split(b"\r\n")) <= 76

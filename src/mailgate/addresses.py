@@ -6,6 +6,7 @@ paths, no quoted local parts that hide an @, one @ only. Both ingresses use thes
 
 from __future__ import annotations
 
+import functools
 import re
 
 # RFC 5321 Dot-atom / quoted local part, kept deliberately strict for relaying.
@@ -43,8 +44,10 @@ def address_problem(address: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_mailbox(text: str) -> tuple[str, str] | str:
-    """("Display Name", "addr@domain") from `addr` or `Name <addr>`, or the problem."""
+    """("Display Name", "addr@domain") from `addr` or `Name <addr>`, or the problem.
+    Cached: the request model checks each address and the composer then needs its parts."""
     if any(c in text for c in "\r\n\x00"):
         return "must not contain CR, LF or NUL"
     text = text.strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 from dataclasses import dataclass
 from email.header import Header
@@ -28,7 +29,7 @@ class Attachment:
     inline: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs microseconds per message
 class Draft:
     sender: tuple[str, str]  # (display name, address)
     to: tuple[tuple[str, str], ...] = ()
@@ -88,6 +89,8 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
     if _ascii(normal) and all(len(line) <= 998 for line in lines) and "\x00" not in normal:
         encoded = CRLF.join(lines).encode("ascii")
         cte = "7bit"
+    elif (fast := _qp_printable(normal)) is not None:
+        encoded, cte = fast, "quoted-printable"
     else:
         qp = binascii.b2a_qp(normal.encode("utf-8"), quotetabs=False, istext=True, header=False)
         encoded = qp.replace(b"\n", b"\r\n")
@@ -97,6 +100,31 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
     return [f"Content-Type: text/{subtype}; charset=utf-8", f"Content-Transfer-Encoding: {cte}"], (
         encoded
     )
+
+
+# What quoted-printable leaves as is: printable ASCII but '=', and tab and line feed.
+_QP_LITERAL = bytes(b for b in range(0x20, 0x7F) if b != ord("=")) + b"\t\n"
+
+
+def _qp_printable(text: str) -> bytes | None:
+    """Quoted-printable for printable ASCII with long lines (an HTML body on one line),
+    or None. Such text needs only soft line breaks, which slicing makes faster than
+    binascii.b2a_qp's byte-by-byte loop. Text with '=', control characters or whitespace
+    ending a line takes the general path."""
+    if not text.isascii():
+        return None
+    raw = text.encode("ascii")
+    if raw.translate(None, _QP_LITERAL):
+        return None
+    out = []
+    for line in raw.split(b"\n"):
+        if line.endswith((b" ", b"\t")):
+            return None
+        if len(line) <= 76:
+            out.append(line)
+        else:  # 75 characters and a soft break '=' per encoded line (RFC 2045 6.7)
+            out.append(b"=\r\n".join([line[i : i + 75] for i in range(0, len(line), 75)]))
+    return b"\r\n".join(out)
 
 
 def _attachment_part(a: Attachment) -> tuple[list[str], bytes]:
@@ -143,11 +171,17 @@ def _body(d: Draft) -> tuple[list[str], bytes]:
     return body
 
 
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """The Date header value; one per second is made (formatdate takes microseconds)."""
+    return formatdate(second, localtime=False)
+
+
 def compose(d: Draft) -> bytes:
     """The message as bytes ready to store and send."""
     head = [
         f"From: {address_list((d.sender,))}",
-        f"Date: {formatdate(d.date, localtime=False)}",
+        f"Date: {_date(int(d.date))}",
         f"Message-ID: {d.message_id}",
     ]
     if d.to:

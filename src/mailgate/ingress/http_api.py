@@ -269,12 +269,14 @@ class Api:
         if req.reply_to_message_id is not None:
             subject, in_reply_to, references = await self._thread(req, key, at)
         now = time.time()
-        message_id = f"<{new_id(now)}@{self.hostname}>"
+        mid = new_id(now)  # the stored id is also the Message-ID's local part
+        message_id = f"<{mid}@{self.hostname}>"
+        to, cc = tuple(map(_mailbox, req.to)), tuple(map(_mailbox, req.cc))
         draft = Draft(
             sender=sender,
-            to=tuple(_mailbox(a) for a in req.to),
-            cc=tuple(_mailbox(a) for a in req.cc),
-            reply_to=tuple(_mailbox(a) for a in req.reply_to),
+            to=to,
+            cc=cc,
+            reply_to=tuple(map(_mailbox, req.reply_to)),
             subject=subject,
             text=req.text,
             html=req.html,
@@ -288,8 +290,10 @@ class Api:
             message_id=message_id,
             date=now,
         )
-        envelope = tuple(dict.fromkeys(_mailbox(a)[1] for a in rcpts))
+        bcc = map(_mailbox, req.bcc)
+        envelope = tuple(dict.fromkeys(address for _, address in (*to, *cc, *bcc)))
         return NewMessage(
+            id=mid,
             raw=compose(draft),
             sender=sender[1],
             recipients=envelope,
