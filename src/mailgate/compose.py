@@ -86,7 +86,7 @@ def _text_part(body: str, subtype: str) -> tuple[list[str], bytes]:
     """Headers and encoded body of one text part: 7bit when it can be, else QP."""
     normal = body.replace("\r\n", "\n").replace("\r", "\n")
     lines = normal.split("\n")
-    if _ascii(normal) and all(len(line) <= 998 for line in lines) and "\x00" not in normal:
+    if _ascii(normal) and max(map(len, lines)) <= 998 and "\x00" not in normal:
         encoded = CRLF.join(lines).encode("ascii")
         cte = "7bit"
     elif (fast := _qp_printable(normal)) is not None:

@@ -32,6 +32,7 @@ import httpx
 from mailgate import keys
 from mailgate.models import Scope
 from mailgate.store import open_store
+from mailgate.store.body_files import BodyFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,16 +307,18 @@ def wait_drained(server: Server, sink: Sink, acked: set[str], timeout: float = 9
 
 
 def ids_with_seq(db: Path, seqs: list[str]) -> dict[str, str]:
+    """The message id carrying each X-Chaos-Seq (bodies in the row or in body files)."""
+    wanted = {f"X-Chaos-Seq: {seq}\r\n".encode(): seq for seq in seqs}
+    bodies = BodyFiles(db.with_name(db.name + ".bodies"))
     conn = sqlite3.connect(db)
     try:
         found = {}
-        for seq in seqs:
-            row = conn.execute(
-                "SELECT id FROM messages WHERE instr(raw, ?) > 0",
-                (f"X-Chaos-Seq: {seq}\r\n".encode(),),
-            ).fetchone()
-            if row:
-                found[seq] = row[0]
+        rows = conn.execute("SELECT id, raw, body_file, body_offset, size FROM messages")
+        for message_id, raw, name, offset, size in rows:
+            body = bytes(raw) if name is None else bodies.read(name, offset, size)
+            for needle, seq in wanted.items():
+                if needle in body:
+                    found[seq] = message_id
         return found
     finally:
         conn.close()

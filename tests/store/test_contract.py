@@ -307,3 +307,17 @@ async def test_load_returns_messages_with_bytes(store: Store) -> None:
     loaded = await store.load([a.id, b.id, "0" * 26])
     assert {k: v[1] for k, v in loaded.items()} == {a.id: b"A\r\n", b.id: b"B\r\n"}
     assert loaded[a.id][0].sender == "a@example.org"
+
+
+async def test_bodies_of_every_size_read_back_exactly(store: Store) -> None:
+    """SQLite keeps bodies from 512 bytes in segment files; every size reads back."""
+    sizes = [0, 1, 511, 512, 513, 4096, 100 * 1024, 1024 * 1024]
+    bodies = [bytes((i * 7 + n) % 256 for i in range(n)) for n in sizes]
+    together = [message(f"m{n}@x.test", raw=b) for n, b in zip(sizes, bodies, strict=True)]
+    alone = [message(f"s{n}@x.test", raw=b) for n, b in zip(sizes, bodies, strict=True)]
+    await store.enqueue_many(together)
+    await asyncio.gather(*(store.enqueue(m) for m in alone))
+    for m in together + alone:
+        assert await store.get_raw(m.id) == m.raw
+    loaded = await store.load([m.id for m in together + alone])
+    assert {k: v[1] for k, v in loaded.items()} == {m.id: m.raw for m in together + alone}

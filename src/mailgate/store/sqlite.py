@@ -57,6 +57,7 @@ from mailgate.store import (
     settle_params,
     settlement_details,
 )
+from mailgate.store.body_files import BodyFiles
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations" / "sqlite"
@@ -65,6 +66,7 @@ BUSY_TIMEOUT_MS = 5000
 GATHER_THRESHOLD = 8  # after a batch at least this big, wait GATHER_DELAY for more writes
 GATHER_DELAY = 0.0002
 SWITCH_INTERVAL = 0.0005  # seconds; see open()
+BODY_FILE_MIN = 512  # bytes; smaller bodies stay in the row (see body_files.py)
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 log = logging.getLogger("mailgate.store")
@@ -72,8 +74,8 @@ log = logging.getLogger("mailgate.store")
 # -- name: insert_message
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, created_at, sender, source, api_key_id, tags, metadata,"
-    " idempotency_key, message_id_header, subject, scheduled_at, size, raw)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " idempotency_key, message_id_header, subject, scheduled_at, size, raw, body_file,"
+    " body_offset) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 # -- name: insert_recipient
 INSERT_RECIPIENT = (
@@ -174,6 +176,9 @@ class SqliteStore:
         # commands) holds `mailgate.db.turn` while it writes; see _take_turn.
         self._turn_fd: int | None = None
         self._work: asyncio.Event | None = None
+        self._bodies = BodyFiles(
+            self.path.with_name(self.path.name + ".bodies"), fsync=not unsafe_no_fsync
+        )
         self._wake_loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -187,10 +192,11 @@ class SqliteStore:
         self._wake_loop = asyncio.get_running_loop()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        if self.exclusive:  # one checkpointer is enough; the server's children write too
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     def _open_sync(self) -> None:
         try:
@@ -318,6 +324,7 @@ class SqliteStore:
         for conn in (self._wconn, self._rconn, self._cconn):
             if conn is not None:
                 conn.close()
+        self._bodies.close()
         self._wconn = self._rconn = self._cconn = None
         self._release_lock()
 
@@ -463,11 +470,27 @@ class SqliteStore:
             rcpts.extend(rs)
             events.append(ev)
             tags.extend(ts)
-        conn.executemany(INSERT_MESSAGE, msgs)
+        conn.executemany(INSERT_MESSAGE, self._place_bodies(msgs))
         conn.executemany(INSERT_RECIPIENT, rcpts)
         conn.executemany(INSERT_EVENT, events)
         if tags:
             conn.executemany(INSERT_TAG, tags)
+
+    def _place_bodies(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Message rows with their body (last column) inline, or in a body file and
+        (b"", segment, offset) in its place; the files are on disk before the commit."""
+        spill = [i for i, msg in enumerate(msgs) if len(msg[-1]) >= BODY_FILE_MIN]
+        out = [(*msg, None, None) for msg in msgs]
+        if spill:
+            places = self._bodies.append([msgs[i][-1] for i in spill])
+            for i, (name, offset) in zip(spill, places, strict=True):
+                out[i] = (*msgs[i][:-1], b"", name, offset)
+        return out
+
+    def _body(self, raw: bytes, name: str | None, offset: int | None, size: int) -> bytes:
+        if name is None or offset is None:
+            return bytes(raw)
+        return self._bodies.read(name, offset, size)
 
     def _insert_one(self, conn: sqlite3.Connection, m: NewMessage) -> str:
         if m.idempotency is not None:
@@ -544,8 +567,11 @@ class SqliteStore:
 
     async def get_raw(self, message_id: str) -> bytes | None:
         def run(c: sqlite3.Connection) -> bytes | None:
-            row = c.execute("SELECT raw FROM messages WHERE id = ?", (message_id,)).fetchone()
-            return bytes(row[0]) if row else None
+            row = c.execute(
+                "SELECT raw, body_file, body_offset, size FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            return self._body(*row) if row else None
 
         return await self._read(run)
 
@@ -557,9 +583,14 @@ class SqliteStore:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT {MESSAGE_COLUMNS}, raw FROM messages WHERE id IN ({marks})"
+                sql = (
+                    f"SELECT {MESSAGE_COLUMNS}, raw, body_file, body_offset"
+                    f" FROM messages WHERE id IN ({marks})"
+                )
                 for row in c.execute(sql, chunk):
-                    out[row[0]] = (message_from_row(row), bytes(row[-1]))
+                    message = message_from_row(row[:-3])
+                    raw, name, offset = row[-3:]
+                    out[row[0]] = (message, self._body(raw, name, offset, message.size))
             return out
 
         return await self._read(run)

@@ -1,0 +1,80 @@
+"""Message bodies of the SQLite store, kept in append-only segment files beside it.
+
+A body inside SQLite is written twice (WAL, then checkpoint), in 4 KB pages with a
+write() call each: most of the kernel time of taking in large mail. Here the writer
+thread appends a whole commit group's bodies with one write and one fdatasync before the
+commit that references them, so a committed row always points at bytes on disk. Bytes
+appended by a commit that then failed are never referenced. Each process writes its own
+segments (named by a new id), so the server's children never share one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailgate.errors import StoreUnavailable
+from mailgate.models import new_id
+
+SEGMENT_MAX = 1 << 30  # bytes before the next body opens a new segment
+
+
+class BodyFiles:
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self._name: str | None = None
+        self._fd: int | None = None
+
+    def append(self, bodies: Sequence[bytes]) -> list[tuple[str, int]]:
+        """Write the bodies, durably; (segment name, offset) of each. Writer thread only."""
+        try:
+            if self._fd is None or os.fstat(self._fd).st_size > SEGMENT_MAX:
+                self._open_segment()
+            assert self._fd is not None and self._name is not None
+            offset = os.lseek(self._fd, 0, os.SEEK_END)  # after any failed write's bytes
+            view = memoryview(b"".join(bodies))
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError as exc:  # disk full, I/O error: nothing is acknowledged
+            raise StoreUnavailable(f"store: cannot write message bodies: {exc.strerror}") from None
+        places = []
+        for body in bodies:
+            places.append((self._name, offset))
+            offset += len(body)
+        return places
+
+    def read(self, name: str, offset: int, size: int) -> bytes:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad segment name {name!r}")
+        fd = os.open(self.directory / name, os.O_RDONLY)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def _open_segment(self) -> None:
+        self.close()
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
+            self._sync_dir(self.directory.parent)
+        name = f"{new_id()}.seg"
+        self._fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._name = name
+        self._sync_dir(self.directory)  # the new name itself must survive a crash
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self.fsync:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = self._name = None
