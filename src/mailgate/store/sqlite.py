@@ -66,7 +66,10 @@ BUSY_TIMEOUT_MS = 5000
 GATHER_THRESHOLD = 8  # after a batch at least this big, wait GATHER_DELAY for more writes
 GATHER_DELAY = 0.0002
 SWITCH_INTERVAL = 0.0005  # seconds; see open()
-BODY_FILE_MIN = 512  # bytes; smaller bodies stay in the row (see body_files.py)
+# Bodies go to body files (see body_files.py) from this size, when a commit group
+# carries at least BODY_FILE_GROUP_MIN bytes of them; else they stay in the row.
+BODY_FILE_MIN = 512
+BODY_FILE_GROUP_MIN = 64 * 1024
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 log = logging.getLogger("mailgate.store")
@@ -480,6 +483,8 @@ class SqliteStore:
         """Message rows with their body (last column) inline, or in a body file and
         (b"", segment, offset) in its place; the files are on disk before the commit."""
         spill = [i for i, msg in enumerate(msgs) if len(msg[-1]) >= BODY_FILE_MIN]
+        if sum(len(msgs[i][-1]) for i in spill) < BODY_FILE_GROUP_MIN:
+            spill = []  # an fdatasync of its own would cost more than SQLite's copies
         out = [(*msg, None, None) for msg in msgs]
         if spill:
             places = self._bodies.append([msgs[i][-1] for i in spill])
