@@ -70,6 +70,7 @@ SWITCH_INTERVAL = 0.0005  # seconds; see open()
 # carries at least BODY_FILE_GROUP_MIN bytes of them; else they stay in the row.
 BODY_FILE_MIN = 512
 BODY_FILE_GROUP_MIN = 64 * 1024
+PLACED_ROW = 15  # a message row with body_file and body_offset
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 log = logging.getLogger("mailgate.store")
@@ -391,6 +392,11 @@ class SqliteStore:
         conn = self._wconn
         assert conn is not None
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            self._place_early(batch)
+        except StoreUnavailable as exc:  # disk full: nothing of this batch is acknowledged
+            self._hand_back(batch, [(op.future, None, exc) for op in batch])
+            return
         self._take_turn()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -411,6 +417,12 @@ class SqliteStore:
             results = [(op.future, None, exc) for op in batch]
         finally:
             self._end_turn()
+        self._hand_back(batch, results)
+
+    def _hand_back(
+        self, batch: list[_Op], results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+    ) -> None:
+        """Resolve each caller's future on its own loop; wake the workers on new mail."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for op, result in zip(batch, results, strict=True):
             by_loop.setdefault(op.loop, []).append(result)
@@ -479,13 +491,27 @@ class SqliteStore:
         if tags:
             conn.executemany(INSERT_TAG, tags)
 
+    def _place_early(self, batch: list[_Op]) -> None:
+        """Write the enqueues' bodies before the write turn is taken, so that this
+        process's fdatasync runs while another process commits."""
+        rows = [(op, op.rows) for op in batch if op.rows is not None]
+        if rows:
+            placed = self._place_bodies([r[0] for _, r in rows])
+            for (op, (_, rcpts, event, tags)), msg in zip(rows, placed, strict=True):
+                op.rows = (msg, rcpts, event, tags)
+
     def _place_bodies(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Message rows with their body (last column) inline, or in a body file and
-        (b"", segment, offset) in its place; the files are on disk before the commit."""
-        spill = [i for i, msg in enumerate(msgs) if len(msg[-1]) >= BODY_FILE_MIN]
+        (b"", segment, offset) in its place; the files are on disk before the commit.
+        Rows placed already (by _place_early) pass through."""
+        spill = [
+            i
+            for i, msg in enumerate(msgs)
+            if len(msg) < PLACED_ROW and len(msg[-1]) >= BODY_FILE_MIN
+        ]
         if sum(len(msgs[i][-1]) for i in spill) < BODY_FILE_GROUP_MIN:
             spill = []  # an fdatasync of its own would cost more than SQLite's copies
-        out = [(*msg, None, None) for msg in msgs]
+        out = [msg if len(msg) == PLACED_ROW else (*msg, None, None) for msg in msgs]
         if spill:
             places = self._bodies.append([msgs[i][-1] for i in spill])
             for i, (name, offset) in zip(spill, places, strict=True):
