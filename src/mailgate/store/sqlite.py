@@ -139,7 +139,9 @@ class _Op:
     message: NewMessage | None  # or an enqueue, which the writer may batch
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    rows: Rows | None = None  # the enqueue's rows, built by the caller, not the writer
+    # the enqueue's rows, built by the caller, not the writer; an enqueue_many's fn
+    # inserts its own, after _place_early has put their bodies in body files
+    rows: list[Rows] | None = None
 
 
 def _resolve(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -444,12 +446,16 @@ class SqliteStore:
     def _apply(
         self, conn: sqlite3.Connection, batch: list[_Op]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        plain = [op for op in batch if op.rows is not None and op.message.idempotency is None]  # type: ignore[union-attr]
+        plain = [
+            op
+            for op in batch
+            if op.message is not None and op.message.idempotency is None and op.rows is not None
+        ]
         plain_ok = False
         if len(plain) > 1:
             conn.execute("SAVEPOINT bulk")
             try:
-                self._insert_rows(conn, [op.rows for op in plain])  # type: ignore[misc]
+                self._insert_rows(conn, [r for op in plain if op.rows for r in op.rows])
                 conn.execute("RELEASE bulk")
                 plain_ok = True
             except sqlite3.IntegrityError:
@@ -494,11 +500,12 @@ class SqliteStore:
     def _place_early(self, batch: list[_Op]) -> None:
         """Write the enqueues' bodies before the write turn is taken, so that this
         process's fdatasync runs while another process commits."""
-        rows = [(op, op.rows) for op in batch if op.rows is not None]
-        if rows:
-            placed = self._place_bodies([r[0] for _, r in rows])
-            for (op, (_, rcpts, event, tags)), msg in zip(rows, placed, strict=True):
-                op.rows = (msg, rcpts, event, tags)
+        lists = [op.rows for op in batch if op.rows]
+        if not lists:
+            return
+        placed = iter(self._place_bodies([r[0] for rows in lists for r in rows]))
+        for rows in lists:  # in place: an enqueue_many's fn holds the same list
+            rows[:] = [(next(placed), rcpts, event, tags) for _, rcpts, event, tags in rows]
 
     def _place_bodies(self, msgs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Message rows with their body (last column) inline, or in a body file and
@@ -547,10 +554,12 @@ class SqliteStore:
         self._insert_rows(conn, [message_rows(m)])
         return m.id
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], rows: list[Rows] | None = None
+    ) -> T:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put(_Op(fn, None, fut, loop))
+        self._ops.put(_Op(fn, None, fut, loop, rows))
         return await fut
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -572,7 +581,7 @@ class SqliteStore:
     async def enqueue(self, message: NewMessage) -> str:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
-        self._ops.put(_Op(None, message, fut, loop, message_rows(message)))
+        self._ops.put(_Op(None, message, fut, loop, [message_rows(message)]))
         return await fut
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
@@ -585,7 +594,7 @@ class SqliteStore:
             self._insert_rows(conn, rows)
             return [m.id for m in messages]
 
-        return await self._write(run)
+        return await self._write(run, rows)
 
     async def get_message(self, message_id: str) -> Message | None:
         def run(c: sqlite3.Connection) -> Message | None:
