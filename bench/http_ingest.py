@@ -22,6 +22,7 @@ from smtp_ingest import (
     POSTFIX_PORT,
     SINK_PORT,
     ensure_postfix,
+    quiet_disk,
     smtp_source,
     start_postfix,
     stop,
@@ -97,6 +98,7 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 def run_wrk(
     tmp: Path, key: str, path: str, body: str, seconds: int, connections: int
 ) -> tuple[int, float, float, float, int]:
+    quiet_disk()
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", key).replace("{body}", body))
     out = subprocess.run(

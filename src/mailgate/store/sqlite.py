@@ -181,6 +181,7 @@ class SqliteStore:
         # Every writing process (the server, its ingress and delivery children, CLI
         # commands) holds `mailgate.db.turn` while it writes; see _take_turn.
         self._turn_fd: int | None = None
+        self._queue_fd: int | None = None  # the turnstile in front of the turn
         self._work: asyncio.Event | None = None
         self._bodies = BodyFiles(
             self.path.with_name(self.path.name + ".bodies"), fsync=not unsafe_no_fsync
@@ -224,6 +225,11 @@ class SqliteStore:
         try:
             self._turn_fd = os.open(
                 self.path.with_name(self.path.name + ".turn"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+            self._queue_fd = os.open(
+                self.path.with_name(self.path.name + ".turn-queue"),
+                os.O_RDWR | os.O_CREAT,
+                0o600,
             )
         except OSError as exc:
             self._release_lock()
@@ -308,9 +314,10 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        if self._turn_fd is not None:
-            os.close(self._turn_fd)
-            self._turn_fd = None
+        for fd in (self._turn_fd, self._queue_fd):
+            if fd is not None:
+                os.close(fd)
+        self._turn_fd = self._queue_fd = None
 
     async def close(self) -> None:
         self._closing.set()
@@ -382,9 +389,16 @@ class SqliteStore:
         """Wait for the write turn. Every process writing the file takes `mailgate.db.turn`
         for the whole transaction: the kernel wakes the next writer the moment the lock
         is free, where SQLite's busy handler would sleep (up to 100 ms a round) and
-        could leave a process beside a busy server waiting for ever."""
-        if self._turn_fd is not None:
+        could leave a process beside a busy server waiting for ever.
+
+        A waiter holds `mailgate.db.turn-queue` while it waits, so the writer that just
+        let go queues behind it instead of taking the turn straight back (flock is not
+        fair: one ingress process kept the turn for long runs and the other's sessions
+        stalled, halving 2 KB SMTP ingest in half the runs)."""
+        if self._turn_fd is not None and self._queue_fd is not None:
+            fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
             fcntl.flock(self._turn_fd, fcntl.LOCK_EX)
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
     def _end_turn(self) -> None:
         if self._turn_fd is not None:
