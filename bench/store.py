@@ -15,6 +15,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -231,9 +232,7 @@ async def main() -> None:
     if not args.no_backlog:
         print(f"backlog of {args.backlog_recipients:,} queued recipients (sqlite):")
         await backlog(await sqlite_url(), args.backlog_recipients, g100)
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
