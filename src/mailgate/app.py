@@ -145,9 +145,24 @@ class App:
         self.api: Api | None = None
         self.deliverer: Deliverer | None = None
         self._delivery: asyncio.Task[None] | None = None
-        self.metrics = Metrics.create()
+        self.metrics = Metrics.create(self._shared_metrics_dir())
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
+
+    def _shared_metrics_dir(self) -> Path | None:
+        """Where serve and its children keep their metric values, so that /metrics adds
+        them up whichever process answers; None for a process on its own. The serving
+        process empties it: counters start again with the server."""
+        if self.role in (Role.INGRESS, Role.WORKER):
+            inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            return Path(inherited) if inherited else None
+        if self.role is not Role.ALL or not (self.shares_ports or self.child_delivers):
+            return None
+        directory = Path(self.config.server.data_dir) / "metrics"
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("*.db"):
+            old.unlink()
+        return directory
 
     def wants(self, role: Role) -> bool:
         if role is Role.WORKER and self.child_delivers:

@@ -1,15 +1,18 @@
 """`serve` takes mail in with `server.ingress_processes` processes on shared ports
-(SO_REUSEPORT). Both take connections; a killed ingress child is replaced; whatever it
-acknowledged before it died is delivered."""
+(SO_REUSEPORT). Both take connections, /metrics adds up both, a killed ingress child is
+replaced, and whatever it acknowledged before it died is delivered."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.reliability.harness import (
     Tally,
@@ -32,12 +35,12 @@ def connections_of(pid: int, port: int) -> int:
     return sum(f"pid={pid}," in line for line in out.splitlines())
 
 
-def test_both_ingress_processes_take_connections(tmp_path: Path) -> None:
+def test_both_ingress_processes_take_connections_and_metrics_add_up(tmp_path: Path) -> None:
     with running(tmp_path) as (server, _, key):
         assert server.proc is not None
         [child] = child_pids(server.proc.pid, "ingress")
         seen = {server.proc.pid: 0, child: 0}
-        stop = threading.Event()
+        stop, tally = threading.Event(), Tally()
 
         def watch() -> None:
             while not stop.is_set():
@@ -48,11 +51,17 @@ def test_both_ingress_processes_take_connections(tmp_path: Path) -> None:
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            run_load(server, key, Tally(), 1.5, "spread")  # 4 HTTP + 4 SMTP clients
+            run_load(server, key, tally, 1.5, "spread")  # 4 HTTP + 4 SMTP clients
         finally:
             stop.set()
             watcher.join()
         assert all(n > 0 for n in seen.values()), f"HTTP connections per process: {seen}"
+        http_acked = sum(seq.startswith("spreadh") for seq in tally.acked)
+        assert http_acked > 50
+        for _ in range(10):  # new connections: the kernel picks either process to answer
+            scraped = httpx.get(f"http://127.0.0.1:{server.http_port}/metrics").text
+            count = re.search(r'mailgate_accepted_messages_total\{source="http"\} (\S+)', scraped)
+            assert count and float(count.group(1)) == http_acked, "/metrics must add up both"
         assert server.terminate() == 0
     assert not child_pids(server.proc.pid, "ingress"), "the child outlived serve"
 

@@ -14,14 +14,18 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydantic
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import ClientDisconnect
 
 from mailgate import keys
@@ -106,17 +110,26 @@ def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> ApiErro
 
 @dataclass
 class Metrics:
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # what /metrics exposes
     accepted: Counter
     rejected: Counter
     latency: Histogram
     queue_depth: Gauge
 
     @classmethod
-    def create(cls) -> Metrics:
+    def create(cls, shared_dir: Path | None = None) -> Metrics:
+        """The metrics of this process. With `shared_dir` (serve's processes), each
+        process writes its values there (prometheus_client's multiprocess mode) and
+        /metrics, whichever process answers, shows the sum over all of them."""
         r = CollectorRegistry()
+        exposed = r
+        if shared_dir is not None:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(shared_dir)
+            prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+            exposed = CollectorRegistry()
+            MultiProcessCollector(exposed, path=str(shared_dir))  # type: ignore[no-untyped-call]
         return cls(
-            r,
+            exposed,
             Counter("mailgate_accepted_messages", "Messages committed", ["source"], registry=r),
             Counter("mailgate_rejected_requests", "Requests refused", ["reason"], registry=r),
             Histogram(
@@ -126,7 +139,13 @@ class Metrics:
                 registry=r,
                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             ),
-            Gauge("mailgate_queue_depth", "Recipients by status", ["status"], registry=r),
+            Gauge(
+                "mailgate_queue_depth",
+                "Recipients by status",
+                ["status"],
+                registry=r,
+                multiprocess_mode="mostrecent",  # set from the store by whoever is scraped
+            ),
         )
 
 
