@@ -514,7 +514,11 @@ class SqliteStore:
     def _place_early(self, batch: list[_Op]) -> None:
         """Write the enqueues' bodies before the write turn is taken, so that this
         process's fdatasync runs while another process commits."""
-        lists = [op.rows for op in batch if op.rows]
+        lists = [  # an idempotent enqueue is inserted from its message, not these rows
+            op.rows
+            for op in batch
+            if op.rows and (op.message is None or op.message.idempotency is None)
+        ]
         if not lists:
             return
         placed = iter(self._place_bodies([r[0] for rows in lists for r in rows]))
