@@ -195,7 +195,14 @@ class App:
         )
         await self.store.open()
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
-            self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx, guard)
+            self.smtp = SmtpRelay(
+                cfg.smtp,
+                self.store,
+                cfg.server.hostname,
+                ctx,
+                guard,
+                on_accepted=self.metrics.accepted.labels("smtp").inc,
+            )
             await self.smtp.start(reuse_port=self.shares_ports)
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:

@@ -572,6 +572,8 @@ class Session(asyncio.Protocol):
         except Exception:
             log.exception("smtp: accept failed")
             return SmtpReply(451, "4.3.0", "Temporary failure, try again later")
+        if self.relay.on_accepted is not None and not accepted.replayed:
+            self.relay.on_accepted()
         return SmtpReply(250, "2.0.0", f"Ok: queued as {accepted.message_id}")
 
     def smtp_RSET(self, arg: str) -> None:
@@ -601,9 +603,11 @@ class SmtpRelay:
         hostname: str,
         tls_context: ssl.SSLContext | None = None,
         guard: AuthGuard | None = None,
+        on_accepted: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.guard = guard or AuthGuard()
+        self.on_accepted = on_accepted  # counts each committed message (metrics)
         self.store = store
         self.hostname = hostname
         self.tls_context = tls_context

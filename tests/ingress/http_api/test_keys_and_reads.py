@@ -9,6 +9,7 @@ import httpx
 from mailgate import keys
 from mailgate.models import Scope
 from tests.ingress.conftest import RunningServer
+from tests.ingress.smtp_relay.dialog import greeted
 
 MSG = {"from": "a@example.org", "to": "b@example.com", "text": "hi", "tags": ["t"]}
 
@@ -113,10 +114,17 @@ def test_health_ready_metrics_openapi(server: RunningServer) -> None:
     assert httpx.get(f"{server.http_url}/readyz").status_code == 200
     httpx.post(f"{server.http_url}/v1/messages", json=MSG, headers=h(server.send_key))
     httpx.post(f"{server.http_url}/v1/messages", json={"from": "x"}, headers=h(server.send_key))
+    with greeted(server.smtp_port) as d:  # both doors count
+        assert d.cmd("MAIL FROM:<a@example.org>")[0] == 250
+        assert d.cmd("RCPT TO:<b@example.com>")[0] == 250
+        assert d.cmd("DATA")[0] == 354
+        d.send(b"Subject: counted\r\n\r\nbody\r\n.\r\n")
+        assert d.read_reply()[0] == 250
     metrics = httpx.get(f"{server.http_url}/metrics").text
     assert 'mailgate_accepted_messages_total{source="http"} 1.0' in metrics
+    assert 'mailgate_accepted_messages_total{source="smtp"} 1.0' in metrics
     assert 'mailgate_rejected_requests_total{reason="invalid_field"} 1.0' in metrics
-    assert 'mailgate_queue_depth{status="queued"} 1.0' in metrics
+    assert 'mailgate_queue_depth{status="queued"} 2.0' in metrics
     assert "mailgate_http_request_seconds_bucket" in metrics
     spec = httpx.get(f"{server.http_url}/openapi.json").json()
     assert "SendRequest" in spec["components"]["schemas"]
