@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailgate.errors import StoreUnavailable
+from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.models import new_id
 
 SEGMENT_MAX = 1 << 30  # bytes before the next body opens a new segment
@@ -52,9 +52,12 @@ class BodyFiles:
             raise ValueError(f"bad segment name {name!r}")
         fd = os.open(self.directory / name, os.O_RDONLY)
         try:
-            return os.pread(fd, size, offset)
+            body = os.pread(fd, size, offset)
         finally:
             os.close(fd)
+        if len(body) != size:  # a cut segment: never hand on a partial message as whole
+            raise StoreError(f"store: body {name}@{offset} is {len(body)} of {size} bytes")
+        return body
 
     def _open_segment(self) -> None:
         self.close()
