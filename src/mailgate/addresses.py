@@ -2,12 +2,20 @@
 
 Deliberately stricter than RFC 5321 allows: no source routes, no %-hacks, no bang
 paths, no quoted local parts that hide an @, one @ only. Both ingresses use these rules.
+An address is accepted only if it can be sent as it is: every domain label converts to
+an A-label of at most 63 octets (IDNA 2008, no mapping, so nothing a resolver or a header
+encoder would silently change), and a UTF-8 local part holds no control, format or
+space characters (RFC 6531).
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
+import unicodedata
+
+import idna
 
 # RFC 5321 Dot-atom / quoted local part, kept deliberately strict for relaying.
 _ATOM = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"  # no % and no ! (classic relay tricks)
@@ -21,6 +29,70 @@ _ADDR_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]"
 _MAILBOX = re.compile(
     rf"^(?P<local>{_LOCAL_DOT_ATOM}|{_QUOTED}|{_LOCAL_UTF8})@(?P<domain>{_DOMAIN}|{_ADDR_LITERAL})$"
 )
+
+
+_LDH_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Unicode categories that never belong in an address: controls, format characters (soft
+# hyphen, zero-width space, bidi marks), surrogates, private use, unassigned, separators.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+
+
+def label_problem(label: str) -> str | None:
+    """Why one domain label cannot go on the wire, or None."""
+    if label.isascii():
+        if not _LDH_LABEL.match(label):
+            if len(label) > 63:
+                return f"Domain label longer than 63 octets: {label[:20]}..."
+            return f"Bad domain label: {label[:63]!a}"
+        if label[:4].lower() != "xn--":
+            return None
+    try:
+        a_label = idna.alabel(label.lower())
+    except (idna.IDNAError, UnicodeError, ValueError) as exc:
+        why = str(exc).encode("ascii", "backslashreplace").decode()
+        return f"Domain label {label[:63]!a} is not valid IDNA: {why}"
+    if len(a_label) > 63:
+        return f"Domain label longer than 63 octets once encoded: {label[:20]}..."
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def domain_problem(domain: str) -> str | None:
+    """Why a domain (or [address literal]) cannot be used, or None."""
+    if domain.startswith("["):
+        literal = domain[1:-1]
+        literal = literal[5:] if literal[:5].lower() == "ipv6:" else literal
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            return "Bad address literal"
+        return None
+    labels = domain.split(".")
+    for label in labels:
+        problem = label_problem(label)
+        if problem is not None:
+            return problem
+    if len(ascii_domain(domain)) > 253:
+        return "Domain longer than 253 octets"
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def ascii_domain(domain: str) -> str:
+    """The domain with every label as an A-label (for DNS and peers without SMTPUTF8).
+    Only for domains that passed domain_problem."""
+    if domain.isascii():
+        return domain
+    return ".".join(
+        label if label.isascii() else idna.alabel(label.lower()).decode()
+        for label in domain.split(".")
+    )
+
+
+def needs_smtputf8(address: str) -> bool:
+    """True when the local part is UTF-8: only a peer offering SMTPUTF8 may take it.
+    (A UTF-8 domain alone can be sent as A-labels.)"""
+    return not address.rpartition("@")[0].isascii()
 
 
 def address_problem(address: str) -> str | None:
@@ -39,9 +111,11 @@ def address_problem(address: str) -> str | None:
     local = m.group("local")
     if local.startswith('"') and ("@" in local or "%" in local or "!" in local):
         return "Quoted local parts with @, % or ! are not accepted"
-    if len(local) > 64 or len(address) > 254:
+    if len(local.encode()) > 64 or len(address.encode()) > 254:
         return "Address too long"
-    return None
+    if not local.isascii() and any(unicodedata.category(c) in _BAD_CATEGORIES for c in local):
+        return "Local part contains control, format or space characters"
+    return domain_problem(m.group("domain"))
 
 
 @functools.lru_cache(maxsize=8192)
