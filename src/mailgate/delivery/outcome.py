@@ -1,4 +1,10 @@
-"""One outcome type at the edge: every SMTP reply or exception becomes an Outcome."""
+"""One outcome type at the edge: every SMTP reply or exception becomes an Outcome.
+
+A reply means something only for the command it answers: each Step has the codes that
+let the session go on, and only a 2xx after the final dot delivers. Any other code is
+the step's own failure (4xx temporary, 5xx permanent) or, in any other class, a
+protocol error: temporary, because a confused peer is no proof the mail cannot go.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,29 @@ _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
 class Verdict(enum.Enum):
     """What a reply means for one recipient."""
 
-    DELIVERED = "delivered"  # 2xx after DATA
-    TEMPORARY = "temporary"  # 4xx, connection or TLS trouble: retry later
+    DELIVERED = "delivered"  # 2xx after the final dot, and nothing else
+    TEMPORARY = "temporary"  # 4xx, a protocol error, connection or TLS trouble: retry later
     PERMANENT = "permanent"  # 5xx, null MX, NXDOMAIN, policy: bounce
+
+
+class Step(enum.Enum):
+    """The command a reply answers, with the codes that let the session go on."""
+
+    GREETING = ("greeting", frozenset({220}))
+    EHLO = ("EHLO", frozenset({250}))
+    HELO = ("HELO", frozenset({250}))
+    STARTTLS = ("STARTTLS", frozenset({220}))
+    AUTH = ("AUTH", frozenset({235}))
+    MAIL = ("MAIL", frozenset({250}))
+    RCPT = ("RCPT", frozenset({250, 251}))
+    DATA = ("DATA", frozenset({354}))
+    DOT = ("end of data", frozenset(range(200, 300)))  # the only step that delivers
+
+    def __init__(self, label: str, expected: frozenset[int]) -> None:
+        self.label, self.expected = label, expected
+
+    def accepts(self, code: int) -> bool:
+        return code in self.expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +61,27 @@ def reply_from(code: int, text: str) -> Reply:
     return Reply(code, None, text)
 
 
-def verdict_of(code: int) -> Verdict:
-    if 200 <= code < 300:
-        return Verdict.DELIVERED
+def is_failure(code: int) -> bool:
+    """A 4xx or 5xx: the peer refused in the protocol's terms (not a protocol error)."""
+    return 400 <= code < 600
+
+
+def from_reply(code: int, text: str, host: str | None, step: Step = Step.DOT) -> Outcome:
+    """The outcome of a reply that ends the transaction at `step`: delivered only for a
+    2xx after the final dot; 4xx temporary; 5xx permanent; anything else (a 250 greeting,
+    252 to MAIL, 250 instead of 354, 1xx, 3xx) a temporary protocol error."""
+    if 400 <= code < 500:
+        return Outcome(Verdict.TEMPORARY, reply_from(code, text), host)
     if 500 <= code < 600:
-        return Verdict.PERMANENT
-    return Verdict.TEMPORARY
+        return Outcome(Verdict.PERMANENT, reply_from(code, text), host)
+    if step is Step.DOT and step.accepts(code):
+        return Outcome(Verdict.DELIVERED, reply_from(code, text), host)
+    return protocol_error(f"{step.label} answered {code} {' '.join(text.split())}", host)
 
 
-def from_reply(code: int, text: str, host: str | None) -> Outcome:
-    return Outcome(verdict_of(code), reply_from(code, text), host)
+def protocol_error(what: str, host: str | None = None) -> Outcome:
+    """A peer that broke the protocol (a wrong reply, unsolicited data): try again later."""
+    return temporary(f"protocol error: {what}"[:500], host, enhanced="4.5.0")
 
 
 def temporary(text: str, host: str | None = None, enhanced: str = "4.4.1") -> Outcome:

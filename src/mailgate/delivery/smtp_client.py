@@ -6,6 +6,17 @@ A lean client on asyncio streams rather than aiosmtplib: aiosmtplib reads one re
 command written, so it cannot pipeline (RFC 2920), and pipelining MAIL, every RCPT and
 DATA in one write saves two round trips per message (docs/architecture.md has the
 figures). Timeouts follow RFC 5321 section 4.5.3.2 through `delivery.*_timeout`.
+
+Replies are trusted only in step: each is read for exactly one command, checked against
+what that command may be answered with (outcome.Step), and any byte the peer sends
+before we speak again is a protocol error that ends the connection. So a stray 2xx, a
+double greeting or plaintext injected after the 220 to STARTTLS (CVE-2021-38371) can
+never be read as a later command's reply; only a 2xx after the final dot delivers.
+
+Exceptions (inside this module; Session returns Outcomes):
+  ConnectionLost     the connection broke or timed out
+    ProtocolError    the peer sent what SMTP does not allow here (garbage, unsolicited data)
+  _PlaintextRetry    opportunistic STARTTLS failed: start over without TLS
 """
 
 from __future__ import annotations
@@ -17,13 +28,26 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailgate.addresses import ascii_domain, needs_smtputf8
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.mx import Target
-from mailgate.delivery.outcome import Outcome, from_reply, permanent, temporary
+from mailgate.delivery.outcome import (
+    Outcome,
+    Step,
+    from_reply,
+    is_failure,
+    permanent,
+    protocol_error,
+    temporary,
+)
 
 MAX_REPLY_LINES = 100  # a reply longer than this is a broken or hostile server
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+# What must never reach the inside of MAIL FROM:<...> / RCPT TO:<...>: line ends (command
+# injection), angle brackets (parameter injection), controls and line separators.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
+_QUOTED_LOCAL = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +65,10 @@ class Response:
 
 class ConnectionLost(Exception):
     """The connection broke, timed out or spoke something that is not SMTP."""
+
+
+class ProtocolError(ConnectionLost):
+    """The peer sent what SMTP does not allow here: garbage, or data nobody asked for."""
 
 
 class _PlaintextRetry(Exception):
@@ -62,6 +90,75 @@ def data_block(raw: bytes) -> bytes:
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
+
+
+def unsafe_on_wire(address: str) -> bool:
+    """True when the address could break out of `<...>` on the command line. Both doors
+    validate addresses; this keeps a slip there from becoming command injection. A space
+    is allowed only inside a well-formed quoted local part."""
+    if _UNSAFE.search(address):
+        return True
+    if " " in address:
+        local, _, domain = address.rpartition("@")
+        return " " in domain or _QUOTED_LOCAL.fullmatch(local) is None
+    return False
+
+
+def headers_are_ascii(raw: bytes) -> bool:
+    end = raw.find(b"\r\n\r\n")
+    return (raw if end < 0 else raw[:end]).isascii()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What goes on the wire for one transaction, and who cannot be sent at all."""
+
+    mail: bytes | None  # the MAIL FROM line; None when the sender itself cannot go
+    rcpts: tuple[tuple[str, bytes], ...]  # (recipient as queued, RCPT TO line)
+    refused: dict[str, Outcome]  # recipients settled here, never written
+
+
+def envelope(tx: Transaction, extensions: dict[str, str]) -> Envelope:
+    """MAIL and RCPT lines for this peer. UTF-8 goes on the wire only with SMTPUTF8
+    (RFC 6531); without it a UTF-8 domain is sent as A-labels and a UTF-8 local part
+    cannot be sent at all (553 5.6.7)."""
+    addresses_ascii = tx.sender.isascii() and all(r.isascii() for r in tx.recipients)
+    utf8 = "SMTPUTF8" in extensions and not (addresses_ascii and headers_are_ascii(tx.raw))
+
+    def wire(address: str, syntax: str) -> str | Outcome:
+        if unsafe_on_wire(address):
+            return permanent(f"Refusing to send a malformed address: {address!a}", syntax, 553)
+        if utf8 or address.isascii():
+            return address
+        if needs_smtputf8(address):
+            return permanent(
+                f"{address} needs SMTPUTF8, which the receiving server does not offer",
+                "5.6.7",
+                553,
+            )
+        local, _, domain = address.rpartition("@")
+        try:
+            return f"{local}@{ascii_domain(domain)}"
+        except ValueError:  # idna.IDNAError: refused at the doors, so only a slip
+            return permanent(f"Bad domain in {address!a}", syntax, 553)
+
+    sender = wire(tx.sender, "5.1.7")
+    if isinstance(sender, Outcome):
+        return Envelope(None, (), dict.fromkeys(tx.recipients, sender))
+    mail = b"MAIL FROM:<" + sender.encode() + b">"
+    if "SIZE" in extensions:
+        mail += b" SIZE=%d" % len(tx.raw)
+    if utf8:
+        mail += b" SMTPUTF8"
+    rcpts: list[tuple[str, bytes]] = []
+    refused: dict[str, Outcome] = {}
+    for rcpt in tx.recipients:
+        address = wire(rcpt, "5.1.3")
+        if isinstance(address, Outcome):
+            refused[rcpt] = address
+        else:
+            rcpts.append((rcpt, b"RCPT TO:<" + address.encode() + b">"))
+    return Envelope(mail, tuple(rcpts), refused)
 
 
 class Connection:
@@ -99,6 +196,11 @@ class Connection:
     def supports(self, extension: str) -> bool:
         return extension.upper() in self.extensions
 
+    def unread(self) -> int:
+        """Bytes received and not yet read as a reply. StreamReader has no public way to
+        ask; `_buffer` is its buffer in every CPython 3 (0 elsewhere: the check is off)."""
+        return len(getattr(self.reader, "_buffer", b""))
+
     async def read(self, timeout: float) -> Response:
         lines: list[str] = []
         try:
@@ -109,7 +211,7 @@ class Connection:
                         raise ConnectionLost("connection closed by the remote")
                     code = line[:3]
                     if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                        raise ConnectionLost(f"not an SMTP reply: {line[:80]!r}")
+                        raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
                     lines.append(line[4:].decode("utf-8", "replace").strip())
                     if line[3:4] != b"-":
                         return Response(int(code), "\n".join(lines))
@@ -117,9 +219,13 @@ class Connection:
             raise ConnectionLost(f"no reply within {timeout:g}s") from None
         except (OSError, ValueError, asyncio.LimitOverrunError, ssl.SSLError) as exc:
             raise ConnectionLost(str(exc) or type(exc).__name__) from None
-        raise ConnectionLost("reply too long")
+        raise ProtocolError("reply too long")
 
     async def send(self, data: bytes, timeout: float) -> None:
+        if self.unread():
+            # Every reply we asked for has been read: anything more was not asked for and
+            # would be taken as the answer to what we are about to send.
+            raise ProtocolError(f"unsolicited data before {data[:4].decode('ascii', 'replace')}")
         try:
             self.writer.write(data)
             async with asyncio.timeout(timeout):
@@ -133,19 +239,23 @@ class Connection:
         await self.send(line + b"\r\n", timeout)
         return await self.read(timeout)
 
-    async def ehlo(self, name: str, timeout: float) -> Response:
+    async def ehlo(self, name: str, timeout: float) -> tuple[Step, Response]:
         reply = await self.command(b"EHLO " + name.encode(), timeout)
         if 500 <= reply.code < 600:  # an old server: HELO, no extensions
             self.extensions = {}
-            return await self.command(b"HELO " + name.encode(), timeout)
+            return Step.HELO, await self.command(b"HELO " + name.encode(), timeout)
         if reply.code == 250:
             self.extensions = {}
             for line in reply.text.split("\n")[1:]:
                 keyword, _, params = line.partition(" ")
                 self.extensions[keyword.upper()] = params
-        return reply
+        return Step.EHLO, reply
 
     async def starttls(self, ctx: ssl.SSLContext, server_hostname: str, timeout: float) -> None:
+        if self.unread():
+            # CVE-2021-38371 class: plaintext sent after the 220 would be read as the first
+            # reply inside TLS. A peer (or a man in the middle) doing so is not trusted.
+            raise ProtocolError("plaintext after the 220 to STARTTLS (reply injection)")
         try:
             async with asyncio.timeout(timeout):
                 await self.writer.start_tls(ctx, server_hostname=server_hostname)
@@ -198,22 +308,29 @@ class Session:
             return temporary(f"connect to {host}[{address}] failed: {exc}", host)
         self.conn, self.tls = conn, implicit
         try:
-            if greeting.code != 220:
-                await self.close()
-                return from_reply(greeting.code, greeting.text, host)
-            reply = await conn.ehlo(self.ehlo, cfg.command_timeout)
-            if reply.code != 250:
-                await self.close()
-                return from_reply(reply.code, reply.text, host)
+            if not Step.GREETING.accepts(greeting.code):
+                return await self._refused(greeting, Step.GREETING)
+            step, reply = await conn.ehlo(self.ehlo, cfg.command_timeout)
+            if not step.accepts(reply.code):
+                return await self._refused(reply, step)
             problem = await self._secure(conn, allow_tls, implicit)
             if problem is not None:
                 return problem
             return await self._login(conn)
         except _PlaintextRetry:
             return await self.open(allow_tls=False)
+        except ProtocolError as exc:
+            await self.drop()
+            return protocol_error(f"{host}[{address}]: {exc}", host)
         except ConnectionLost as exc:
             await self.close()
             return temporary(f"session with {host}[{address}] failed: {exc}", host)
+
+    async def _refused(self, reply: Response, step: Step) -> Outcome:
+        """End the session on a reply that does not let it go on: QUIT after a refusal,
+        drop without a word after a reply that makes no sense there."""
+        await (self.close() if is_failure(reply.code) else self.drop())
+        return from_reply(reply.code, reply.text, self.target.host, step)
 
     @property
     def usable(self) -> bool:
@@ -229,13 +346,16 @@ class Session:
         if wants_tls and conn.supports("STARTTLS"):
             reply = await conn.command(b"STARTTLS", cfg.command_timeout)
             try:
-                if reply.code != 220:
+                if not Step.STARTTLS.accepts(reply.code):
                     raise ConnectionLost(f"STARTTLS refused: {reply.code} {reply.text}")
                 await conn.starttls(tls_context(cfg), host, cfg.command_timeout)
                 # RFC 3207: the session starts over after STARTTLS
-                if (await conn.ehlo(self.ehlo, cfg.command_timeout)).code != 250:
-                    raise ConnectionLost("EHLO refused after STARTTLS")
+                step, again = await conn.ehlo(self.ehlo, cfg.command_timeout)
+                if not step.accepts(again.code):
+                    raise ConnectionLost(f"{step.label} refused after STARTTLS")
                 self.tls = True
+            except ProtocolError:
+                raise  # injected data: deferred, never retried in plaintext on its word
             except ConnectionLost as exc:
                 conn.close()  # keeps the host slot for the plaintext retry
                 self.conn = None
@@ -272,9 +392,8 @@ class Session:
                 if reply.code != 334:
                     break
                 reply = await conn.command(base64.b64encode(answer.encode()), cfg.command_timeout)
-        if reply.code != 235:
-            await self.close()
-            return from_reply(reply.code, reply.text, host)
+        if not Step.AUTH.accepts(reply.code):
+            return await self._refused(reply, Step.AUTH)
         return None
 
     async def send(self, tx: Transaction) -> dict[str, Outcome] | Outcome:
@@ -289,80 +408,106 @@ class Session:
                 f"Message size {len(tx.raw)} exceeds {host}'s limit of {limit}", "5.3.4", 552, host
             )
             return dict.fromkeys(tx.recipients, too_big)
+        env = envelope(tx, conn.extensions)
+        if env.mail is None or not env.rcpts:
+            return env.refused  # nothing that may be sent: no transaction at all
         try:
-            mail = b"MAIL FROM:<" + tx.sender.encode() + b">"
-            if conn.supports("SIZE"):
-                mail += b" SIZE=%d" % len(tx.raw)
-            if not tx.sender.isascii() and conn.supports("SMTPUTF8"):
-                mail += b" SMTPUTF8"
-            envelope = [mail] + [b"RCPT TO:<" + r.encode() + b">" for r in tx.recipients]
+            lines = [env.mail, *(line for _, line in env.rcpts)]
             if conn.supports("PIPELINING"):
-                # RFC 2920: the envelope and DATA in one write, then read every reply
-                await conn.send(b"\r\n".join([*envelope, b"DATA"]) + b"\r\n", cfg.command_timeout)
-                replies = [await conn.read(cfg.command_timeout) for _ in envelope]
+                # RFC 2920: the envelope and DATA in one write, then one reply per command
+                await conn.send(b"\r\n".join([*lines, b"DATA"]) + b"\r\n", cfg.command_timeout)
+                replies = [await conn.read(cfg.command_timeout) for _ in lines]
                 data_reply: Response | None = await conn.read(cfg.command_timeout)
             else:
                 replies, data_reply = [], None
-                for line in envelope:
+                for line in lines:
                     replies.append(await conn.command(line, cfg.command_timeout))
-                    if replies[0].code != 250:
+                    if not Step.MAIL.accepts(replies[0].code):
                         break
-            return await self._finish(conn, tx, replies, data_reply)
+            results = await self._finish(conn, tx, env, replies, data_reply)
+        except ProtocolError as exc:
+            await self.drop()
+            return protocol_error(f"{host}: {exc}", host)
         except ConnectionLost as exc:
             await self.close()
             # The remote may have taken the message before the connection broke (a stall
             # after the dot): retrying may duplicate, never lose.
             return temporary(f"connection to {host} lost: {exc}", host)
+        results.update(env.refused)
+        return results
 
     async def _finish(
         self,
         conn: Connection,
         tx: Transaction,
+        env: Envelope,
         replies: list[Response],
         data_reply: Response | None,
     ) -> dict[str, Outcome]:
         host, cfg = self.target.host, self.cfg
+        queued = [rcpt for rcpt, _ in env.rcpts]
         mail = replies[0]
-        if mail.code != 250:
-            await self._abandon(conn, data_reply)
-            return dict.fromkeys(tx.recipients, from_reply(mail.code, mail.text, host))
+        if not Step.MAIL.accepts(mail.code):
+            await self._abandon(conn, data_reply, in_step=is_failure(mail.code))
+            return dict.fromkeys(queued, from_reply(mail.code, mail.text, host, Step.MAIL))
         results: dict[str, Outcome] = {}
         accepted: list[str] = []
-        for rcpt, reply in zip(tx.recipients, replies[1:], strict=True):
-            if reply.code in (250, 251):
+        for rcpt, reply in zip(queued, replies[1:], strict=True):
+            if Step.RCPT.accepts(reply.code):
                 accepted.append(rcpt)
-            else:
-                results[rcpt] = from_reply(reply.code, reply.text, host)
+                continue
+            results[rcpt] = outcome = from_reply(reply.code, reply.text, host, Step.RCPT)
+            if not is_failure(reply.code):
+                # Replies and commands no longer pair up: none of them can be trusted.
+                await self.drop()
+                return dict.fromkeys(queued, outcome)
         if not accepted:
-            await self._abandon(conn, data_reply)
+            await self._abandon(conn, data_reply, in_step=True)
             return results
         if data_reply is None:
             data_reply = await conn.command(b"DATA", cfg.command_timeout)
-        if data_reply.code != 354:
-            outcome = from_reply(data_reply.code, data_reply.text, host)
-            await self._abandon(conn, None)
+        if not Step.DATA.accepts(data_reply.code):
+            outcome = from_reply(data_reply.code, data_reply.text, host, Step.DATA)
+            await self._abandon(conn, None, in_step=is_failure(data_reply.code))
         else:
             await conn.send(data_block(tx.raw), cfg.data_timeout)
             final = await conn.read(cfg.data_timeout)
-            outcome = from_reply(final.code, final.text, host)
+            outcome = from_reply(final.code, final.text, host, Step.DOT)
+            if conn.unread() or not (is_failure(final.code) or Step.DOT.accepts(final.code)):
+                await self.drop()  # more than one reply, or a senseless one: start afresh
         for rcpt in accepted:
             results[rcpt] = outcome
         return results
 
-    async def _abandon(self, conn: Connection, data_reply: Response | None) -> None:
-        """End a transaction that will carry no message, keeping the connection usable."""
-        if data_reply is not None and data_reply.code == 354:
-            # A pipelined DATA was accepted though no recipient was: the transaction
-            # cannot be ended cleanly without sending a message, so drop the connection.
-            await self.close()
+    async def _abandon(self, conn: Connection, data_reply: Response | None, in_step: bool) -> None:
+        """End a transaction that will carry no message, keeping the connection usable
+        when the peer is still in step with us."""
+        if not in_step or (data_reply is not None and not is_failure(data_reply.code)):
+            # A protocol error, or a pipelined DATA not refused though no recipient was
+            # accepted: the transaction cannot be ended cleanly, so drop the connection.
+            await self.drop()
             return
-        if (await conn.command(b"RSET", self.cfg.command_timeout)).code != 250:
-            await self.close()
+        try:
+            if (await conn.command(b"RSET", self.cfg.command_timeout)).code != 250:
+                await self.close()
+        except ConnectionLost:
+            await self.drop()  # the outcomes already read stand
 
     async def close(self) -> None:
+        """QUIT and close, then free the host slot."""
         if self.conn is not None:
             await self.conn.quit()
             self.conn = None
+        self._release()
+
+    async def drop(self) -> None:
+        """Close without QUIT: the peer is out of step, and waiting on it costs a timeout."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self._release()
+
+    def _release(self) -> None:
         release = self._on_close
         if release is not None:
             self._on_close = None
