@@ -25,7 +25,7 @@ import uvicorn
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
-from mailgate.errors import ConfigError
+from mailgate.errors import ConfigError, MailgateError
 from mailgate.ingress.http_api import Api, Metrics
 from mailgate.ingress.http_routes import create_api
 from mailgate.ingress.smtp_relay import SmtpRelay
@@ -145,6 +145,7 @@ class App:
         self.api: Api | None = None
         self.deliverer: Deliverer | None = None
         self._delivery: asyncio.Task[None] | None = None
+        self.failure: MailgateError | None = None  # why the process stopped on its own
         self.metrics = Metrics.create(self._shared_metrics_dir())
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
@@ -252,6 +253,7 @@ class App:
                 lease_seconds=cfg.store.lease_seconds,
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
+            self._delivery.add_done_callback(self._delivery_ended)
         roles = [Role.WORKER] if self.child_delivers else []
         if self.role is Role.ALL and self.shares_ports:
             roles += [Role.INGRESS] * (cfg.server.ingress_processes - 1)
@@ -260,6 +262,18 @@ class App:
         if self.api is not None:
             self.api.starting = False
         self.ready.set()
+
+    def _delivery_ended(self, task: asyncio.Task[None]) -> None:
+        """Delivery must not die quietly under a process that still takes mail: stop
+        this process so that run() fails and it is started again (by serve's supervisor
+        for a delivery child, by systemd or the container runtime otherwise)."""
+        assert self.deliverer is not None
+        if self.deliverer.stopping.is_set():
+            return  # told to stop
+        error = None if task.cancelled() else task.exception()
+        log.error("delivery stopped unexpectedly; stopping so that it is restarted", exc_info=error)
+        self.failure = MailgateError(f"delivery stopped: {error!r}")
+        self.stopping.set()
 
     async def _start_children(self, roles: list[Role]) -> None:
         """Start them and wait until each says it is up: until then /readyz says 503, as
@@ -379,3 +393,5 @@ class App:
             log.info("stopping")
         finally:
             await self.stop()
+        if self.failure is not None:
+            raise self.failure  # a non-zero exit: whoever started us starts us again

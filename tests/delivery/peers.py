@@ -11,7 +11,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
@@ -21,6 +21,7 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
     def __init__(self) -> None:
         self.records: dict[str, list[tuple[str, Any]]] = defaultdict(list)
         self.servfail: set[str] = set()
+        self.drop: set[str] = set()  # names never answered: the client times out
         self.queries: list[tuple[str, str]] = []
 
     def add(self, name: str, qtype: str, value: Any) -> None:
@@ -31,6 +32,8 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
         qname = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
         self.queries.append((qname, qtype))
+        if qname in self.drop:
+            raise DNSError(f"dropping the query for {qname}")  # dnslib sends nothing
         if qname in self.servfail:
             reply.header.rcode = RCODE.SERVFAIL
             return reply

@@ -1,23 +1,45 @@
 """Where to deliver a domain's mail: MX lookup (RFC 5321 5.1), implicit MX, null MX
-(RFC 7505), address safety, and a cache that honours TTLs."""
+(RFC 7505), address literals, address safety, and a cache that honours TTLs.
+
+Whatever a domain or its DNS holds becomes that domain's Outcome, never an exception: a
+name the doors would refuse today (queued before they did) bounces, DNS trouble defers.
+One domain costs a bounded amount of DNS work: at most MX_HOST_LIMIT MX names looked up
+(their A and AAAA at the same time), MX_ADDRESS_LIMIT addresses tried, and the whole
+lookup within two resolver timeouts (Postfix: smtp_mx_address_limit).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
+import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from mailgate.addresses import ascii_domain, domain_problem
 from mailgate.delivery.outcome import Outcome, permanent, temporary
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NEGATIVE_TTL = 60.0  # how long a temporary DNS failure is remembered
+MX_HOST_LIMIT = 5  # MX names whose addresses are looked up, best preference first
+MX_ADDRESS_LIMIT = 10  # addresses tried per domain
+# Name errors: the domain cannot be written as a DNS name at all.
+NAME_ERRORS = (dns.exception.DNSException, UnicodeError, ValueError)
+# IPv6 ranges that carry an IPv4 address in their last 32 bits (NAT64, RFC 6052) or that
+# are deprecated forms of one (IPv4-compatible, RFC 4291 2.5.5.1).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,29 +50,93 @@ class Target:
     port: int | None = None  # None: the configured delivery port
 
 
-def forbidden(
-    address: IPAddress, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
-) -> bool:
-    """Loopback, private, link-local, unspecified and the like, unless allowed by config."""
+def embedded(address: IPAddress) -> list[IPAddress]:
+    """The address and every IPv4 address an IPv6 one carries to its real destination:
+    IPv4-mapped, 6to4 (2002::/16), Teredo (2001::/32) and NAT64 (64:ff9b::/96)."""
+    found: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            found.append(address.ipv4_mapped)
+        if address.sixtofour is not None:
+            found.append(address.sixtofour)
+        if address.teredo is not None:
+            found.extend(address.teredo)
+        if address in _NAT64:
+            found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def forbidden(address: IPAddress, allowed: list[Network]) -> bool:
+    """Anything but a globally reachable unicast address, unless allowed by config:
+    loopback, private, carrier-grade NAT (100.64.0.0/10, where cloud metadata lives),
+    link-local, reserved, multicast, and IPv6 forms that lead to such an IPv4 address."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if any(address in net for net in allowed):
         return False
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
+    if isinstance(address, ipaddress.IPv6Address) and address in _V4_COMPATIBLE:
+        return True
+    return not all(a.is_global and not a.is_multicast for a in embedded(address))
 
 
-def order_mx(records: list[tuple[int, str]], rng: random.Random) -> list[tuple[int, str]]:
+def order_mx(records: list[tuple[int, T]], rng: random.Random) -> list[tuple[int, T]]:
     """Lowest preference first; random order among equal preferences (RFC 5321 5.1)."""
     shuffled = records[:]
     rng.shuffle(shuffled)
     return sorted(shuffled, key=lambda r: r[0])
+
+
+def first_hosts(
+    records: list[tuple[int, dns.name.Name]], limit: int
+) -> list[tuple[int, dns.name.Name]]:
+    """The first `limit` distinct MX names, in order."""
+    seen: set[dns.name.Name] = set()
+    hosts: list[tuple[int, dns.name.Name]] = []
+    for preference, host in records:
+        if host not in seen and len(hosts) < limit:
+            seen.add(host)
+            hosts.append((preference, host))
+    return hosts
+
+
+def shown(domain: str) -> str:
+    """A domain as it may appear in a reply text: ASCII, escaped, not too long."""
+    text = domain.encode("ascii", "backslashreplace").decode()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def bad_domain(domain: str, why: str) -> Outcome:
+    return permanent(f"Bad destination domain {shown(domain)}: {why}", "5.1.2", 553)
+
+
+def destination_name(domain: str) -> dns.name.Name | Outcome:
+    """The DNS name to look up for a recipient domain (IDN by its A-labels), or why
+    there is none."""
+    try:
+        problem = domain_problem(domain)
+        if problem is not None:
+            return bad_domain(domain, problem)
+        return dns.name.from_text(ascii_domain(domain))
+    except NAME_ERRORS as exc:
+        return bad_domain(domain, str(exc) or type(exc).__name__)
+
+
+def literal_targets(domain: str, allowed: list[Network]) -> list[Target] | Outcome:
+    """`[192.0.2.1]` / `[IPv6:2001:db8::1]` (RFC 5321 4.1.3): that address, directly,
+    under the same private-address rule as any MX."""
+    text = domain[1:-1] if domain.endswith("]") else ""
+    v6 = text[:5].lower() == "ipv6:"
+    try:
+        address = ipaddress.ip_address(text[5:] if v6 else text)
+    except ValueError:
+        return bad_domain(domain, "not an address literal")
+    if address.version != (6 if v6 else 4):
+        return bad_domain(domain, "not an address literal")
+    if forbidden(address, allowed):
+        return permanent(
+            f"Destination {shown(domain)} is a private or loopback address", "5.4.4", 550
+        )
+    return [Target(str(address), str(address), 0)]
 
 
 class MxResolver:
@@ -69,8 +155,9 @@ class MxResolver:
             self.resolver.port = int(port or 53)
         else:
             self.resolver = dns.asyncresolver.Resolver()
+        self.timeout = timeout
         self.resolver.lifetime = timeout
-        self.allowed = [ipaddress.ip_network(n, strict=False) for n in allowed or []]
+        self.allowed: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allowed or []]
         self.clock = clock
         self.rng = rng or random.Random()
         self._cache: dict[str, tuple[float, list[Target] | Outcome]] = {}
@@ -85,51 +172,81 @@ class MxResolver:
         return result
 
     async def _lookup(self, domain: str) -> tuple[list[Target] | Outcome, float]:
+        if domain.startswith("["):
+            return literal_targets(domain, self.allowed), 300.0
+        name = destination_name(domain)
+        if isinstance(name, Outcome):
+            return name, 300.0
         try:
-            answer = await self.resolver.resolve(domain, "MX")
-            records = [(r.preference, r.exchange.to_text(omit_final_dot=True)) for r in answer]
+            # one MX query, then one round of A / AAAA queries side by side
+            async with asyncio.timeout(2 * self.timeout):
+                return await self._resolve(domain, name)
+        except TimeoutError:
+            return temporary(
+                f"DNS lookup of {shown(domain)} took too long, will retry", enhanced="4.4.3"
+            ), NEGATIVE_TTL
+
+    async def _resolve(
+        self, domain: str, name: dns.name.Name
+    ) -> tuple[list[Target] | Outcome, float]:
+        try:
+            answer = await self.resolver.resolve(name, "MX")
+            records = [(int(r.preference), r.exchange) for r in answer]
             ttl = float(answer.rrset.ttl) if answer.rrset is not None else 300.0
         except dns.resolver.NXDOMAIN:
-            return permanent(f"Domain {domain} does not exist", "5.1.2", 550), 300.0
+            return permanent(f"Domain {shown(domain)} does not exist", "5.1.2", 550), 300.0
         except dns.resolver.NoAnswer:
-            records, ttl = [(0, domain)], 300.0  # implicit MX: the domain's own A / AAAA
-        except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.LifetimeTimeout):
-            return temporary(f"DNS lookup of {domain} failed, will retry", enhanced="4.4.3"), (
-                NEGATIVE_TTL
-            )
-        if len(records) == 1 and records[0][1] in ("", "."):
-            return permanent(f"Domain {domain} accepts no mail (null MX)", "5.1.10", 556), ttl
+            records, ttl = [(0, name)], 300.0  # implicit MX: the domain's own A / AAAA
+        except dns.exception.DNSException:
+            return temporary(
+                f"DNS lookup of {shown(domain)} failed, will retry", enhanced="4.4.3"
+            ), NEGATIVE_TTL
+        if len(records) == 1 and records[0][1] == dns.name.root:
+            return permanent(
+                f"Domain {shown(domain)} accepts no mail (null MX)", "5.1.10", 556
+            ), ttl
+        hosts = first_hosts(order_mx(records, self.rng), MX_HOST_LIMIT)
+        found = await asyncio.gather(*(self._addresses(host) for _, host in hosts))
         targets: list[Target] = []
         refused = dns_trouble = 0
-        for preference, host in order_mx(records, self.rng):
-            addresses, trouble = await self._addresses(host)
+        for (preference, host), (addresses, trouble) in zip(hosts, found, strict=True):
             dns_trouble += trouble
             for address in addresses:
-                if forbidden(ipaddress.ip_address(address), self.allowed):
+                if forbidden(address, self.allowed):
                     refused += 1
                     continue
-                targets.append(Target(host, address, preference))
+                targets.append(Target(host.to_text(omit_final_dot=True), str(address), preference))
         if targets:
-            return targets, ttl
+            return targets[:MX_ADDRESS_LIMIT], ttl
         if dns_trouble:
             return temporary(
-                f"No address for the mail servers of {domain} yet", enhanced="4.4.3"
+                f"No address for the mail servers of {shown(domain)} yet", enhanced="4.4.3"
             ), NEGATIVE_TTL
         if refused:
             return permanent(
-                f"Mail servers of {domain} are on private or loopback addresses", "5.4.4", 550
+                f"Mail servers of {shown(domain)} are on private or loopback addresses",
+                "5.4.4",
+                550,
             ), ttl
-        return permanent(f"No mail server address found for {domain}", "5.4.4", 550), ttl
+        return permanent(f"No mail server address found for {shown(domain)}", "5.4.4", 550), ttl
 
-    async def _addresses(self, host: str) -> tuple[list[str], int]:
-        found: list[str] = []
-        trouble = 0
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self.resolver.resolve(host, rdtype)
-                found.extend(r.to_text() for r in answer)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-                continue
-            except (dns.resolver.NoNameservers, dns.exception.Timeout):
-                trouble += 1
-        return found, trouble
+    async def _addresses(self, host: dns.name.Name) -> tuple[list[IPAddress], int]:
+        """A host's addresses and how many of its two lookups hit DNS trouble."""
+        found: list[IPAddress] = []
+        if host == dns.name.root or domain_problem(host.to_text(omit_final_dot=True)):
+            return found, 0  # not a host name (null MX among others, or a hostile name)
+        answers = await asyncio.gather(*(self._query(host, t) for t in ("A", "AAAA")))
+        for answer in answers:
+            if answer is not None:
+                found.extend(answer)
+        return found, sum(answer is None for answer in answers)
+
+    async def _query(self, host: dns.name.Name, rdtype: str) -> list[IPAddress] | None:
+        """The addresses of one type, [] when there are none, None on DNS trouble."""
+        try:
+            answer = await self.resolver.resolve(host, rdtype)
+            return [ipaddress.ip_address(r.to_text()) for r in answer]
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except NAME_ERRORS:
+            return None

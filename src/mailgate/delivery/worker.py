@@ -20,7 +20,7 @@ from collections.abc import Callable
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.bounces import Failure, build_dsn
 from mailgate.delivery.mx import MxResolver, Target
-from mailgate.delivery.outcome import Outcome, Verdict, permanent
+from mailgate.delivery.outcome import Outcome, Verdict, permanent, temporary
 from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
 from mailgate.delivery.smtp_client import Session, Transaction
 from mailgate.errors import StoreError
@@ -104,11 +104,22 @@ class Deliverer:
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> None:
+        """Deliver until `stopping`. Raises what ended a worker or the watcher (a bug, not
+        a recipient's fault: those become outcomes), after stopping the others, so that
+        the process exits and is replaced instead of living on without delivering."""
         watcher = asyncio.create_task(self._watch())
+        workers = [asyncio.create_task(self._worker()) for _ in range(self.cfg.concurrency)]
+        tasks = {watcher, *workers}
         try:
-            await asyncio.gather(*(self._worker() for _ in range(self.cfg.concurrency)))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            watcher.cancel()
+            for task in tasks:
+                task.cancel()  # a worker cancelled in a claim hands its recipients back
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
 
     async def _watch(self) -> None:
         """Wake one idle worker per store notification (or each second, for retries that
@@ -171,11 +182,32 @@ class Deliverer:
                 )
         try:
             await self.deliver(claim)
-        except BaseException:
-            # anything unexpected: hand the recipients back rather than sit on the lease
-            await self.store.release(self.owner, [r.id for r in claim.recipients], self.clock())
+        except Exception as exc:
+            if isinstance(exc, StoreError):  # the store's trouble, not the recipients'
+                await self._release(claim)
+                raise
+            log.exception("delivery: unexpected error delivering to %s", claim.domain)
+            await self._defer_after_error(claim)
+        except BaseException:  # cancelled: hand the recipients back, do not sit on the lease
+            await self._release(claim)
             raise
         return True
+
+    async def _release(self, claim: Claim) -> None:
+        await self.store.release(self.owner, [r.id for r in claim.recipients], self.clock())
+
+    async def _defer_after_error(self, claim: Claim) -> None:
+        """Settle what a failed claim left unsettled as a local temporary failure: the
+        retry schedule applies and it expires in time, where handing it back would have
+        it claimed again at once, failing in a loop. Settled ones are skipped (fencing)."""
+        error = temporary("Local error while delivering, will retry", enhanced="4.3.0")
+        try:
+            messages = await self._load(claim)
+            settled = [self.decide(r, error, messages[r.message_id][0]) for r in claim.recipients]
+            await self.record(settled, list(claim.recipients), messages)
+        except Exception:
+            log.exception("delivery: could not record the error; handing %s back", claim.domain)
+            await self._release(claim)
 
     async def deliver(self, claim: Claim) -> None:
         messages = await self._load(claim)
