@@ -8,6 +8,11 @@ so large mail costs a few memory copies, not a Python call per line.
 The 250 after the final dot is sent only after accept() has returned, i.e. after
 the message is committed. Each connection is one `Session`; `SmtpRelay` owns the
 listening sockets and the connection limits.
+
+Memory per connection is bounded both ways: unread input by READ_LIMIT (reading
+pauses), DATA by max_message_size (past it the stream is counted and dropped), and
+unread output by the transport's write high-water mark: while a client does not read
+our replies we read none of its commands, and after idle_timeout we drop it.
 """
 
 from __future__ import annotations
@@ -33,8 +38,13 @@ from mailgate.ingress.smtp_rules import (
     SmtpReply,
     added_headers,
     data_problem,
+    drop_blank_message_id,
+    foreign_originator,
     header_facts,
+    mailbox_key,
+    param_problem,
     parse_path,
+    transaction_key,
     unstuff,
 )
 from mailgate.models import ApiKey, Idempotency, NewMessage, Scope, Source, domain_of, new_id
@@ -43,6 +53,12 @@ from mailgate.store import Store
 log = logging.getLogger("mailgate.smtp")
 
 READ_LIMIT = 1 << 20  # pause reading when this much is buffered and not yet handled
+WRITE_HIGH_WATER = 64 * 1024  # unread replies held before we stop reading commands
+OUT_BATCH = 64  # pipelined replies gathered before they are handed to the transport
+# Parameters of the extensions we advertise (SIZE, 8BITMIME, SMTPUTF8, AUTH: RFC 4954
+# 5 lets a client pass AUTH=<> on MAIL; we ignore its value). No DSN, so none on RCPT.
+MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH"})
+RCPT_PARAMS: frozenset[str] = frozenset()
 # Commands after which a client must wait for our reply (RFC 2920 section 3.1).
 SYNC_VERBS = {"EHLO", "HELO", "STARTTLS", "QUIT"}
 
@@ -71,6 +87,8 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.paused = False
+        self.write_blocked = False  # the transport's buffer is over its high-water mark
+        self.drained = asyncio.Event()
         self.out: list[bytes] = []
         self.client_ip = "unknown"
         self.tls = implicit_tls
@@ -84,7 +102,9 @@ class Session(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.mail_from: str | None = None
+        self.smtputf8 = False  # MAIL FROM carried SMTPUTF8: UTF-8 addresses allowed
         self.rcpts: list[str] = []
+        self.rcpt_keys: set[str] = set()
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,6 +114,7 @@ class Session(asyncio.Protocol):
             self.transport = tr
             return
         self.transport = tr
+        tr.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -106,6 +127,14 @@ class Session(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
 
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self.drained.clear()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self.drained.set()
+
     def eof_received(self) -> bool | None:
         self.closed = True
         self.more.set()
@@ -114,6 +143,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.more.set()
+        self.drained.set()
         self.relay.sessions.discard(self)
 
     # -- output ------------------------------------------------------------------
@@ -128,6 +158,24 @@ class Session(asyncio.Protocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(self.out))
         self.out.clear()
+
+    async def _backpressure(self) -> None:
+        """Hand gathered replies over; while the client is not reading them, read no
+        more of its commands. A client that stays blocked for idle_timeout is dropped
+        (aborted: closing politely would wait for it to read)."""
+        if len(self.out) >= OUT_BATCH:
+            self.flush()
+        if not self.write_blocked:
+            return
+        try:
+            await asyncio.wait_for(self.drained.wait(), self.cfg.idle_timeout)
+        except TimeoutError:
+            log.info("smtp: %s stopped reading replies; dropped", self.client_ip)
+            if self.transport is not None:
+                self.transport.abort()
+            raise _Closed from None
+        if self.closed:
+            raise _Closed
 
     def close_with(self, r: SmtpReply, *, enhanced: bool = False) -> None:
         """Reply and hang up. `enhanced` adds the status code before EHLO too, as
@@ -190,31 +238,42 @@ class Session(asyncio.Protocol):
     async def read_data(self, deadline: float) -> tuple[bytes | None, int]:
         """The DATA section up to CRLF.CRLF, unstuffed; (None, size) when over the limit.
 
-        Past the size limit only the last four bytes are kept, so memory stays flat
-        while an oversized stream is refused.
+        Scanned input moves out of `buf` into `body` (all but the last four bytes, which
+        may begin the end marker), so `buf` holds only unread input and reading pauses
+        and resumes on that alone. `body` stops growing once it is surely over the limit
+        (dot-stuffing adds at most one byte per three), so memory stays bounded by it.
         """
         limit = self.cfg.max_message_size
-        scanned = 0
-        dropped = 0
+        cap = limit + limit // 3 + 8  # stuffed bytes a message of `limit` bytes may take
+        body = bytearray()
+        moved = 0  # stuffed bytes moved out of buf, kept or not
         while True:
-            if not dropped and self.buf.startswith(b".\r\n"):  # the buffer starts the data
-                del self.buf[:3]
+            buf = self.buf
+            if not moved and buf.startswith(b".\r\n"):  # the buffer starts the data
+                del buf[:3]
                 return b"", 0
-            end = self.buf.find(b"\r\n.\r\n", max(0, scanned - 4))
+            end = buf.find(b"\r\n.\r\n")
             if end >= 0:
-                size = dropped + end + 2
-                if dropped:
-                    del self.buf[: end + 5]
+                size = moved + end + 2
+                if size > cap:
+                    del buf[: end + 5]
                     return None, size
-                data = bytes(self.buf[: end + 2])
-                del self.buf[: end + 5]
-                return unstuff(data), size
-            scanned = len(self.buf)
-            if dropped or scanned > limit + 5:
-                keep = self.buf[-4:]
-                dropped += len(self.buf) - len(keep)
-                self.buf[:] = keep
-                scanned = len(self.buf)
+                if moved:
+                    body += buf[: end + 2]
+                    stuffed = bytes(body)
+                else:
+                    stuffed = bytes(buf[: end + 2])  # the usual case: one buffer, one copy
+                del buf[: end + 5]
+                data = unstuff(stuffed)
+                return (data if len(data) <= limit else None), size
+            if len(buf) > 4:
+                n = len(buf) - 4
+                if moved + n <= cap:
+                    body += buf[:n]
+                else:
+                    body.clear()  # surely over the limit: count the rest, keep nothing
+                moved += n
+                del buf[:n]
             await self._wait_more(deadline)
 
     # -- the session ----------------------------------------------------------------
@@ -243,6 +302,7 @@ class Session(asyncio.Protocol):
             while True:
                 line = await self.read_line(deadline)
                 await self._command(line, deadline)
+                await self._backpressure()
         except _Closed:
             pass
         except Exception:  # never leak internals; log and end politely
@@ -437,7 +497,7 @@ class Session(asyncio.Protocol):
             self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, try later"))
         key_id = keys.key_id_of(secret)
         key = await keys.authenticate(self.relay.store, secret)
-        if key is not None and key.has(Scope.SEND) and not guard.key_locked(key_id):
+        if key is not None and key.has(Scope.SEND) and not guard.key_locked(key_id, self.client_ip):
             self.key = key
             self.reply(SmtpReply(235, "2.7.0", "Authentication successful"))
             return
@@ -461,17 +521,13 @@ class Session(asyncio.Protocol):
         if isinstance(path, SmtpReply):
             self.reply(path)
             return
-        size = path.params.get("SIZE")
-        if size is not None:
-            if not size.isdigit():
-                self.reply(SmtpReply(501, "5.5.4", "Bad SIZE parameter"))
-                return
-            if int(size) > self.cfg.max_message_size:
-                self.reply(SmtpReply(552, "5.3.4", "Message size exceeds fixed limit"))
-                return
-        body = path.params.get("BODY")
-        if body is not None and body.upper() not in ("7BIT", "8BITMIME"):
-            self.reply(SmtpReply(501, "5.5.4", "Bad BODY parameter"))
+        problem = param_problem(path.params, MAIL_PARAMS) or self._mail_params_problem(path.params)
+        if problem is not None:
+            self.reply(problem)
+            return
+        smtputf8 = "SMTPUTF8" in path.params
+        if not smtputf8 and not path.address.isascii():
+            self.reply(SmtpReply(553, "5.6.7", "Address requires SMTPUTF8"))
             return
         if (
             path.address
@@ -481,7 +537,23 @@ class Session(asyncio.Protocol):
             self.reply(SmtpReply(553, "5.7.1", "Sender address not allowed for this key"))
             return
         self.mail_from = path.address
+        self.smtputf8 = smtputf8
         self.reply(SmtpReply(250, "2.1.0", "Ok"))
+
+    def _mail_params_problem(self, params: dict[str, str | None]) -> SmtpReply | None:
+        if "SIZE" in params:
+            size = params["SIZE"] or ""
+            if not size.isdigit():
+                return SmtpReply(501, "5.5.4", "Bad SIZE parameter")
+            if int(size) > self.cfg.max_message_size:
+                return SmtpReply(552, "5.3.4", "Message size exceeds fixed limit")
+        if "BODY" in params and (params["BODY"] or "").upper() not in ("7BIT", "8BITMIME"):
+            return SmtpReply(501, "5.5.4", "Bad BODY parameter")
+        if params.get("SMTPUTF8") is not None:
+            return SmtpReply(501, "5.5.4", "SMTPUTF8 takes no value")
+        if "AUTH" in params and not params["AUTH"]:
+            return SmtpReply(501, "5.5.4", "Bad AUTH parameter")
+        return None
 
     def smtp_RCPT(self, arg: str) -> None:
         if self.mail_from is None:
@@ -491,12 +563,24 @@ class Session(asyncio.Protocol):
         if isinstance(path, SmtpReply):
             self.reply(path)
             return
+        problem = param_problem(path.params, RCPT_PARAMS)
+        if problem is not None:
+            self.reply(problem)
+            return
+        if not self.smtputf8 and not path.address.isascii():
+            self.reply(SmtpReply(553, "5.6.7", "Address requires SMTPUTF8"))
+            return
         if self.key is None and not self.relay.is_trusted(self.client_ip):
             self.reply(SmtpReply(554, "5.7.1", "Relay access denied: authenticate first"))
+            return
+        key = mailbox_key(path.address)
+        if key in self.rcpt_keys:  # the same mailbox twice: one copy, as Postfix does
+            self.reply(SmtpReply(250, "2.1.5", "Ok"))
             return
         if len(self.rcpts) >= self.cfg.max_recipients:
             self.reply(SmtpReply(452, "4.5.3", "Too many recipients"))
             return
+        self.rcpt_keys.add(key)
         self.rcpts.append(path.address)
         self.reply(SmtpReply(250, "2.1.5", "Ok"))
 
@@ -525,9 +609,10 @@ class Session(asyncio.Protocol):
             return problem
         facts = header_facts(data)
         if self.key is not None and self.key.sender_domains:
-            for addr in facts.from_addresses or ("",):
-                if not self.key.allows_sender(domain_of(addr)):
-                    return SmtpReply(553, "5.7.1", "From: address not allowed for this key")
+            field = foreign_originator(facts, self.key.allows_sender)
+            if field is not None:
+                return SmtpReply(553, "5.7.1", f"{field}: address not allowed for this key")
+        data = drop_blank_message_id(data, facts)
         queue_id = new_id()
         protocol = (
             ("ESMTP" if self.esmtp else "SMTP")
@@ -545,9 +630,17 @@ class Session(asyncio.Protocol):
         )
         now = time.time()
         idem = None
+        # A re-send is folded into the first copy only when it is the same transaction:
+        # same sender, the exact same recipients, the same bytes. That catches the one
+        # duplicate SMTP makes by itself (our 250 lost after the commit, the client sends
+        # again) and nothing else. Message-ID alone is not enough: a client re-sends one
+        # message to the recipients our 452 refused (RFC 5321 4.5.3.1.10), and apps send
+        # per-recipient copies under one Message-ID; a 250 must never stand for
+        # recipients that were not stored. Mail without a Message-ID is never folded:
+        # two alerts with the same text are two messages.
         if facts.message_id and self.cfg.dedupe_window > 0:
             idem = Idempotency(
-                "smtp-message-id:" + facts.message_id[:900],
+                "smtp-transaction:" + transaction_key(self.mail_from or "", self.rcpts, data),
                 "",
                 queue_id,
                 now + self.cfg.dedupe_window,

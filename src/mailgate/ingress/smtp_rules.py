@@ -5,8 +5,10 @@ No I/O here; smtp_relay.py calls these and turns their answers into replies.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate, getaddresses
 
@@ -53,7 +55,10 @@ def parse_path(arg: str, keyword: str) -> Path | SmtpReply:
         m = _PARAM.match(word)
         if not m:
             return SmtpReply(501, "5.5.4", f"Bad parameter: {word[:40]}")
-        params[m.group(1).upper()] = m.group(2)
+        name = m.group(1).upper()
+        if name in params:  # "last one wins" would hide what the client meant
+            return SmtpReply(501, "5.5.4", f"Duplicate parameter {name[:40]}")
+        params[name] = m.group(2)
     if address == "" and keyword == "FROM":
         return Path("", params)
     problem = address_problem(address)
@@ -61,6 +66,33 @@ def parse_path(arg: str, keyword: str) -> Path | SmtpReply:
         code = "5.1.7" if keyword == "FROM" else "5.1.3"
         return SmtpReply(553 if keyword == "TO" else 501, code, problem)
     return Path(address, params)
+
+
+def param_problem(params: Iterable[str], supported: frozenset[str]) -> SmtpReply | None:
+    """555 for a parameter of an extension we do not offer (RFC 5321 4.1.1.11; Postfix
+    does the same). DSN is not offered, so NOTIFY, ORCPT, RET and ENVID land here: a
+    client asking for notifications must learn it will not get them."""
+    for name in params:
+        if name not in supported:
+            return SmtpReply(555, "5.5.4", f"Unsupported parameter {name[:40]}")
+    return None
+
+
+def mailbox_key(address: str) -> str:
+    """The form two RCPTs are compared in: local part exact, domain case-insensitive."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}{at}{domain.lower()}"
+
+
+def transaction_key(sender: str, recipients: Iterable[str], data: bytes) -> str:
+    """Names one whole SMTP transaction: envelope sender, the exact recipient list and
+    the message bytes. Equal keys mean a true re-send of the same transaction."""
+    h = hashlib.sha256()
+    for part in (sender, *recipients):
+        h.update(part.encode("utf-8", "surrogateescape") + b"\x00")
+    h.update(b"\x00")
+    h.update(data)
+    return h.hexdigest()
 
 
 def data_problem(data: bytes, max_line: int = MAX_LINE) -> SmtpReply | None:
@@ -83,16 +115,24 @@ def unstuff(data: bytes) -> bytes:
     return data.replace(b"\r\n..", b"\r\n.")
 
 
+# Header fields that name who wrote or sent the message (RFC 5322 3.6.2 and 3.6.6): a
+# domain-limited key may use its own domains in every one of them.
+ORIGINATOR_FIELDS = ("From", "Sender", "Resent-From", "Resent-Sender")
+
+
 @dataclass(frozen=True, slots=True)
 class HeaderFacts:
-    message_id: str | None
+    message_id: str | None  # None when absent, empty or blank (a fresh one is added)
     has_date: bool
     from_addresses: tuple[str, ...]
     subject: str | None
+    # (field name as in ORIGINATOR_FIELDS, addr-spec) for every originator address
+    originators: tuple[tuple[str, str], ...] = ()
+    blank_message_id: bool = False  # the message has a Message-ID: field with no value
 
 
 def header_facts(data: bytes) -> HeaderFacts:
-    """Message-ID, Date presence, From addr-specs and Subject of the header block."""
+    """Message-ID, Date presence, originator addr-specs and Subject of the header block."""
     end = data.find(b"\r\n\r\n")
     block = data if end < 0 else data[: end + 2]
     fields: dict[str, list[str]] = {}
@@ -108,10 +148,55 @@ def header_facts(data: bytes) -> HeaderFacts:
             break  # not a header: the body started without a blank line
         name = head.strip().decode("ascii", "replace").lower()
         fields.setdefault(name, []).append(value.strip().decode("utf-8", "replace"))
-    mid = fields.get("message-id", [None])[0]
-    froms = tuple(a for _, a in getaddresses(fields.get("from", [])) if a)
+    mids = [m.strip() for m in fields.get("message-id", [])]
+    mid = next((m for m in mids if m), None)
+    originators = tuple(
+        (name, a)
+        for name in ORIGINATOR_FIELDS
+        for _, a in getaddresses(fields.get(name.lower(), []))
+        if a
+    )
+    froms = tuple(a for name, a in originators if name == "From")
     subject = fields.get("subject", [None])[0]
-    return HeaderFacts(mid, "date" in fields, froms, subject)
+    return HeaderFacts(
+        mid, "date" in fields, froms, subject, originators, blank_message_id="" in mids
+    )
+
+
+def foreign_originator(facts: HeaderFacts, allows: Callable[[str], bool]) -> str | None:
+    """The first originator field holding an address whose domain `allows` refuses, or
+    None. A message without From counts as a refused From (a domain-limited key must
+    say who it is)."""
+    if not facts.from_addresses and not allows(""):
+        return "From"
+    for name, address in facts.originators:
+        if not allows(address.rpartition("@")[2].lower()):
+            return name
+    return None
+
+
+def drop_blank_message_id(data: bytes, facts: HeaderFacts) -> bytes:
+    """The message without its blank `Message-ID:` fields (added_headers puts a fresh one
+    on top): one Message-ID per message, RFC 5322 3.6. Folded lines go with their field."""
+    if not facts.blank_message_id:
+        return data
+    lines = data.split(b"\r\n")
+    kept: list[bytes] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line or (line[:1] not in (b" ", b"\t") and b":" not in line):
+            break  # the end of the header block: the rest is body
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
+            j += 1
+        field = lines[i:j]
+        name, _, value = line.partition(b":")
+        blank = not value.strip() and not any(x.strip() for x in field[1:])
+        if not (name.strip().lower() == b"message-id" and blank):
+            kept.extend(field)
+        i = j
+    return b"\r\n".join(kept + lines[i:])
 
 
 def added_headers(

@@ -7,8 +7,13 @@ import ssl
 
 
 class Dialog:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
-        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection((host, port), timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 10, source: str | None = None
+    ) -> None:
+        """`source`: the local address to connect from (any 127.x.y.z works on Linux)."""
+        self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
+            (host, port), timeout, source_address=(source, 0) if source else None
+        )
         self.pending = b""
 
     def read_reply(self) -> tuple[int, str]:
@@ -49,8 +54,8 @@ class Dialog:
         self.close()
 
 
-def greeted(port: int, helo: str = "EHLO client.test") -> Dialog:
-    d = Dialog(port)
+def greeted(port: int, helo: str = "EHLO client.test", source: str | None = None) -> Dialog:
+    d = Dialog(port, source=source)
     code, _ = d.read_reply()
     assert code == 220
     code, _ = d.cmd(helo)
