@@ -47,3 +47,33 @@ def test_private_addresses_are_forbidden_unless_allowed() -> None:
     allowed = [ipaddress.ip_network("127.0.0.0/8")]
     assert not forbidden(ip("127.0.0.1"), allowed)
     assert not forbidden(ip("::ffff:127.0.0.1"), allowed)
+
+
+def test_only_global_unicast_destinations_pass() -> None:
+    """CGNAT (where cloud metadata lives) and IPv6 forms that carry a private IPv4 address
+    to its destination are as private as 10/8 (issue 11, finding 7)."""
+    ip = ipaddress.ip_address
+    for bad in (
+        "100.64.0.1",
+        "100.100.100.200",  # cloud metadata
+        "198.18.0.1",  # benchmarking
+        "192.0.2.1",  # documentation
+        "240.0.0.1",  # reserved
+        "224.0.0.1",
+        "2002:7f00::1",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:6464:64c8::1",  # 6to4 of 100.100.100.200
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::6464:64c8",  # NAT64 of 100.100.100.200
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "::7f00:1",  # IPv4-compatible (deprecated)
+        "::808:808",
+        "ff0e::1",  # global-scope multicast
+        "fc00::1",
+        "2001:db8::1",
+    ):
+        assert forbidden(ip(bad), []), bad
+    for good in ("8.8.8.8", "2606:4700::1", "2002:808:808::1", "64:ff9b::808:808"):
+        assert not forbidden(ip(good), []), good
+    assert not forbidden(ip("100.100.100.200"), [ipaddress.ip_network("100.64.0.0/10")])

@@ -34,10 +34,11 @@ MX_HOST_LIMIT = 5  # MX names whose addresses are looked up, best preference fir
 MX_ADDRESS_LIMIT = 10  # addresses tried per domain
 # Name errors: the domain cannot be written as a DNS name at all.
 NAME_ERRORS = (dns.exception.DNSException, UnicodeError, ValueError)
-# IPv6 ranges that carry an IPv4 address in their last 32 bits (NAT64, RFC 6052) or that
-# are deprecated forms of one (IPv4-compatible, RFC 4291 2.5.5.1).
+# NAT64 (RFC 6052) carries an IPv4 address in its last 32 bits to that address.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Not globally reachable, though Python 3.11 says is_global: IPv4-compatible addresses
+# (deprecated, RFC 4291 2.5.5.1) and local-use NAT64 (RFC 8215).
+_NEVER_GLOBAL = (ipaddress.ip_network("::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 T = TypeVar("T")
 
@@ -74,7 +75,7 @@ def forbidden(address: IPAddress, allowed: list[Network]) -> bool:
         address = address.ipv4_mapped
     if any(address in net for net in allowed):
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address in _V4_COMPATIBLE:
+    if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NEVER_GLOBAL):
         return True
     return not all(a.is_global and not a.is_multicast for a in embedded(address))
 

@@ -127,9 +127,11 @@ class Deliverer:
         while not self.stopping.is_set():
             stop = asyncio.ensure_future(self.stopping.wait())
             work = asyncio.ensure_future(self.store.wait_for_work(1.0))
-            await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (stop, work):
-                task.cancel()
+            try:
+                await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled too: leave no waiter behind
+                for task in (stop, work):
+                    task.cancel()
             if self.stopping.is_set():
                 break
             if work.done() and not work.cancelled():
