@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate.addresses import address_problem
-from mailgate.ingress.smtp_rules import data_problem, header_facts, unstuff
+from mailgate.ingress.smtp_rules import (
+    added_headers,
+    data_problem,
+    drop_blank_message_id,
+    foreign_originator,
+    header_facts,
+    transaction_key,
+    unstuff,
+)
 
 BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 
@@ -56,3 +64,49 @@ def test_addresses() -> None:
         "x" * 65 + "@c.com",
     ):
         assert address_problem(bad) is not None, bad
+
+
+def test_blank_message_id_counts_as_absent_and_is_dropped() -> None:
+    raw = b"From: a@x.test\r\nMessage-ID:  \r\n\t\r\nSubject: s\r\n\r\nMessage-ID:\r\n"
+    facts = header_facts(raw)
+    assert facts.message_id is None and facts.blank_message_id
+    # the body's look-alike line stays; the header's blank field goes with its fold
+    assert drop_blank_message_id(raw, facts) == (
+        b"From: a@x.test\r\nSubject: s\r\n\r\nMessage-ID:\r\n"
+    )
+    head = added_headers(
+        facts, hostname="h.test", helo="c", client_ip="1.2.3.4", protocol="ESMTP",
+        queue_id="Q", recipients=["b@y.test"],
+    )  # fmt: skip
+    assert b"\r\nMessage-ID: <" in head  # the raw HTTP path gets a fresh one too
+
+
+def test_folded_message_id_is_kept() -> None:
+    raw = b"Message-ID:\r\n <m@x.test>\r\nMessage-ID:\r\nSubject: s\r\n\r\nb"
+    facts = header_facts(raw)
+    assert facts.message_id == "<m@x.test>" and facts.blank_message_id
+    assert drop_blank_message_id(raw, facts) == (
+        b"Message-ID:\r\n <m@x.test>\r\nSubject: s\r\n\r\nb"
+    )
+
+
+def test_every_originator_field_is_checked() -> None:
+    facts = header_facts(
+        b"From: a@ok.test\r\nSender: b@ok.test\r\nResent-From: x@ok.test, y@bad.test\r\n\r\n"
+    )
+    assert facts.originators[-1] == ("Resent-From", "y@bad.test")
+    assert foreign_originator(facts, lambda d: d == "ok.test") == "Resent-From"
+    assert foreign_originator(facts, lambda d: d in ("ok.test", "bad.test")) is None
+    assert foreign_originator(header_facts(b"Subject: s\r\n\r\n"), lambda d: False) == "From"
+
+
+def test_transaction_key_covers_sender_recipients_and_bytes() -> None:
+    base = transaction_key("a@x.test", ["b@y.test", "c@y.test"], b"data")
+    assert base == transaction_key("a@x.test", ["b@y.test", "c@y.test"], b"data")
+    for other in (
+        transaction_key("z@x.test", ["b@y.test", "c@y.test"], b"data"),
+        transaction_key("a@x.test", ["b@y.test"], b"data"),
+        transaction_key("a@x.test", ["b@y.testc@y.test"], b"data"),
+        transaction_key("a@x.test", ["b@y.test", "c@y.test"], b"datA"),
+    ):
+        assert other != base

@@ -18,7 +18,7 @@ class Dialog:
 
     def read_reply(self) -> tuple[int, str]:
         """One whole (possibly multi-line) reply: (code, text of the last line)."""
-        lines = []
+        lines: list[str] = []
         while True:
             while b"\r\n" not in self.pending:
                 chunk = self.sock.recv(65536)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mailgate.auth_guard import AuthGuard
 from tests.ingress.conftest import RunningServer, make_config, start_server
 from tests.ingress.smtp_relay.dialog import greeted
 
@@ -88,3 +89,34 @@ def test_auth_not_offered_in_plaintext_to_remote_clients(tmp_path, ca) -> None: 
         assert relay is not None
         assert relay.is_loopback("127.0.0.1") and relay.is_loopback("::ffff:127.0.0.1")
         assert not relay.is_loopback("192.0.2.1")
+
+
+def test_failures_on_a_key_lock_the_failing_address_not_the_owner(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_config(
+        tmp_path, ca, auth={"failures_per_key": 2, "failures_per_ip": 50}, max_auth_failures=5
+    )
+    for srv in start_server(cfg, ca):
+        # The attacker knows the key's visible id (it is in logs) but not its secret.
+        wrong = srv.send_key[:-4] + ("AAAA" if not srv.send_key.endswith("AAAA") else "BBBB")
+        right = f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + srv.send_key)}"
+        with greeted(srv.smtp_port, source="127.0.0.1") as attacker:
+            for _ in range(3):
+                assert attacker.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + wrong)}")[0] == 535
+            # the key is now locked for this address: even the right secret gets the
+            # very same reply as a wrong one
+            assert attacker.cmd(right) == (535, "535 5.7.8 Authentication credentials invalid")
+        with greeted(srv.smtp_port, source="127.0.0.2") as owner:  # a clean address
+            assert owner.cmd(right) == (235, "235 2.7.0 Authentication successful")
+
+
+def test_auth_guard_key_lock_needs_the_address_to_have_failed() -> None:
+    now = [1000.0]
+    guard = AuthGuard(per_ip=100, per_key=3, window=60, clock=lambda: now[0])
+    for ip in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
+        guard.failed(ip, "KEY")
+    assert guard.key_locked("KEY", "192.0.2.1") and guard.key_locked("KEY", "192.0.2.2")
+    assert not guard.key_locked("KEY", "198.51.100.7")  # never failed on it
+    assert guard.key_locked("KEY")  # the older call, without an address: locked for all
+    assert not guard.key_locked("OTHER", "192.0.2.1")
+    now[0] += 61  # the window passes
+    assert not guard.key_locked("KEY", "192.0.2.1")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import resource
+from collections.abc import Awaitable, Callable
+from email import message_from_bytes, policy
 
 from mailgate.errors import StoreUnavailable
+from mailgate.store import Store
 from tests.ingress.conftest import RunningServer, make_config, start_server
 from tests.ingress.smtp_relay.dialog import Dialog, greeted
 
@@ -73,3 +76,22 @@ def test_same_message_id_from_same_key_is_queued_once(server: RunningServer) -> 
             ids.append(text.rsplit(" ", 1)[1])
     assert ids[0] == ids[1]
     assert sum(server.call(lambda s: s.status_counts()).values()) == 1
+
+
+def _raw_of(queue_id: str) -> Callable[[Store], Awaitable[bytes | None]]:
+    return lambda s: s.get_raw(queue_id)
+
+
+def test_blank_message_id_is_replaced_by_a_fresh_one(server: RunningServer) -> None:
+    for blank in ("Message-ID:", "Message-ID:   ", "Message-Id:\r\n \t"):
+        with greeted(server.smtp_port) as d:
+            _transaction(d)
+            d.send(f"From: a@example.org\r\n{blank}\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
+            code, text = d.read_reply()
+            assert code == 250
+        raw = server.call(_raw_of(text.rsplit(" ", 1)[1]))
+        assert raw is not None
+        head = message_from_bytes(raw, policy=policy.default)
+        ids = head.get_all("Message-ID")
+        assert ids is not None and len(ids) == 1 and ids[0].strip().startswith("<"), raw
+        assert raw.endswith(b"From: a@example.org\r\nSubject: x\r\n\r\nhi\r\n")

@@ -66,3 +66,32 @@ def test_restricted_key_checks_the_from_header_addr_spec(server: RunningServer) 
         d.cmd("DATA")
         d.send('From: "ceo@evil.test" <bob@example.org>\r\nSubject: x\r\n\r\nhi\r\n.\r\n')
         assert d.read_reply()[0] == 250
+
+
+@pytest.mark.parametrize("field", ["Sender", "Resent-From", "Resent-Sender", "From"])
+def test_restricted_key_checks_every_originator_field(server: RunningServer, field: str) -> None:
+    head = {"From": "bob@example.org", field: "Boss <ceo@evil.test>"}
+    message = "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "Subject: x\r\n\r\nhi\r\n.\r\n"
+    with greeted(server.smtp_port) as d:
+        _auth(d, server.restricted_key)
+        d.cmd("MAIL FROM:<bob@example.org>")
+        d.cmd("RCPT TO:<alice@example.com>")
+        assert d.cmd("DATA")[0] == 354
+        d.send(message)
+        assert d.read_reply() == (553, f"553 5.7.1 {field}: address not allowed for this key")
+        d.cmd("MAIL FROM:<bob@example.org>")
+        d.cmd("RCPT TO:<alice@example.com>")
+        d.cmd("DATA")
+        d.send(message.replace("evil.test", "EXAMPLE.org"))
+        assert d.read_reply()[0] == 250
+    assert sum(server.call(lambda s: s.status_counts()).values()) == 1
+
+
+def test_restricted_key_needs_a_from_header(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        _auth(d, server.restricted_key)
+        d.cmd("MAIL FROM:<bob@example.org>")
+        d.cmd("RCPT TO:<alice@example.com>")
+        d.cmd("DATA")
+        d.send("Sender: bob@example.org\r\nSubject: x\r\n\r\nhi\r\n.\r\n")
+        assert d.read_reply() == (553, "553 5.7.1 From: address not allowed for this key")

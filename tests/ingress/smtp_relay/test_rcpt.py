@@ -56,3 +56,25 @@ def test_untrusted_client_without_auth_cannot_relay(tmp_path, ca) -> None:  # ty
         assert srv.call(lambda s: s.status_counts())
         counts = srv.call(lambda s: s.status_counts())
         assert sum(counts.values()) == 0
+
+
+def test_the_same_recipient_twice_is_stored_once(server: RunningServer) -> None:
+    with greeted(server.smtp_port) as d:
+        d.cmd("MAIL FROM:<a@example.org>")
+        for rcpt in ("b@example.com", "b@EXAMPLE.com", "b@example.com", "B@example.com"):
+            assert d.cmd(f"RCPT TO:<{rcpt}>") == (250, "250 2.1.5 Ok")
+        d.cmd("DATA")
+        d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+        code, text = d.read_reply()
+        assert code == 250
+    rcpts = server.call(lambda s: s.recipients(text.rsplit(" ", 1)[1]))
+    # the domain is compared without case, the local part exactly (RFC 5321 2.4)
+    assert sorted(r.address for r in rcpts) == ["B@example.com", "b@example.com"]
+
+
+def test_duplicates_do_not_use_up_the_recipient_limit(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    for srv in start_server(make_config(tmp_path, ca, max_recipients=2), ca):
+        with greeted(srv.smtp_port) as d:
+            d.cmd("MAIL FROM:<a@example.org>")
+            codes = [d.cmd(f"RCPT TO:<{r}@example.com>")[0] for r in ("x", "x", "y", "z")]
+            assert codes == [250, 250, 250, 452]
