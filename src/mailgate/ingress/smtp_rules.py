@@ -153,7 +153,8 @@ def header_facts(data: bytes) -> HeaderFacts:
     originators = tuple(
         (name, a)
         for name in ORIGINATOR_FIELDS
-        for _, a in getaddresses(fields.get(name.lower(), []))
+        if name.lower() in fields
+        for _, a in getaddresses(fields[name.lower()])
         if a
     )
     froms = tuple(a for name, a in originators if name == "From")
