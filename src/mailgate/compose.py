@@ -13,9 +13,12 @@ import base64
 import binascii
 import functools
 import os
+import re
 from dataclasses import dataclass
-from email.header import Header
-from email.utils import encode_rfc2231, formataddr, formatdate
+from email.utils import formatdate
+from urllib.parse import quote
+
+from mailgate.addresses import ascii_domain
 
 CRLF = "\r\n"
 
@@ -50,35 +53,112 @@ def _ascii(text: str) -> bool:
     return text.isascii()
 
 
+# RFC 2047 2: an encoded word is at most 75 characters. "=?utf-8?b?" + "?=" leave 63 for
+# base64, i.e. 45 octets; lines of one word and a space stay within 78 (RFC 5322 2.1.1).
+_WORD_OCTETS = 45
+_EW_OVERHEAD = len("=?utf-8?b??=")
+
+
+def _encoded_words(text: str, first_room: int = 78) -> list[str]:
+    """`text` as RFC 2047 base64 words of at most 75 characters, never cutting a UTF-8
+    character, cut after a space where one is near (decoders join adjacent words).
+    The first word fits in `first_room` characters when that holds one character."""
+    raw = text.encode("utf-8")
+    words, start = [], 0
+    room = max(1, (first_room - _EW_OVERHEAD) // 4 * 3)
+    while start < len(raw):
+        end = min(start + min(room, _WORD_OCTETS), len(raw))
+        while end < len(raw) and end > start and raw[end] & 0xC0 == 0x80:
+            end -= 1  # a continuation octet: cut before its character
+        if end == start:  # one character larger than the room: give it a word alone
+            end = start + 1
+            while end < len(raw) and raw[end] & 0xC0 == 0x80:
+                end += 1
+        elif end < len(raw):
+            space = raw.rfind(b" ", start + (end - start) // 2, end)
+            end = space + 1 if space >= 0 else end
+        chunk = binascii.b2a_base64(raw[start:end], newline=False).decode("ascii")
+        words.append(f"=?utf-8?b?{chunk}?=")
+        start, room = end, _WORD_OCTETS
+    return words
+
+
+# Text a reader would decode as an RFC 2047 word is itself sent encoded, or it would not
+# read back as the text given.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+
+
+def _looks_encoded(text: str) -> bool:
+    return "=?" in text and _ENCODED_WORD.search(text) is not None
+
+
 def header_value(name: str, value: str) -> str:
-    """An unstructured header value: as is when short ASCII, else RFC 2047 words, folded."""
-    if _ascii(value) and len(name) + len(value) < 76:
-        return value
-    if _ascii(value) and all(len(w) < 70 for w in value.split(" ")):
-        return _fold_words(name, value)
-    return Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+    """An unstructured header value: as is when short ASCII, folded at spaces when long
+    ASCII, else RFC 2047 words one per line. No line over 78 octets but for an ASCII
+    word longer than that (a URL in a custom header), and never over 998. Leading
+    whitespace is encoded too: parsers drop it after the colon."""
+    if _ascii(value) and value[:1] not in (" ", "\t") and not _looks_encoded(value):
+        if len(name) + len(value) <= 76:
+            return value
+        if max(map(len, value.split(" "))) <= 990 - len(name):
+            return _fold_words(name, value)
+    return (CRLF + " ").join(_encoded_words(value, 78 - len(name) - 2))
 
 
 def _fold_words(name: str, value: str) -> str:
-    lines, current = [], ""
-    width = 76 - len(name) - 2
+    """Fold before a word that would pass column 78; the space before it becomes the
+    folding whitespace, so unfolding gives the value back. Never a blank line."""
+    lines: list[str] = []
+    words: list[str] = []
+    column = len(name) + 1
     for word in value.split(" "):
-        if current and len(current) + 1 + len(word) > width:
-            lines.append(current)
-            current, width = word, 76
-        else:
-            current = f"{current} {word}" if current else word
-    lines.append(current)
+        if word and column + 1 + len(word) > 78 and any(words):
+            lines.append(" ".join(words))
+            words, column = [], 0
+        words.append(word)
+        column += 1 + len(word)
+    lines.append(" ".join(words))
     return (CRLF + " ").join(lines)
 
 
-def address_list(mailboxes: tuple[tuple[str, str], ...]) -> str:
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
+
+def header_address(address: str) -> str:
+    """The addr-spec as a header carries it: domain as A-labels (what DNS and the
+    envelope resolve), a UTF-8 local part raw (RFC 6532: never as encoded words)."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    return f"{local}@{ascii_domain(domain)}"
+
+
+def _mailbox(name: str, address: str, room: int) -> str:
+    addr = header_address(address)
+    size = len(addr) if addr.isascii() else len(addr.encode())  # lines count octets
+    if not name:
+        return addr
+    short = _ascii(name) and name.isprintable() and len(name) + size + 5 <= room
+    if short and not _looks_encoded(name):
+        if any(c in _SPECIALS for c in name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{name} <{addr}>"
+    words = _encoded_words(name, room)
+    lines = (CRLF + " ").join(words)
+    last = len(words[-1]) + size + 3  # the last word, a space and <addr>
+    if last + 1 <= 77 and (len(words) > 1 or last <= room):
+        return f"{lines} <{addr}>"
+    return f"{lines}{CRLF} <{addr}>"
+
+
+def address_list(mailboxes: tuple[tuple[str, str], ...], name: str = "To") -> str:
+    """Mailboxes one per line; display names that are not short printable ASCII become
+    RFC 2047 words of at most 75 characters."""
     parts = []
-    for name, address in mailboxes:
-        local, _, domain = address.rpartition("@")
-        if not domain.isascii():
-            domain = domain.encode("idna").decode("ascii")
-        parts.append(formataddr((name, f"{local}@{domain}"), charset="utf-8"))
+    room = 78 - len(name) - 2 - 1  # "Name: " before, "," after
+    for display, address in mailboxes:
+        parts.append(_mailbox(display, address, room))
+        room = 78 - 1 - 1  # later mailboxes start a line with a space
     return ("," + CRLF + " ").join(parts)
 
 
@@ -127,17 +207,38 @@ def _qp_printable(text: str) -> bytes | None:
     return b"\r\n".join(out)
 
 
+def _param_lines(param: str, value: str) -> list[str]:
+    """`param="value"` when short printable ASCII, else RFC 2231 sections of at most
+    about 60 characters (param*0*=utf-8''...;, param*1*=...), each a whole character."""
+    simple = value.isascii() and value.isprintable() and '"' not in value
+    if len(value) <= 60 and simple and "\\" not in value:
+        return [f'{param}="{value}"']
+    chunks, current, room = [], "", 50  # the first section also carries utf-8''
+    for char in value:
+        encoded = quote(char, safe="", encoding="utf-8")
+        if current and len(current) + len(encoded) > room:
+            chunks.append(current)
+            current, room = "", 60
+        current += encoded
+    chunks.append(current)
+    if len(chunks) == 1:
+        return [f"{param}*=utf-8''{chunks[0]}"]
+    chunks[0] = "utf-8''" + chunks[0]
+    return [f"{param}*{i}*={chunk}" for i, chunk in enumerate(chunks)]
+
+
+def _with_params(head: str, params: list[str]) -> str:
+    if len(params) == 1 and len(head) + 2 + len(params[0]) <= 78:
+        return f"{head}; {params[0]}"
+    return head + ";" + CRLF + " " + (";" + CRLF + " ").join(params)
+
+
 def _attachment_part(a: Attachment) -> tuple[list[str], bytes]:
-    if a.filename.isascii() and '"' not in a.filename and "\\" not in a.filename:
-        fname = f'filename="{a.filename}"'
-        cname = f'name="{a.filename}"'
-    else:
-        fname = f"filename*={encode_rfc2231(a.filename, 'utf-8')}"
-        cname = f"name*={encode_rfc2231(a.filename, 'utf-8')}"
+    disposition = "inline" if a.inline else "attachment"
     headers = [
-        f"Content-Type: {a.content_type}; {cname}",
+        _with_params(f"Content-Type: {a.content_type}", _param_lines("name", a.filename)),
         "Content-Transfer-Encoding: base64",
-        f"Content-Disposition: {'inline' if a.inline else 'attachment'}; {fname}",
+        _with_params(f"Content-Disposition: {disposition}", _param_lines("filename", a.filename)),
     ]
     if a.content_id:
         headers.append(f"Content-ID: <{a.content_id}>")
@@ -180,16 +281,16 @@ def _date(second: int) -> str:
 def compose(d: Draft) -> bytes:
     """The message as bytes ready to store and send."""
     head = [
-        f"From: {address_list((d.sender,))}",
+        f"From: {address_list((d.sender,), 'From')}",
         f"Date: {_date(int(d.date))}",
         f"Message-ID: {d.message_id}",
     ]
     if d.to:
-        head.append(f"To: {address_list(d.to)}")
+        head.append(f"To: {address_list(d.to, 'To')}")
     if d.cc:
-        head.append(f"Cc: {address_list(d.cc)}")
+        head.append(f"Cc: {address_list(d.cc, 'Cc')}")
     if d.reply_to:
-        head.append(f"Reply-To: {address_list(d.reply_to)}")
+        head.append(f"Reply-To: {address_list(d.reply_to, 'Reply-To')}")
     if d.subject is not None:
         head.append(f"Subject: {header_value('Subject', d.subject)}")
     if d.in_reply_to:
@@ -201,4 +302,5 @@ def compose(d: Draft) -> bytes:
     head.append("MIME-Version: 1.0")
     body_headers, body = _body(d)
     head += body_headers
-    return (CRLF.join(head) + CRLF + CRLF).encode("ascii") + body
+    # UTF-8 only where an address has a UTF-8 local part (RFC 6532); else all ASCII.
+    return (CRLF.join(head) + CRLF + CRLF).encode("utf-8") + body
