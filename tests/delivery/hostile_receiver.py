@@ -48,6 +48,7 @@ class Plan:
     greeting: Say = Say(220, "hostile.test ESMTP")
     ehlo: Say | None = None
     extensions: tuple[str, ...] = ("PIPELINING", "8BITMIME")
+    ehlo_extra: bytes = b""  # unsolicited bytes after the default EHLO reply
     helo: Say = Say(250, "hostile.test")
     starttls: Say = Say(220, "2.0.0 go ahead")
     mail: Say = Say(250, "2.1.0 ok")
@@ -168,7 +169,7 @@ class HostileReceiver:
             verb = command[:4].upper()
             if verb == b"EHLO":
                 offered = plan.extensions + (("STARTTLS",) if plan.tls and not tls else ())
-                answer = plan.ehlo or Say(250, "hostile.test", offered)
+                answer = plan.ehlo or Say(250, "hostile.test", offered, plan.ehlo_extra)
             elif verb == b"HELO":
                 answer = plan.helo
             elif verb == b"STAR" and plan.tls and not tls:

@@ -489,7 +489,7 @@ class Session:
             return
         try:
             if (await conn.command(b"RSET", self.cfg.command_timeout)).code != 250:
-                await self.close()
+                await self.drop()
         except ConnectionLost:
             await self.drop()  # the outcomes already read stand
 
