@@ -15,8 +15,10 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
+from email.utils import formatdate, getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +241,7 @@ class Api:
         return key, body, idem, replay
 
     async def body(self, request: Request, types: tuple[str, ...] = JSON_TYPES) -> bytes:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in types:
+        if _media_type(request) not in types:
             raise ApiError(
                 415, "unsupported_media_type", f"Content-Type must be {' or '.join(types)}"
             )
@@ -264,7 +265,7 @@ class Api:
         def at(name: str) -> str:
             return f"{prefix}.{name}" if prefix else name
 
-        sender = _mailbox(req.from_)
+        sender = mailbox(req.from_)
         if not key.allows_sender(domain_of(sender[1])):
             raise ApiError(
                 403, "sender_not_allowed", "This key may not send from that domain", at("from")
@@ -290,12 +291,12 @@ class Api:
         now = time.time()
         mid = new_id(now)  # the stored id is also the Message-ID's local part
         message_id = f"<{mid}@{self.hostname}>"
-        to, cc = tuple(map(_mailbox, req.to)), tuple(map(_mailbox, req.cc))
+        to, cc = tuple(map(mailbox, req.to)), tuple(map(mailbox, req.cc))
         draft = Draft(
             sender=sender,
             to=to,
             cc=cc,
-            reply_to=tuple(map(_mailbox, req.reply_to)),
+            reply_to=tuple(map(mailbox, req.reply_to)),
             subject=subject,
             text=req.text,
             html=req.html,
@@ -309,7 +310,7 @@ class Api:
             message_id=message_id,
             date=now,
         )
-        bcc = map(_mailbox, req.bcc)
+        bcc = map(mailbox, req.bcc)
         envelope = tuple(dict.fromkeys(address for _, address in (*to, *cc, *bcc)))
         return NewMessage(
             id=mid,
@@ -355,6 +356,10 @@ class Api:
     def raw_message(
         self, raw: bytes, sender: str, to: list[str], key: ApiKey, tags: tuple[str, ...] = ()
     ) -> NewMessage:
+        """A complete message as given, but: Bcc and Resent-Bcc removed (as sendmail -t
+        does; the envelope is `to` alone), empty Message-IDs replaced, Date added when
+        missing; refused without exactly one From, or with From, Sender, Resent-From or
+        Resent-Sender outside a domain-limited key's domains."""
         if sender:
             problem = address_problem(sender)
             if problem is not None:
@@ -368,19 +373,27 @@ class Api:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         if max(len(line) for line in raw.split(b"\r\n")) > 998:
             raise ApiError(422, "invalid_field", "A line is longer than 998 octets", "raw")
-        facts = header_facts(raw)
-        if key.sender_domains and not all(
-            key.allows_sender(domain_of(a)) for a in facts.from_addresses or ("",)
-        ):
-            raise ApiError(
-                403, "sender_not_allowed", "From: address not allowed for this key", "raw"
-            )
+        fields, rest = _split_head(raw)
+        fields = [f for f in fields if f.name not in _DROPPED and not _empty_message_id(f)]
+        _check_senders(fields, key)
         if len(to) > self.cfg.max_recipients:
             raise ApiError(422, "invalid_field", "Too many recipients", "to")
         now = time.time()
         mid = new_id(now)
+        ids = [f.value for f in fields if f.name == "message-id"]
+        if len(ids) > 1:
+            raise ApiError(
+                422, "invalid_field", "More than one Message-ID header", "raw.Message-ID"
+            )
+        added = []
+        if not ids:  # the stored id is also the Message-ID's local part, as for JSON
+            ids = [f"<{mid}@{self.hostname}>"]
+            added.append(f"Message-ID: {ids[0]}\r\n".encode())
+        if not any(f.name == "date" for f in fields):
+            added.append(f"Date: {formatdate(now, localtime=False)}\r\n".encode())
+        raw = b"".join([*added, *(f.raw for f in fields), rest])
         head = added_headers(
-            facts,
+            header_facts(raw),  # sees the Message-ID and Date above: adds Received only
             hostname=self.hostname,
             helo="api",
             client_ip="http",
@@ -389,6 +402,7 @@ class Api:
             recipients=to,
             now=now,
         )
+        subject = next((f.value for f in fields if f.name == "subject"), None)
         return NewMessage(
             raw=head + raw,
             sender=sender,
@@ -396,8 +410,8 @@ class Api:
             source=Source.HTTP,
             api_key_id=key.id,
             tags=tags,
-            message_id_header=facts.message_id,
-            subject=facts.subject,
+            message_id_header=ids[0],
+            subject=subject,
             id=mid,
             created_at=now,
         )
@@ -444,7 +458,10 @@ class Api:
             raise ApiError(
                 422, "invalid_field", "Idempotency-Key must be 1-255 characters", "Idempotency-Key"
             )
-        digest = hashlib.sha256(request.url.path.encode() + b"\0" + body).hexdigest()
+        shape = request.url.path
+        if _media_type(request) == "message/rfc822":  # its envelope is in the query string
+            shape += "?" + request.url.query
+        digest = hashlib.sha256(shape.encode() + b"\0" + body).hexdigest()
         idem = (f"{key.id}:{idem_key}", digest)
         found = await self.store.idempotent_response(key.id, idem[0])
         if found is None:
@@ -505,6 +522,10 @@ class Api:
         )
 
 
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def _secret_from(header: str) -> str | None:
     scheme, _, value = header.partition(" ")
     scheme = scheme.lower()
@@ -519,7 +540,8 @@ def _secret_from(header: str) -> str | None:
     return None
 
 
-def _mailbox(text: str) -> tuple[str, str]:
+def mailbox(text: str) -> tuple[str, str]:
+    """(display name, addr-spec) of a mailbox the request model validated."""
     parsed = parse_mailbox(text)
     assert not isinstance(parsed, str)  # validated by the request model
     return parsed
@@ -538,6 +560,85 @@ def _header(raw: bytes, name: bytes) -> str:
         if colon and head.strip().lower() == name:
             value = rest.strip().decode("utf-8", "replace")
     return value or ""
+
+
+# Headers a raw submission loses: hidden recipients must not reach the visible ones.
+_DROPPED = frozenset({"bcc", "resent-bcc"})
+# Headers naming who sends: a domain-limited key may only name its own domains.
+_SENDER_FIELDS = {
+    "from": "From",
+    "sender": "Sender",
+    "resent-from": "Resent-From",
+    "resent-sender": "Resent-Sender",
+}
+_FIELD_START = re.compile(rb"^[!-9;-~]+:")  # as the email package reads a header line
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str  # lowercased
+    value: str  # unfolded, stripped
+    raw: bytes  # its lines, each ending in CRLF
+
+
+def _split_head(raw: bytes) -> tuple[list[_Field], bytes]:
+    """The header fields of a CRLF message and what follows them (blank line and body).
+    A line that is neither a field nor a continuation starts the body, as it does for
+    the email package."""
+    fields: list[_Field] = []
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        end = len(raw) if end < 0 else end
+        line = raw[pos:end]
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            value = f"{last.value} {line.strip().decode('utf-8', 'replace')}".strip()
+            fields[-1] = _Field(last.name, value, last.raw + line + b"\r\n")
+        elif _FIELD_START.match(line):
+            name, _, rest = line.partition(b":")
+            text = rest.strip().decode("utf-8", "replace")
+            fields.append(_Field(name.decode("ascii").lower(), text, line + b"\r\n"))
+        else:
+            break
+        pos = end + 2
+    return fields, raw[pos:]
+
+
+def _empty_message_id(f: _Field) -> bool:
+    return f.name == "message-id" and not f.value
+
+
+def _check_senders(fields: list[_Field], key: ApiKey) -> None:
+    """Exactly one From with an address; every From, Sender, Resent-From and
+    Resent-Sender address in the key's domains (when it is limited)."""
+    froms = [f for f in fields if f.name == "from"]
+    problem = None
+    if not froms:
+        problem = "The message has no From header"
+    elif len(froms) > 1:
+        problem = "The message has more than one From header"
+    elif not _addresses(froms[0].value):
+        problem = "The From header holds no address"
+    if problem is not None:
+        raise ApiError(422, "invalid_field", problem, "raw.From")
+    if not key.sender_domains:
+        return
+    for f in fields:
+        label = _SENDER_FIELDS.get(f.name)
+        if label is None:
+            continue
+        if not all(key.allows_sender(domain_of(a)) for a in _addresses(f.value) or [""]):
+            raise ApiError(
+                403,
+                "sender_not_allowed",
+                f"{label}: address not allowed for this key",
+                f"raw.{label}",
+            )
+
+
+def _addresses(value: str) -> list[str]:
+    return [a for _, a in getaddresses([value]) if a]
 
 
 def _dt(t: float) -> datetime.datetime:

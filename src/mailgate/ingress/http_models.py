@@ -1,7 +1,9 @@
 """The JSON shapes of the HTTP API, validated by pydantic.
 
-Unknown fields are refused, and every string that ends up in a header is checked for
-CR, LF and NUL here, so header injection fails with 422 naming the field.
+Unknown fields are refused, and every string that ends up in a header (subject, custom
+header values, display names, filenames) is refused with 422 naming the field when it
+holds a control character (C0 but TAB, DEL, C1) or a Unicode line or paragraph separator:
+header injection and the characters readers and relays mangle differently.
 """
 
 from __future__ import annotations
@@ -56,11 +58,24 @@ def _no_controls(value: str) -> str:
     return value
 
 
+# C0 controls but TAB (RFC 5322 WSP), DEL, C1 controls (NEL among them), U+2028, U+2029.
+_HEADER_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _header_text(value: str) -> str:
+    found = _HEADER_CONTROL.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must not contain control characters or line separators (U+{ord(found[0]):04X})"
+        )
+    return value
+
+
 def _mailbox(value: str) -> str:
     parsed = parse_mailbox(value)
     if isinstance(parsed, str):
         raise ValueError(parsed)
-    return value
+    return _header_text(value)
 
 
 def _one_or_many(value: Any) -> Any:
@@ -76,6 +91,7 @@ def _base64(value: str) -> str:
 
 
 Line = Annotated[str, AfterValidator(_no_controls)]
+HeaderText = Annotated[str, AfterValidator(_header_text)]
 Base64 = Annotated[str, AfterValidator(_base64)]
 Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_mailbox)]
 Mailboxes = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
@@ -84,10 +100,10 @@ Mailboxes = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
 class Attachment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    filename: Annotated[Line, Field(min_length=1, max_length=255)]
+    filename: Annotated[HeaderText, Field(min_length=1, max_length=255)]
     content: Base64 = Field(description="The file, base64-encoded.")
     content_type: Annotated[str, Field(pattern=_TOKEN.pattern)] = "application/octet-stream"
-    content_id: Annotated[Line, Field(max_length=200, pattern=r"^[^<>\s]+$")] | None = None
+    content_id: Annotated[str, Field(max_length=200, pattern=r"^[!-;=?-~]+$")] | None = None
     disposition: Literal["attachment", "inline"] | None = None
 
     def decoded(self) -> bytes:
@@ -110,11 +126,11 @@ class SendRequest(BaseModel):
     cc: Mailboxes = Field(default_factory=list)
     bcc: Mailboxes = Field(default_factory=list)
     reply_to: Mailboxes = Field(default_factory=list)
-    subject: Annotated[Line, Field(max_length=998)] | None = None
+    subject: Annotated[HeaderText, Field(max_length=998)] | None = None
     text: str | None = None
     html: str | None = None
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
-    headers: dict[str, Line] = Field(default_factory=dict, max_length=50)
+    headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=50)
     tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=20
     )
@@ -130,7 +146,7 @@ class SendRequest(BaseModel):
         for name in value:
             if not _FIELD_NAME.match(name):
                 raise ValueError(f"header name {name[:40]!r} is not a valid field name")
-            if name.lower() in RESERVED_HEADERS:
+            if name.lower() in RESERVED_HEADERS or name.lower().startswith("resent-"):
                 raise ValueError(f"header {name} is set by mailgate; use the matching field")
         return value
 
@@ -146,6 +162,11 @@ class SendRequest(BaseModel):
     def _aware(cls, value: datetime.datetime | None) -> datetime.datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("must include a time zone, e.g. 2026-01-01T09:00:00Z")
+        if value is not None:
+            try:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+                datetime.datetime.fromtimestamp(value.timestamp(), datetime.UTC)
+            except (OverflowError, ValueError, OSError):
+                raise ValueError("must be a time between the years 1 and 9999 UTC") from None
         return value
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pydantic
 from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import generate_latest
 
@@ -21,6 +22,8 @@ from mailgate.ingress.http_api import (
     ApiError,
     accepted_dict,
     error_response,
+    field_path,
+    mailbox,
     shutting_down,
     validation_error,
 )
@@ -43,6 +46,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _SCHEMAS: dict[str, Any] = {}
 log = logging.getLogger("mailgate.http")
+MAX_UNIX_TIME = (2**48 - 1) / 1000  # the last millisecond a message id can carry
 
 
 def _body_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
@@ -65,6 +69,11 @@ def create_api(api: Api) -> Direct:
     @app.exception_handler(StoreError)
     async def _rejected(request: Request, exc: Exception) -> JSONResponse:
         return rejected(api, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return rejected(api, query_error(exc))
 
     @app.post(
         "/v1/messages",
@@ -159,9 +168,8 @@ def create_api(api: Api) -> Direct:
             req = parse_json(m.RawRequest, json.dumps(envelope).encode())
         else:
             req = parse_json(m.RawRequest, body)
-        message = api.raw_message(
-            base64.b64decode(req.raw), req.from_, list(req.to), key, tuple(req.tags)
-        )
+        to = [address for _, address in map(mailbox, req.to)]  # addr-specs, never as given
+        message = api.raw_message(base64.b64decode(req.raw), req.from_, to, key, tuple(req.tags))
         return await api.commit_one(message, idem)
 
     @app.get(
@@ -175,8 +183,8 @@ def create_api(api: Api) -> Direct:
         status: RecipientStatus | None = None,
         recipient: str | None = Query(None, max_length=320),
         tag: str | None = Query(None, max_length=100),
-        since: float | None = Query(None, description="Unix time"),
-        until: float | None = Query(None, description="Unix time"),
+        since: float | None = Query(None, description="Unix time", allow_inf_nan=False),
+        until: float | None = Query(None, description="Unix time", allow_inf_nan=False),
         cursor: str | None = Query(None, pattern=r"^[0-9A-Z]{26}$"),
         limit: int = Query(50, ge=1, le=500),
     ) -> m.MessageList:
@@ -185,8 +193,8 @@ def create_api(api: Api) -> Direct:
             status=status,
             recipient=recipient,
             tag=tag,
-            since=since,
-            until=until,
+            since=None if since is None else min(since, MAX_UNIX_TIME),
+            until=None if until is None else min(until, MAX_UNIX_TIME),
             cursor=cursor,
             limit=limit,
             api_key_id=None if key.has(Scope.ADMIN) else key.id,
@@ -357,6 +365,14 @@ def parse_json(model: type[T], body: bytes) -> T:
         return model.model_validate_json(body)
     except pydantic.ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def query_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's own 422 (query and path parameters) in the API's error shape."""
+    first = exc.errors()[0]
+    loc = tuple(first.get("loc", ()))
+    path = field_path(loc[1:] if loc[:1] in (("query",), ("path",)) else loc)
+    return ApiError(422, "invalid_field", str(first.get("msg", "Invalid")), path or None)
 
 
 def _err(e: ApiError) -> dict[str, Any]:
