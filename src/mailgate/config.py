@@ -118,8 +118,9 @@ class SmtpConfig(_Section):
     dedupe_window: float = Field(
         86_400.0,
         ge=0,
-        description="Seconds within which a repeated Message-ID from the same key is answered "
-        "with the first id instead of queued again; 0 turns it off.",
+        description="Seconds within which an identical re-send (same key, sender, recipients "
+        "and bytes, with a Message-ID) is answered with the first id instead of queued "
+        "again; 0 turns it off.",
     )
 
     @field_validator("trusted_networks")
