@@ -104,6 +104,14 @@ async def test_greeting_250_sends_nothing_and_says_why() -> None:
     assert rx.commands == []  # dropped at once: not even a QUIT to a peer out of step
 
 
+async def test_a_reply_queued_behind_354_stops_the_message_from_being_sent() -> None:
+    """A 250 waiting behind the 354 would be read as the reply after the dot."""
+    async with HostileReceiver(Plan(data=Say(354, "go", extra=b"250 2.0.0 queued\r\n"))) as rx:
+        outcomes = await deliver(rx, tx())
+    assert outcomes["a@dest.test"].reply.text.endswith("unsolicited data before the message")
+    assert rx.txns[0].body is None  # not one line of the message was sent
+
+
 async def test_rcpt_accepted_then_5xx_after_the_dot_bounces() -> None:
     async with HostileReceiver(Plan(dot=Say(554, "5.6.0 content rejected"))) as rx:
         outcomes = await deliver(rx, tx())

@@ -221,11 +221,12 @@ class Connection:
             raise ConnectionLost(str(exc) or type(exc).__name__) from None
         raise ProtocolError("reply too long")
 
-    async def send(self, data: bytes, timeout: float) -> None:
+    async def send(self, data: bytes, timeout: float, what: str = "") -> None:
         if self.unread():
             # Every reply we asked for has been read: anything more was not asked for and
             # would be taken as the answer to what we are about to send.
-            raise ProtocolError(f"unsolicited data before {data[:4].decode('ascii', 'replace')}")
+            what = what or data[:4].decode("ascii", "replace")
+            raise ProtocolError(f"unsolicited data before {what}")
         try:
             self.writer.write(data)
             async with asyncio.timeout(timeout):
@@ -470,7 +471,7 @@ class Session:
             outcome = from_reply(data_reply.code, data_reply.text, host, Step.DATA)
             await self._abandon(conn, None, in_step=is_failure(data_reply.code))
         else:
-            await conn.send(data_block(tx.raw), cfg.data_timeout)
+            await conn.send(data_block(tx.raw), cfg.data_timeout, "the message")
             final = await conn.read(cfg.data_timeout)
             outcome = from_reply(final.code, final.text, host, Step.DOT)
             if conn.unread() or not (is_failure(final.code) or Step.DOT.accepts(final.code)):
