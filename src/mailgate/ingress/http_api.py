@@ -39,7 +39,7 @@ from mailgate.config import HttpConfig
 from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailable
 from mailgate.ingress import http_models as m
 from mailgate.ingress.accept import accept, accept_many
-from mailgate.ingress.smtp_rules import added_headers, header_facts
+from mailgate.ingress.smtp_rules import added_headers, foreign_originator, header_facts
 from mailgate.models import (
     ApiKey,
     Idempotency,
@@ -375,7 +375,7 @@ class Api:
             raise ApiError(422, "invalid_field", "A line is longer than 998 octets", "raw")
         fields, rest = _split_head(raw)
         fields = [f for f in fields if f.name not in _DROPPED and not _empty_message_id(f)]
-        _check_senders(fields, key)
+        _check_from(fields)
         if len(to) > self.cfg.max_recipients:
             raise ApiError(422, "invalid_field", "Too many recipients", "to")
         now = time.time()
@@ -392,8 +392,17 @@ class Api:
         if not any(f.name == "date" for f in fields):
             added.append(f"Date: {formatdate(now, localtime=False)}\r\n".encode())
         raw = b"".join([*added, *(f.raw for f in fields), rest])
+        facts = header_facts(raw)  # sees the Message-ID and Date above
+        foreign = foreign_originator(facts, key.allows_sender)  # the SMTP door's rule
+        if foreign is not None:
+            raise ApiError(
+                403,
+                "sender_not_allowed",
+                f"{foreign}: address not allowed for this key",
+                f"raw.{foreign}",
+            )
         head = added_headers(
-            header_facts(raw),  # sees the Message-ID and Date above: adds Received only
+            facts,  # adds Received only
             hostname=self.hostname,
             helo="api",
             client_ip="http",
@@ -564,14 +573,9 @@ def _header(raw: bytes, name: bytes) -> str:
 
 # Headers a raw submission loses: hidden recipients must not reach the visible ones.
 _DROPPED = frozenset({"bcc", "resent-bcc"})
-# Headers naming who sends: a domain-limited key may only name its own domains.
-_SENDER_FIELDS = {
-    "from": "From",
-    "sender": "Sender",
-    "resent-from": "Resent-From",
-    "resent-sender": "Resent-Sender",
-}
-_FIELD_START = re.compile(rb"^[!-9;-~]+:")  # as the email package reads a header line
+# A field name, then the colon; RFC 5322 4.5 (obs-fields) allows space before the colon
+# and some readers honour it, so "Bcc : x" is a Bcc here too.
+_FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -595,10 +599,9 @@ def _split_head(raw: bytes) -> tuple[list[_Field], bytes]:
             last = fields[-1]
             value = f"{last.value} {line.strip().decode('utf-8', 'replace')}".strip()
             fields[-1] = _Field(last.name, value, last.raw + line + b"\r\n")
-        elif _FIELD_START.match(line):
-            name, _, rest = line.partition(b":")
-            text = rest.strip().decode("utf-8", "replace")
-            fields.append(_Field(name.decode("ascii").lower(), text, line + b"\r\n"))
+        elif (start := _FIELD_START.match(line)) is not None:
+            text = line[start.end() :].strip().decode("utf-8", "replace")
+            fields.append(_Field(start[1].decode("ascii").lower(), text, line + b"\r\n"))
         else:
             break
         pos = end + 2
@@ -609,9 +612,8 @@ def _empty_message_id(f: _Field) -> bool:
     return f.name == "message-id" and not f.value
 
 
-def _check_senders(fields: list[_Field], key: ApiKey) -> None:
-    """Exactly one From with an address; every From, Sender, Resent-From and
-    Resent-Sender address in the key's domains (when it is limited)."""
+def _check_from(fields: list[_Field]) -> None:
+    """Exactly one From, holding an address (RFC 5322 3.6)."""
     froms = [f for f in fields if f.name == "from"]
     problem = None
     if not froms:
@@ -622,19 +624,6 @@ def _check_senders(fields: list[_Field], key: ApiKey) -> None:
         problem = "The From header holds no address"
     if problem is not None:
         raise ApiError(422, "invalid_field", problem, "raw.From")
-    if not key.sender_domains:
-        return
-    for f in fields:
-        label = _SENDER_FIELDS.get(f.name)
-        if label is None:
-            continue
-        if not all(key.allows_sender(domain_of(a)) for a in _addresses(f.value) or [""]):
-            raise ApiError(
-                403,
-                "sender_not_allowed",
-                f"{label}: address not allowed for this key",
-                f"raw.{label}",
-            )
 
 
 def _addresses(value: str) -> list[str]:

@@ -78,6 +78,7 @@ def test_bcc_is_stripped_and_only_to_is_the_envelope(server: RunningServer, how:
         b"To: b@example.com\r\n"
         b"bcc: other@example.net\r\n"
         b"Resent-Bcc: resent@example.net\r\n"
+        b"Bcc : spaced@example.net\r\n"  # obsolete syntax some readers still honour
         b"Subject: hi\r\n"
         b"\r\n"
         b"Bcc: this line is body text and stays\r\n"
@@ -92,6 +93,7 @@ def test_bcc_is_stripped_and_only_to_is_the_envelope(server: RunningServer, how:
     got = stored(server, r.json()["id"])
     head = head_of(got).lower()
     assert b"bcc" not in head and b"secret@" not in head and b"other@" not in head
+    assert b"spaced@" not in head
     assert b"\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nBcc: this line is body" in got
     msg = email.message_from_bytes(got, policy=email.policy.default)
     assert msg["Bcc"] is None and msg["Resent-Bcc"] is None and msg["From"] == "a@example.org"
@@ -126,14 +128,24 @@ def test_recipients_that_are_not_addresses_are_refused(
     assert total(server) == 0
 
 
-def test_name_and_address_becomes_the_addr_spec(server: RunningServer) -> None:
-    r = post_json(
-        server, raw_body(HEAD + b"\r\nx\r\n", ["Bee <b@example.com>", '"C, Dee" <c@example.com>'])
-    )
+@pytest.mark.parametrize("how", ["json", "rfc822"])
+def test_name_and_address_becomes_the_addr_spec(server: RunningServer, how: str) -> None:
+    """Issue 11 #9: `Name <addr>` (and parameters hidden in the name) went on the wire
+    inside RCPT TO:<...>; the envelope is now the parsed addr-spec, as for /v1/messages."""
+    to = [
+        "Bee <b@example.com>",
+        '"C, Dee" <c@example.com>',
+        "x <a@example.com> NOTIFY=NEVER ORCPT=rfc822;a@example.com <d@example.com>",
+    ]
+    if how == "json":
+        r = post_json(server, raw_body(HEAD + b"\r\nx\r\n", to))
+    else:
+        r = post_rfc822(server, HEAD + b"\r\nx\r\n", {"from": "a@example.org", "to": to})
     assert r.status_code == 202, r.text
-    assert [x["address"] for x in r.json()["recipients"]] == ["b@example.com", "c@example.com"]
+    want = ["b@example.com", "c@example.com", "d@example.com"]
+    assert [x["address"] for x in r.json()["recipients"]] == want
     rcpts = server.call(lambda s: s.recipients(r.json()["id"]))
-    assert [x.address for x in rcpts] == ["b@example.com", "c@example.com"]
+    assert [x.address for x in rcpts] == want
 
 
 # -- From, Message-ID, the 202 ---------------------------------------------------------------
