@@ -55,6 +55,10 @@ filenames = st.one_of(
 
 ENCODED_WORD = re.compile(rb"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 
+content_types = st.sampled_from(
+    ["application/octet-stream", "image/png", "application/vnd.openxmlformats-officedocument.sheet"]
+)
+
 
 def in_header(address: str) -> str:
     """The oracle's own A-label conversion (the idna package, IDNA 2008) of the domain."""
@@ -119,7 +123,9 @@ def check_lines(raw: bytes) -> None:
     ),
     text=st.none() | body_text,
     html=st.none() | body_text,
-    files=st.lists(st.tuples(filenames, st.binary(max_size=2000), st.booleans()), max_size=3),
+    files=st.lists(
+        st.tuples(filenames, st.binary(max_size=2000), st.booleans(), content_types), max_size=3
+    ),
 )
 def test_compose_round_trips_through_the_email_package(
     sender, to, cc, subject, custom, text, html, files
@@ -128,11 +134,11 @@ def test_compose_round_trips_through_the_email_package(
         Attachment(
             name,
             content,
-            "application/octet-stream",
+            ctype,
             content_id=f"c{i}@x" if inline else None,
             inline=inline,
         )
-        for i, (name, content, inline) in enumerate(files)
+        for i, (name, content, inline, ctype) in enumerate(files)
     )
     custom = list(dict(custom).items())
     draft = Draft(

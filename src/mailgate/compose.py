@@ -207,11 +207,15 @@ def _qp_printable(text: str) -> bytes | None:
     return b"\r\n".join(out)
 
 
+def _plain(value: str) -> bool:
+    """Printable ASCII that a quoted-string carries without escapes."""
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+
+
 def _param_lines(param: str, value: str) -> list[str]:
     """`param="value"` when short printable ASCII, else RFC 2231 sections of at most
     about 60 characters (param*0*=utf-8''...;, param*1*=...), each a whole character."""
-    simple = value.isascii() and value.isprintable() and '"' not in value
-    if len(value) <= 60 and simple and "\\" not in value:
+    if len(value) <= 60 and _plain(value):
         return [f'{param}="{value}"']
     chunks, current, room = [], "", 50  # the first section also carries utf-8''
     for char in value:
@@ -235,11 +239,19 @@ def _with_params(head: str, params: list[str]) -> str:
 
 def _attachment_part(a: Attachment) -> tuple[list[str], bytes]:
     disposition = "inline" if a.inline else "attachment"
-    headers = [
-        _with_params(f"Content-Type: {a.content_type}", _param_lines("name", a.filename)),
-        "Content-Transfer-Encoding: base64",
-        _with_params(f"Content-Disposition: {disposition}", _param_lines("filename", a.filename)),
-    ]
+    f = a.filename
+    if len(f) <= 34 and len(f) + len(a.content_type) <= 55 and _plain(f):
+        headers = [  # the usual case: each on one line of at most 78
+            f'Content-Type: {a.content_type}; name="{f}"',
+            "Content-Transfer-Encoding: base64",
+            f'Content-Disposition: {disposition}; filename="{f}"',
+        ]
+    else:
+        headers = [
+            _with_params(f"Content-Type: {a.content_type}", _param_lines("name", f)),
+            "Content-Transfer-Encoding: base64",
+            _with_params(f"Content-Disposition: {disposition}", _param_lines("filename", f)),
+        ]
     if a.content_id:
         headers.append(f"Content-ID: <{a.content_id}>")
     return headers, base64.encodebytes(a.content).replace(b"\n", b"\r\n")
