@@ -110,6 +110,26 @@ def test_key_locked_after_failures_on_either_door(tmp_path: Path, ca: trustme.CA
         assert r.status_code == 200, "other keys are not affected"
 
 
+def test_http_key_lock_holds_only_for_the_addresses_that_failed(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """Knowing a key's visible id must not let anyone lock its owner out."""
+    cfg = make_config(tmp_path, ca, auth={"failures_per_key": 3, "failures_per_ip": 100})
+    for srv in start_server(cfg, ca):
+        wrong = srv.read_key[:-4] + ("AAAA" if not srv.read_key.endswith("AAAA") else "BBBB")
+        url = f"{srv.http_url}/v1/messages?limit=1"
+        for _ in range(3):  # the attacker, from 127.0.0.1
+            r = httpx.get(url, headers={"Authorization": f"Bearer {wrong}"}, timeout=10)
+            assert r.status_code == 401
+        mine = {"Authorization": f"Bearer {srv.read_key}"}
+        assert httpx.get(url, headers=mine, timeout=10).status_code == 401, "locked for it"
+        owner = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        with owner:
+            assert owner.get(url, headers=mine, timeout=10).status_code == 200, (
+                "the owner, from an address that never failed, still gets in"
+            )
+
+
 def test_http_failures_slow_down_then_lock_the_address(tmp_path: Path, ca: trustme.CA) -> None:
     cfg = make_config(tmp_path, ca, auth={"failures_per_ip": 4})
     for srv in start_server(cfg, ca):

@@ -198,7 +198,7 @@ class Api:
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()
             self._auth_cache[secret] = (key, now + AUTH_CACHE_SECONDS)
-        if key is not None and self.guard.key_locked(key.id):
+        if key is not None and self.guard.key_locked(key.id, ip):
             key = None  # locked: answered exactly like a wrong key
         if key is None:
             # the same answer and a growing delay for unknown, wrong and locked keys
