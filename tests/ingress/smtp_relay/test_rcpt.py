@@ -78,3 +78,26 @@ def test_duplicates_do_not_use_up_the_recipient_limit(tmp_path, ca) -> None:  # 
             d.cmd("MAIL FROM:<a@example.org>")
             codes = [d.cmd(f"RCPT TO:<{r}@example.com>")[0] for r in ("x", "x", "y", "z")]
             assert codes == [250, 250, 250, 452]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "b@" + "x" * 64 + ".com",  # an ASCII label over 63 octets
+        "b@-\u00fc-.com",  # IDNA-invalid: hyphens at the ends
+        "b@a\u200bb.com",  # a zero-width space inside a label
+        "b@a\u00ad.com",  # a soft hyphen, which IDNA 2003 would silently drop
+        "b@" + "\u00fc" * 62 + ".com",  # an IDN label over 63 octets once encoded
+        "b@" + ".".join(["a" * 60] * 5),  # a name over 253 octets
+        "b@[300.1.1.1]",  # a malformed address literal
+        "jo\u200bse@example.com",  # a format character in a UTF-8 local part
+    ],
+)
+def test_addresses_dns_cannot_carry_are_refused_at_rcpt(
+    server: RunningServer, address: str
+) -> None:
+    """Such an address once stopped all delivery from inside the queue (issue 11, 1)."""
+    with greeted(server.smtp_port) as d:
+        d.cmd("MAIL FROM:<a@example.org> SMTPUTF8")
+        code, text = d.cmd(f"RCPT TO:<{address}>")
+        assert code == 553 and "5.1.3" in text, (address, text)
