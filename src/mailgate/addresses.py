@@ -20,7 +20,11 @@ import idna
 # RFC 5321 Dot-atom / quoted local part, kept deliberately strict for relaying.
 _ATOM = r"[A-Za-z0-9!#$&'*+/=?^_`{|}~-]+"  # no % and no ! (classic relay tricks)
 _LOCAL_DOT_ATOM = rf"{_ATOM}(?:\.{_ATOM})*"
-_LOCAL_UTF8 = r"[^\s\"(),.:;<>@\[\\\]%!]+(?:\.[^\s\"(),.:;<>@\[\\\]%!]+)*"
+# UTF-8 atoms: no controls (C0, DEL, C1), which no peer takes and no DSN could carry back
+_LOCAL_UTF8 = (
+    r"[^\s\x00-\x1f\x7f-\x9f\"(),.:;<>@\[\\\]%!]+"
+    r"(?:\.[^\s\x00-\x1f\x7f-\x9f\"(),.:;<>@\[\\\]%!]+)*"
+)
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|xn--[A-Za-z0-9-]+)"
 _UTF8_LABEL = r"[^\s\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]+"
