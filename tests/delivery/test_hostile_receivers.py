@@ -231,6 +231,55 @@ async def test_peer_with_smtputf8_gets_utf8_raw_with_the_parameter(
     assert rx.rcpt_lines == [f"RCPT TO:<{rcpt}>".encode()]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("From: s@origin.test\r\nReply-To: josé@origin.test\r\n\r\nhi\r\n", id="crlf"),
+        pytest.param("From: s@origin.test\nSubject: café\n\nhi\n", id="bare-lf"),
+        pytest.param("Subject: x\r\nX-Last: é", id="no-body"),
+    ],
+)
+async def test_utf8_headers_to_a_peer_without_smtputf8_bounce_5_6_7_unsent(raw: str) -> None:
+    """RFC 6531/6532: a message with UTF-8 headers goes only with SMTPUTF8. Before: an
+    ASCII envelope sent such headers raw to any peer (compose writes a UTF-8 reply_to so)."""
+    async with HostileReceiver(Plan()) as rx:
+        outcomes = await deliver(rx, tx("a@dest.test", "b@dest.test", raw=raw.encode()))
+    for outcome in outcomes.values():
+        assert outcome.verdict is Verdict.PERMANENT
+        assert (outcome.reply.code, outcome.reply.enhanced) == (553, "5.6.7")
+        assert "SMTPUTF8" in outcome.reply.text
+    assert rx.mails == []  # no transaction at all
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("From: s@origin.test\r\nSubject: x\r\n\r\nCafé\r\n", id="crlf"),
+        pytest.param("From: s@origin.test\nSubject: x\n\nCafé\n", id="bare-lf"),
+        pytest.param("From: s@origin.test\r\n\nCafé\r\n\r\nmore é\r\n", id="mixed"),
+        pytest.param("\r\nCafé: no header at all\r\n", id="no-header"),
+    ],
+)
+async def test_an_8bit_body_under_ascii_headers_goes_without_smtputf8(raw: str) -> None:
+    async with HostileReceiver(Plan()) as rx:
+        outcomes = await deliver(rx, tx(raw=raw.encode()))
+    assert outcomes["a@dest.test"].verdict is Verdict.DELIVERED
+    assert rx.mails == [b"MAIL FROM:<s@origin.test>"]
+    assert rx.delivered() == {"a@dest.test"}
+
+
+async def test_utf8_headers_bounce_through_the_deliverer_with_a_dsn(world: World) -> None:
+    raw = "From: sender@origin.test\r\nReply-To: josé@origin.test\r\n\r\nhi\r\n".encode()
+    mid = await world.queue("a@example.test", source=Source.SMTP, raw=raw)
+    async with HostileReceiver(Plan()) as rx:
+        await world.run_until_idle(world.deliverer(port=rx.port))
+    [r] = await world.store.recipients(mid)
+    assert r.status is RecipientStatus.BOUNCED
+    assert r.last_reply is not None and (r.last_reply.code, r.last_reply.enhanced) == (553, "5.6.7")
+    # Only the DSN (ASCII headers, null sender) reached the receiver.
+    assert [t.mail for t in rx.txns] == [b"MAIL FROM:<>"]
+
+
 async def test_ascii_mail_to_a_smtputf8_peer_has_no_parameter() -> None:
     async with HostileReceiver(Plan(extensions=("SMTPUTF8",))) as rx:
         await deliver(rx, tx())

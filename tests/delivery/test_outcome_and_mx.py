@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from mailgate.delivery.mx import forbidden, order_mx
+from mailgate.delivery.mx import MxResolver, forbidden, order_mx
 from mailgate.delivery.outcome import Verdict, from_reply, reply_from
 from mailgate.models import Reply
+from tests.delivery.conftest import Clock
 
 
 def test_replies_become_verdicts_with_enhanced_codes() -> None:
@@ -77,3 +78,21 @@ def test_only_global_unicast_destinations_pass() -> None:
     for good in ("8.8.8.8", "2606:4700::1", "2002:808:808::1", "64:ff9b::808:808"):
         assert not forbidden(ip(good), []), good
     assert not forbidden(ip("100.100.100.200"), [ipaddress.ip_network("100.64.0.0/10")])
+
+
+async def test_the_mx_cache_is_bounded_and_drops_expired_answers_first() -> None:
+    """Before: every domain ever looked up stayed in MxResolver._cache for good. Address
+    literals are answered without DNS and cached for 300 s like any answer."""
+    clock = Clock()
+    resolver = MxResolver(nameserver="127.0.0.1:9", clock=clock, cache_limit=100)
+    for i in range(50):
+        await resolver.targets(f"[192.0.2.{i}]")
+    clock.advance(301)  # those 50 have expired
+    for i in range(50, 100):
+        await resolver.targets(f"[192.0.2.{i}]")
+    await resolver.targets("[192.0.2.200]")  # past the limit: the expired ones go
+    assert set(resolver._cache) == {f"[192.0.2.{i}]" for i in (*range(50, 100), 200)}
+    for i in range(1000):
+        await resolver.targets(f"[198.51.100.{i % 256}]" if i < 256 else f"[IPv6:2001:db8::{i:x}]")
+        assert len(resolver._cache) <= 100
+    assert "[IPv6:2001:db8::3e7]" in resolver._cache  # the newest answers stay

@@ -1,4 +1,9 @@
-"""Delivery status notifications (RFC 3464): the bounce message for a sender."""
+"""Delivery status notifications (RFC 3464): the bounce message for a sender.
+
+The remote reply quoted in a DSN is the receiver's text, UTF-8 and as long as it likes:
+every line it goes into is cut to LINE_LIMIT octets at a character boundary, since a
+line past RFC 5322's 998 gets the DSN refused, and a DSN that fails is never reported.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 
 from mailgate.models import Reply, new_id
+
+LINE_LIMIT = 998  # octets, without the CRLF (RFC 5322 2.1.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +40,7 @@ def build_dsn(
 ) -> bytes:
     """A multipart/report DSN addressed to original_sender; sent with MAIL FROM:<>."""
     boundary = "=_dsn_" + os.urandom(8).hex()
-    lines = "\r\n".join(f"<{f.recipient}>: {_diagnostic(f)}" for f in failures)
+    lines = "\r\n".join(fit(f"<{f.recipient}>: {_diagnostic(f)}") for f in failures)
     human = (
         f"This is the mail system at {hostname}.\r\n\r\n"
         "Your message could not be delivered to one or more recipients.\r\n"
@@ -48,7 +55,7 @@ def build_dsn(
         if f.reply is not None:
             block.append(f"Diagnostic-Code: smtp; {_reply_text(f.reply)}")
         block.append(f"Last-Attempt-Date: {formatdate(now)}")
-        per_recipient.append("\r\n".join(block))
+        per_recipient.append("\r\n".join(map(fit, block)))
     status = "\r\n\r\n".join(
         [f"Reporting-MTA: dns; {hostname}\r\nArrival-Date: {formatdate(arrival)}", *per_recipient]
     )
@@ -78,8 +85,16 @@ def build_dsn(
     return head.encode("utf-8") + b"\r\n\r\n" + body
 
 
+def fit(line: str, limit: int = LINE_LIMIT) -> str:
+    """The line cut to `limit` UTF-8 octets, at a character boundary, marked by '...'."""
+    octets = line.encode()
+    if len(octets) <= limit:
+        return line
+    return octets[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
 def _reply_text(reply: Reply) -> str:
-    text = " ".join(reply.text.split())[:900]
+    text = " ".join(reply.text.split())
     return f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{text}"
 
 

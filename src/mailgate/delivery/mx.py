@@ -32,6 +32,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NEGATIVE_TTL = 60.0  # how long a temporary DNS failure is remembered
 MX_HOST_LIMIT = 5  # MX names whose addresses are looked up, best preference first
 MX_ADDRESS_LIMIT = 10  # addresses tried per domain
+CACHE_LIMIT = 10_000  # domains whose answers are kept
 # Name errors: the domain cannot be written as a DNS name at all.
 NAME_ERRORS = (dns.exception.DNSException, UnicodeError, ValueError)
 # NAT64 (RFC 6052) carries an IPv4 address in its last 32 bits to that address.
@@ -148,6 +149,7 @@ class MxResolver:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         timeout: float = 5.0,
+        cache_limit: int = CACHE_LIMIT,
     ) -> None:
         if nameserver:
             self.resolver = dns.asyncresolver.Resolver(configure=False)
@@ -161,6 +163,7 @@ class MxResolver:
         self.allowed: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allowed or []]
         self.clock = clock
         self.rng = rng or random.Random()
+        self.cache_limit = cache_limit
         self._cache: dict[str, tuple[float, list[Target] | Outcome]] = {}
 
     async def targets(self, domain: str) -> list[Target] | Outcome:
@@ -169,8 +172,26 @@ class MxResolver:
         if cached is not None and cached[0] > now:
             return cached[1]
         result, ttl = await self._lookup(domain)
-        self._cache[domain] = (now + ttl, result)
+        self._remember(domain, (now + ttl, result), now)
         return result
+
+    def _remember(
+        self, domain: str, entry: tuple[float, list[Target] | Outcome], now: float
+    ) -> None:
+        """Cache one answer, keeping at most cache_limit domains (without a bound the
+        cache grows with every domain ever mailed). Past the limit the expired answers
+        go, then the oldest down to nine tenths, so a full cache is swept once in a while,
+        not at every lookup."""
+        cache = self._cache
+        cache.pop(domain, None)  # re-inserted last: the dict's order is the answers' age
+        cache[domain] = entry
+        if len(cache) <= self.cache_limit:
+            return
+        for name in [name for name, (expires, _) in cache.items() if expires <= now]:
+            del cache[name]
+        if len(cache) > self.cache_limit:
+            for name in list(cache)[: len(cache) - self.cache_limit * 9 // 10]:
+                del cache[name]
 
     async def _lookup(self, domain: str) -> tuple[list[Target] | Outcome, float]:
         if domain.startswith("["):

@@ -4,6 +4,10 @@ A reply means something only for the command it answers: each Step has the codes
 let the session go on, and only a 2xx after the final dot delivers. Any other code is
 the step's own failure (4xx temporary, 5xx permanent) or, in any other class, a
 protocol error: temporary, because a confused peer is no proof the mail cannot go.
+
+Reply text is the peer's to choose, so it is made storable here: control characters
+(which PostgreSQL text refuses, NUL first) become '?', and it is cut to REPLY_TEXT_LIMIT
+characters, so a hostile receiver cannot put megabytes into every recipient's last reply.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from dataclasses import dataclass
 from mailgate.models import Reply
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
+# C0 controls, DEL and C1 controls: nothing a reply text needs, and NUL cannot be stored
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+REPLY_TEXT_LIMIT = 512  # characters of a peer's reply text kept (RFC 5321 4.5.3.1.5: a line)
 
 
 class Verdict(enum.Enum):
@@ -52,9 +59,16 @@ class Outcome:
     remote_host: str | None = None
 
 
+def clean_text(text: str, limit: int = REPLY_TEXT_LIMIT) -> str:
+    """A peer's text as we keep it: whitespace runs as one space, other control
+    characters as '?', at most `limit` characters."""
+    text = _CONTROL.sub("?", " ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def reply_from(code: int, text: str) -> Reply:
     """Split an RFC 3463 enhanced status code off the reply text, when present."""
-    text = " ".join(text.split())
+    text = clean_text(text)
     m = _ENHANCED.match(text)
     if m:
         return Reply(code, m.group(1), text[m.end() :])
@@ -76,17 +90,18 @@ def from_reply(code: int, text: str, host: str | None, step: Step = Step.DOT) ->
         return Outcome(Verdict.PERMANENT, reply_from(code, text), host)
     if step is Step.DOT and step.accepts(code):
         return Outcome(Verdict.DELIVERED, reply_from(code, text), host)
-    return protocol_error(f"{step.label} answered {code} {' '.join(text.split())}", host)
+    return protocol_error(f"{step.label} answered {code} {clean_text(text)}", host)
 
 
 def protocol_error(what: str, host: str | None = None) -> Outcome:
     """A peer that broke the protocol (a wrong reply, unsolicited data): try again later."""
-    return temporary(f"protocol error: {what}"[:500], host, enhanced="4.5.0")
+    return temporary(f"protocol error: {what}", host, enhanced="4.5.0")
 
 
 def temporary(text: str, host: str | None = None, enhanced: str = "4.4.1") -> Outcome:
-    """A local temporary failure (connection refused, timeout, TLS) as an outcome."""
-    return Outcome(Verdict.TEMPORARY, Reply(451, enhanced, text), host)
+    """A local temporary failure (connection refused, timeout, TLS) as an outcome. The
+    text may quote the peer (a refused STARTTLS), so it is cleaned like a reply."""
+    return Outcome(Verdict.TEMPORARY, Reply(451, enhanced, clean_text(text)), host)
 
 
 def permanent(text: str, enhanced: str, code: int = 550, host: str | None = None) -> Outcome:

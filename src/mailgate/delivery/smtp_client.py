@@ -34,6 +34,7 @@ from mailgate.delivery.mx import Target
 from mailgate.delivery.outcome import (
     Outcome,
     Step,
+    clean_text,
     from_reply,
     is_failure,
     permanent,
@@ -42,7 +43,11 @@ from mailgate.delivery.outcome import (
 )
 
 MAX_REPLY_LINES = 100  # a reply longer than this is a broken or hostile server
+REPLY_LINE_LIMIT = 512  # characters kept of one reply line (RFC 5321: 512 octets a line)
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+# An empty line: two line ends in a row (atomic groups, so one CRLF is never read as CR
+# then LF), or a line end at the very start (a message with no header at all).
+_EMPTY_LINE = re.compile(rb"\A(?>\r\n|\r|\n)|(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 # What must never reach the inside of MAIL FROM:<...> / RCPT TO:<...>: line ends (command
 # injection), angle brackets (parameter injection), controls and line separators.
@@ -104,9 +109,22 @@ def unsafe_on_wire(address: str) -> bool:
     return False
 
 
+def reply_line(text: bytes) -> str:
+    """A reply line's text as kept: UTF-8 (RFC 6531 allows it) with bad bytes as U+FFFD,
+    cleaned like any reply text, at most REPLY_LINE_LIMIT characters (RFC 5321
+    4.5.3.1.5), so a reply of 100 long lines costs little memory."""
+    return clean_text(text.decode("utf-8", "replace"), REPLY_LINE_LIMIT)
+
+
+def header_end(raw: bytes) -> int:
+    """Where the header block ends: the first empty line, with any line ends data_block
+    turns into CRLF (so bare LF or CR count); len(raw) when there is none."""
+    m = _EMPTY_LINE.search(raw)
+    return len(raw) if m is None else m.start()
+
+
 def headers_are_ascii(raw: bytes) -> bool:
-    end = raw.find(b"\r\n\r\n")
-    return (raw if end < 0 else raw[:end]).isascii()
+    return raw[: header_end(raw)].isascii()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +138,17 @@ class Envelope:
 
 def envelope(tx: Transaction, extensions: dict[str, str]) -> Envelope:
     """MAIL and RCPT lines for this peer. UTF-8 goes on the wire only with SMTPUTF8
-    (RFC 6531); without it a UTF-8 domain is sent as A-labels and a UTF-8 local part
-    cannot be sent at all (553 5.6.7)."""
+    (RFC 6531); without it a UTF-8 domain is sent as A-labels, and a UTF-8 local part or
+    a UTF-8 header (RFC 6532) cannot be sent at all (553 5.6.7). An 8-bit body with ASCII
+    headers is plain 8BITMIME and goes."""
+    if "SMTPUTF8" not in extensions and not headers_are_ascii(tx.raw):
+        # RFC 6532 3.7: no downgrade here (it would rewrite addresses the sender chose).
+        cannot = permanent(
+            "The message has UTF-8 headers and the receiving server does not offer SMTPUTF8",
+            "5.6.7",
+            553,
+        )
+        return Envelope(None, (), dict.fromkeys(tx.recipients, cannot))
     addresses_ascii = tx.sender.isascii() and all(r.isascii() for r in tx.recipients)
     utf8 = "SMTPUTF8" in extensions and not (addresses_ascii and headers_are_ascii(tx.raw))
 
@@ -202,7 +229,11 @@ class Connection:
         return len(getattr(self.reader, "_buffer", b""))
 
     async def read(self, timeout: float) -> Response:
+        """One reply: every line must carry the same code (RFC 5321 4.2.1), else a
+        multiline reply could begin with a refusal and end with a 250. Each line's text is
+        cleaned of control characters and cut to a reply line's length."""
         lines: list[str] = []
+        first = b""
         try:
             async with asyncio.timeout(timeout):
                 while len(lines) < MAX_REPLY_LINES:
@@ -212,7 +243,13 @@ class Connection:
                     code = line[:3]
                     if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
                         raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
-                    lines.append(line[4:].decode("utf-8", "replace").strip())
+                    first = first or code
+                    if code != first:
+                        raise ProtocolError(
+                            f"reply lines disagree on the code: {first.decode()} then "
+                            f"{code.decode()}"
+                        )
+                    lines.append(reply_line(line[4:]))
                     if line[3:4] != b"-":
                         return Response(int(code), "\n".join(lines))
         except TimeoutError:
@@ -305,6 +342,8 @@ class Session:
                 tls_context(cfg) if implicit else None,
                 host,
             )
+        except ProtocolError as exc:  # a greeting that is not SMTP
+            return protocol_error(f"{host}[{address}]: {exc}", host)
         except ConnectionLost as exc:
             return temporary(f"connect to {host}[{address}] failed: {exc}", host)
         self.conn, self.tls = conn, implicit
