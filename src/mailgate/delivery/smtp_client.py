@@ -142,7 +142,8 @@ def envelope(tx: Transaction, extensions: dict[str, str]) -> Envelope:
     a UTF-8 header (RFC 6532) cannot be sent at all (553 5.6.7). An 8-bit body with ASCII
     headers is plain 8BITMIME and goes."""
     if "SMTPUTF8" not in extensions and not headers_are_ascii(tx.raw):
-        # RFC 6532 3.7: no downgrade here (it would rewrite addresses the sender chose).
+        # RFC 6531 3.2: such a message needs SMTPUTF8. It bounces rather than being
+        # downgraded, which would rewrite the addresses and text the sender chose.
         cannot = permanent(
             "The message has UTF-8 headers and the receiving server does not offer SMTPUTF8",
             "5.6.7",
