@@ -140,7 +140,8 @@ def test_http_failures_slow_down_then_lock_the_address(tmp_path: Path, ca: trust
             r = httpx.get(url, headers={"Authorization": f"Bearer mg_guess{i}"}, timeout=10)
             took.append(time.monotonic() - started)
             assert r.status_code == 401
-        assert took[3] > took[2] > took[1] > took[0] >= 0.2, took
+        # lower bounds only: a loaded machine can make any request slower, never faster
+        assert all(t >= 0.95 * 0.25 * 2**i for i, t in enumerate(took)), took
         r = httpx.get(url, headers={"Authorization": f"Bearer {srv.read_key}"}, timeout=10)
         assert r.status_code == 429, "even the right key from a locked-out address"
         assert int(r.headers["retry-after"]) > 0
