@@ -93,32 +93,52 @@ def _looks_encoded(text: str) -> bool:
 
 
 def header_value(name: str, value: str) -> str:
-    """An unstructured header value: as is when short ASCII, folded at spaces when long
-    ASCII, else RFC 2047 words one per line. No line over 78 octets but for an ASCII
-    word longer than that (a URL in a custom header), and never over 998. Leading
-    whitespace is encoded too: parsers drop it after the colon."""
+    """An unstructured header value: as is when short ASCII, folded at whitespace when
+    long ASCII, else RFC 2047 words one per line. No line over 78 octets but for an ASCII
+    word longer than that (a URL in a custom header) or a run of spaces no fold can split,
+    and never over 998: what cannot fold within 998 is encoded. Leading whitespace is
+    encoded too: parsers drop it after the colon."""
     if _ascii(value) and value[:1] not in (" ", "\t") and not _looks_encoded(value):
         if len(name) + len(value) <= 76:
             return value
-        if max(map(len, value.split(" "))) <= 990 - len(name):
-            return _fold_words(name, value)
+        folded = _fold_words(name, value)
+        if folded is not None:
+            return folded
     return (CRLF + " ").join(_encoded_words(value, 78 - len(name) - 2))
 
 
-def _fold_words(name: str, value: str) -> str:
-    """Fold before a word that would pass column 78; the space before it becomes the
-    folding whitespace, so unfolding gives the value back. Never a blank line."""
+_WSP = re.compile(r"[ \t]")
+_NON_WSP = re.compile(r"[^ \t]")
+
+
+def _fold_words(name: str, value: str) -> str | None:
+    """Fold at the last space or tab that keeps the line within 78 (else the first after
+    its word); that space or tab starts the next line, so unfolding (removing the CRLFs)
+    gives the value back. Every line holds a word: the value's trailing whitespace stays
+    with its last word. None when a line would pass 998 octets (a word or a run of
+    spaces too long to fold)."""
+    end = len(value.rstrip(" \t"))  # a fold before `end` leaves a word after it
+    tabs = "\t" in value
     lines: list[str] = []
-    words: list[str] = []
-    column = len(name) + 1
-    for word in value.split(" "):
-        if word and column + 1 + len(word) > 78 and any(words):
-            lines.append(" ".join(words))
-            words, column = [], 0
-        words.append(word)
-        column += 1 + len(word)
-    lines.append(" ".join(words))
-    return (CRLF + " ").join(lines)
+    pos, room = 0, 76 - len(name)  # "Name: " starts the first line
+    while len(value) - pos > room:
+        found = _NON_WSP.search(value, pos)  # never None: pos < end
+        first = found.end() if found else pos + 1  # a fold leaves a word on the line
+        stop = min(pos + room + 1, end)
+        cut = value.rfind(" ", first, stop)
+        if tabs:
+            cut = max(cut, value.rfind("\t", first, stop))
+        if cut < 0:  # the line's first word passes 78: fold after it
+            after = _WSP.search(value, first)
+            if after is None or after.start() >= end:
+                break
+            cut = after.start()
+        lines.append(value[pos:cut])
+        pos, room = cut, 78
+    lines.append(value[pos:])
+    if len(name) + 2 + len(lines[0]) > 998 or max(map(len, lines)) > 998:
+        return None
+    return CRLF.join(lines)
 
 
 _SPECIALS = frozenset('()<>[]:;@\\,."')

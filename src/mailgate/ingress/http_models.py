@@ -130,7 +130,10 @@ class SendRequest(BaseModel):
     text: str | None = None
     html: str | None = None
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
-    headers: dict[str, HeaderText] = Field(default_factory=dict, max_length=50)
+    # At most 16384 characters a value: a header line, folded or encoded, not a body.
+    headers: dict[str, Annotated[HeaderText, Field(max_length=16384)]] = Field(
+        default_factory=dict, max_length=50
+    )
     tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=20
     )

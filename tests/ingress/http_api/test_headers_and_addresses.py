@@ -152,6 +152,39 @@ def test_long_non_ascii_names_subjects_and_filenames_stay_sendable(server: Runni
     assert part.get_filename() == filename and part.get_content() == b"pdf"
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"subject": "x" + " " * 996 + "y"},
+        {"headers": {"X-Note": "x" + " " * 3000 + "y"}},
+        {"headers": {"X-Note": "x" + "\t" * 3000 + "y"}},
+        {"subject": "a" * 998, "headers": {"X-Note": "b" * 16384}},
+    ],
+    ids=["subject-spaces", "header-spaces", "header-tabs", "unbroken-tokens"],
+)
+def test_runs_of_spaces_and_long_tokens_stay_sendable(
+    server: RunningServer, extra: dict[str, Any]
+) -> None:
+    """Issue 11 review: a run of 996 spaces in a Subject (3000 in a custom header) was
+    stored on one line of 1005 (3007) octets and answered 202; the next hop then refused
+    it and the message bounced after acceptance."""
+    r = send(server, {**BASE, **extra})
+    assert r.status_code == 202, r.text
+    raw = stored(server, r.json()["id"])
+    sendable(raw)
+    msg = parse(raw)
+    assert msg["Subject"] == extra.get("subject")
+    for name, value in extra.get("headers", {}).items():
+        assert msg[name] == value
+
+
+def test_a_custom_header_value_over_16384_characters_is_422(server: RunningServer) -> None:
+    r = send(server, {**BASE, "headers": {"X-Ok": "a", "X-Note": "a" * 16385}})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"] == "headers.X-Note"
+    assert total(server) == 0
+
+
 # -- control characters in header text -----------------------------------------------------------
 
 CONTROLS = ["\v", "\f", "\x1b", "\x1c", "\x1f", "\x7f", "\x85", "\x9b", "\u2028", "\u2029"]
