@@ -24,3 +24,18 @@ def test_bodies_read_back_at_their_places_and_a_cut_segment_is_an_error(tmp_path
     with pytest.raises(ValueError):
         files.read("../mailgate.db", 0, 1)
     files.close()
+
+
+def test_a_directory_made_by_another_process_meanwhile_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ingress processes write their first large bodies at once: both see no
+    directory, one makes it first. The other once answered 451 ("File exists")."""
+    directory = tmp_path / "bodies"
+    directory.mkdir()  # the other process won the race...
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # ...after this one looked
+    files = BodyFiles(directory)
+    [(name, offset)] = files.append([b"x" * 600])
+    files.close()
+    monkeypatch.undo()
+    assert BodyFiles(directory).read(name, offset, 600) == b"x" * 600

@@ -62,7 +62,9 @@ class BodyFiles:
     def _open_segment(self) -> None:
         self.close()
         if not self.directory.exists():
-            self.directory.mkdir(parents=True)
+            # exist_ok: another process of the server may create it between the two calls
+            # (two ingress processes' first large bodies once got 451 "File exists")
+            self.directory.mkdir(parents=True, exist_ok=True)
             self._sync_dir(self.directory.parent)
         name = f"{new_id()}.seg"
         self._fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
