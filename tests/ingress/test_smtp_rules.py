@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 
 from mailgate.addresses import address_problem
 from mailgate.ingress.smtp_rules import (
-    added_headers,
     data_problem,
     drop_blank_message_id,
     foreign_originator,
     header_facts,
+    missing_headers,
     transaction_key,
     unstuff,
 )
@@ -74,11 +74,8 @@ def test_blank_message_id_counts_as_absent_and_is_dropped() -> None:
     assert drop_blank_message_id(raw, facts) == (
         b"From: a@x.test\r\nSubject: s\r\n\r\nMessage-ID:\r\n"
     )
-    head = added_headers(
-        facts, hostname="h.test", helo="c", client_ip="1.2.3.4", protocol="ESMTP",
-        queue_id="Q", recipients=["b@y.test"],
-    )  # fmt: skip
-    assert b"\r\nMessage-ID: <" in head  # the raw HTTP path gets a fresh one too
+    head = missing_headers(facts, hostname="h.test", queue_id="Q")
+    assert head.startswith(b"Message-ID: <Q@h.test>\r\n")  # every door adds a fresh one
 
 
 def test_folded_message_id_is_kept() -> None:

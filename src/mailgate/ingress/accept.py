@@ -1,17 +1,105 @@
-"""The one door: both ingresses hand a composed message here, and acknowledge only
-after this returns, i.e. after the message, its recipients and its `accepted`
-event are committed to disk in one transaction.
+"""The one door: every way in (SMTP, HTTP single, batch and raw; later DSNs, vendor APIs
+and mailboxes) hands a `Submission` to `Door.accept` and renders the `Answer` in its
+own protocol. An ingress parses its protocol; the door decides. Acknowledged means
+`accept` returned `Accepted`, i.e. the message, its recipients and its `accepted`
+event are committed in one transaction.
 
-Raises StoreUnavailable when the store cannot commit (callers answer 451 / 503).
+Each rule runs once, in this order (`Door.prepare` is the pure part, no I/O):
+
+    authorise   the key may use the envelope sender and every originator header
+    cap         at most `max_recipients` envelope recipients (one setting)
+    suppress    hooks; each may refuse (empty until the suppression work fills it)
+    headers     Received (with the ingress's real client facts), Message-ID, Date
+    sign        hooks; each gets the final bytes and returns them signed (DKIM, last)
+    ---- Door.commit ----
+    commit      store.enqueue / enqueue_many, with the idempotency record built here
+    count       one call per commit, whatever the source
+    answer      Accepted(id, replayed) or Refusal(rule, field, reason)
+
+StoreUnavailable becomes Refusal(Rule.UNAVAILABLE): a temporary refusal (451 / 503).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import formatdate
 
-from mailgate.errors import DuplicateIdempotencyKey
-from mailgate.models import NewMessage
+from mailgate.compose import Draft, compose
+from mailgate.errors import DuplicateIdempotencyKey, StoreUnavailable
+from mailgate.ingress.smtp_rules import (
+    HeaderFacts,
+    drop_blank_message_id,
+    foreign_originator,
+    header_facts,
+    missing_headers,
+)
+from mailgate.models import ApiKey, Idempotency, NewMessage, Source, domain_of, new_id
 from mailgate.store import Store
+
+# -- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """What the ingress knows of who handed the message in (for Received)."""
+
+    address: str  # the peer's IP address as the socket gives it
+    protocol: str  # Received "with": SMTP, ESMTP, ESMTPSA, HTTP, ...
+    helo: str | None = None  # SMTP: the HELO/EHLO name; None for every other way in
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRequest:
+    """Fold a repeat of this request into the first message (the record is built here,
+    in `Door.commit`; the response is what a repeat is answered)."""
+
+    key: str  # unique per owner: "<key id>:<Idempotency-Key>" or "smtp-transaction:<hash>"
+    request_hash: str  # "" when the key already names the whole request
+    ttl: float  # seconds the record is kept
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One message handed to the door: envelope, content and who sent it."""
+
+    sender: str  # envelope MAIL FROM; "" for the null sender
+    recipients: tuple[str, ...]  # envelope recipients, duplicates already removed
+    content: bytes | Draft  # CRLF bytes as given (SMTP, raw), or a draft to compose
+    source: Source
+    client: Client
+    key: ApiKey | None = None  # None: a trusted network relaying without AUTH
+    idempotency: IdempotencyRequest | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    scheduled_at: float | None = None
+    facts: HeaderFacts | None = None  # of `content`, when the ingress parsed them already
+
+
+class Rule(enum.StrEnum):
+    """Why the door refused (each ingress maps these to its own codes)."""
+
+    SENDER = "sender_not_allowed"  # the key may not use this sender domain (permanent)
+    RECIPIENTS = "too_many_recipients"  # more than max_recipients (permanent)
+    SUPPRESSED = "suppressed"  # a suppression hook refused (permanent)
+    UNAVAILABLE = "unavailable"  # the store cannot commit now (temporary: retry)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The door's no: which rule, which part of the submission, and one line of reason
+    that every ingress shows as it is (SMTP reply text, HTTP error message)."""
+
+    rule: Rule
+    field: str  # "sender" (envelope), an originator header name, or "recipients"
+    reason: str
+
+    @property
+    def temporary(self) -> bool:
+        return self.rule is Rule.UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,15 +108,175 @@ class Accepted:
     replayed: bool  # True: an earlier message with the same idempotency key answers
 
 
-async def accept(store: Store, message: NewMessage) -> Accepted:
-    """Commit the message durably; only then may the caller acknowledge it."""
-    try:
-        message_id = await store.enqueue(message)
-    except DuplicateIdempotencyKey as dup:
-        return Accepted(dup.message_id, replayed=True)
-    return Accepted(message_id, replayed=False)
+Answer = Accepted | Refusal
+SuppressionCheck = Callable[[Submission], Refusal | None]
+Signer = Callable[[bytes, Submission], bytes]  # returns the bytes with its header added
+Count = Callable[[Source, int], None]
 
 
-async def accept_many(store: Store, messages: list[NewMessage]) -> list[str]:
-    """Commit several messages in one transaction (all or none)."""
-    return await store.enqueue_many(messages)
+def _no_count(source: Source, n: int) -> None:
+    return None
+
+
+# -- the rules, as plain functions --------------------------------------------------------
+
+SENDER_NOT_ALLOWED = "Sender address not allowed for this key"
+
+
+def facts_of(content: bytes | Draft) -> HeaderFacts:
+    """Message-ID, Date, originators and Subject: parsed from bytes, read off a draft."""
+    if isinstance(content, bytes):
+        return header_facts(content)
+    address = content.sender[1]
+    return HeaderFacts(
+        content.message_id or None,
+        bool(content.date),
+        (address,),
+        content.subject,
+        (("From", address),),
+    )
+
+
+def authorise_sender(key: ApiKey | None, sender: str) -> Refusal | None:
+    """The envelope half of `authorise`; SMTP also asks it at MAIL FROM, to refuse early.
+    The null sender <> names no domain and is always allowed."""
+    if sender and key is not None and not key.allows_sender(domain_of(sender)):
+        return Refusal(Rule.SENDER, "sender", SENDER_NOT_ALLOWED)
+    return None
+
+
+def authorise(sub: Submission, facts: HeaderFacts) -> Refusal | None:
+    """The key may use the envelope sender's domain and every originator field's
+    (From, Sender, Resent-From, Resent-Sender; a message without From is refused). Keys
+    without sender_domains, and trusted relaying without a key, may use any."""
+    key = sub.key
+    if key is None or not key.sender_domains:
+        return None
+    refusal = authorise_sender(key, sub.sender)
+    if refusal is not None:
+        return refusal
+    name = foreign_originator(facts, key.allows_sender)
+    if name is not None:
+        return Refusal(Rule.SENDER, name, f"{name}: address not allowed for this key")
+    return None
+
+
+def cap_recipients(sub: Submission, max_recipients: int) -> Refusal | None:
+    if len(sub.recipients) > max_recipients:
+        reason = f"At most {max_recipients} recipients per message"
+        return Refusal(Rule.RECIPIENTS, "recipients", reason)
+    return None
+
+
+def received_header(
+    client: Client, hostname: str, queue_id: str, recipients: tuple[str, ...], now: float
+) -> str:
+    """Received (RFC 5321 4.4) with the facts the ingress has: the HELO name and IP for
+    SMTP; for every other way in, the client's address and the way it came. `for` names
+    a single recipient only (more would show Bcc recipients to the others)."""
+    if client.helo is not None:
+        origin = f"{client.helo or 'unknown'} ([{client.address}])"
+    else:
+        origin = f"[{client.address}] (the {client.protocol} API)"
+    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    return (
+        f"Received: from {origin}\r\n\tby {hostname} (mailgate) with {client.protocol}"
+        f" id {queue_id}{for_clause};\r\n\t{formatdate(now, localtime=False)}\r\n"
+    )
+
+
+# -- the door ------------------------------------------------------------------------------
+
+
+@dataclass
+class Door:
+    """The rules' settings and hooks, and the store the door commits to."""
+
+    store: Store
+    hostname: str
+    max_recipients: int
+    count: Count = _no_count  # metrics: committed messages by source
+    suppressions: list[SuppressionCheck] = field(default_factory=list)
+    signers: list[Signer] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+
+    def prepare(self, sub: Submission) -> NewMessage | Refusal:
+        """Every rule before commit, in order; pure (no I/O). A DSN path can use this."""
+        facts = sub.facts or facts_of(sub.content)
+        refusal = authorise(sub, facts) or cap_recipients(sub, self.max_recipients)
+        if refusal is not None:
+            return refusal
+        for check in self.suppressions:
+            refusal = check(sub)
+            if refusal is not None:
+                return refusal
+        now = self.clock()
+        queue_id = new_id(now)
+        raw = self._with_headers(sub, facts, queue_id, now)
+        for sign in self.signers:
+            raw = sign(raw, sub)
+        return NewMessage(
+            raw=raw,
+            sender=sub.sender,
+            recipients=sub.recipients,
+            source=sub.source,
+            api_key_id=sub.key.id if sub.key else None,
+            tags=sub.tags,
+            metadata=sub.metadata,
+            message_id_header=facts.message_id or f"<{queue_id}@{self.hostname}>",
+            subject=facts.subject,
+            scheduled_at=sub.scheduled_at,
+            id=queue_id,
+            created_at=now,
+        )
+
+    def _with_headers(self, sub: Submission, facts: HeaderFacts, qid: str, now: float) -> bytes:
+        content = sub.content
+        received = received_header(sub.client, self.hostname, qid, sub.recipients, now)
+        if isinstance(content, Draft):  # the composer writes Message-ID and Date
+            draft = dataclasses.replace(
+                content,
+                message_id=content.message_id or f"<{qid}@{self.hostname}>",
+                date=content.date or now,
+            )
+            return received.encode("utf-8", "surrogateescape") + compose(draft)
+        raw = drop_blank_message_id(content, facts)
+        head = missing_headers(facts, hostname=self.hostname, queue_id=qid, now=now)
+        return received.encode("utf-8", "surrogateescape") + head + raw
+
+    async def commit(
+        self,
+        messages: Sequence[NewMessage],
+        idempotency: IdempotencyRequest | None = None,
+        response: str | None = None,
+    ) -> Answer:
+        """Commit (one transaction), then count. The idempotency record goes with the
+        first message; it answers a repeat with `response` (default: the message id)."""
+        if idempotency is not None and messages:
+            first = messages[0]
+            record = Idempotency(
+                idempotency.key,
+                idempotency.request_hash,
+                first.id if response is None else response,
+                first.created_at + idempotency.ttl,
+            )
+            messages = [dataclasses.replace(first, idempotency=record), *messages[1:]]
+        try:
+            if len(messages) == 1:
+                message_id = await self.store.enqueue(messages[0])
+            else:
+                message_id = (await self.store.enqueue_many(list(messages)))[0]
+        except DuplicateIdempotencyKey as dup:
+            return Accepted(dup.message_id, replayed=True)
+        except StoreUnavailable:
+            return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
+        self.count(messages[0].source, len(messages))
+        return Accepted(message_id, replayed=False)
+
+    async def accept(self, sub: Submission) -> Answer:
+        """prepare, then commit: the whole door for one message. (An ingress whose
+        idempotent answer quotes the prepared message calls the two itself.)"""
+        prepared = self.prepare(sub)
+        if isinstance(prepared, Refusal):
+            return prepared
+        return await self.commit([prepared], sub.idempotency)

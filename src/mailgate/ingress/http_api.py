@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -18,7 +17,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from email.utils import formatdate, getaddresses
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +33,25 @@ from mailgate import keys
 from mailgate.addresses import address_problem, parse_mailbox
 from mailgate.auth_guard import AuthGuard
 from mailgate.compose import Attachment as DraftAttachment
-from mailgate.compose import Draft, compose
+from mailgate.compose import Draft
 from mailgate.config import HttpConfig
-from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailable
 from mailgate.ingress import http_models as m
-from mailgate.ingress.accept import accept, accept_many
-from mailgate.ingress.smtp_rules import added_headers, foreign_originator, header_facts
+from mailgate.ingress.accept import (
+    Client,
+    Door,
+    IdempotencyRequest,
+    Refusal,
+    Rule,
+    Submission,
+)
 from mailgate.models import (
     ApiKey,
-    Idempotency,
     Message,
     NewMessage,
     Recipient,
     RecipientStatus,
     Scope,
     Source,
-    domain_of,
-    new_id,
 )
 from mailgate.store import Store
 
@@ -161,8 +162,16 @@ class Api:
         hostname: str,
         metrics: Metrics,
         guard: AuthGuard | None = None,
+        door: Door | None = None,
     ) -> None:
         self.store, self.cfg, self.hostname, self.metrics = store, cfg, hostname, metrics
+        if door is None:  # a door of its own, counting into this process's metrics
+
+            def count(source: Source, n: int) -> None:
+                metrics.accepted.labels(source).inc(n)
+
+            door = Door(store, hostname, cfg.max_recipients, count=count)
+        self.door = door
         self.guard = guard or AuthGuard()
         self._auth_cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -261,26 +270,17 @@ class Api:
         return b"".join(chunks)
 
     # -- building messages ------------------------------------------------------------
-    async def draft_message(self, req: m.SendRequest, key: ApiKey, prefix: str = "") -> NewMessage:
+    async def draft_message(
+        self, req: m.SendRequest, key: ApiKey, client: Client, prefix: str = ""
+    ) -> Submission:
+        """The JSON request as a submission with a draft; the door composes it."""
+
         def at(name: str) -> str:
             return f"{prefix}.{name}" if prefix else name
 
-        sender = mailbox(req.from_)
-        if not key.allows_sender(domain_of(sender[1])):
-            raise ApiError(
-                403, "sender_not_allowed", "This key may not send from that domain", at("from")
-            )
-        rcpts = [*req.to, *req.cc, *req.bcc]
-        if not rcpts:
+        if not (req.to or req.cc or req.bcc):
             raise ApiError(
                 422, "invalid_field", "At least one of to, cc, bcc is required", at("to")
-            )
-        if len(rcpts) > self.cfg.max_recipients:
-            raise ApiError(
-                422,
-                "invalid_field",
-                f"At most {self.cfg.max_recipients} recipients in to + cc + bcc",
-                at("to"),
             )
         if req.text is None and req.html is None:
             raise ApiError(422, "invalid_field", "Give text, html or both", at("text"))
@@ -288,11 +288,9 @@ class Api:
         references: tuple[str, ...] = ()
         if req.reply_to_message_id is not None:
             subject, in_reply_to, references = await self._thread(req, key, at)
-        now = time.time()
-        mid = new_id(now)  # the stored id is also the Message-ID's local part
-        message_id = f"<{mid}@{self.hostname}>"
+        sender = mailbox(req.from_)
         to, cc = tuple(map(mailbox, req.to)), tuple(map(mailbox, req.cc))
-        draft = Draft(
+        draft = Draft(  # Message-ID and Date: the door's, with the stored id
             sender=sender,
             to=to,
             cc=cc,
@@ -307,24 +305,19 @@ class Api:
             headers=tuple(req.headers.items()),
             in_reply_to=in_reply_to,
             references=references,
-            message_id=message_id,
-            date=now,
         )
         bcc = map(mailbox, req.bcc)
         envelope = tuple(dict.fromkeys(address for _, address in (*to, *cc, *bcc)))
-        return NewMessage(
-            id=mid,
-            raw=compose(draft),
+        return Submission(
             sender=sender[1],
             recipients=envelope,
+            content=draft,
             source=Source.HTTP,
-            api_key_id=key.id,
+            client=client,
+            key=key,
             tags=tuple(req.tags),
             metadata=dict(req.metadata),
-            message_id_header=message_id,
-            subject=subject,
             scheduled_at=req.scheduled_at.timestamp() if req.scheduled_at else None,
-            created_at=now,
         )
 
     async def _thread(
@@ -354,20 +347,22 @@ class Api:
         return message
 
     def raw_message(
-        self, raw: bytes, sender: str, to: list[str], key: ApiKey, tags: tuple[str, ...] = ()
-    ) -> NewMessage:
+        self,
+        raw: bytes,
+        sender: str,
+        to: list[str],
+        key: ApiKey,
+        client: Client,
+        tags: tuple[str, ...] = (),
+    ) -> Submission:
         """A complete message as given, but: Bcc and Resent-Bcc removed (as sendmail -t
-        does; the envelope is `to` alone), empty Message-IDs replaced, Date added when
-        missing; refused without exactly one From, or with From, Sender, Resent-From or
-        Resent-Sender outside a domain-limited key's domains."""
+        does; the envelope is `to` alone), empty Message-IDs removed (the door adds
+        Message-ID and Date when missing); refused without exactly one From or with more
+        than one Message-ID. The sender rules are the door's."""
         if sender:
             problem = address_problem(sender)
             if problem is not None:
                 raise ApiError(422, "invalid_field", problem, "from")
-            if not key.allows_sender(domain_of(sender)):
-                raise ApiError(
-                    403, "sender_not_allowed", "This key may not send from that domain", "from"
-                )
         if b"\x00" in raw:
             raise ApiError(422, "invalid_field", "Message contains NUL", "raw")
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
@@ -376,84 +371,38 @@ class Api:
         fields, rest = _split_head(raw)
         fields = [f for f in fields if f.name not in _DROPPED and not _empty_message_id(f)]
         _check_from(fields)
-        if len(to) > self.cfg.max_recipients:
-            raise ApiError(422, "invalid_field", "Too many recipients", "to")
-        now = time.time()
-        mid = new_id(now)
-        ids = [f.value for f in fields if f.name == "message-id"]
-        if len(ids) > 1:
+        if sum(f.name == "message-id" for f in fields) > 1:
             raise ApiError(
                 422, "invalid_field", "More than one Message-ID header", "raw.Message-ID"
             )
-        added = []
-        if not ids:  # the stored id is also the Message-ID's local part, as for JSON
-            ids = [f"<{mid}@{self.hostname}>"]
-            added.append(f"Message-ID: {ids[0]}\r\n".encode())
-        if not any(f.name == "date" for f in fields):
-            added.append(f"Date: {formatdate(now, localtime=False)}\r\n".encode())
-        raw = b"".join([*added, *(f.raw for f in fields), rest])
-        facts = header_facts(raw)  # sees the Message-ID and Date above
-        foreign = foreign_originator(facts, key.allows_sender)  # the SMTP door's rule
-        if foreign is not None:
-            raise ApiError(
-                403,
-                "sender_not_allowed",
-                f"{foreign}: address not allowed for this key",
-                f"raw.{foreign}",
-            )
-        head = added_headers(
-            facts,  # adds Received only
-            hostname=self.hostname,
-            helo="api",
-            client_ip="http",
-            protocol="HTTP",
-            queue_id=mid,
-            recipients=to,
-            now=now,
-        )
-        subject = next((f.value for f in fields if f.name == "subject"), None)
-        return NewMessage(
-            raw=head + raw,
+        return Submission(
             sender=sender,
             recipients=tuple(dict.fromkeys(to)),
+            content=b"".join([*(f.raw for f in fields), rest]),
             source=Source.HTTP,
-            api_key_id=key.id,
+            client=client,
+            key=key,
             tags=tags,
-            message_id_header=ids[0],
-            subject=subject,
-            id=mid,
-            created_at=now,
         )
 
     # -- committing -----------------------------------------------------------------------
-    async def commit_one(self, message: NewMessage, idem: tuple[str, str] | None) -> Response:
+    async def commit_one(self, sub: Submission, idem: tuple[str, str] | None) -> Response:
+        """The door for one message; the 202 quotes the prepared message."""
+        message = self.door.prepare(sub)
+        if isinstance(message, Refusal):
+            raise refusal_error(message, raw=isinstance(sub.content, bytes))
         body = accepted_body(message)
-        if idem is not None:
-            message = _with_idempotency(message, idem, body)
-        try:
-            result = await accept(self.store, message)
-        except StoreUnavailable:
-            raise _unavailable() from None
-        if result.replayed and idem is not None:
-            return await self.replay(idem)
-        self.metrics.accepted.labels("http").inc()
-        return Response(body, status_code=202, media_type="application/json")
+        return await self.commit_many([message], body, idem)
 
     async def commit_many(
         self, messages: list[NewMessage], body: str, idem: tuple[str, str] | None
     ) -> Response:
-        if idem is not None and messages:
-            messages = [_with_idempotency(messages[0], idem, body), *messages[1:]]
-        try:
-            await accept_many(self.store, messages)
-        except DuplicateIdempotencyKey:
-            assert idem is not None
+        request = None if idem is None else IdempotencyRequest(*idem, IDEMPOTENCY_TTL)
+        answer = await self.door.commit(messages, request, body)
+        if isinstance(answer, Refusal):
+            raise refusal_error(answer)
+        if answer.replayed and idem is not None:
             return await self.replay(idem)
-        except StoreUnavailable:
-            raise _unavailable() from None
-        except StoreError:
-            raise _unavailable() from None
-        self.metrics.accepted.labels("http").inc(len(messages))
         return Response(body, status_code=202, media_type="application/json")
 
     async def check_replay(
@@ -664,9 +613,33 @@ def accepted_body(message: NewMessage) -> str:
     return json.dumps(accepted_dict(message))
 
 
-def _with_idempotency(message: NewMessage, idem: tuple[str, str], body: str) -> NewMessage:
-    record = Idempotency(idem[0], idem[1], body, message.created_at + IDEMPOTENCY_TTL)
-    return dataclasses.replace(message, idempotency=record)
+# How the door's refusals read over HTTP: (status, error code) per rule.
+_REFUSED = {
+    Rule.SENDER: (403, "sender_not_allowed"),
+    Rule.RECIPIENTS: (422, "invalid_field"),
+    Rule.SUPPRESSED: (422, "suppressed"),
+    Rule.UNAVAILABLE: (503, "unavailable"),
+}
+
+
+def refusal_error(refusal: Refusal, *, raw: bool = False, prefix: str = "") -> ApiError:
+    """The door's refusal as an HTTP error; its reason is the message and its field is
+    named as the request names it (a JSON path, or raw.<Header> for a raw message)."""
+    if refusal.rule is Rule.UNAVAILABLE:
+        return _unavailable()
+    status, code = _REFUSED[refusal.rule]
+    if refusal.field == "recipients":
+        name = "to"
+    elif refusal.field == "sender" or (not raw and refusal.field == "From"):
+        name = "from"
+    else:
+        name = f"raw.{refusal.field}"
+    return ApiError(status, code, refusal.reason, f"{prefix}.{name}" if prefix else name)
+
+
+def client_of(request: Request) -> Client:
+    """The Received facts of an HTTP request: the peer's address and the protocol."""
+    return Client(request.client.host if request.client else "unknown", "HTTP")
 
 
 def _unavailable() -> ApiError:

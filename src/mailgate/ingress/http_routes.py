@@ -17,13 +17,16 @@ from prometheus_client import generate_latest
 
 from mailgate.errors import StoreError
 from mailgate.ingress import http_models as m
+from mailgate.ingress.accept import Refusal
 from mailgate.ingress.http_api import (
     Api,
     ApiError,
     accepted_dict,
+    client_of,
     error_response,
     field_path,
     mailbox,
+    refusal_error,
     shutting_down,
     validation_error,
 )
@@ -88,8 +91,8 @@ def create_api(api: Api) -> Direct:
         if replay is not None:
             return replay
         req = parse_json(m.SendRequest, body)
-        message = await api.draft_message(req, key)
-        return await api.commit_one(message, idem)
+        submission = await api.draft_message(req, key, client_of(request))
+        return await api.commit_one(submission, idem)
 
     @app.post(
         "/v1/messages/batch",
@@ -110,17 +113,22 @@ def create_api(api: Api) -> Direct:
             )
         results: list[dict[str, Any]] = []
         accepted = []
+        client = client_of(request)
         for i, item in enumerate(req.messages):
             prefix = f"messages[{i}]"
             try:
                 one = m.SendRequest.model_validate(item)
-                message = await api.draft_message(one, key, prefix)
+                submission = await api.draft_message(one, key, client, prefix)
             except pydantic.ValidationError as exc:
                 err = validation_error(exc, prefix)
                 results.append({"index": i, "error": _err(err)})
                 continue
             except ApiError as err:
                 results.append({"index": i, "error": _err(err)})
+                continue
+            message = api.door.prepare(submission)  # every rule but commit, per message
+            if isinstance(message, Refusal):
+                results.append({"index": i, "error": _err(refusal_error(message, prefix=prefix))})
                 continue
             accepted.append(message)
             results.append({"index": i, **accepted_dict(message)})
@@ -169,8 +177,10 @@ def create_api(api: Api) -> Direct:
         else:
             req = parse_json(m.RawRequest, body)
         to = [address for _, address in map(mailbox, req.to)]  # addr-specs, never as given
-        message = api.raw_message(base64.b64decode(req.raw), req.from_, to, key, tuple(req.tags))
-        return await api.commit_one(message, idem)
+        submission = api.raw_message(
+            base64.b64decode(req.raw), req.from_, to, key, client_of(request), tuple(req.tags)
+        )
+        return await api.commit_one(submission, idem)
 
     @app.get(
         "/v1/messages",

@@ -32,14 +32,19 @@ from typing import cast
 from mailgate import keys
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import SmtpConfig
-from mailgate.errors import StoreUnavailable
-from mailgate.ingress.accept import accept
+from mailgate.ingress.accept import (
+    Accepted,
+    Client,
+    Door,
+    IdempotencyRequest,
+    Refusal,
+    Rule,
+    Submission,
+    authorise_sender,
+)
 from mailgate.ingress.smtp_rules import (
     SmtpReply,
-    added_headers,
     data_problem,
-    drop_blank_message_id,
-    foreign_originator,
     header_facts,
     mailbox_key,
     param_problem,
@@ -47,7 +52,7 @@ from mailgate.ingress.smtp_rules import (
     transaction_key,
     unstuff,
 )
-from mailgate.models import ApiKey, Idempotency, NewMessage, Scope, Source, domain_of, new_id
+from mailgate.models import ApiKey, Scope, Source
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.smtp")
@@ -529,12 +534,9 @@ class Session(asyncio.Protocol):
         if not smtputf8 and not path.address.isascii():
             self.reply(SmtpReply(553, "5.6.7", "Address requires SMTPUTF8"))
             return
-        if (
-            path.address
-            and self.key is not None
-            and not self.key.allows_sender(domain_of(path.address))
-        ):
-            self.reply(SmtpReply(553, "5.7.1", "Sender address not allowed for this key"))
+        refusal = authorise_sender(self.key, path.address)  # the door's rule, asked early
+        if refusal is not None:
+            self.reply(smtp_reply(refusal))
             return
         self.mail_from = path.address
         self.smtputf8 = smtputf8
@@ -577,7 +579,7 @@ class Session(asyncio.Protocol):
         if key in self.rcpt_keys:  # the same mailbox twice: one copy, as Postfix does
             self.reply(SmtpReply(250, "2.1.5", "Ok"))
             return
-        if len(self.rcpts) >= self.cfg.max_recipients:
+        if len(self.rcpts) >= self.relay.door.max_recipients:  # the door's cap, asked early
             self.reply(SmtpReply(452, "4.5.3", "Too many recipients"))
             return
         self.rcpt_keys.add(key)
@@ -607,28 +609,14 @@ class Session(asyncio.Protocol):
         problem = data_problem(data)
         if problem is not None:
             return problem
-        facts = header_facts(data)
-        if self.key is not None and self.key.sender_domains:
-            field = foreign_originator(facts, self.key.allows_sender)
-            if field is not None:
-                return SmtpReply(553, "5.7.1", f"{field}: address not allowed for this key")
-        data = drop_blank_message_id(data, facts)
-        queue_id = new_id()
+        sender = self.mail_from or ""
+        recipients = tuple(self.rcpts)
         protocol = (
             ("ESMTP" if self.esmtp else "SMTP")
             + ("S" if self.tls else "")
             + ("A" if self.key else "")
         )
-        head = added_headers(
-            facts,
-            hostname=self.relay.hostname,
-            helo=self.helo or "",
-            client_ip=self.client_ip,
-            protocol=protocol,
-            queue_id=queue_id,
-            recipients=self.rcpts,
-        )
-        now = time.time()
+        facts = header_facts(data)
         idem = None
         # A re-send is folded into the first copy only when it is the same transaction:
         # same sender, the exact same recipients, the same bytes. That catches the one
@@ -639,35 +627,27 @@ class Session(asyncio.Protocol):
         # recipients that were not stored. Mail without a Message-ID is never folded:
         # two alerts with the same text are two messages.
         if facts.message_id and self.cfg.dedupe_window > 0:
-            idem = Idempotency(
-                "smtp-transaction:" + transaction_key(self.mail_from or "", self.rcpts, data),
+            idem = IdempotencyRequest(
+                "smtp-transaction:" + transaction_key(sender, recipients, data),
                 "",
-                queue_id,
-                now + self.cfg.dedupe_window,
+                self.cfg.dedupe_window,
             )
-        message = NewMessage(
-            raw=head + data,
-            sender=self.mail_from or "",
-            recipients=tuple(self.rcpts),
+        submission = Submission(
+            sender=sender,
+            recipients=recipients,
+            content=data,
             source=Source.SMTP,
-            api_key_id=self.key.id if self.key else None,
-            message_id_header=facts.message_id,
-            subject=facts.subject,
+            client=Client(self.client_ip, protocol, self.helo or ""),
+            key=self.key,
             idempotency=idem,
-            id=queue_id,
-            created_at=now,
+            facts=facts,
         )
         try:
-            accepted = await accept(self.relay.store, message)
-        except StoreUnavailable as exc:
-            log.warning("smtp: store cannot commit: %s", exc)
-            return SmtpReply(451, "4.3.0", "Temporary storage failure, try again later")
+            answer = await self.relay.door.accept(submission)
         except Exception:
             log.exception("smtp: accept failed")
             return SmtpReply(451, "4.3.0", "Temporary failure, try again later")
-        if self.relay.on_accepted is not None and not accepted.replayed:
-            self.relay.on_accepted()
-        return SmtpReply(250, "2.0.0", f"Ok: queued as {accepted.message_id}")
+        return smtp_reply(answer)
 
     def smtp_RSET(self, arg: str) -> None:
         self._reset()
@@ -686,6 +666,23 @@ class Session(asyncio.Protocol):
         self.close_with(SmtpReply(221, "2.0.0", "Bye"))
 
 
+# How the door's refusals read over SMTP: (code, enhanced status) per rule.
+_REFUSED = {
+    Rule.SENDER: (553, "5.7.1"),
+    Rule.RECIPIENTS: (452, "4.5.3"),
+    Rule.SUPPRESSED: (550, "5.7.1"),
+    Rule.UNAVAILABLE: (451, "4.3.0"),
+}
+
+
+def smtp_reply(answer: Accepted | Refusal) -> SmtpReply:
+    """The door's answer as an SMTP reply; the refusal's reason is the text."""
+    if isinstance(answer, Accepted):
+        return SmtpReply(250, "2.0.0", f"Ok: queued as {answer.message_id}")
+    code, enhanced = _REFUSED[answer.rule]
+    return SmtpReply(code, enhanced, answer.reason)
+
+
 class SmtpRelay:
     """Listening sockets, shared limits and the policy inputs of every session."""
 
@@ -697,10 +694,18 @@ class SmtpRelay:
         tls_context: ssl.SSLContext | None = None,
         guard: AuthGuard | None = None,
         on_accepted: Callable[[], None] | None = None,
+        door: Door | None = None,
     ) -> None:
         self.cfg = cfg
         self.guard = guard or AuthGuard()
-        self.on_accepted = on_accepted  # counts each committed message (metrics)
+        if door is None:  # a door of its own, counting through on_accepted
+
+            def count(source: Source, n: int) -> None:
+                if on_accepted is not None:
+                    on_accepted()
+
+            door = Door(store, hostname, cfg.max_recipients, count=count)
+        self.door = door
         self.store = store
         self.hostname = hostname
         self.tls_context = tls_context

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from email.utils import formatdate, getaddresses
 
 from mailgate.addresses import address_problem
-from mailgate.models import new_id
 
 _PARAM = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e]+))?$")
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
@@ -177,8 +176,8 @@ def foreign_originator(facts: HeaderFacts, allows: Callable[[str], bool]) -> str
 
 
 def drop_blank_message_id(data: bytes, facts: HeaderFacts) -> bytes:
-    """The message without its blank `Message-ID:` fields (added_headers puts a fresh one
-    on top): one Message-ID per message, RFC 5322 3.6. Folded lines go with their field."""
+    """The message without its blank `Message-ID:` fields (missing_headers puts a fresh
+    one on top): one Message-ID per message, RFC 5322 3.6. Folded lines go with their field."""
     if not facts.blank_message_id:
         return data
     lines = data.split(b"\r\n")
@@ -200,27 +199,15 @@ def drop_blank_message_id(data: bytes, facts: HeaderFacts) -> bytes:
     return b"\r\n".join(kept + lines[i:])
 
 
-def added_headers(
-    facts: HeaderFacts,
-    *,
-    hostname: str,
-    helo: str,
-    client_ip: str,
-    protocol: str,
-    queue_id: str,
-    recipients: list[str],
-    now: float | None = None,
+def missing_headers(
+    facts: HeaderFacts, *, hostname: str, queue_id: str, now: float | None = None
 ) -> bytes:
-    """Received (always), and Message-ID and Date when the message lacks them."""
+    """Message-ID (the queue id as its local part) and Date, when the message lacks them.
+    Received is the door's (ingress/accept.py), which knows how the message came in."""
     now = time.time() if now is None else now
-    date = formatdate(now, localtime=False)
-    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    lines = [
-        f"Received: from {helo or 'unknown'} ([{client_ip}])\r\n"
-        f"\tby {hostname} (mailgate) with {protocol} id {queue_id}{for_clause};\r\n\t{date}"
-    ]
+    lines = []
     if facts.message_id is None:
-        lines.append(f"Message-ID: <{new_id(now)}@{hostname}>")
+        lines.append(f"Message-ID: <{queue_id}@{hostname}>\r\n")
     if not facts.has_date:
-        lines.append(f"Date: {date}")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+        lines.append(f"Date: {formatdate(now, localtime=False)}\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
