@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
 import time
 
+import asyncpg
 import pytest
 
 from mailgate.errors import DuplicateIdempotencyKey
@@ -287,8 +290,34 @@ async def test_api_keys_round_trip_and_revoke(store: Store) -> None:
     assert stored is not None and secret not in stored[1]
 
 
+async def committed_nodes(store: Store) -> dict[str, float]:
+    """The nodes table as another connection sees it: only what was committed."""
+    from mailgate.store.postgres import PostgresStore
+    from mailgate.store.sqlite import SqliteStore
+
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            return dict(conn.execute("SELECT name, seen_at FROM nodes").fetchall())
+        finally:
+            conn.close()
+    assert isinstance(store, PostgresStore)
+    pg = await asyncpg.connect(store.url)
+    try:
+        return {r[0]: r[1] for r in await pg.fetch("SELECT name, seen_at FROM nodes")}
+    finally:
+        await pg.close()
+
+
 async def test_ping_commits(store: Store) -> None:
+    before = time.time()
     await store.ping()
+    first = await committed_nodes(store)
+    name = f"{os.uname().nodename}:{os.getpid()}"
+    assert list(first) == [name] and first[name] >= before - 1
+    await store.ping()  # the same row, rewritten: a ping is a real commit each time
+    second = await committed_nodes(store)
+    assert list(second) == [name] and second[name] >= first[name]
 
 
 async def test_wait_for_work_wakes_on_enqueue(store: Store) -> None:

@@ -33,7 +33,7 @@ from mailgate.models import (
     Settlement,
     Source,
 )
-from mailgate.store import Store
+from mailgate.store import Dsn, Store
 
 log = logging.getLogger("mailgate.delivery")
 GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
@@ -349,8 +349,8 @@ class Deliverer:
         rcpts: list[Recipient],
         messages: dict[str, tuple[Message, bytes]],
     ) -> None:
-        await self.store.settle(self.owner, settlements)
-        failed: dict[str, list[Failure]] = defaultdict(list)
+        """Settle the recipients and queue the DSNs for their bounces in one transaction."""
+        failed: dict[str, list[tuple[int, Failure]]] = defaultdict(list)
         by_id = {r.id: r for r in rcpts}
         for s in settlements:
             if s.status not in (RecipientStatus.BOUNCED, RecipientStatus.EXPIRED):
@@ -362,27 +362,31 @@ class Deliverer:
                 if expired
                 else (s.reply.enhanced if s.reply and s.reply.enhanced else "5.0.0")
             )
-            failed[r.message_id].append(Failure(r.address, code, s.reply, s.remote_host, expired))
+            failure = Failure(r.address, code, s.reply, s.remote_host, expired)
+            failed[r.message_id].append((r.id, failure))
+        dsns = []
         for message_id, failures in failed.items():
             message, raw = messages[message_id]
             if self._wants_dsn(message):
-                await self._queue_dsn(message, raw, failures)
+                dsns.append(self._dsn(message, raw, failures))
+        await self.store.settle(self.owner, settlements, dsns)
 
     def _wants_dsn(self, message: Message) -> bool:
         if not message.sender or message.source is Source.DSN:
             return False  # a bounce is never bounced
         return message.source is Source.SMTP or self.cfg.dsn_for_api
 
-    async def _queue_dsn(self, message: Message, raw: bytes, failures: list[Failure]) -> None:
+    def _dsn(self, message: Message, raw: bytes, failures: list[tuple[int, Failure]]) -> Dsn:
         now = self.clock()
-        dsn = build_dsn(raw, message.sender, failures, self.hostname, message.created_at, now)
-        await self.store.enqueue(
-            NewMessage(
-                raw=dsn,
-                sender="",
-                recipients=(message.sender,),
-                source=Source.DSN,
-                subject="Undelivered Mail",
-                created_at=now,
-            )
+        text = build_dsn(
+            raw, message.sender, [f for _, f in failures], self.hostname, message.created_at, now
         )
+        dsn = NewMessage(
+            raw=text,
+            sender="",
+            recipients=(message.sender,),
+            source=Source.DSN,
+            subject="Undelivered Mail",
+            created_at=now,
+        )
+        return Dsn(dsn, tuple(rid for rid, _ in failures))

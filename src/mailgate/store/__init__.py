@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailgate.models import (
@@ -25,6 +26,19 @@ from mailgate.models import (
     Settlement,
     Source,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """A delivery status notification to queue with the settlements it reports.
+
+    It is queued in the settle's transaction only if every recipient it names was
+    settled there: a recipient fenced out (its lease passed to another worker) is the
+    new owner's to report, so a DSN naming it would report a fate this worker did not
+    record."""
+
+    message: NewMessage
+    recipient_ids: tuple[int, ...]
 
 
 class Store(Protocol):
@@ -70,10 +84,14 @@ class Store(Protocol):
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
         """Lease up to `limit` due recipients of one domain (the most overdue one)."""
 
-    async def settle(self, owner: str, settlements: Sequence[Settlement]) -> int:
-        """Record outcomes of leased recipients with their events; returns rows changed.
+    async def settle(
+        self, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn] = ()
+    ) -> int:
+        """Record outcomes of leased recipients with their events, and queue the DSNs
+        that report them, in one transaction; returns rows changed.
 
-        A settlement whose lease has passed to another owner is skipped (fencing).
+        A settlement whose lease has passed to another owner is skipped (fencing), and
+        so is every DSN naming it (see Dsn). If a DSN cannot be written, nothing is.
         """
 
     async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
@@ -281,3 +299,8 @@ def open_store(
     from mailgate.errors import ConfigError
 
     raise ConfigError(f"config: store.url: expected sqlite:///path or postgresql://…, got {url!r}")
+
+
+def dsns_to_queue(dsns: Sequence[Dsn], settled: set[int]) -> list[NewMessage]:
+    """The DSNs whose every recipient was settled by this transaction (see Dsn)."""
+    return [d.message for d in dsns if settled.issuperset(d.recipient_ids)]

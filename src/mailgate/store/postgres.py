@@ -40,6 +40,8 @@ from mailgate.store import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
+    Dsn,
+    dsns_to_queue,
     event_from_row,
     key_from_row,
     key_row,
@@ -455,16 +457,18 @@ class PostgresStore:
 
         return await self._run(run)
 
-    async def settle(self, owner: str, settlements: Sequence[Settlement]) -> int:
+    async def settle(
+        self, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn] = ()
+    ) -> int:
         now = time.time()
 
         async def run(c: asyncpg.Connection) -> int:
-            changed = 0
+            settled: set[int] = set()
             for s in settlements:
                 message_id = await c.fetchval(SETTLE, *settle_params(s, now, owner))
                 if message_id is None:
                     continue
-                changed += 1
+                settled.add(s.recipient_id)
                 await c.execute(
                     INSERT_RECIPIENT_EVENT,
                     message_id,
@@ -473,9 +477,14 @@ class PostgresStore:
                     now,
                     settlement_details(s),
                 )
-            return changed
+            # in this transaction: a crash keeps both or neither
+            await self._insert_many(c, dsns_to_queue(dsns, settled))
+            return len(settled)
 
-        return await self._run(run)
+        try:
+            return await self._run(run)
+        except asyncpg.PostgresError as exc:  # e.g. a DSN's row refused: nothing was written
+            raise StoreError(f"store: settle failed: {exc}") from None
 
     async def recover_leases(self, owner_prefix: str, now: float) -> int:
         async def run(c: asyncpg.Connection) -> int:

@@ -47,7 +47,9 @@ from mailgate.store import (
     KEY_COLUMNS,
     MESSAGE_COLUMNS,
     RECIPIENT_COLUMNS,
+    Dsn,
     Rows,
+    dsns_to_queue,
     event_from_row,
     key_from_row,
     key_row,
@@ -766,16 +768,20 @@ class SqliteStore:
 
         return await self._write(run)
 
-    async def settle(self, owner: str, settlements: Sequence[Settlement]) -> int:
+    async def settle(
+        self, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn] = ()
+    ) -> int:
         now = time.time()
+        queued = False
 
         def run(c: sqlite3.Connection) -> int:
-            changed = 0
+            nonlocal queued
+            settled: set[int] = set()
             for s in settlements:
                 row = c.execute(SETTLE, settle_params(s, now, owner)).fetchone()
                 if row is None:
                     continue
-                changed += 1
+                settled.add(s.recipient_id)
                 c.execute(
                     INSERT_RECIPIENT_EVENT,
                     (
@@ -786,9 +792,16 @@ class SqliteStore:
                         settlement_details(s),
                     ),
                 )
-            return changed
+            notices = dsns_to_queue(dsns, settled)
+            if notices:  # in this transaction: a crash keeps both or neither
+                self._insert_rows(c, [message_rows(m) for m in notices])
+                queued = True
+            return len(settled)
 
-        return await self._write(run)
+        changed = await self._write(run)
+        if queued and self._work is not None:
+            self._work.set()
+        return changed
 
     async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
         def run(c: sqlite3.Connection) -> int:

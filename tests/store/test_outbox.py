@@ -1,0 +1,115 @@
+"""The event outbox, on both stores: a bounce and its DSN commit together, events carry
+their owner, and the events cursor never skips one."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mailgate.errors import StoreError
+from mailgate.models import (
+    EventKind,
+    MessageQuery,
+    NewMessage,
+    RecipientStatus,
+    Reply,
+    Settlement,
+    Source,
+)
+from mailgate.store import Dsn, Store
+from tests.store.test_contract import message
+
+BOUNCE = Reply(550, "5.1.1", "no such user")
+
+
+def dsn_for(sender: str, *recipient_ids: int, **kw: object) -> Dsn:
+    notice = NewMessage(
+        raw=b"Subject: Undelivered Mail\r\n\r\nsorry\r\n",
+        sender="",
+        recipients=(sender,),
+        source=Source.DSN,
+        **kw,  # type: ignore[arg-type]
+    )
+    return Dsn(notice, recipient_ids)
+
+
+async def dsns_to(store: Store, address: str) -> list[str]:
+    found = await store.list_messages(MessageQuery(recipient=address, limit=100))
+    return [m.id for m in found if m.source is Source.DSN]
+
+
+async def test_bounce_and_its_dsn_commit_together(store: Store) -> None:
+    now = time.time()
+    m = message("gone@x.test", "fine@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    claim = await store.claim("w", now, 10, 60)
+    assert claim is not None
+    gone, fine = claim.recipients
+    notice = dsn_for(m.sender, gone.id)
+    settled = await store.settle(
+        "w",
+        [
+            Settlement(gone.id, RecipientStatus.BOUNCED, BOUNCE),
+            Settlement(fine.id, RecipientStatus.DELIVERED, Reply(250, None, "ok")),
+        ],
+        [notice],
+    )
+    assert settled == 2
+    assert await dsns_to(store, m.sender) == [notice.message.id]
+    assert [r.status for r in await store.recipients(notice.message.id)] == [RecipientStatus.QUEUED]
+    assert [e.kind for e in await store.events(notice.message.id)] == [EventKind.ACCEPTED]
+    later = await store.claim("w2", now + 1, 10, 60)  # the DSN is claimable like any mail
+    assert later is not None and later.recipients[0].message_id == notice.message.id
+
+
+async def test_a_dsn_that_cannot_be_written_leaves_the_bounce_unsettled(store: Store) -> None:
+    now = time.time()
+    m = message("gone@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    claim = await store.claim("w", now, 10, 60)
+    assert claim is not None
+    rid = claim.recipients[0].id
+    clash = dsn_for(m.sender, rid, id=m.id)  # its id is taken: the insert fails
+    with pytest.raises(StoreError):
+        await store.settle("w", [Settlement(rid, RecipientStatus.BOUNCED, BOUNCE)], [clash])
+    (r,) = await store.recipients(m.id)
+    assert (r.status, r.attempts, r.lease_owner) == (RecipientStatus.QUEUED, 0, "w")
+    assert [e.kind for e in await store.events(m.id)] == [EventKind.ACCEPTED]
+    # the lease still holds, so the same worker settles it once the DSN is sound
+    good = dsn_for(m.sender, rid)
+    assert await store.settle("w", [Settlement(rid, RecipientStatus.BOUNCED, BOUNCE)], [good]) == 1
+    assert await dsns_to(store, m.sender) == [good.message.id]
+
+
+async def test_a_fenced_out_bounce_queues_no_dsn(store: Store) -> None:
+    now = time.time()
+    m = message("gone@x.test", "also@x.test", created_at=now - 1)
+    await store.enqueue(m)
+    first = await store.claim("dead-worker", now, 10, 30)
+    assert first is not None
+    a, b = first.recipients
+    second = await store.claim("w2", now + 31, 1, 30)  # takes one of the two over
+    assert second is not None
+    taken = second.recipients[0].id
+    kept = b.id if taken == a.id else a.id
+    bounces = [Settlement(r.id, RecipientStatus.BOUNCED, BOUNCE) for r in (a, b)]
+    # one DSN naming both: a recipient is fenced out, so the DSN is not queued
+    both = dsn_for(m.sender, a.id, b.id)
+    assert await store.settle("dead-worker", bounces, [both]) == 1
+    assert await dsns_to(store, m.sender) == []
+    # the new owner settles its recipient and queues the DSN that reports it
+    mine = dsn_for(m.sender, taken)
+    fenced = dsn_for(m.sender, kept)  # not its lease: fenced, so not queued either
+    assert (
+        await store.settle(
+            "w2",
+            [
+                Settlement(taken, RecipientStatus.BOUNCED, BOUNCE),
+                Settlement(kept, RecipientStatus.BOUNCED, BOUNCE),
+            ],
+            [mine, fenced],
+        )
+        == 1
+    )
+    assert await dsns_to(store, m.sender) == [mine.message.id]
