@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import socket
+import ssl
 import time
+from pathlib import Path
 
 import pytest
+import trustme
 
 from mailgate.auth_guard import AuthGuard
 from tests.ingress.conftest import RunningServer, make_config, start_server
-from tests.ingress.smtp_relay.dialog import greeted
+from tests.ingress.smtp_relay.dialog import Dialog, greeted
 
 
 def b64(text: str) -> str:
@@ -81,14 +86,67 @@ def test_failures_per_ip_lock_out_new_connections(tmp_path, ca) -> None:  # type
             assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + srv.send_key)}")[0] == 421
 
 
-def test_auth_not_offered_in_plaintext_to_remote_clients(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
-    # Loopback counts as local; make the relay think otherwise by listening on ::1 only?
-    # Instead check the rule itself on the running relay.
-    for srv in start_server(make_config(tmp_path, ca), ca):
+def remote_address() -> str | None:
+    """An address of this machine that is not loopback (the one it would route to the
+    internet from), or None. Connecting a UDP socket sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        ip = str(s.getsockname()[0])
+    return None if ipaddress.ip_address(ip).is_loopback else ip
+
+
+def remote_dialog(srv: RunningServer, ip: str | None, monkeypatch: pytest.MonkeyPatch) -> Dialog:
+    """A client the relay sees as remote: from a real non-loopback address of this machine
+    when there is one, else over loopback with the relay told that loopback is remote."""
+    if ip is None:
+        assert srv.app.smtp is not None
+        monkeypatch.setattr(srv.app.smtp, "is_loopback", lambda _ip: False)
+    d = Dialog(srv.smtp_port, host=ip or "127.0.0.1")
+    assert d.read_reply()[0] == 220
+    return d
+
+
+def test_auth_not_offered_in_plaintext_to_remote_clients(
+    tmp_path: Path, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ip = remote_address()
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    for srv in start_server(make_config(tmp_path, ca, host=ip or "127.0.0.1"), ca):
         relay = srv.app.smtp
         assert relay is not None
+        # what the relay counts as local: loopback, IPv4-mapped loopback too
         assert relay.is_loopback("127.0.0.1") and relay.is_loopback("::ffff:127.0.0.1")
         assert not relay.is_loopback("192.0.2.1")
+        plain = f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + srv.send_key)}"
+        with remote_dialog(srv, ip, monkeypatch) as d:
+            code, ehlo = d.cmd("EHLO client.test")
+            assert code == 250 and "STARTTLS" in ehlo
+            assert "AUTH" not in ehlo, "AUTH offered to a remote client without TLS"
+            # and not taken either, even with the right key
+            assert d.cmd(plain) == (530, "530 5.7.0 Must issue a STARTTLS command first")
+            assert d.cmd("AUTH LOGIN")[0] == 530
+            # after STARTTLS the same client is offered AUTH and may use it
+            assert d.cmd("STARTTLS")[0] == 220
+            d.sock = ctx.wrap_socket(d.sock, server_hostname="localhost")
+            code, ehlo = d.cmd("EHLO client.test")
+            assert code == 250 and "AUTH PLAIN LOGIN" in ehlo
+            assert d.cmd(plain)[0] == 235
+
+
+def test_allow_plaintext_auth_offers_auth_to_remote_clients(
+    tmp_path: Path, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ip = remote_address()
+    cfg = make_config(tmp_path, ca, host=ip or "127.0.0.1", allow_plaintext_auth=True)
+    for srv in start_server(cfg, ca):
+        with remote_dialog(srv, ip, monkeypatch) as d:
+            code, ehlo = d.cmd("EHLO client.test")
+            assert code == 250 and "AUTH PLAIN LOGIN" in ehlo
+            assert d.cmd(f"AUTH PLAIN {b64(chr(0) + 'u' + chr(0) + srv.send_key)}")[0] == 235
 
 
 def test_failures_on_a_key_lock_the_failing_address_not_the_owner(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
