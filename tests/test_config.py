@@ -67,3 +67,36 @@ def test_bad_config_is_one_clear_line(
         load_config(path, environ=env)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_one_recipient_cap_for_every_way_in(tmp_path: Path) -> None:
+    cfg = load_config(environ={})
+    assert cfg.accept.max_recipients == cfg.smtp.max_recipients == 1000
+    assert cfg.http.max_recipients == 1000
+    cfg = load_config(environ={"MAILGATE_ACCEPT_MAX_RECIPIENTS": "50"})
+    assert (cfg.accept.max_recipients, cfg.smtp.max_recipients, cfg.http.max_recipients) == (
+        50,
+        50,
+        50,
+    )
+
+
+def test_old_recipient_caps_are_deprecated_aliases(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mailgate.toml"
+    path.write_text("[smtp]\nmax_recipients = 7\n[http]\nmax_recipients = 7\n")
+    cfg = load_config(path, environ={})
+    assert (cfg.accept.max_recipients, cfg.smtp.max_recipients, cfg.http.max_recipients) == (
+        7,
+        7,
+        7,
+    )
+    assert "smtp.max_recipients and http.max_recipients is deprecated" in caplog.text
+    # two different caps cannot both hold: start-up stops and says what to write instead
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={"MAILGATE_HTTP_MAX_RECIPIENTS": "1000"})
+    assert str(err.value) == (
+        "config: smtp.max_recipients = 7, http.max_recipients = 1000: recipients are now"
+        " capped by one setting, [accept] max_recipients; set it alone"
+    )

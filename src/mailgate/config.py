@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mailgate.errors import ConfigError
 
+log = logging.getLogger("mailgate.config")
 ENV_PREFIX = "MAILGATE_"
+MAX_RECIPIENTS = 1000  # Postfix's smtpd_recipient_limit default, and HTTP's before 0.2
 CONFIG_ENV = "MAILGATE_CONFIG"  # names the TOML file; not a setting itself
 
 
@@ -99,7 +102,12 @@ class SmtpConfig(_Section):
     max_message_size: int = Field(
         26_214_400, ge=1024, description="Largest message in bytes (advertised as SIZE)."
     )
-    max_recipients: int = Field(100, ge=1, description="RCPT TO commands accepted per message.")
+    max_recipients: int = Field(
+        MAX_RECIPIENTS,
+        ge=1,
+        description="Deprecated alias of [accept] max_recipients (set that instead); kept in"
+        " step with it.",
+    )
     max_command_length: int = Field(
         2048, ge=512, description="Longest command line in bytes, CRLF included."
     )
@@ -153,13 +161,62 @@ class HttpConfig(_Section):
         40 * 1024 * 1024, ge=1024, description="Largest request body in bytes (413 beyond)."
     )
     max_recipients: int = Field(
-        1000, ge=1, description="to + cc + bcc addresses per message (422 beyond)."
+        MAX_RECIPIENTS,
+        ge=1,
+        description="Deprecated alias of [accept] max_recipients (set that instead); kept in"
+        " step with it.",
     )
     batch_max: int = Field(500, ge=1, le=10_000, description="Messages per batch request.")
     rate_limit_per_second: float = Field(
         0.0, ge=0, description="Requests per second per API key (429 beyond); 0 turns it off."
     )
     rate_limit_burst: int = Field(100, ge=1, description="Burst size of the per-key rate limit.")
+
+
+class AcceptConfig(_Section):
+    max_recipients: int = Field(
+        MAX_RECIPIENTS,
+        ge=1,
+        description="Envelope recipients per message, whichever way it comes in (SMTP: 452"
+        " 4.5.3 to each RCPT past it; HTTP: 422 naming `to`).",
+    )
+
+
+def _one_recipient_cap(data: Any) -> Any:
+    """[accept] max_recipients is the one cap. The old smtp.max_recipients and
+    http.max_recipients still work alone or agreeing (with a warning); set to different
+    values they cannot both hold, so start-up stops and says what to write instead."""
+    if not isinstance(data, dict):
+        return data
+    sections = {name: data.get(name) for name in ("accept", "smtp", "http")}
+    if not all(v is None or isinstance(v, dict) for v in sections.values()):
+        return data  # the section type error is reported by validation
+
+    def number(value: Any) -> Any:  # environment values come as text
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    new = number((sections["accept"] or {}).get("max_recipients"))
+    old = {
+        f"{name}.max_recipients": number(sections[name]["max_recipients"])  # type: ignore[index]
+        for name in ("smtp", "http")
+        if "max_recipients" in (sections[name] or {})
+    }
+    values = set(old.values()) | ({new} if new is not None else set())
+    if len(values) > 1:
+        given = ", ".join(f"{k} = {v!r}" for k, v in old.items())
+        if new is not None:
+            given += f", accept.max_recipients = {new!r}"
+        raise ValueError(
+            f"{given}: recipients are now capped by one setting, [accept] max_recipients;"
+            " set it alone"
+        )
+    if old:
+        log.warning("config: %s is deprecated; use [accept] max_recipients", " and ".join(old))
+    cap = values.pop() if values else MAX_RECIPIENTS
+    out = dict(data)
+    for name in ("accept", "smtp", "http"):
+        out[name] = {**(sections[name] or {}), "max_recipients": cap}
+    return out
 
 
 class DeliveryConfig(_Section):
@@ -226,8 +283,11 @@ class Config(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    accept: AcceptConfig = Field(default_factory=AcceptConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+
+    _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
 
     @property
     def data_dir(self) -> Path:
@@ -245,6 +305,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "store": StoreConfig,
     "smtp": SmtpConfig,
     "http": HttpConfig,
+    "accept": AcceptConfig,
     "auth": AuthConfig,
     "delivery": DeliveryConfig,
 }
@@ -290,6 +351,8 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if not where:  # a rule across settings: its message names them
+            raise ConfigError(f"config: {first['msg'].removeprefix('Value error, ')}") from None
         if first["type"] == "extra_forbidden":
             raise ConfigError(f"config: {where}: unknown setting") from None
         got = first.get("input")

@@ -4,7 +4,11 @@ A 250 must never stand for recipients that were not stored (issue 11, finding 2)
 
 from __future__ import annotations
 
-from tests.ingress.conftest import RunningServer
+from pathlib import Path
+
+import trustme
+
+from tests.ingress.conftest import RunningServer, make_config, start_server
 from tests.ingress.smtp_relay.dialog import Dialog, greeted
 
 MESSAGE = b"Message-ID: <one@example.org>\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
@@ -25,16 +29,19 @@ def _stored(server: RunningServer, qid: str) -> list[str]:
     return [r.address for r in server.call(lambda s: s.recipients(qid))]
 
 
-def test_recipients_refused_by_our_452_and_resent_are_all_stored(server: RunningServer) -> None:
+def test_recipients_refused_by_our_452_and_resent_are_all_stored(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
     everyone = [f"r{i}@example.com" for i in range(101)]
-    with greeted(server.smtp_port) as d:
-        first, taken = _send(d, "a@example.org", everyone)
-        assert taken == 100  # the 101st got 452 4.5.3 Too many recipients
-        # RFC 5321 4.5.3.1.10: the client sends the same message to the rest
-        second, _ = _send(d, "a@example.org", everyone[taken:])
-    assert second != first
-    stored = _stored(server, first) + _stored(server, second)
-    assert sorted(stored) == sorted(everyone)
+    for server in start_server(make_config(tmp_path, ca, max_recipients=100), ca):
+        with greeted(server.smtp_port) as d:
+            first, taken = _send(d, "a@example.org", everyone)
+            assert taken == 100  # the 101st got 452 4.5.3 Too many recipients
+            # RFC 5321 4.5.3.1.10: the client sends the same message to the rest
+            second, _ = _send(d, "a@example.org", everyone[taken:])
+        assert second != first
+        stored = _stored(server, first) + _stored(server, second)
+        assert sorted(stored) == sorted(everyone)
 
 
 def test_per_recipient_copies_with_one_message_id_are_all_stored(server: RunningServer) -> None:
