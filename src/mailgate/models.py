@@ -11,7 +11,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> two characters
@@ -166,9 +166,40 @@ class Recipient:
     updated_at: float
 
 
+class AcceptedDetails(TypedDict):
+    """details of ACCEPTED."""
+
+    recipients: int  # envelope recipients stored
+    size: int  # octets of the stored message
+    source: str  # a Source value
+
+
+class OutcomeDetails(TypedDict, total=False):
+    """details of DELIVERED, DEFERRED, BOUNCED and EXPIRED: what the attempt got."""
+
+    code: int  # the SMTP reply code (absent when there was no reply)
+    enhanced: str | None  # its RFC 3463 code
+    text: str  # its text
+    remote_host: str  # the host that answered
+    next_attempt_at: float  # DEFERRED: when the next attempt is due
+
+
+class LeaseExpiredDetails(TypedDict):
+    """details of LEASE_EXPIRED."""
+
+    previous_owner: str  # the worker whose lease ran out
+
+
+# details of CANCELLED and RETRY_NOW: {} (nothing beyond the event itself)
+EventDetails = AcceptedDetails | OutcomeDetails | LeaseExpiredDetails
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One line of a message's append-only history."""
+    """One line of a message's append-only history (the outbox).
+
+    details has the fixed keys of its kind's TypedDict above; the store writes them
+    from those types and decodes them in one place (store.event_from_row)."""
 
     id: int
     message_id: str
@@ -176,6 +207,7 @@ class Event:
     kind: EventKind
     at: float
     details: dict[str, Any]
+    api_key_id: str | None = None  # the key that owns the message (None: no key, or a DSN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,3 +113,53 @@ async def test_a_fenced_out_bounce_queues_no_dsn(store: Store) -> None:
         == 1
     )
     assert await dsns_to(store, m.sender) == [mine.message.id]
+
+
+async def test_every_event_carries_the_key_that_owns_its_message(store: Store) -> None:
+    now = time.time()
+    bounced = message("gone@x.test", "later@x.test", api_key_id="K", created_at=now - 1)
+    cancelled = message("c@y.test", api_key_id="K", created_at=now - 1)
+    keyless = message("n@z.test", created_at=now - 1)
+    await store.enqueue(bounced)
+    first = await store.claim("dead-worker", now, 10, 30)
+    assert first is not None
+    again = await store.claim("w", now + 31, 10, 30)  # lease_expired for both
+    assert again is not None
+    for m in (cancelled, keyless):
+        await store.enqueue(m)
+    gone, later = again.recipients
+    notice = dsn_for(bounced.sender, gone.id)
+    await store.settle(
+        "w",
+        [
+            Settlement(gone.id, RecipientStatus.BOUNCED, BOUNCE),
+            Settlement(
+                later.id, RecipientStatus.DEFERRED, Reply(451, None, "busy"), None, now + 60
+            ),
+        ],
+        [notice],
+    )
+    assert await store.retry_now(bounced.id, now + 32) == 1
+    assert await store.cancel(cancelled.id, now + 33) == 1
+    events = await store.events(bounced.id) + await store.events(cancelled.id)
+    kinds = "accepted lease_expired lease_expired bounced deferred retry_now accepted cancelled"
+    assert sorted(e.kind for e in events) == sorted(EventKind(k) for k in kinds.split())
+    assert {e.api_key_id for e in events} == {"K"}
+    assert [e.api_key_id for e in await store.events(keyless.id)] == [None]
+    assert [e.api_key_id for e in await store.events(notice.message.id)] == [None]
+    # details have their kind's fixed keys
+    by_kind = {e.kind: e.details for e in events}
+    assert by_kind[EventKind.ACCEPTED] == {
+        "recipients": 1,
+        "size": len(cancelled.raw),
+        "source": "http",
+    }
+    assert by_kind[EventKind.LEASE_EXPIRED] == {"previous_owner": "dead-worker"}
+    assert by_kind[EventKind.BOUNCED] == {"code": 550, "enhanced": "5.1.1", "text": "no such user"}
+    assert by_kind[EventKind.DEFERRED] == {
+        "code": 451,
+        "enhanced": None,
+        "text": "busy",
+        "next_attempt_at": pytest.approx(now + 60),
+    }
+    assert by_kind[EventKind.CANCELLED] == by_kind[EventKind.RETRY_NOW] == {}

@@ -16,9 +16,11 @@ from mailgate.models import (
     Claim,
     Event,
     EventKind,
+    LeaseExpiredDetails,
     Message,
     MessageQuery,
     NewMessage,
+    OutcomeDetails,
     Recipient,
     RecipientStatus,
     Reply,
@@ -149,9 +151,9 @@ def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
 
 
 def settlement_details(s: Settlement) -> str:
-    details: dict[str, Any] = {}
+    details: OutcomeDetails = {}
     if s.reply is not None:
-        details.update(code=s.reply.code, enhanced=s.reply.enhanced, text=s.reply.text)
+        details = {"code": s.reply.code, "enhanced": s.reply.enhanced, "text": s.reply.text}
     if s.remote_host:
         details["remote_host"] = s.remote_host
     if s.next_attempt_at is not None:
@@ -165,7 +167,10 @@ Rows = tuple[tuple[Any, ...], list[tuple[Any, ...]], tuple[Any, ...], list[tuple
 
 
 def message_rows(m: NewMessage) -> Rows:
-    """(message row, recipient rows, accepted-event row, tag rows) for an enqueue."""
+    """(message row, recipient rows, accepted-event row, tag rows) for an enqueue.
+
+    The accepted event's details are AcceptedDetails, written as text directly (this is
+    the enqueue hot path: json.dumps of three fixed keys cost more than the format)."""
     due = m.scheduled_at if m.scheduled_at is not None else m.created_at
     mid, created = m.id, m.created_at
     msg = (
@@ -185,7 +190,7 @@ def message_rows(m: NewMessage) -> Rows:
     )
     rcpts = [(mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created) for a in m.recipients]
     details = f'{{"recipients": {len(m.recipients)}, "size": {len(m.raw)}, "source": "{m.source}"}}'
-    event = (mid, _ACCEPTED, created, details)
+    event = (mid, _ACCEPTED, created, details, m.api_key_id)
     return msg, rcpts, event, [(t, mid) for t in m.tags]
 
 
@@ -197,7 +202,7 @@ RECIPIENT_COLUMNS = (
     "id, message_id, address, domain, status, attempts, next_attempt_at, lease_owner,"
     " last_code, last_enhanced, last_text, remote_host, updated_at"
 )
-EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details"
+EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details, api_key_id"
 KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
 
 
@@ -243,7 +248,13 @@ def event_from_row(r: Sequence[Any]) -> Event:
         kind=EventKind(r[3]),
         at=r[4],
         details=json.loads(r[5]),
+        api_key_id=r[6],
     )
+
+
+def lease_expired_details(previous_owner: str) -> str:
+    details: LeaseExpiredDetails = {"previous_owner": previous_owner}
+    return json.dumps(details)
 
 
 def key_from_row(r: Sequence[Any]) -> tuple[ApiKey, str]:

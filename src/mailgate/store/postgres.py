@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import time
@@ -45,6 +44,7 @@ from mailgate.store import (
     event_from_row,
     key_from_row,
     key_row,
+    lease_expired_details,
     message_from_row,
     message_rows,
     recipient_from_row,
@@ -81,9 +81,13 @@ INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, address, domain, status, next_attempt_at, updated_at)"
     " VALUES ($1,$2,$3,$4,$5,$6)"
 )
-INSERT_EVENT = "INSERT INTO events (message_id, kind, at, details) VALUES ($1,$2,$3,$4)"
+INSERT_EVENT = (
+    "INSERT INTO events (message_id, kind, at, details, api_key_id) VALUES ($1,$2,$3,$4,$5)"
+)
+# -- name: insert_recipient_event: the owner copied from the message in the same statement
 INSERT_RECIPIENT_EVENT = (
-    "INSERT INTO events (message_id, recipient_id, kind, at, details) VALUES ($1,$2,$3,$4,$5)"
+    "INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)"
+    " SELECT id, $1, $2, $3, $4, api_key_id FROM messages WHERE id = $5"
 )
 INSERT_TAG = "INSERT INTO message_tags (tag, message_id) VALUES ($1,$2) ON CONFLICT DO NOTHING"
 CLAIM_IDEMPOTENCY = (
@@ -109,11 +113,15 @@ UPDATE recipients r SET next_attempt_at = $3, lease_owner = $4, updated_at = $1
 FROM c WHERE r.id = c.id
 RETURNING {", ".join("r." + c.strip() for c in RECIPIENT_COLUMNS.split(","))}, c.previous
 """
+# -- name: settle_recipient (fenced by the lease owner) and its event, in one statement
 SETTLE = (
-    "UPDATE recipients SET status = $1, attempts = attempts + 1, next_attempt_at = $2,"
-    " lease_owner = NULL, last_code = $3, last_enhanced = $4, last_text = $5,"
-    " remote_host = $6, updated_at = $7"
-    f" WHERE id = $8 AND lease_owner = $9 AND status IN {ACTIVE_SQL} RETURNING message_id"
+    "WITH u AS (UPDATE recipients SET status = $1, attempts = attempts + 1,"
+    " next_attempt_at = $2, lease_owner = NULL, last_code = $3, last_enhanced = $4,"
+    " last_text = $5, remote_host = $6, updated_at = $7"
+    f" WHERE id = $8 AND lease_owner = $9 AND status IN {ACTIVE_SQL} RETURNING message_id)"
+    " INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)"
+    " SELECT m.id, $8, $10, $7, $11, m.api_key_id FROM u JOIN messages m ON m.id = u.message_id"
+    " RETURNING message_id"
 )
 
 
@@ -434,11 +442,11 @@ class PostgresStore:
                     INSERT_RECIPIENT_EVENT,
                     [
                         (
-                            r["message_id"],
                             r["id"],
                             EventKind.LEASE_EXPIRED.value,
                             now,
-                            json.dumps({"previous_owner": r["previous"]}),
+                            lease_expired_details(r["previous"]),
+                            r["message_id"],
                         )
                         for r in taken
                     ],
@@ -465,18 +473,14 @@ class PostgresStore:
         async def run(c: asyncpg.Connection) -> int:
             settled: set[int] = set()
             for s in settlements:
-                message_id = await c.fetchval(SETTLE, *settle_params(s, now, owner))
-                if message_id is None:
-                    continue
-                settled.add(s.recipient_id)
-                await c.execute(
-                    INSERT_RECIPIENT_EVENT,
-                    message_id,
-                    s.recipient_id,
+                message_id = await c.fetchval(
+                    SETTLE,
+                    *settle_params(s, now, owner),
                     EVENT_FOR_STATUS[s.status].value,
-                    now,
                     settlement_details(s),
                 )
+                if message_id is not None:
+                    settled.add(s.recipient_id)
             # in this transaction: a crash keeps both or neither
             await self._insert_many(c, dsns_to_queue(dsns, settled))
             return len(settled)
@@ -537,7 +541,7 @@ class PostgresStore:
                 )
                 await c.execute(f"NOTIFY {CHANNEL}")
             await c.executemany(
-                INSERT_RECIPIENT_EVENT, [(message_id, r[0], kind.value, now, "{}") for r in rows]
+                INSERT_RECIPIENT_EVENT, [(r[0], kind.value, now, "{}", message_id) for r in rows]
             )
             return len(rows)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -53,6 +52,7 @@ from mailgate.store import (
     event_from_row,
     key_from_row,
     key_row,
+    lease_expired_details,
     message_from_row,
     message_rows,
     recipient_from_row,
@@ -89,9 +89,11 @@ INSERT_RECIPIENT = (
     " VALUES (?,?,?,?,?,?)"
 )
 # -- name: insert_event
-INSERT_EVENT = "INSERT INTO events (message_id, kind, at, details) VALUES (?,?,?,?)"
+INSERT_EVENT = "INSERT INTO events (message_id, kind, at, details, api_key_id) VALUES (?,?,?,?,?)"
+# -- name: insert_recipient_event: the owner copied from the message in the same statement
 INSERT_RECIPIENT_EVENT = (
-    "INSERT INTO events (message_id, recipient_id, kind, at, details) VALUES (?,?,?,?,?)"
+    "INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)"
+    " SELECT id, ?, ?, ?, ?, api_key_id FROM messages WHERE id = ?"
 )
 INSERT_TAG = "INSERT OR IGNORE INTO message_tags (tag, message_id) VALUES (?,?)"
 # -- name: claim_idempotency: insert, or take over an expired row; 0 changes = in use
@@ -753,11 +755,11 @@ class SqliteStore:
                 INSERT_RECIPIENT_EVENT,
                 [
                     (
-                        r.message_id,
                         r.id,
                         EventKind.LEASE_EXPIRED.value,
                         now,
-                        json.dumps({"previous_owner": r.lease_owner}),
+                        lease_expired_details(r.lease_owner),
+                        r.message_id,
                     )
                     for r in rows
                     if r.lease_owner is not None
@@ -785,11 +787,11 @@ class SqliteStore:
                 c.execute(
                     INSERT_RECIPIENT_EVENT,
                     (
-                        row[0],
                         s.recipient_id,
                         EVENT_FOR_STATUS[s.status].value,
                         now,
                         settlement_details(s),
+                        row[0],
                     ),
                 )
             notices = dsns_to_queue(dsns, settled)
@@ -839,7 +841,7 @@ class SqliteStore:
                     (now, now, message_id),
                 ).fetchall()
             c.executemany(
-                INSERT_RECIPIENT_EVENT, [(message_id, r[0], kind.value, now, "{}") for r in rows]
+                INSERT_RECIPIENT_EVENT, [(r[0], kind.value, now, "{}", message_id) for r in rows]
             )
             return len(rows)
 
