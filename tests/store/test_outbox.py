@@ -163,3 +163,41 @@ async def test_every_event_carries_the_key_that_owns_its_message(store: Store) -
         "next_attempt_at": pytest.approx(now + 60),
     }
     assert by_kind[EventKind.CANCELLED] == by_kind[EventKind.RETRY_NOW] == {}
+
+
+async def test_events_since_pages_through_the_outbox_in_order(store: Store) -> None:
+    now = time.time()
+    mine = [message(f"r{i}@x.test", api_key_id="K", created_at=now - 1) for i in range(3)]
+    theirs = message("o@y.test", api_key_id="L", created_at=now - 1)
+    for m in (mine[0], theirs, mine[1], mine[2]):
+        await store.enqueue(m)
+    claim = await store.claim("w", now, 10, 60)
+    assert claim is not None
+    await store.settle(
+        "w",
+        [
+            Settlement(r.id, RecipientStatus.DELIVERED, Reply(250, None, "ok"))
+            for r in claim.recipients
+        ],
+    )
+    everything: list[tuple[str, EventKind]] = []
+    cursor = None
+    while True:
+        page, cursor = await store.events_since(cursor, 2)
+        assert len(page) <= 2
+        if not page:
+            break
+        everything += [(e.message_id, e.kind) for e in page]
+    accepted = [(m.id, EventKind.ACCEPTED) for m in (mine[0], theirs, mine[1], mine[2])]
+    assert everything[:4] == accepted
+    assert sorted(everything[4:]) == sorted(
+        (r.message_id, EventKind.DELIVERED) for r in claim.recipients
+    )
+    assert await store.events_since(cursor, 10) == ([], cursor)  # nothing new: same cursor
+    await store.cancel(theirs.id, now)
+    page, after = await store.events_since(cursor, 10)
+    assert [(e.message_id, e.kind) for e in page] == [(theirs.id, EventKind.CANCELLED)]
+    assert after != cursor
+    keyed, _ = await store.events_since(None, 100, api_key_id="K")
+    assert {e.message_id for e in keyed} == {m.id for m in mine}
+    assert {e.api_key_id for e in keyed} == {"K"}

@@ -76,6 +76,16 @@ class Store(Protocol):
 
     async def events(self, message_id: str) -> list[Event]: ...
 
+    async def events_since(
+        self, cursor: str | None, limit: int, api_key_id: str | None = None
+    ) -> tuple[list[Event], str]:
+        """The outbox feed: up to `limit` events after `cursor` (None: from the start),
+        in commit order, and the cursor to pass next (the same one when none is new).
+
+        Exact on both backends: an event that commits after one already returned is
+        still returned after it, never skipped. The cursor is opaque (its form differs
+        per backend). api_key_id: only that key's events."""
+
     async def list_messages(self, query: MessageQuery) -> list[Message]:
         """Newest first; query.cursor is the last id of the previous page."""
 

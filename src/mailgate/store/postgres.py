@@ -380,6 +380,30 @@ class PostgresStore:
         )
         return [event_from_row(r) for r in rows]
 
+    async def events_since(
+        self, cursor: str | None, limit: int, api_key_id: str | None = None
+    ) -> tuple[list[Event], str]:
+        # bigserial ids are not commit-ordered: a transaction holding id 10 may commit
+        # after one holding 11. So the feed walks (xid, id), the writing transaction's id
+        # first, and reads only transactions older than every one still running
+        # (pg_snapshot_xmin): below that horizon no event can ever appear again, so a
+        # cursor there is exact. A long-open transaction delays the feed, never skips.
+        xid, _, last = (cursor or "0:0").partition(":")
+        args: list[Any] = [xid, int(last or 0), limit]
+        sql = (
+            f"SELECT {EVENT_COLUMNS}, xid::text FROM events"
+            " WHERE (xid, id) > ($1::text::xid8, $2)"
+            " AND xid < pg_snapshot_xmin(pg_current_snapshot())"
+        )
+        if api_key_id is not None:
+            args.append(api_key_id)
+            sql += " AND api_key_id = $4"
+        sql += " ORDER BY xid, id LIMIT $3"
+        rows = await self._run(lambda c: c.fetch(sql, *args), tx=False)
+        if not rows:
+            return [], cursor or "0:0"
+        return [event_from_row(r) for r in rows], f"{rows[-1][-1]}:{rows[-1][0]}"
+
     async def list_messages(self, query: MessageQuery) -> list[Message]:
         where: list[str] = []
         args: list[Any] = []

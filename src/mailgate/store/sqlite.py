@@ -677,6 +677,25 @@ class SqliteStore:
 
         return await self._read(run)
 
+    async def events_since(
+        self, cursor: str | None, limit: int, api_key_id: str | None = None
+    ) -> tuple[list[Event], str]:
+        # Ids are commit-ordered here: every writer, in any process, inserts inside
+        # BEGIN IMMEDIATE while it holds the write turn, so `id > cursor` skips nothing.
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ?"
+        args: list[Any] = [int(cursor or 0)]
+        if api_key_id is not None:
+            sql += " AND api_key_id = ?"
+            args.append(api_key_id)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+
+        def run(c: sqlite3.Connection) -> list[Event]:
+            return [event_from_row(r) for r in c.execute(sql, args)]
+
+        events = await self._read(run)
+        return events, str(events[-1].id) if events else (cursor or "0")
+
     async def list_messages(self, query: MessageQuery) -> list[Message]:
         where: list[str] = []
         args: list[Any] = []
