@@ -26,9 +26,11 @@ from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.errors import ConfigError, MailgateError
+from mailgate.ingress.accept import Door
 from mailgate.ingress.http_api import Api, Metrics
 from mailgate.ingress.http_routes import create_api
 from mailgate.ingress.smtp_relay import SmtpRelay
+from mailgate.models import Source
 from mailgate.store import Store, open_store
 
 log = logging.getLogger("mailgate")
@@ -195,19 +197,19 @@ class App:
             cfg.auth.failures_per_ip, cfg.auth.failures_per_key, cfg.auth.failure_window
         )
         await self.store.open()
+        metrics = self.metrics
+
+        def count(source: Source, n: int) -> None:
+            metrics.accepted.labels(source).inc(n)
+
+        # one door for every way in: the same rules, settings, hooks and count
+        door = Door(self.store, cfg.server.hostname, cfg.accept.max_recipients, count=count)
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
-            self.smtp = SmtpRelay(
-                cfg.smtp,
-                self.store,
-                cfg.server.hostname,
-                ctx,
-                guard,
-                on_accepted=self.metrics.accepted.labels("smtp").inc,
-            )
+            self.smtp = SmtpRelay(cfg.smtp, self.store, cfg.server.hostname, ctx, guard, door=door)
             await self.smtp.start(reuse_port=self.shares_ports)
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
-            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics, guard)
+            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics, guard, door)
             api.starting = self.role is Role.ALL  # until its children are up
             self.api = api
             server_config = uvicorn.Config(
