@@ -1,4 +1,5 @@
-"""Shared fixtures: real stores (a SQLite file, a PostgreSQL schema on 127.0.0.1)."""
+"""Shared fixtures: real stores (a SQLite file, a PostgreSQL schema on 127.0.0.1), and the
+`slow` marker put on the long tests by where they live (`scripts/test -m "not slow"`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,31 @@ import asyncpg
 import pytest
 
 from mailgate.store import Store, open_store
+
+# Tests marked `slow` (node id prefixes, from the repository root): each takes more than
+# about 2 s alone on an idle machine (`pytest --durations`), or starts `mailgate serve`
+# or Postfix as processes. The default run still runs them; `-m "not slow"` leaves them out.
+SLOW = (
+    "tests/reliability/",  # serve, sinks and store children as processes, under load
+    "tests/scenarios/test_postfix_receivers.py",  # real Postfix
+    "tests/scenarios/test_generated_addresses.py",  # generated addresses through both doors
+    "tests/scenarios/test_delivery_failures.py::test_stall_after_the_dot",  # a real timeout
+    "tests/ingress/http_api/test_schemathesis.py",  # generated calls to every route
+    "tests/ingress/smtp_relay/test_backpressure.py::test_client_that_never_reads",
+    "tests/ingress/smtp_relay/test_auth.py::test_failures_on_a_key_lock",  # real delays
+    "tests/test_cli.py::test_sqlite_locked_by_another_program",  # `mailgate` processes
+    "tests/test_cli.py::test_init_keys_and_queue",
+    "tests/test_cli.py::test_second_server_on_one_database",
+    "tests/test_cli.py::test_serve_answers_then_stops_cleanly",
+    "tests/test_compose.py::test_compose_round_trips_through_the_email_package",  # generated
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 PG_BASE = os.environ.get("MAILGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
