@@ -253,6 +253,7 @@ class App:
                 cfg.server.hostname,
                 own_endpoints=own,
                 lease_seconds=cfg.store.lease_seconds,
+                door=door,
             )
             self._delivery = asyncio.create_task(self.deliverer.run())
             self._delivery.add_done_callback(self._delivery_ended)

@@ -24,6 +24,7 @@ from mailgate.delivery.outcome import Outcome, Verdict, permanent, temporary
 from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
 from mailgate.delivery.smtp_client import Session, Transaction
 from mailgate.errors import StoreError
+from mailgate.ingress.accept import Client, Door, Refusal, Submission
 from mailgate.models import (
     Claim,
     Message,
@@ -82,9 +83,11 @@ class Deliverer:
         rng: random.Random | None = None,
         own_endpoints: set[tuple[str, int]] | None = None,
         lease_seconds: float = 900.0,
+        door: Door | None = None,
     ) -> None:
         self.store, self.cfg, self.clock = store, cfg, clock
         self.lease_seconds = lease_seconds
+        self.door = door  # DSNs pass its rules (None: queued as built, for bare tests)
         self.hostname = hostname
         self.ehlo = cfg.ehlo_hostname or hostname
         self.rng = rng or random.Random()
@@ -367,8 +370,9 @@ class Deliverer:
         dsns = []
         for message_id, failures in failed.items():
             message, raw = messages[message_id]
-            if self._wants_dsn(message):
-                dsns.append(self._dsn(message, raw, failures))
+            dsn = self._dsn(message, raw, failures) if self._wants_dsn(message) else None
+            if dsn is not None:
+                dsns.append(dsn)
         await self.store.settle(self.owner, settlements, dsns)
 
     def _wants_dsn(self, message: Message) -> bool:
@@ -376,17 +380,28 @@ class Deliverer:
             return False  # a bounce is never bounced
         return message.source is Source.SMTP or self.cfg.dsn_for_api
 
-    def _dsn(self, message: Message, raw: bytes, failures: list[tuple[int, Failure]]) -> Dsn:
+    def _dsn(self, message: Message, raw: bytes, failures: list[tuple[int, Failure]]) -> Dsn | None:
         now = self.clock()
         text = build_dsn(
             raw, message.sender, [f for _, f in failures], self.hostname, message.created_at, now
         )
-        dsn = NewMessage(
-            raw=text,
-            sender="",
-            recipients=(message.sender,),
-            source=Source.DSN,
-            subject="Undelivered Mail",
-            created_at=now,
+        reported = tuple(rid for rid, _ in failures)
+        if self.door is None:
+            dsn = NewMessage(
+                raw=text,
+                sender="",
+                recipients=(message.sender,),
+                source=Source.DSN,
+                subject="Undelivered Mail",
+                created_at=now,
+            )
+            return Dsn(dsn, reported)
+        # Through the door's rules like any other mail (suppressions, headers, signing);
+        # committed by settle, in the bounce's own transaction.
+        prepared = self.door.prepare(
+            Submission("", (message.sender,), text, Source.DSN, Client("", "local"))
         )
-        return Dsn(dsn, tuple(rid for rid, _ in failures))
+        if isinstance(prepared, Refusal):
+            log.info("delivery: no DSN to %s: %s", message.sender, prepared.reason)
+            return None
+        return Dsn(prepared, reported)

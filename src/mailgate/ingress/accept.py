@@ -47,7 +47,7 @@ from mailgate.store import Store
 class Client:
     """What the ingress knows of who handed the message in (for Received)."""
 
-    address: str  # the peer's IP address as the socket gives it
+    address: str  # the peer's IP address as the socket gives it; "" for mail made here
     protocol: str  # Received "with": SMTP, ESMTP, ESMTPSA, HTTP, ...
     helo: str | None = None  # SMTP: the HELO/EHLO name; None for every other way in
 
@@ -174,15 +174,15 @@ def received_header(
     """Received (RFC 5321 4.4) with the facts the ingress has: the HELO name and IP for
     SMTP; for every other way in, the client's address and the way it came. `for` names
     a single recipient only (more would show Bcc recipients to the others)."""
+    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
+    stamp = f" id {queue_id}{for_clause};\r\n\t{formatdate(now, localtime=False)}\r\n"
+    if not client.address:  # made here (a DSN): no peer to name, as Postfix's bounces
+        return f"Received: by {hostname} (mailgate) with {client.protocol}{stamp}"
     if client.helo is not None:
         origin = f"{client.helo or 'unknown'} ([{client.address}])"
     else:
         origin = f"[{client.address}] (the {client.protocol} API)"
-    for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    return (
-        f"Received: from {origin}\r\n\tby {hostname} (mailgate) with {client.protocol}"
-        f" id {queue_id}{for_clause};\r\n\t{formatdate(now, localtime=False)}\r\n"
-    )
+    return f"Received: from {origin}\r\n\tby {hostname} (mailgate) with {client.protocol}{stamp}"
 
 
 # -- the door ------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""DSNs pass the door's rules like any other mail (issue 12): its hooks see them, and a
+refusal means no DSN, while the bounce itself is still recorded."""
+
+from __future__ import annotations
+
+from mailgate.config import DeliveryConfig
+from mailgate.delivery.worker import Deliverer
+from mailgate.ingress.accept import Door, Refusal, Rule, Submission
+from mailgate.models import RecipientStatus, Source
+from tests.delivery.conftest import World
+
+
+def door_deliverer(world: World, door: Door) -> Deliverer:
+    plain = world.deliverer()
+    cfg: DeliveryConfig = plain.cfg
+    return Deliverer(world.store, cfg, "mg.test", clock=world.clock, door=door)
+
+
+async def test_a_dsn_passes_the_door_hooks_and_gets_its_headers(world: World) -> None:
+    seen: list[Source] = []
+
+    def sign(raw: bytes, sub: Submission) -> bytes:
+        seen.append(sub.source)
+        return b"X-Signed: by-hook\r\n" + raw
+
+    door = Door(world.store, "mg.test", 1000, signers=[sign], clock=world.clock)
+    mid = await world.queue("reject-me@example.test", sender="sender@origin.test")
+    await world.run_until_idle(door_deliverer(world, door))
+    recipients = await world.store.recipients(mid)
+    assert [r.status for r in recipients] == [RecipientStatus.BOUNCED]
+    assert seen == [Source.DSN]
+    [dsn] = world.script.received
+    assert dsn.recipients == ["sender@origin.test"]
+    head = dsn.data.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"X-Signed: by-hook\r\nReceived: by mg.test (mailgate) with local")
+    assert head.count(b"\r\nMessage-ID:") == 1, "the DSN's own Message-ID is kept, not doubled"
+
+
+async def test_a_dsn_the_door_refuses_is_not_queued_but_the_bounce_is_recorded(
+    world: World,
+) -> None:
+    def suppressed(sub: Submission) -> Refusal | None:
+        if sub.recipients == ("sender@origin.test",):
+            return Refusal(Rule.SUPPRESSED, "recipients", "sender@origin.test is suppressed")
+        return None
+
+    door = Door(world.store, "mg.test", 1000, suppressions=[suppressed], clock=world.clock)
+    mid = await world.queue("reject-me@example.test", sender="sender@origin.test")
+    await world.run_until_idle(door_deliverer(world, door))
+    recipients = await world.store.recipients(mid)
+    assert [r.status for r in recipients] == [RecipientStatus.BOUNCED]
+    assert world.script.received == [], "no DSN to a suppressed address"
