@@ -305,8 +305,8 @@ def _body(d: Draft) -> tuple[list[str], bytes]:
 
 
 @functools.lru_cache(maxsize=4)
-def _date(second: int) -> str:
-    """The Date header value; one per second is made (formatdate takes microseconds)."""
+def header_date(second: int) -> str:
+    """A Date / Received date; one per second is made (formatdate takes microseconds)."""
     return formatdate(second, localtime=False)
 
 
@@ -314,7 +314,7 @@ def compose(d: Draft) -> bytes:
     """The message as bytes ready to store and send."""
     head = [
         f"From: {address_list((d.sender,), 'From')}",
-        f"Date: {_date(int(d.date))}",
+        f"Date: {header_date(int(d.date))}",
         f"Message-ID: {d.message_id}",
     ]
     if d.to:

@@ -26,9 +26,8 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate
 
-from mailgate.compose import Draft, compose
+from mailgate.compose import Draft, compose, header_date
 from mailgate.errors import DuplicateIdempotencyKey, StoreUnavailable
 from mailgate.ingress.smtp_rules import (
     HeaderFacts,
@@ -175,7 +174,7 @@ def received_header(
     SMTP; for every other way in, the client's address and the way it came. `for` names
     a single recipient only (more would show Bcc recipients to the others)."""
     for_clause = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    stamp = f" id {queue_id}{for_clause};\r\n\t{formatdate(now, localtime=False)}\r\n"
+    stamp = f" id {queue_id}{for_clause};\r\n\t{header_date(int(now))}\r\n"
     if not client.address:  # made here (a DSN): no peer to name, as Postfix's bounces
         return f"Received: by {hostname} (mailgate) with {client.protocol}{stamp}"
     if client.helo is not None:
