@@ -164,8 +164,8 @@ def main() -> None:
         ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
         stdout=subprocess.DEVNULL,
     )
-    start_postfix(POSTFIX_PORT, SINK_PORT)
-    try:
+    try:  # Postfix starts inside: a failed start must not leave the sink running
+        start_postfix(POSTFIX_PORT, SINK_PORT)
         wait_port(POSTFIX_PORT)
         postfix = smtp_source(POSTFIX_PORT, 20_000, 20, 2048)
     finally:

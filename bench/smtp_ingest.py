@@ -148,9 +148,9 @@ def main() -> None:
         ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
         stdout=subprocess.DEVNULL,
     )
-    start_postfix(POSTFIX_PORT, SINK_PORT)
-    wait_port(POSTFIX_PORT)
-    try:
+    try:  # Postfix starts inside: a failed start must not leave the sink running
+        start_postfix(POSTFIX_PORT, SINK_PORT)
+        wait_port(POSTFIX_PORT)
         for size in (int(s) for s in args.sizes.split(",")):
             rates = {}
             for deliver in (False, True):
