@@ -14,7 +14,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from email.utils import getaddresses
@@ -44,6 +43,7 @@ from mailgate.ingress.accept import (
     Rule,
     Submission,
 )
+from mailgate.ingress.smtp_rules import HeaderField, header_fields
 from mailgate.models import (
     ApiKey,
     Message,
@@ -368,8 +368,8 @@ class Api:
         raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         if max(len(line) for line in raw.split(b"\r\n")) > 998:
             raise ApiError(422, "invalid_field", "A line is longer than 998 octets", "raw")
-        fields, rest = _split_head(raw)
-        fields = [f for f in fields if f.name not in _DROPPED and not _empty_message_id(f)]
+        fields, rest = header_fields(raw)
+        fields = [f for f in fields if f.name not in _DROPPED and not f.blank_message_id]
         _check_from(fields)
         if sum(f.name == "message-id" for f in fields) > 1:
             raise ApiError(
@@ -522,46 +522,9 @@ def _header(raw: bytes, name: bytes) -> str:
 
 # Headers a raw submission loses: hidden recipients must not reach the visible ones.
 _DROPPED = frozenset({"bcc", "resent-bcc"})
-# A field name, then the colon; RFC 5322 4.5 (obs-fields) allows space before the colon
-# and some readers honour it, so "Bcc : x" is a Bcc here too.
-_FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str  # lowercased
-    value: str  # unfolded, stripped
-    raw: bytes  # its lines, each ending in CRLF
-
-
-def _split_head(raw: bytes) -> tuple[list[_Field], bytes]:
-    """The header fields of a CRLF message and what follows them (blank line and body).
-    A line that is neither a field nor a continuation starts the body, as it does for
-    the email package."""
-    fields: list[_Field] = []
-    pos = 0
-    while pos < len(raw):
-        end = raw.find(b"\r\n", pos)
-        end = len(raw) if end < 0 else end
-        line = raw[pos:end]
-        if line[:1] in (b" ", b"\t") and fields:
-            last = fields[-1]
-            value = f"{last.value} {line.strip().decode('utf-8', 'replace')}".strip()
-            fields[-1] = _Field(last.name, value, last.raw + line + b"\r\n")
-        elif (start := _FIELD_START.match(line)) is not None:
-            text = line[start.end() :].strip().decode("utf-8", "replace")
-            fields.append(_Field(start[1].decode("ascii").lower(), text, line + b"\r\n"))
-        else:
-            break
-        pos = end + 2
-    return fields, raw[pos:]
-
-
-def _empty_message_id(f: _Field) -> bool:
-    return f.name == "message-id" and not f.value
-
-
-def _check_from(fields: list[_Field]) -> None:
+def _check_from(fields: list[HeaderField]) -> None:
     """Exactly one From, holding an address (RFC 5322 3.6)."""
     froms = [f for f in fields if f.name == "from"]
     problem = None

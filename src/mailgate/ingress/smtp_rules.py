@@ -175,28 +175,52 @@ def foreign_originator(facts: HeaderFacts, allows: Callable[[str], bool]) -> str
     return None
 
 
+# A field name, then the colon; RFC 5322 4.5 (obs-fields) allows space before the colon
+# and some readers honour it, so "Bcc : x" is a Bcc here too.
+_FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderField:
+    name: str  # lowercased
+    value: str  # unfolded, stripped
+    raw: bytes  # its lines, each ending in CRLF
+
+    @property
+    def blank_message_id(self) -> bool:
+        return self.name == "message-id" and not self.value
+
+
+def header_fields(raw: bytes) -> tuple[list[HeaderField], bytes]:
+    """The header fields of a CRLF message and what follows them (blank line and body).
+    A line that is neither a field nor a continuation starts the body, as it does for
+    the email package."""
+    fields: list[HeaderField] = []
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n", pos)
+        end = len(raw) if end < 0 else end
+        line = raw[pos:end]
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            value = f"{last.value} {line.strip().decode('utf-8', 'replace')}".strip()
+            fields[-1] = HeaderField(last.name, value, last.raw + line + b"\r\n")
+        elif (start := _FIELD_START.match(line)) is not None:
+            text = line[start.end() :].strip().decode("utf-8", "replace")
+            fields.append(HeaderField(start[1].decode("ascii").lower(), text, line + b"\r\n"))
+        else:
+            break
+        pos = end + 2
+    return fields, raw[pos:]
+
+
 def drop_blank_message_id(data: bytes, facts: HeaderFacts) -> bytes:
     """The message without its blank `Message-ID:` fields (missing_headers puts a fresh
     one on top): one Message-ID per message, RFC 5322 3.6. Folded lines go with their field."""
     if not facts.blank_message_id:
         return data
-    lines = data.split(b"\r\n")
-    kept: list[bytes] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line or (line[:1] not in (b" ", b"\t") and b":" not in line):
-            break  # the end of the header block: the rest is body
-        j = i + 1
-        while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
-            j += 1
-        field = lines[i:j]
-        name, _, value = line.partition(b":")
-        blank = not value.strip() and not any(x.strip() for x in field[1:])
-        if not (name.strip().lower() == b"message-id" and blank):
-            kept.extend(field)
-        i = j
-    return b"\r\n".join(kept + lines[i:])
+    fields, rest = header_fields(data)
+    return b"".join(f.raw for f in fields if not f.blank_message_id) + rest
 
 
 def missing_headers(
