@@ -6,7 +6,13 @@ MailgateError                  base of everything mailgate raises on purpose
 │   ├── StoreUnavailable       cannot commit now (disk full, database gone): answer 4xx / 503
 │   ├── StoreLocked            another process holds the SQLite database
 │   └── DuplicateIdempotencyKey  an idempotency key was already used by that API key
-└── NotFound                   a named message, key or recipient does not exist
+├── NotFound                   a named message, key or recipient does not exist
+├── SessionClosed              the SMTP relay or its client ended the session: stop quietly
+└── ConnectionLost             delivery: the connection broke or timed out
+    ├── ProtocolError          the peer sent what SMTP does not allow here
+    └── PlaintextRetry         opportunistic STARTTLS failed: start over without TLS
+
+The HTTP API's ApiError (an answer with a status and a JSON body) joins this tree too.
 """
 
 from __future__ import annotations
@@ -42,3 +48,19 @@ class DuplicateIdempotencyKey(StoreError):
 
 class NotFound(MailgateError):
     """A named object does not exist (or is not visible to the caller)."""
+
+
+class SessionClosed(MailgateError):
+    """The SMTP relay hung up (or its client did): the session stops quietly."""
+
+
+class ConnectionLost(MailgateError):
+    """Delivery: the connection broke, timed out or spoke something that is not SMTP."""
+
+
+class ProtocolError(ConnectionLost):
+    """The peer sent what SMTP does not allow here: garbage, or data nobody asked for."""
+
+
+class PlaintextRetry(ConnectionLost):
+    """Opportunistic STARTTLS failed: start over without TLS."""

@@ -57,10 +57,6 @@ class RecipientStatus(enum.StrEnum):
     CANCELLED = "cancelled"  # cancelled by a user before delivery
     SUPPRESSED = "suppressed"  # on a suppression list; never attempted
 
-    @property
-    def is_final(self) -> bool:
-        return self not in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
-
 
 ACTIVE_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
 
@@ -69,7 +65,6 @@ class EventKind(enum.StrEnum):
     """What happened. Events are append-only."""
 
     ACCEPTED = "accepted"  # message and recipients committed; ingress acknowledged
-    ATTEMPT = "attempt"  # a delivery attempt was made (details carry the reply)
     DELIVERED = "delivered"  # recipient delivered
     DEFERRED = "deferred"  # temporary failure, retry scheduled
     BOUNCED = "bounced"  # permanent failure
@@ -90,7 +85,11 @@ class Scope(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A remote (or local) SMTP reply, kept as received."""
+    """An SMTP reply, the one vocabulary for it: what the relay answers its clients,
+    what a remote server answered delivery (kept as received, cleaned), what a DSN
+    quotes. `enhanced` is the RFC 3463 status, None when a remote sent none.
+    (smtp_client.Response is the raw multi-line answer before it is read as a Reply;
+    delivery.outcome.Outcome is a verdict about a recipient that carries a Reply.)"""
 
     code: int
     enhanced: str | None

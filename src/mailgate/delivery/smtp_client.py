@@ -13,10 +13,8 @@ before we speak again is a protocol error that ends the connection. So a stray 2
 double greeting or plaintext injected after the 220 to STARTTLS (CVE-2021-38371) can
 never be read as a later command's reply; only a 2xx after the final dot delivers.
 
-Exceptions (inside this module; Session returns Outcomes):
-  ConnectionLost     the connection broke or timed out
-    ProtocolError    the peer sent what SMTP does not allow here (garbage, unsolicited data)
-  _PlaintextRetry    opportunistic STARTTLS failed: start over without TLS
+The exceptions (errors.ConnectionLost, ProtocolError, PlaintextRetry) stay inside this
+module: Session turns each into an Outcome.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from mailgate.delivery.outcome import (
     protocol_error,
     temporary,
 )
+from mailgate.errors import ConnectionLost, PlaintextRetry, ProtocolError
 
 MAX_REPLY_LINES = 100  # a reply longer than this is a broken or hostile server
 REPLY_LINE_LIMIT = 512  # characters kept of one reply line (RFC 5321: 512 octets a line)
@@ -66,18 +65,6 @@ class Transaction:
 class Response:
     code: int
     text: str  # the lines after the code, joined by "\n"
-
-
-class ConnectionLost(Exception):
-    """The connection broke, timed out or spoke something that is not SMTP."""
-
-
-class ProtocolError(ConnectionLost):
-    """The peer sent what SMTP does not allow here: garbage, or data nobody asked for."""
-
-
-class _PlaintextRetry(Exception):
-    """Opportunistic STARTTLS failed: start over without TLS."""
 
 
 def tls_context(cfg: DeliveryConfig) -> ssl.SSLContext:
@@ -358,7 +345,7 @@ class Session:
             if problem is not None:
                 return problem
             return await self._login(conn)
-        except _PlaintextRetry:
+        except PlaintextRetry:
             return await self.open(allow_tls=False)
         except ProtocolError as exc:
             await self.drop()
@@ -403,7 +390,7 @@ class Session:
                 if not required:
                     # Opportunistic TLS falls back to plaintext on a failed handshake, as
                     # Postfix does at security level "may"; "required" defers instead.
-                    raise _PlaintextRetry from None
+                    raise PlaintextRetry from None
                 await self.close()
                 return temporary(f"TLS with {host} failed: {exc}", host, enhanced="4.7.5")
         elif required and not implicit:

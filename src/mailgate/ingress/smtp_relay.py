@@ -27,11 +27,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import NoReturn, cast
 
 from mailgate import keys
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import SmtpConfig
+from mailgate.errors import SessionClosed
 from mailgate.ingress.accept import (
     Accepted,
     Client,
@@ -43,7 +44,6 @@ from mailgate.ingress.accept import (
     authorise_sender,
 )
 from mailgate.ingress.smtp_rules import (
-    SmtpReply,
     data_problem,
     header_facts,
     mailbox_key,
@@ -52,7 +52,7 @@ from mailgate.ingress.smtp_rules import (
     transaction_key,
     unstuff,
 )
-from mailgate.models import ApiKey, Scope, Source
+from mailgate.models import ApiKey, Reply, Scope, Source
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.smtp")
@@ -66,10 +66,6 @@ MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH"})
 RCPT_PARAMS: frozenset[str] = frozenset()
 # Commands after which a client must wait for our reply (RFC 2920 section 3.1).
 SYNC_VERBS = {"EHLO", "HELO", "STARTTLS", "QUIT"}
-
-
-class _Closed(Exception):
-    """The connection is gone or was closed by us; stop the session quietly."""
 
 
 @dataclass
@@ -152,7 +148,7 @@ class Session(asyncio.Protocol):
         self.relay.sessions.discard(self)
 
     # -- output ------------------------------------------------------------------
-    def reply(self, r: SmtpReply) -> None:
+    def reply(self, r: Reply) -> None:
         text = f"{r.enhanced} {r.text}" if self.esmtp and r.enhanced else r.text
         self.out.append(f"{r.code} {text}\r\n".encode())
 
@@ -178,11 +174,11 @@ class Session(asyncio.Protocol):
             log.info("smtp: %s stopped reading replies; dropped", self.client_ip)
             if self.transport is not None:
                 self.transport.abort()
-            raise _Closed from None
+            raise SessionClosed from None
         if self.closed:
-            raise _Closed
+            raise SessionClosed
 
-    def close_with(self, r: SmtpReply, *, enhanced: bool = False) -> None:
+    def close_with(self, r: Reply, *, enhanced: bool = False) -> NoReturn:
         """Reply and hang up. `enhanced` adds the status code before EHLO too, as
         Postfix does for its greeting-time refusals (clients log it, none parse it)."""
         if enhanced and not self.esmtp:
@@ -192,7 +188,7 @@ class Session(asyncio.Protocol):
         self.flush()
         if self.transport is not None:
             self.transport.close()
-        raise _Closed
+        raise SessionClosed
 
     # -- input ---------------------------------------------------------------------
     def _resume(self) -> None:
@@ -203,16 +199,16 @@ class Session(asyncio.Protocol):
     async def _wait_more(self, deadline: float) -> None:
         self.flush()
         if self.closed:
-            raise _Closed
+            raise SessionClosed
         self.more.clear()
         self._resume()
         timeout = min(self.cfg.idle_timeout, deadline - time.monotonic())
         if timeout <= 0:
-            self.close_with(SmtpReply(421, "4.4.2", "Session time limit exceeded"))
+            self.close_with(Reply(421, "4.4.2", "Session time limit exceeded"))
         try:
             await asyncio.wait_for(self.more.wait(), timeout)
         except TimeoutError:
-            self.close_with(SmtpReply(421, "4.4.2", "Timeout exceeded, closing"))
+            self.close_with(Reply(421, "4.4.2", "Timeout exceeded, closing"))
 
     async def read_line(self, deadline: float) -> bytes | None:
         """The next command line without its line end; None when it was too long."""
@@ -288,15 +284,15 @@ class Session(asyncio.Protocol):
         try:
             if not relay.state.accepting:
                 self.close_with(
-                    SmtpReply(421, "4.3.2", "Service shutting down, try later"), enhanced=True
+                    Reply(421, "4.3.2", "Service shutting down, try later"), enhanced=True
                 )
             if relay.state.total >= self.cfg.max_connections:
                 self.close_with(
-                    SmtpReply(421, "4.3.2", "Too many connections, try later"), enhanced=True
+                    Reply(421, "4.3.2", "Too many connections, try later"), enhanced=True
                 )
             if relay.state.per_ip[self.client_ip] >= self.cfg.max_connections_per_ip:
                 self.close_with(
-                    SmtpReply(421, "4.3.2", "Too many connections from your address"),
+                    Reply(421, "4.3.2", "Too many connections from your address"),
                     enhanced=True,
                 )
             relay.state.total += 1
@@ -308,13 +304,13 @@ class Session(asyncio.Protocol):
                 line = await self.read_line(deadline)
                 await self._command(line, deadline)
                 await self._backpressure()
-        except _Closed:
+        except SessionClosed:
             pass
         except Exception:  # never leak internals; log and end politely
             log.exception("smtp session from %s failed", self.client_ip)
             try:
-                self.close_with(SmtpReply(421, "4.3.0", "Internal error, closing connection"))
-            except _Closed:
+                self.close_with(Reply(421, "4.3.0", "Internal error, closing connection"))
+            except SessionClosed:
                 pass
         finally:
             if counted:
@@ -328,29 +324,29 @@ class Session(asyncio.Protocol):
 
     async def _command(self, line: bytes | None, deadline: float) -> None:
         if line is None:
-            self._bad(SmtpReply(500, "5.5.2", "Line too long"))
+            self._bad(Reply(500, "5.5.2", "Line too long"))
             return
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            self._bad(SmtpReply(500, "5.5.2", "Command is not valid UTF-8"))
+            self._bad(Reply(500, "5.5.2", "Command is not valid UTF-8"))
             return
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         if verb in SYNC_VERBS and self.buf and verb != "QUIT":
-            self.close_with(SmtpReply(554, "5.5.0", "Improper command pipelining"))
+            self.close_with(Reply(554, "5.5.0", "Improper command pipelining"))
         handler: Callable[[str], object] | None = getattr(self, f"smtp_{verb}", None)
         if handler is None or "\x00" in text:
-            self._bad(SmtpReply(500, "5.5.2", "Command not recognized"))
+            self._bad(Reply(500, "5.5.2", "Command not recognized"))
             return
         result = handler(arg.strip())
         if asyncio.iscoroutine(result):
             await result
 
-    def _bad(self, r: SmtpReply) -> None:
+    def _bad(self, r: Reply) -> None:
         self.bad_commands += 1
         if self.bad_commands > self.cfg.max_unknown_commands:
-            self.close_with(SmtpReply(421, "4.7.0", "Too many errors, closing connection"))
+            self.close_with(Reply(421, "4.7.0", "Too many errors, closing connection"))
         self.reply(r)
 
     # -- verbs (RFC spelling) ------------------------------------------------------------
@@ -374,7 +370,7 @@ class Session(asyncio.Protocol):
 
     def smtp_EHLO(self, arg: str) -> None:
         if not arg:
-            self.reply(SmtpReply(501, "5.5.4", "Syntax: EHLO hostname"))
+            self.reply(Reply(501, "5.5.4", "Syntax: EHLO hostname"))
             return
         self.esmtp = True
         self.helo = arg.split()[0][:255]
@@ -386,7 +382,7 @@ class Session(asyncio.Protocol):
 
     def smtp_HELO(self, arg: str) -> None:
         if not arg:
-            self.reply(SmtpReply(501, "5.5.4", "Syntax: HELO hostname"))
+            self.reply(Reply(501, "5.5.4", "Syntax: HELO hostname"))
             return
         self.esmtp = False
         self.helo = arg.split()[0][:255]
@@ -397,7 +393,7 @@ class Session(asyncio.Protocol):
         ctx = self.relay.tls_context
         if ctx is None or self.tls:
             self.reply(
-                SmtpReply(
+                Reply(
                     503 if self.tls else 454,
                     "5.5.1" if self.tls else "4.7.0",
                     "TLS already active" if self.tls else "TLS not available",
@@ -405,9 +401,9 @@ class Session(asyncio.Protocol):
             )
             return
         if arg:
-            self.reply(SmtpReply(501, "5.5.4", "Syntax: STARTTLS"))
+            self.reply(Reply(501, "5.5.4", "Syntax: STARTTLS"))
             return
-        self.reply(SmtpReply(220, "2.0.0", "Ready to start TLS"))
+        self.reply(Reply(220, "2.0.0", "Ready to start TLS"))
         self.flush()
         self.buf.clear()  # RFC 3207: nothing sent before the handshake may be used after it
         assert self.transport is not None
@@ -423,9 +419,9 @@ class Session(asyncio.Protocol):
                 ssl_handshake_timeout=self.cfg.idle_timeout,
             )
         except (ssl.SSLError, OSError, TimeoutError, ConnectionError):
-            raise _Closed from None
+            raise SessionClosed from None
         if new is None:
-            raise _Closed
+            raise SessionClosed
         self.transport = new
         self.tls = True
         self.helo = None
@@ -434,16 +430,16 @@ class Session(asyncio.Protocol):
 
     async def smtp_AUTH(self, arg: str) -> None:
         if self.key is not None:
-            self.reply(SmtpReply(503, "5.5.1", "Already authenticated"))
+            self.reply(Reply(503, "5.5.1", "Already authenticated"))
             return
         if self.helo is None:
-            self.reply(SmtpReply(503, "5.5.1", "Send EHLO first"))
+            self.reply(Reply(503, "5.5.1", "Send EHLO first"))
             return
         if self.mail_from is not None:
-            self.reply(SmtpReply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
+            self.reply(Reply(503, "5.5.1", "AUTH not allowed during a mail transaction"))
             return
         if not self._auth_offered():
-            self.reply(SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first"))
+            self.reply(Reply(530, "5.7.0", "Must issue a STARTTLS command first"))
             return
         mechanism, _, initial = arg.partition(" ")
         mechanism = mechanism.upper()
@@ -457,7 +453,7 @@ class Session(asyncio.Protocol):
                 return
             parts = decoded.split("\x00")
             if len(parts) != 3:
-                self.reply(SmtpReply(501, "5.5.2", "Malformed PLAIN response"))
+                self.reply(Reply(501, "5.5.2", "Malformed PLAIN response"))
                 return
             secret = parts[2]
         elif mechanism == "LOGIN":
@@ -473,7 +469,7 @@ class Session(asyncio.Protocol):
             if secret is None:
                 return
         else:
-            self.reply(SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism"))
+            self.reply(Reply(504, "5.5.4", "Unrecognized authentication mechanism"))
             return
         await self._check_secret(secret)
 
@@ -481,11 +477,11 @@ class Session(asyncio.Protocol):
         self.raw_reply(f"334 {prompt}")
         line = await self.read_line(time.monotonic() + self.cfg.idle_timeout)
         if line is None:
-            self.reply(SmtpReply(500, "5.5.2", "Line too long"))
+            self.reply(Reply(500, "5.5.2", "Line too long"))
             return None
         text = line.decode("ascii", "replace").strip()
         if text == "*":
-            self.reply(SmtpReply(501, "5.0.0", "Authentication cancelled"))
+            self.reply(Reply(501, "5.0.0", "Authentication cancelled"))
             return None
         return text
 
@@ -493,37 +489,37 @@ class Session(asyncio.Protocol):
         try:
             return base64.b64decode(text, validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            self.reply(SmtpReply(501, "5.5.2", "Cannot decode base64 response"))
+            self.reply(Reply(501, "5.5.2", "Cannot decode base64 response"))
             return None
 
     async def _check_secret(self, secret: str) -> None:
         guard = self.relay.guard
         if guard.ip_locked(self.client_ip):
-            self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, try later"))
+            self.close_with(Reply(421, "4.7.0", "Too many failed logins, try later"))
         key_id = keys.key_id_of(secret)
         key = await keys.authenticate(self.relay.store, secret)
         if key is not None and key.has(Scope.SEND) and not guard.key_locked(key_id, self.client_ip):
             self.key = key
-            self.reply(SmtpReply(235, "2.7.0", "Authentication successful"))
+            self.reply(Reply(235, "2.7.0", "Authentication successful"))
             return
         self.auth_failures += 1
         # Same reply and a growing delay for unknown, wrong, locked and under-scoped keys.
         await asyncio.sleep(guard.failed(self.client_ip, key_id))
         if self.auth_failures >= self.cfg.max_auth_failures:
-            self.close_with(SmtpReply(421, "4.7.0", "Too many failed logins, closing"))
-        self.reply(SmtpReply(535, "5.7.8", "Authentication credentials invalid"))
+            self.close_with(Reply(421, "4.7.0", "Too many failed logins, closing"))
+        self.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
 
     def smtp_MAIL(self, arg: str) -> None:
         if not self.relay.state.accepting:  # shutting down: no new transactions
-            self.close_with(SmtpReply(421, "4.3.2", "Service shutting down, try later"))
+            self.close_with(Reply(421, "4.3.2", "Service shutting down, try later"))
         if self.helo is None:
-            self.reply(SmtpReply(503, "5.5.1", "Send HELO or EHLO first"))
+            self.reply(Reply(503, "5.5.1", "Send HELO or EHLO first"))
             return
         if self.mail_from is not None:
-            self.reply(SmtpReply(503, "5.5.1", "Nested MAIL command"))
+            self.reply(Reply(503, "5.5.1", "Nested MAIL command"))
             return
         path = parse_path(arg, "FROM")
-        if isinstance(path, SmtpReply):
+        if isinstance(path, Reply):
             self.reply(path)
             return
         problem = param_problem(path.params, MAIL_PARAMS) or self._mail_params_problem(path.params)
@@ -532,7 +528,7 @@ class Session(asyncio.Protocol):
             return
         smtputf8 = "SMTPUTF8" in path.params
         if not smtputf8 and not path.address.isascii():
-            self.reply(SmtpReply(553, "5.6.7", "Address requires SMTPUTF8"))
+            self.reply(Reply(553, "5.6.7", "Address requires SMTPUTF8"))
             return
         refusal = authorise_sender(self.key, path.address)  # the door's rule, asked early
         if refusal is not None:
@@ -540,29 +536,29 @@ class Session(asyncio.Protocol):
             return
         self.mail_from = path.address
         self.smtputf8 = smtputf8
-        self.reply(SmtpReply(250, "2.1.0", "Ok"))
+        self.reply(Reply(250, "2.1.0", "Ok"))
 
-    def _mail_params_problem(self, params: dict[str, str | None]) -> SmtpReply | None:
+    def _mail_params_problem(self, params: dict[str, str | None]) -> Reply | None:
         if "SIZE" in params:
             size = params["SIZE"] or ""
             if not size.isdigit():
-                return SmtpReply(501, "5.5.4", "Bad SIZE parameter")
+                return Reply(501, "5.5.4", "Bad SIZE parameter")
             if int(size) > self.cfg.max_message_size:
-                return SmtpReply(552, "5.3.4", "Message size exceeds fixed limit")
+                return Reply(552, "5.3.4", "Message size exceeds fixed limit")
         if "BODY" in params and (params["BODY"] or "").upper() not in ("7BIT", "8BITMIME"):
-            return SmtpReply(501, "5.5.4", "Bad BODY parameter")
+            return Reply(501, "5.5.4", "Bad BODY parameter")
         if params.get("SMTPUTF8") is not None:
-            return SmtpReply(501, "5.5.4", "SMTPUTF8 takes no value")
+            return Reply(501, "5.5.4", "SMTPUTF8 takes no value")
         if "AUTH" in params and not params["AUTH"]:
-            return SmtpReply(501, "5.5.4", "Bad AUTH parameter")
+            return Reply(501, "5.5.4", "Bad AUTH parameter")
         return None
 
     def smtp_RCPT(self, arg: str) -> None:
         if self.mail_from is None:
-            self.reply(SmtpReply(503, "5.5.1", "Need MAIL command"))
+            self.reply(Reply(503, "5.5.1", "Need MAIL command"))
             return
         path = parse_path(arg, "TO")
-        if isinstance(path, SmtpReply):
+        if isinstance(path, Reply):
             self.reply(path)
             return
         problem = param_problem(path.params, RCPT_PARAMS)
@@ -570,31 +566,31 @@ class Session(asyncio.Protocol):
             self.reply(problem)
             return
         if not self.smtputf8 and not path.address.isascii():
-            self.reply(SmtpReply(553, "5.6.7", "Address requires SMTPUTF8"))
+            self.reply(Reply(553, "5.6.7", "Address requires SMTPUTF8"))
             return
         if self.key is None and not self.relay.is_trusted(self.client_ip):
-            self.reply(SmtpReply(554, "5.7.1", "Relay access denied: authenticate first"))
+            self.reply(Reply(554, "5.7.1", "Relay access denied: authenticate first"))
             return
         key = mailbox_key(path.address)
         if key in self.rcpt_keys:  # the same mailbox twice: one copy, as Postfix does
-            self.reply(SmtpReply(250, "2.1.5", "Ok"))
+            self.reply(Reply(250, "2.1.5", "Ok"))
             return
         if len(self.rcpts) >= self.relay.door.max_recipients:  # the door's cap, asked early
-            self.reply(SmtpReply(452, "4.5.3", "Too many recipients"))
+            self.reply(Reply(452, "4.5.3", "Too many recipients"))
             return
         self.rcpt_keys.add(key)
         self.rcpts.append(path.address)
-        self.reply(SmtpReply(250, "2.1.5", "Ok"))
+        self.reply(Reply(250, "2.1.5", "Ok"))
 
     async def smtp_DATA(self, arg: str) -> None:
         if self.mail_from is None:
-            self.reply(SmtpReply(503, "5.5.1", "Need MAIL command"))
+            self.reply(Reply(503, "5.5.1", "Need MAIL command"))
             return
         if not self.rcpts:
-            self.reply(SmtpReply(503, "5.5.1", "Need RCPT command"))
+            self.reply(Reply(503, "5.5.1", "Need RCPT command"))
             return
         if arg:
-            self.reply(SmtpReply(501, "5.5.4", "Syntax: DATA"))
+            self.reply(Reply(501, "5.5.4", "Syntax: DATA"))
             return
         self.raw_reply("354 End data with <CR><LF>.<CR><LF>")
         self.flush()
@@ -603,9 +599,9 @@ class Session(asyncio.Protocol):
         self._reset()
         self.reply(result)
 
-    async def _finish(self, data: bytes | None, size: int) -> SmtpReply:
+    async def _finish(self, data: bytes | None, size: int) -> Reply:
         if data is None:
-            return SmtpReply(552, "5.3.4", "Message size exceeds fixed limit")
+            return Reply(552, "5.3.4", "Message size exceeds fixed limit")
         problem = data_problem(data)
         if problem is not None:
             return problem
@@ -646,24 +642,24 @@ class Session(asyncio.Protocol):
             answer = await self.relay.door.accept(submission)
         except Exception:
             log.exception("smtp: accept failed")
-            return SmtpReply(451, "4.3.0", "Temporary failure, try again later")
+            return Reply(451, "4.3.0", "Temporary failure, try again later")
         return smtp_reply(answer)
 
     def smtp_RSET(self, arg: str) -> None:
         self._reset()
-        self.reply(SmtpReply(250, "2.0.0", "Ok"))
+        self.reply(Reply(250, "2.0.0", "Ok"))
 
     def smtp_NOOP(self, arg: str) -> None:
-        self.reply(SmtpReply(250, "2.0.0", "Ok"))
+        self.reply(Reply(250, "2.0.0", "Ok"))
 
     def smtp_VRFY(self, arg: str) -> None:
-        self.reply(SmtpReply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+        self.reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
 
     def smtp_HELP(self, arg: str) -> None:
-        self.reply(SmtpReply(214, "2.0.0", "See RFC 5321"))
+        self.reply(Reply(214, "2.0.0", "See RFC 5321"))
 
     def smtp_QUIT(self, arg: str) -> None:
-        self.close_with(SmtpReply(221, "2.0.0", "Bye"))
+        self.close_with(Reply(221, "2.0.0", "Bye"))
 
 
 # How the door's refusals read over SMTP: (code, enhanced status) per rule.
@@ -675,12 +671,12 @@ _REFUSED = {
 }
 
 
-def smtp_reply(answer: Accepted | Refusal) -> SmtpReply:
+def smtp_reply(answer: Accepted | Refusal) -> Reply:
     """The door's answer as an SMTP reply; the refusal's reason is the text."""
     if isinstance(answer, Accepted):
-        return SmtpReply(250, "2.0.0", f"Ok: queued as {answer.message_id}")
+        return Reply(250, "2.0.0", f"Ok: queued as {answer.message_id}")
     code, enhanced = _REFUSED[answer.rule]
-    return SmtpReply(code, enhanced, answer.reason)
+    return Reply(code, enhanced, answer.reason)
 
 
 class SmtpRelay:
