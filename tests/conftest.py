@@ -22,7 +22,7 @@ SLOW = (
     "tests/scenarios/test_postfix_receivers.py",  # real Postfix
     "tests/scenarios/test_generated_addresses.py",  # generated addresses through both doors
     "tests/scenarios/test_delivery_failures.py::test_stall_after_the_dot",  # a real timeout
-    "tests/ingress/http_api/test_schemathesis.py",  # generated calls to every route
+    "tests/http/test_schemathesis.py",  # generated calls to every route
     "tests/ingress/smtp_relay/test_backpressure.py::test_client_that_never_reads",
     "tests/ingress/smtp_relay/test_auth.py::test_failures_on_a_key_lock",  # real delays
     "tests/test_cli.py::test_sqlite_locked_by_another_program",  # `mailgate` processes

@@ -26,11 +26,13 @@ from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.errors import ConfigError, MailgateError
+from mailgate.http.app import Api, create_api
 from mailgate.ingress.accept import Door
-from mailgate.ingress.http_api import Api, Metrics
-from mailgate.ingress.http_routes import create_api
 from mailgate.ingress.smtp_relay import SmtpRelay
+from mailgate.lifecycle import Lifecycle, Phase
+from mailgate.metrics import Metrics
 from mailgate.models import Source
+from mailgate.process import share_metrics
 from mailgate.store import Store, open_store
 
 log = logging.getLogger("mailgate")
@@ -148,7 +150,10 @@ class App:
         self.deliverer: Deliverer | None = None
         self._delivery: asyncio.Task[None] | None = None
         self.failure: MailgateError | None = None  # why the process stopped on its own
-        self.metrics = Metrics.create(self._shared_metrics_dir())
+        shared_metrics = self._shared_metrics_dir()
+        if shared_metrics is not None:
+            share_metrics(shared_metrics)
+        self.metrics = Metrics.create(shared_metrics)
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -209,8 +214,17 @@ class App:
             await self.smtp.start(reuse_port=self.shares_ports)
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.wants(Role.API) and cfg.http.enabled:
-            api = Api(self.store, cfg.http, cfg.server.hostname, self.metrics, guard, door)
-            api.starting = self.role is Role.ALL  # until its children are up
+            # /readyz says starting until its children are up
+            phase = Phase.STARTING if self.role is Role.ALL else Phase.READY
+            api = Api(
+                self.store,
+                cfg.http,
+                cfg.server.hostname,
+                self.metrics,
+                Lifecycle(phase),
+                guard,
+                door,
+            )
             self.api = api
             server_config = uvicorn.Config(
                 create_api(api),
@@ -263,7 +277,7 @@ class App:
         if roles:
             await self._start_children(roles)
         if self.api is not None:
-            self.api.starting = False
+            self.api.lifecycle.mark_ready()
         self.ready.set()
 
     def _delivery_ended(self, task: asyncio.Task[None]) -> None:
@@ -372,7 +386,7 @@ class App:
 
     async def _stop_http(self, grace: float) -> None:
         assert self.http is not None and self.api is not None
-        self.api.draining = True
+        self.api.lifecycle.drain()
         deadline = asyncio.get_running_loop().time() + grace
         while any(not t.done() for t in self.http.server_state.tasks):
             if asyncio.get_running_loop().time() > deadline:

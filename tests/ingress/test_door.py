@@ -13,6 +13,7 @@ import pytest
 
 from mailgate import keys
 from mailgate.compose import Draft
+from mailgate.http.errors import refusal_error
 from mailgate.ingress.accept import (
     Accepted,
     Client,
@@ -22,7 +23,6 @@ from mailgate.ingress.accept import (
     Rule,
     Submission,
 )
-from mailgate.ingress.http_api import refusal_error
 from mailgate.ingress.smtp_relay import smtp_reply
 from mailgate.models import ApiKey, NewMessage, Scope, Source
 from mailgate.store import Store, open_store

@@ -1,0 +1,121 @@
+"""Who is asking: the API key of a request, its scope and its rate.
+
+The order of the answers: 503 while draining, 401 without a key, 429 for an address the
+failed-login guard locked, 401 for an unknown, wrong, revoked or locked key (alike, after
+the guard's growing delay), 403 without the scope, 429 over the key's rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+
+from starlette.requests import Request
+
+from mailgate import keys
+from mailgate.auth_guard import AuthGuard
+from mailgate.config import HttpConfig
+from mailgate.http.errors import BEARER, ApiError, shutting_down
+from mailgate.lifecycle import Lifecycle
+from mailgate.models import ApiKey, Scope
+from mailgate.store import Store
+
+AUTH_CACHE_SECONDS = 5.0  # a revoked key may keep working this long on a busy node
+AUTH_CACHE_MAX = 10_000  # secrets remembered; the cache starts again past this
+
+
+class RateLimit:
+    """A token bucket per API key: `rate` requests a second, up to `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+
+    def wait(self, key_id: str, now: float) -> int:
+        """0 and one token taken, or the whole seconds until a token is free."""
+        if self.rate <= 0:
+            return 0
+        tokens, last = self._buckets.get(key_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            return max(1, int((1 - tokens) / self.rate + 0.999))
+        self._buckets[key_id] = (tokens - 1, now)
+        return 0
+
+
+class Auth:
+    """The key behind each request, looked up at most every AUTH_CACHE_SECONDS."""
+
+    def __init__(
+        self, store: Store, cfg: HttpConfig, guard: AuthGuard, lifecycle: Lifecycle
+    ) -> None:
+        self.store, self.guard, self.lifecycle = store, guard, lifecycle
+        self.rate = RateLimit(cfg.rate_limit_per_second, cfg.rate_limit_burst)
+        self._cache: dict[str, tuple[ApiKey | None, float]] = {}  # secret -> (key, until)
+
+    async def key_for(self, request: Request, scope: Scope) -> ApiKey:
+        if self.lifecycle.draining:
+            raise shutting_down()
+        secret = secret_from(request.headers.get("authorization", ""))
+        if secret is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "Missing API key: use Authorization: Bearer <key>",
+                None,
+                BEARER,
+            )
+        ip = request.client.host if request.client else "unknown"
+        if self.guard.ip_locked(ip):
+            raise ApiError(
+                429,
+                "too_many_auth_failures",
+                "Too many failed authentications from your address",
+                headers={"Retry-After": str(self.guard.retry_after(ip))},
+            )
+        key = await self._lookup(secret)
+        if key is not None and self.guard.key_locked(key.id, ip):
+            key = None  # locked: answered exactly like a wrong key
+        if key is None:
+            # the same answer and a growing delay for unknown, wrong and locked keys
+            await asyncio.sleep(self.guard.failed(ip, keys.key_id_of(secret)))
+            raise ApiError(401, "unauthorized", "Invalid API key", None, BEARER)
+        if not key.has(scope):
+            raise ApiError(403, "forbidden", f"This key lacks the {scope} scope")
+        wait = self.rate.wait(key.id, time.monotonic())
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many requests for this key",
+                headers={"Retry-After": str(wait)},
+            )
+        return key
+
+    async def _lookup(self, secret: str) -> ApiKey | None:
+        now = time.monotonic()
+        cached = self._cache.get(secret)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        key = await keys.authenticate(self.store, secret)
+        if len(self._cache) > AUTH_CACHE_MAX:
+            self._cache.clear()
+        self._cache[secret] = (key, now + AUTH_CACHE_SECONDS)
+        return key
+
+
+def secret_from(header: str) -> str | None:
+    """The key in `Authorization: Bearer <key>`, or the password of `Basic`."""
+    scheme, _, value = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer" and value.strip():
+        return value.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None

@@ -1,0 +1,168 @@
+"""Reading and cancelling messages: list, one with its timeline, its raw bytes, cancel.
+
+A key sees only its own messages (another key's are 404, so their existence is not
+revealed); an admin key sees all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from fastapi import APIRouter, Query
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mailgate.http import models as m
+from mailgate.http.auth import Auth
+from mailgate.http.errors import ApiError
+from mailgate.http.openapi import ERRORS
+from mailgate.models import ApiKey, Message, MessageQuery, Recipient, RecipientStatus, Scope
+from mailgate.store import Store
+
+MAX_UNIX_TIME = (2**48 - 1) / 1000  # the last millisecond a message id can carry
+
+
+class Messages:
+    def __init__(self, auth: Auth, store: Store) -> None:
+        self.auth, self.store = auth, store
+
+    async def list_messages(
+        self,
+        request: Request,
+        status: RecipientStatus | None = None,
+        recipient: str | None = Query(None, max_length=320),
+        tag: str | None = Query(None, max_length=100),
+        since: float | None = Query(None, description="Unix time", allow_inf_nan=False),
+        until: float | None = Query(None, description="Unix time", allow_inf_nan=False),
+        cursor: str | None = Query(None, pattern=r"^[0-9A-Z]{26}$"),
+        limit: int = Query(50, ge=1, le=500),
+    ) -> m.MessageList:
+        key = await self.auth.key_for(request, Scope.READ)
+        query = MessageQuery(
+            status=status,
+            recipient=recipient,
+            tag=tag,
+            since=None if since is None else min(since, MAX_UNIX_TIME),
+            until=None if until is None else min(until, MAX_UNIX_TIME),
+            cursor=cursor,
+            limit=limit,
+            api_key_id=None if key.has(Scope.ADMIN) else key.id,
+        )
+        found = await self.store.list_messages(query)
+        data = [await message_out(self.store, x, with_events=False) for x in found]
+        return m.MessageList(data=data, next_cursor=found[-1].id if len(found) == limit else None)
+
+    async def get_message(self, request: Request, message_id: str) -> m.MessageOut:
+        key = await self.auth.key_for(request, Scope.READ)
+        message = await visible_message(self.store, message_id, key)
+        return await message_out(self.store, message, with_events=True)
+
+    async def get_raw(self, request: Request, message_id: str) -> Response:
+        key = await self.auth.key_for(request, Scope.READ)
+        message = await visible_message(self.store, message_id, key)
+        raw = await self.store.get_raw(message.id)
+        return Response(raw or b"", media_type="message/rfc822")
+
+    async def cancel(self, request: Request, message_id: str) -> m.MessageOut:
+        key = await self.auth.key_for(request, Scope.SEND)
+        message = await visible_message(self.store, message_id, key)
+        await self.store.cancel(message.id, time.time())
+        return await message_out(self.store, message, with_events=True)
+
+
+def router(messages: Messages) -> APIRouter:
+    r = APIRouter()
+    r.add_api_route(
+        "/v1/messages",
+        messages.list_messages,
+        methods=["GET"],
+        response_model=m.MessageList,
+        responses=ERRORS,
+        summary="List messages, newest first",
+    )
+    r.add_api_route(
+        "/v1/messages/{message_id}",
+        messages.get_message,
+        methods=["GET"],
+        response_model=m.MessageOut,
+        responses=ERRORS,
+        summary="One message with its recipients and event timeline",
+    )
+    r.add_api_route(
+        "/v1/messages/{message_id}/raw",
+        messages.get_raw,
+        methods=["GET"],
+        responses=ERRORS,
+        response_class=Response,
+        summary="The stored RFC 5322 bytes",
+    )
+    r.add_api_route(
+        "/v1/messages/{message_id}/cancel",
+        messages.cancel,
+        methods=["POST"],
+        response_model=m.MessageOut,
+        responses=ERRORS,
+        summary="Cancel recipients not yet delivered",
+    )
+    return r
+
+
+async def visible_message(
+    store: Store, message_id: str, key: ApiKey, field: str | None = None
+) -> Message:
+    """The message, if this key may see it; 404 (naming `field`) otherwise."""
+    message = await store.get_message(message_id)
+    if message is None or (not key.has(Scope.ADMIN) and message.api_key_id != key.id):
+        raise ApiError(404, "not_found", f"No message {message_id}", field)
+    return message
+
+
+async def message_out(store: Store, message: Message, with_events: bool) -> m.MessageOut:
+    rcpts = await store.recipients(message.id)
+    by_id = {r.id: r.address for r in rcpts}
+    events = None
+    if with_events:
+        events = [
+            m.EventOut(
+                at=utc(e.at),
+                kind=e.kind,
+                recipient=by_id.get(e.recipient_id or -1),
+                details=e.details,
+            )
+            for e in await store.events(message.id)
+        ]
+    return m.MessageOut(
+        id=message.id,
+        created_at=utc(message.created_at),
+        source=message.source,
+        sender=message.sender,
+        subject=message.subject,
+        message_id=message.message_id_header,
+        tags=list(message.tags),
+        metadata=message.metadata,
+        size=message.size,
+        scheduled_at=utc(message.scheduled_at) if message.scheduled_at else None,
+        recipients=[recipient_out(r) for r in rcpts],
+        events=events,
+    )
+
+
+def recipient_out(r: Recipient) -> m.RecipientOut:
+    reply = r.last_reply
+    return m.RecipientOut(
+        address=r.address,
+        status=r.status,
+        attempts=r.attempts,
+        last_reply=f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{reply.text}"
+        if reply
+        else None,
+        remote_host=r.remote_host,
+        next_attempt_at=utc(r.next_attempt_at)
+        if r.next_attempt_at and r.status in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
+        else None,
+    )
+
+
+def utc(t: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC)

@@ -1,0 +1,381 @@
+"""The send routes (single, batch, raw): each request as a Submission for the one door,
+and the door's answer as the 202 (or the error naming the field).
+
+Order of checks on every send: API key (401), scope (403), rate (429), content type (415),
+size (413), idempotency (replay or 409), JSON (400), fields (422), then the door; the
+202 is sent only after the door committed.
+
+Each handler reads the body itself and validates it with `model_validate_json`
+(pydantic's Rust parser): one pass, JSON errors (400) told apart from field errors (422).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from email.utils import getaddresses
+from typing import Any, TypeVar
+
+import pydantic
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from mailgate.addresses import address_problem, parse_mailbox
+from mailgate.compose import Attachment as DraftAttachment
+from mailgate.compose import Draft
+from mailgate.config import HttpConfig
+from mailgate.http import models as m
+from mailgate.http.auth import Auth
+from mailgate.http.errors import ApiError, invalid, refusal_error, validation_error
+from mailgate.http.idempotency import Idempotency
+from mailgate.http.messages import utc, visible_message
+from mailgate.http.openapi import ERRORS, request_body
+from mailgate.ingress.accept import Client, Door, IdempotencyRequest, Refusal, Submission
+from mailgate.ingress.smtp_rules import HeaderField, header_fields
+from mailgate.models import ApiKey, NewMessage, Scope, Source
+from mailgate.store import Store
+
+JSON_TYPES = ("application/json",)
+RAW_TYPES = ("application/json", "message/rfc822")
+# Headers a raw submission loses: hidden recipients must not reach the visible ones.
+DROPPED = frozenset({"bcc", "resent-bcc"})
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+
+class Send:
+    def __init__(
+        self, auth: Auth, idempotency: Idempotency, door: Door, store: Store, cfg: HttpConfig
+    ) -> None:
+        self.auth, self.idempotency, self.door, self.store = auth, idempotency, door, store
+        self.cfg = cfg
+
+    async def send(self, request: Request) -> Response:
+        key, body, idem, replay = await self._begin(request, JSON_TYPES)
+        if replay is not None:
+            return replay
+        req = parse_json(m.SendRequest, body)
+        submission = await self._draft(req, key, client_of(request))
+        return await self._commit_one(submission, idem)
+
+    async def batch(self, request: Request) -> Response:
+        key, body, idem, replay = await self._begin(request, JSON_TYPES)
+        if replay is not None:
+            return replay
+        req = parse_json(m.BatchRequest, body)
+        if len(req.messages) > self.cfg.batch_max:
+            raise invalid(f"At most {self.cfg.batch_max} messages", "messages")
+        results: list[dict[str, Any]] = []
+        accepted = []
+        client = client_of(request)
+        for i, item in enumerate(req.messages):
+            message = await self._batch_item(i, item, key, client)
+            if isinstance(message, ApiError):
+                results.append({"index": i, "error": message.item()})
+                continue
+            accepted.append(message)
+            results.append({"index": i, **accepted_dict(message)})
+        if not accepted:
+            error = {
+                "code": "invalid_batch",
+                "message": "No message in the batch is valid",
+                "field": results[0]["error"]["field"],
+            }
+            return JSONResponse(
+                {"error": error, "accepted": 0, "rejected": len(results), "results": results},
+                status_code=422,
+            )
+        counts = {"accepted": len(accepted), "rejected": len(results) - len(accepted)}
+        return await self._commit(accepted, json.dumps({**counts, "results": results}), idem)
+
+    async def send_raw(self, request: Request) -> Response:
+        key, body, idem, replay = await self._begin(request, RAW_TYPES)
+        if replay is not None:
+            return replay
+        if request.headers.get("content-type", "").startswith("message/rfc822"):
+            params = request.query_params
+            envelope = {
+                "raw": base64.b64encode(body).decode(),
+                "from": params.get("from", ""),
+                "to": params.getlist("to"),
+            }
+            req = parse_json(m.RawRequest, json.dumps(envelope).encode())
+        else:
+            req = parse_json(m.RawRequest, body)
+        to = [address for _, address in map(mailbox, req.to)]  # addr-specs, never as given
+        submission = raw_submission(
+            base64.b64decode(req.raw), req.from_, to, key, client_of(request), tuple(req.tags)
+        )
+        return await self._commit_one(submission, idem)
+
+    async def _begin(
+        self, request: Request, types: tuple[str, ...]
+    ) -> tuple[ApiKey, bytes, IdempotencyRequest | None, Response | None]:
+        """Key (send scope), body, what idempotency records and a replay if there is one."""
+        key = await self.auth.key_for(request, Scope.SEND)
+        body, media_type = await read_body(request, types, self.cfg.max_body_bytes)
+        idem, replay = await self.idempotency.begin(request, key, body, media_type)
+        return key, body, idem, replay
+
+    async def _batch_item(
+        self, i: int, item: dict[str, Any], key: ApiKey, client: Client
+    ) -> NewMessage | ApiError:
+        """One batch item through every rule but the commit, or why it was refused."""
+        prefix = f"messages[{i}]"
+        try:
+            one = m.SendRequest.model_validate(item)
+            submission = await self._draft(one, key, client, prefix)
+        except pydantic.ValidationError as exc:
+            return validation_error(exc, prefix)
+        except ApiError as err:
+            return err
+        message = self.door.prepare(submission)
+        if isinstance(message, Refusal):
+            return refusal_error(message, prefix=prefix)
+        return message
+
+    async def _commit_one(self, sub: Submission, idem: IdempotencyRequest | None) -> Response:
+        """The door for one message; the 202 quotes the prepared message."""
+        message = self.door.prepare(sub)
+        if isinstance(message, Refusal):
+            raise refusal_error(message, raw=isinstance(sub.content, bytes))
+        return await self._commit([message], json.dumps(accepted_dict(message)), idem)
+
+    async def _commit(
+        self, messages: list[NewMessage], body: str, idem: IdempotencyRequest | None
+    ) -> Response:
+        answer = await self.door.commit(messages, idem, body)
+        if isinstance(answer, Refusal):
+            raise refusal_error(answer)
+        if answer.replayed and idem is not None:
+            return await self.idempotency.replay(idem)
+        return Response(body, status_code=202, media_type="application/json")
+
+    async def _draft(
+        self, req: m.SendRequest, key: ApiKey, client: Client, prefix: str = ""
+    ) -> Submission:
+        """The JSON request as a submission with a draft; the door composes it."""
+
+        def at(name: str) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        if not (req.to or req.cc or req.bcc):
+            raise invalid("At least one of to, cc, bcc is required", at("to"))
+        if req.text is None and req.html is None:
+            raise invalid("Give text, html or both", at("text"))
+        subject, in_reply_to = req.subject, None
+        references: tuple[str, ...] = ()
+        if req.reply_to_message_id is not None:
+            subject, in_reply_to, references = await self._thread(
+                req, key, at("reply_to_message_id")
+            )
+        return draft_submission(req, key, client, subject, in_reply_to, references)
+
+    async def _thread(
+        self, req: m.SendRequest, key: ApiKey, field: str
+    ) -> tuple[str | None, str | None, tuple[str, ...]]:
+        """(Subject, In-Reply-To, References) of a reply to a stored message."""
+        assert req.reply_to_message_id is not None
+        original = await visible_message(self.store, req.reply_to_message_id, key, field)
+        raw = await self.store.get_raw(original.id) or b""
+        refs = header_value(raw, b"references").split()
+        parent = original.message_id_header
+        if parent:
+            refs = [r for r in refs if r != parent] + [parent]
+        subject = req.subject
+        if subject is None:
+            base = original.subject or ""
+            subject = base if base.lower().startswith("re:") else f"Re: {base}".rstrip()
+        return subject, parent, tuple(refs[-20:])
+
+
+def router(send: Send) -> APIRouter:
+    r = APIRouter()
+    for path, endpoint, body, answer, summary in (
+        ("/v1/messages", send.send, m.SendRequest, m.Accepted, "Send one message"),
+        (
+            "/v1/messages/batch",
+            send.batch,
+            m.BatchRequest,
+            m.BatchResult,
+            "Send up to 500 messages",
+        ),
+        (
+            "/v1/messages/raw",
+            send.send_raw,
+            m.RawRequest,
+            m.Accepted,
+            "Send a complete RFC 5322 message (JSON, or message/rfc822 with ?from=&to=)",
+        ),
+    ):
+        r.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            status_code=202,
+            response_model=answer,
+            responses=ERRORS,
+            openapi_extra=request_body(body),
+            summary=summary,
+        )
+    return r
+
+
+async def read_body(request: Request, types: tuple[str, ...], max_bytes: int) -> tuple[bytes, str]:
+    """(The whole body, its media type); 415 for another type, 413 past max_bytes."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in types:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {' or '.join(types)}")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise ApiError(413, "too_large", f"Body over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, "too_large", f"Body over {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nothing to answer
+        raise ApiError(400, "client_disconnected", "The client closed the request") from None
+    return b"".join(chunks), media_type
+
+
+def parse_json(model: type[T], body: bytes) -> T:
+    """The request model, or ApiError 400 (not JSON) / 422 (naming the field)."""
+    try:
+        return model.model_validate_json(body)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def client_of(request: Request) -> Client:
+    """The Received facts of an HTTP request: the peer's address and the protocol."""
+    return Client(request.client.host if request.client else "unknown", "HTTP")
+
+
+def draft_submission(
+    req: m.SendRequest,
+    key: ApiKey,
+    client: Client,
+    subject: str | None,
+    in_reply_to: str | None,
+    references: tuple[str, ...],
+) -> Submission:
+    sender = mailbox(req.from_)
+    to, cc = tuple(map(mailbox, req.to)), tuple(map(mailbox, req.cc))
+    draft = Draft(  # Message-ID and Date: the door's, with the stored id
+        sender=sender,
+        to=to,
+        cc=cc,
+        reply_to=tuple(map(mailbox, req.reply_to)),
+        subject=subject,
+        text=req.text,
+        html=req.html,
+        attachments=tuple(
+            DraftAttachment(a.filename, a.decoded(), a.content_type, a.content_id, a.is_inline)
+            for a in req.attachments
+        ),
+        headers=tuple(req.headers.items()),
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+    bcc = map(mailbox, req.bcc)
+    envelope = tuple(dict.fromkeys(address for _, address in (*to, *cc, *bcc)))
+    return Submission(
+        sender=sender[1],
+        recipients=envelope,
+        content=draft,
+        source=Source.HTTP,
+        client=client,
+        key=key,
+        tags=tuple(req.tags),
+        metadata=dict(req.metadata),
+        scheduled_at=req.scheduled_at.timestamp() if req.scheduled_at else None,
+    )
+
+
+def raw_submission(
+    raw: bytes,
+    sender: str,
+    to: list[str],
+    key: ApiKey,
+    client: Client,
+    tags: tuple[str, ...] = (),
+) -> Submission:
+    """A complete message as given, but: Bcc and Resent-Bcc removed (as sendmail -t
+    does; the envelope is `to` alone), empty Message-IDs removed (the door adds
+    Message-ID and Date when missing); refused without exactly one From or with more
+    than one Message-ID. The sender rules are the door's."""
+    if sender:
+        problem = address_problem(sender)
+        if problem is not None:
+            raise invalid(problem, "from")
+    if b"\x00" in raw:
+        raise invalid("Message contains NUL", "raw")
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if max(len(line) for line in raw.split(b"\r\n")) > 998:
+        raise invalid("A line is longer than 998 octets", "raw")
+    fields, rest = header_fields(raw)
+    fields = [f for f in fields if f.name not in DROPPED and not f.blank_message_id]
+    check_from(fields)
+    if sum(f.name == "message-id" for f in fields) > 1:
+        raise invalid("More than one Message-ID header", "raw.Message-ID")
+    return Submission(
+        sender=sender,
+        recipients=tuple(dict.fromkeys(to)),
+        content=b"".join([*(f.raw for f in fields), rest]),
+        source=Source.HTTP,
+        client=client,
+        key=key,
+        tags=tags,
+    )
+
+
+def check_from(fields: list[HeaderField]) -> None:
+    """Exactly one From, holding an address (RFC 5322 3.6)."""
+    froms = [f for f in fields if f.name == "from"]
+    problem = None
+    if not froms:
+        problem = "The message has no From header"
+    elif len(froms) > 1:
+        problem = "The message has more than one From header"
+    elif not [a for _, a in getaddresses([froms[0].value]) if a]:
+        problem = "The From header holds no address"
+    if problem is not None:
+        raise invalid(problem, "raw.From")
+
+
+def mailbox(text: str) -> tuple[str, str]:
+    """(display name, addr-spec) of a mailbox the request model validated."""
+    parsed = parse_mailbox(text)
+    assert not isinstance(parsed, str)  # validated by the request model
+    return parsed
+
+
+def header_value(raw: bytes, name: bytes) -> str:
+    """The unfolded value of the first header `name` (lower case) in stored bytes."""
+    end = raw.find(b"\r\n\r\n")
+    value = None
+    for line in raw[: end if end >= 0 else len(raw)].split(b"\r\n"):
+        if value is not None and line[:1] in (b" ", b"\t"):
+            value += " " + line.strip().decode("utf-8", "replace")
+            continue
+        if value is not None:
+            return value
+        head, colon, rest = line.partition(b":")
+        if colon and head.strip().lower() == name:
+            value = rest.strip().decode("utf-8", "replace")
+    return value or ""
+
+
+def accepted_dict(message: NewMessage) -> dict[str, Any]:
+    """What a 202 says about one accepted message."""
+    return {
+        "id": message.id,
+        "message_id": message.message_id_header,
+        "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
+        "scheduled_at": utc(message.scheduled_at).isoformat() if message.scheduled_at else None,
+    }
