@@ -117,7 +117,6 @@ class NewMessage:
     api_key_id: str | None = None
     tags: tuple[str, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
-    idempotency_key: str | None = None
     idempotency: Idempotency | None = None
     message_id_header: str | None = None
     subject: str | None = None
@@ -140,7 +139,6 @@ class Message:
     api_key_id: str | None
     tags: tuple[str, ...]
     metadata: dict[str, str]
-    idempotency_key: str | None
     message_id_header: str | None
     subject: str | None
     scheduled_at: float | None
@@ -198,7 +196,7 @@ class Event:
     """One line of a message's append-only history (the outbox).
 
     details has the fixed keys of its kind's TypedDict above; the store writes them
-    from those types and decodes them in one place (store.event_from_row)."""
+    from those types and decodes them in one place (store.rows.event_from_row)."""
 
     id: int
     message_id: str

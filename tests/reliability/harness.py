@@ -32,7 +32,7 @@ import httpx
 from mailgate import keys
 from mailgate.models import Scope
 from mailgate.store import open_store
-from mailgate.store.body_files import BodyFiles
+from mailgate.store.sqlite.bodies import BodyFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.errors import StoreError
-from mailgate.store.body_files import BodyFiles
+from mailgate.store.sqlite.bodies import BodyFiles
 
 
 def test_bodies_read_back_at_their_places_and_a_cut_segment_is_an_error(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Message bodies of the SQLite store, kept in append-only segment files beside it.
+"""Message bodies of the SQLite store, kept in append-only segment files beside it, and
+the rule that decides which bodies go there.
 
 A body inside SQLite is written twice (WAL, then checkpoint), in 4 KB pages with a
 write() call each: most of the kernel time of taking in large mail. Here the writer
@@ -16,8 +17,13 @@ from pathlib import Path
 
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.models import new_id
+from mailgate.store.rows import MessageRow
 
 SEGMENT_MAX = 1 << 30  # bytes before the next body opens a new segment
+# Bodies go to body files from this size, when a commit group carries at least
+# BODY_FILE_GROUP_MIN bytes of them; else they stay in the row.
+BODY_FILE_MIN = 512
+BODY_FILE_GROUP_MIN = 64 * 1024
 
 
 class BodyFiles:
@@ -83,3 +89,21 @@ class BodyFiles:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = self._name = None
+
+
+def place(files: BodyFiles, rows: Sequence[MessageRow]) -> Sequence[MessageRow]:
+    """The rows with their large bodies moved to a body file (raw b"", body_file and
+    body_offset set), on disk before this returns; or the rows as they are when the
+    group's large bodies are too few to be worth an fdatasync of their own.
+
+    Placing again is a no-op, so rows placed before the write turn (SqliteEngine's
+    early placement) pass through the insert: a placed row has its body_file, and a
+    group that stayed inline has no subset that would move."""
+    spill = [i for i, r in enumerate(rows) if r.body_file is None and len(r.raw) >= BODY_FILE_MIN]
+    if not spill or sum(len(rows[i].raw) for i in spill) < BODY_FILE_GROUP_MIN:
+        return rows
+    out = list(rows)
+    places = files.append([rows[i].raw for i in spill])
+    for i, (name, offset) in zip(spill, places, strict=True):
+        out[i] = rows[i]._replace(raw=b"", body_file=name, body_offset=offset)
+    return out

@@ -1,0 +1,164 @@
+"""What the rest of mailgate may ask of storage (Store), and what the queue logic asks
+of a backend's transaction (Tx)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mailgate.models import (
+    ApiKey,
+    Claim,
+    Event,
+    Message,
+    MessageQuery,
+    NewMessage,
+    Recipient,
+    RecipientStatus,
+    Settlement,
+)
+from mailgate.store.rows import MessageRow
+
+Row = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dsn:
+    """A delivery status notification to queue with the settlements it reports.
+
+    It is queued in the settle's transaction only if every recipient it names was
+    settled there: a recipient fenced out (its lease passed to another worker) is the
+    new owner's to report, so a DSN naming it would report a fate this worker did not
+    record."""
+
+    message: NewMessage
+    recipient_ids: tuple[int, ...]
+
+
+class Store(Protocol):
+    """What the rest of mailgate may ask of storage."""
+
+    async def open(self) -> None:
+        """Connect, check durability settings, apply migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless a write can be committed now."""
+
+    # messages -------------------------------------------------------------
+    async def enqueue(self, message: NewMessage) -> str:
+        """Store the message, one row per recipient and an `accepted` event, atomically.
+
+        Returns the message id. With message.idempotency set and that key already used
+        by the same API key (not expired), raises DuplicateIdempotencyKey instead.
+        """
+
+    async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        """Like enqueue for several messages, all in one transaction."""
+
+    async def get_message(self, message_id: str) -> Message | None: ...
+
+    async def get_raw(self, message_id: str) -> bytes | None: ...
+
+    async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+        """Messages with their bytes, in one round trip (what a delivery claim needs)."""
+
+    async def recipients(self, message_id: str) -> list[Recipient]: ...
+
+    async def events(self, message_id: str) -> list[Event]: ...
+
+    async def events_since(
+        self, cursor: str | None, limit: int, api_key_id: str | None = None
+    ) -> tuple[list[Event], str]:
+        """The outbox feed: up to `limit` events after `cursor` (None: from the start),
+        in commit order, and the cursor to pass next (the same one when none is new).
+
+        Exact on both backends: an event that commits after one already returned is
+        still returned after it, never skipped. The cursor is opaque (its form differs
+        per backend). api_key_id: only that key's events."""
+
+    async def list_messages(self, query: MessageQuery) -> list[Message]:
+        """Newest first; query.cursor is the last id of the previous page."""
+
+    async def idempotent_response(self, api_key_id: str | None, key: str) -> tuple[str, str] | None:
+        """(request_hash, response) stored for an unexpired idempotency key."""
+
+    # queue ----------------------------------------------------------------
+    async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
+        """Lease up to `limit` due recipients of one domain (the most overdue one)."""
+
+    async def settle(
+        self, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn] = ()
+    ) -> int:
+        """Record outcomes of leased recipients with their events, and queue the DSNs
+        that report them, in one transaction; returns rows changed.
+
+        A settlement whose lease has passed to another owner is skipped (fencing), and
+        so is every DSN naming it (see Dsn). If a DSN cannot be written, nothing is.
+        """
+
+    async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
+        """Give leased recipients back, due at `now`, without counting an attempt."""
+
+    async def recover_leases(self, owner_prefix: str, now: float) -> int:
+        """Make recipients leased by a dead worker (its owner starts with `owner_prefix`)
+        due at `now`. The owner stays, so the next claim records `lease_expired`."""
+
+    async def cancel(self, message_id: str, now: float) -> int:
+        """Cancel the message's active recipients; returns how many."""
+
+    async def retry_now(self, message_id: str, now: float) -> int:
+        """Make the message's active, unleased recipients due at `now`."""
+
+    async def status_counts(self) -> dict[RecipientStatus, int]: ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may be due (a NOTIFY, a local enqueue) or after timeout."""
+
+    # API keys -------------------------------------------------------------
+    async def add_key(self, key: ApiKey, secret_hash: str) -> None: ...
+
+    async def get_key(self, key_id: str) -> tuple[ApiKey, str] | None: ...
+
+    async def list_keys(self) -> list[ApiKey]: ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+
+class Tx(Protocol):
+    """One transaction (or, for reads, one connection) of a backend, with statements
+    named as in store/sql/. store/queue.py writes every state change against this once.
+
+    The SQLite Tx's methods never suspend: its writer thread runs a queue coroutine to
+    completion in one step (store.sqlite.tx.drive). The PostgreSQL Tx awaits asyncpg."""
+
+    async def fetch(self, name: str, *args: Any) -> Sequence[Row]: ...
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None: ...
+
+    async def execute(self, name: str, *args: Any) -> None: ...
+
+    async def executemany(self, name: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    async def query(self, sql: str, *args: Any) -> Sequence[Row]:
+        """SQL built at run time (list filters), with `?` parameters."""
+
+    async def script(self, text: str) -> None:
+        """A migration file's statements."""
+
+    async def insert_messages(self, rows: Sequence[MessageRow]) -> None:
+        """Insert message rows; SQLite first puts large bodies in body files."""
+
+    async def claim_due(
+        self, now: float, limit: int, lease_until: float, owner: str
+    ) -> Sequence[Row]:
+        """Lease up to `limit` due recipients of the most overdue domain; their rows
+        (RECIPIENT_COLUMNS), each with the lease_owner it had before this claim."""
+
+    def body(self, raw: bytes, body_file: str | None, body_offset: int | None, size: int) -> bytes:
+        """A message's bytes from what get_raw / load return."""
+
+    def wake_workers(self) -> None:
+        """Wake waiting delivery workers once this transaction commits."""

@@ -1,0 +1,128 @@
+"""What the store reads, once for both backends (statements named as in store/sql/)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mailgate.models import (
+    ApiKey,
+    Event,
+    Message,
+    MessageQuery,
+    Recipient,
+    RecipientStatus,
+    new_id,
+)
+from mailgate.store.protocols import Row, Tx
+from mailgate.store.rows import (
+    MESSAGE_COLUMNS,
+    event_from_row,
+    key_from_row,
+    message_from_row,
+    recipient_from_row,
+)
+
+_LISTED = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
+
+
+async def get_message(tx: Tx, message_id: str) -> Message | None:
+    row = await tx.fetchrow("get_message", message_id)
+    return message_from_row(row) if row else None
+
+
+async def get_raw(tx: Tx, message_id: str) -> bytes | None:
+    row = await tx.fetchrow("get_raw", message_id)
+    return tx.body(*row) if row else None
+
+
+async def load(tx: Tx, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+    out: dict[str, tuple[Message, bytes]] = {}
+    for row in await tx.fetch("load", list(message_ids)):
+        message = message_from_row(row)
+        out[message.id] = (message, tx.body(row[-3], row[-2], row[-1], message.size))
+    return out
+
+
+async def recipients(tx: Tx, message_id: str) -> list[Recipient]:
+    return [recipient_from_row(r) for r in await tx.fetch("recipients", message_id)]
+
+
+async def events(tx: Tx, message_id: str) -> list[Event]:
+    return [event_from_row(r) for r in await tx.fetch("events", message_id)]
+
+
+async def event_rows(
+    tx: Tx, after: tuple[Any, ...], limit: int, api_key_id: str | None
+) -> Sequence[Row]:
+    """The outbox feed's rows after a cursor (its fields: the backend's own form),
+    of one API key or of all."""
+    if api_key_id is None:
+        return await tx.fetch("events_since", *after, limit)
+    return await tx.fetch("events_since_for_key", *after, api_key_id, limit)
+
+
+def list_sql(query: MessageQuery) -> tuple[str, list[Any]]:
+    """The listing's SQL (`?` parameters) and its arguments; newest first."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def add(clause: str, value: Any) -> None:
+        where.append(clause)
+        args.append(value)
+
+    if query.api_key_id is not None:
+        add("m.api_key_id = ?", query.api_key_id)
+    if query.cursor:
+        add("m.id < ?", query.cursor)
+    # ids are ULIDs of created_at, so a time range is an id range on the primary key
+    if query.since is not None:
+        add("m.id >= ?", new_id(query.since, floor=True))
+    if query.until is not None:
+        add("m.id < ?", new_id(query.until, floor=True))
+    if query.tag is not None:
+        add(
+            "EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id AND t.tag = ?)",
+            query.tag,
+        )
+    if query.status is not None or query.recipient is not None:
+        sub = "SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+        if query.status is not None:
+            sub += " AND r.status = ?"
+            args.append(query.status.value)
+        if query.recipient is not None:
+            sub += " AND r.address = ?"
+            args.append(query.recipient)
+        where.append(f"EXISTS ({sub})")
+    sql = f"SELECT {_LISTED} FROM messages m"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    args.append(query.limit)
+    return sql + " ORDER BY m.id DESC LIMIT ?", args
+
+
+async def list_messages(tx: Tx, query: MessageQuery) -> list[Message]:
+    sql, args = list_sql(query)
+    return [message_from_row(r) for r in await tx.query(sql, *args)]
+
+
+async def idempotent_response(tx: Tx, api_key_id: str | None, key: str) -> tuple[str, str] | None:
+    row = await tx.fetchrow("idempotent_response", api_key_id or "", key, time.time())
+    return (row[0], row[1]) if row else None
+
+
+async def status_counts(tx: Tx) -> dict[RecipientStatus, int]:
+    counts = dict.fromkeys(RecipientStatus, 0)
+    for status, n in await tx.fetch("status_counts"):
+        counts[RecipientStatus(status)] = n
+    return counts
+
+
+async def get_key(tx: Tx, key_id: str) -> tuple[ApiKey, str] | None:
+    row = await tx.fetchrow("get_key", key_id)
+    return key_from_row(row) if row else None
+
+
+async def list_keys(tx: Tx) -> list[ApiKey]:
+    return [key_from_row(r)[0] for r in await tx.fetch("list_keys")]

@@ -1,0 +1,176 @@
+"""Every state change of the queue and the event it writes, once for both backends.
+
+Each function runs inside one transaction of a backend (a Tx, see protocols.py) and
+names its statements as in store/sql/; the backends only decide how a transaction is
+opened, committed and grouped. A recipient's state and its event always change in the
+same transaction, and so does a bounce and the DSN that reports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from mailgate.errors import DuplicateIdempotencyKey
+from mailgate.models import ApiKey, Claim, EventKind, NewMessage, Settlement
+from mailgate.store.protocols import Dsn, Row, Tx
+from mailgate.store.rows import (
+    EVENT_FOR_STATUS,
+    NewRows,
+    RecipientEventRow,
+    key_row,
+    lease_expired_details,
+    message_rows,
+    recipient_from_row,
+    settle_params,
+    settlement_details,
+)
+
+
+async def insert_rows(tx: Tx, all_rows: Sequence[NewRows]) -> None:
+    """Insert enqueues' rows (message, recipients, accepted event, tags) in bulk."""
+    if not all_rows:
+        return
+    msgs, rcpts, events, tags = [], [], [], []
+    for msg, rs, ev, ts in all_rows:
+        msgs.append(msg)
+        rcpts.extend(rs)
+        events.append(ev)
+        tags.extend(ts)
+    await tx.insert_messages(msgs)
+    await tx.executemany("insert_recipient", rcpts)
+    await tx.executemany("insert_event", events)
+    if tags:
+        await tx.executemany("insert_tag", tags)
+    tx.wake_workers()
+
+
+async def enqueue(tx: Tx, m: NewMessage, rows: NewRows) -> str:
+    """One message; with m.idempotency, only if its key is unused (or expired)."""
+    if m.idempotency is not None:
+        i, owner = m.idempotency, m.api_key_id or ""
+        won = await tx.fetchrow(
+            "claim_idempotency",
+            owner,
+            i.key,
+            i.request_hash,
+            i.response,
+            m.id,
+            m.created_at,
+            i.expires_at,
+        )
+        if won is None:
+            first = await tx.fetchrow("idempotency_owner", owner, i.key)
+            assert first is not None  # the conflicting row is locked by this transaction
+            raise DuplicateIdempotencyKey(first[0])
+    await insert_rows(tx, [rows])
+    return m.id
+
+
+async def enqueue_many(
+    tx: Tx, messages: Sequence[NewMessage], plain_rows: Sequence[NewRows]
+) -> list[str]:
+    """Several messages in one transaction: those with an idempotency key one by one,
+    `plain_rows` (the rows of the others) in bulk."""
+    for m in messages:
+        if m.idempotency is not None:
+            await enqueue(tx, m, message_rows(m))
+    await insert_rows(tx, plain_rows)
+    return [m.id for m in messages]
+
+
+async def claim(tx: Tx, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
+    """Lease due recipients of one domain; a lease taken from a dead worker is recorded
+    as `lease_expired` (the message may already have reached the remote)."""
+    lease_until = now + lease_seconds
+    recipients = [recipient_from_row(r) for r in await tx.claim_due(now, limit, lease_until, owner)]
+    if not recipients:
+        return None
+    taken = [
+        RecipientEventRow(
+            r.id,
+            EventKind.LEASE_EXPIRED.value,
+            now,
+            lease_expired_details(r.lease_owner),
+            r.message_id,
+        )
+        for r in recipients
+        if r.lease_owner is not None
+    ]
+    if taken:
+        await tx.executemany("insert_recipient_event", taken)
+    recipients.sort(key=lambda r: (r.message_id, r.id))
+    return Claim(recipients[0].domain, owner, lease_until, tuple(recipients))
+
+
+def dsns_to_queue(dsns: Sequence[Dsn], settled: set[int]) -> list[NewMessage]:
+    """The DSNs whose every recipient was settled by this transaction (see Dsn)."""
+    return [d.message for d in dsns if settled.issuperset(d.recipient_ids)]
+
+
+async def settle(
+    tx: Tx, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn], now: float
+) -> int:
+    """Record outcomes (fenced by the lease owner) with their events, and the DSNs that
+    report them: in this transaction, so a crash keeps both or neither."""
+    settled: set[int] = set()
+    events = []
+    for s in settlements:
+        row = await tx.fetchrow("settle", *settle_params(s, now, owner))
+        if row is None:  # the lease passed to another worker
+            continue
+        settled.add(s.recipient_id)
+        kind = EVENT_FOR_STATUS[s.status].value
+        events.append(RecipientEventRow(s.recipient_id, kind, now, settlement_details(s), row[0]))
+    if events:
+        await tx.executemany("insert_recipient_event", events)
+    await insert_rows(tx, [message_rows(m) for m in dsns_to_queue(dsns, settled)])
+    return len(settled)
+
+
+async def release(tx: Tx, owner: str, recipient_ids: Sequence[int], now: float) -> int:
+    """Give leased recipients back, due now, without counting an attempt."""
+    rows = await tx.fetch("release", now, now, list(recipient_ids), owner)
+    if rows:
+        tx.wake_workers()
+    return len(rows)
+
+
+async def recover_leases(tx: Tx, owner_prefix: str, now: float) -> int:
+    """Make recipients leased by a dead worker due now. The owner stays, so the next
+    claim records `lease_expired`."""
+    rows = await tx.fetch("recover_leases", now, len(owner_prefix), owner_prefix)
+    if rows:
+        tx.wake_workers()
+    return len(rows)
+
+
+async def _record(tx: Tx, rows: Sequence[Row], kind: EventKind, message_id: str, now: float) -> int:
+    events = [RecipientEventRow(r[0], kind.value, now, "{}", message_id) for r in rows]
+    if events:
+        await tx.executemany("insert_recipient_event", events)
+    return len(events)
+
+
+async def cancel(tx: Tx, message_id: str, now: float) -> int:
+    rows = await tx.fetch("cancel_active", now, message_id)
+    return await _record(tx, rows, EventKind.CANCELLED, message_id, now)
+
+
+async def retry_now(tx: Tx, message_id: str, now: float) -> int:
+    rows = await tx.fetch("retry_active", now, now, message_id)
+    if rows:
+        tx.wake_workers()
+    return await _record(tx, rows, EventKind.RETRY_NOW, message_id, now)
+
+
+async def ping(tx: Tx, node: str) -> None:
+    await tx.execute("ping", node, time.time())
+
+
+async def add_key(tx: Tx, key: ApiKey, secret_hash: str) -> None:
+    await tx.execute("insert_key", *key_row(key, secret_hash))
+
+
+async def revoke_key(tx: Tx, key_id: str, now: float) -> bool:
+    return await tx.fetchrow("revoke_key", now, key_id) is not None

@@ -1,0 +1,255 @@
+"""Rows as the store writes and reads them, and their conversion to and from models.
+
+Written rows are NamedTuples in their SQL's parameter order, so a list of them goes to
+executemany as is. Read rows come back in the order of the column lists below (the
+SELECTs in store/sql/ name them as `{message_columns}` and so on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from mailgate.models import (
+    ApiKey,
+    Event,
+    EventKind,
+    LeaseExpiredDetails,
+    Message,
+    NewMessage,
+    OutcomeDetails,
+    Recipient,
+    RecipientStatus,
+    Reply,
+    Scope,
+    Settlement,
+    Source,
+)
+
+MESSAGE_COLUMNS = (
+    "id, sender, source, api_key_id, tags, metadata, message_id_header, subject,"
+    " scheduled_at, created_at, size"
+)
+RECIPIENT_COLUMNS = (
+    "id, message_id, address, domain, status, attempts, next_attempt_at, lease_owner,"
+    " last_code, last_enhanced, last_text, remote_host, updated_at"
+)
+EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details, api_key_id"
+KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
+COLUMNS = {
+    "message_columns": MESSAGE_COLUMNS,
+    "recipient_columns": RECIPIENT_COLUMNS,
+    "event_columns": EVENT_COLUMNS,
+    "key_columns": KEY_COLUMNS,
+}
+
+
+class MessageRow(NamedTuple):
+    """A messages row to insert. body_file/body_offset: where the body lives when the
+    SQLite store put it in a body file (raw is then b""); None while it is inline.
+    PostgreSQL has no such columns and inserts the first INLINE_COLUMNS fields."""
+
+    id: str
+    created_at: float
+    sender: str
+    source: str
+    api_key_id: str | None
+    tags: str
+    metadata: str
+    message_id_header: str | None
+    subject: str | None
+    scheduled_at: float | None
+    size: int
+    raw: bytes
+    body_file: str | None = None
+    body_offset: int | None = None
+
+
+INLINE_COLUMNS = 12  # MessageRow up to raw
+
+
+class RecipientRow(NamedTuple):
+    message_id: str
+    address: str
+    domain: str
+    status: str
+    next_attempt_at: float
+    updated_at: float
+
+
+class EventRow(NamedTuple):
+    message_id: str
+    kind: str
+    at: float
+    details: str
+    api_key_id: str | None
+
+
+class RecipientEventRow(NamedTuple):
+    """An event of one recipient; its owner is copied from the message by the SQL."""
+
+    recipient_id: int
+    kind: str
+    at: float
+    details: str
+    message_id: str
+
+
+class TagRow(NamedTuple):
+    tag: str
+    message_id: str
+
+
+class NewRows(NamedTuple):
+    """Everything one enqueue inserts."""
+
+    message: MessageRow
+    recipients: list[RecipientRow]
+    event: EventRow
+    tags: list[TagRow]
+
+
+_QUEUED = RecipientStatus.QUEUED.value
+_ACCEPTED = EventKind.ACCEPTED.value
+
+
+def message_rows(m: NewMessage) -> NewRows:
+    """The rows of an enqueue: built by the caller, outside any transaction.
+
+    The accepted event's details are AcceptedDetails, written as text directly (this is
+    the enqueue hot path: json.dumps of three fixed keys cost more than the format)."""
+    due = m.scheduled_at if m.scheduled_at is not None else m.created_at
+    mid, created = m.id, m.created_at
+    msg = MessageRow(
+        mid,
+        created,
+        m.sender,
+        str(m.source),
+        m.api_key_id,
+        json.dumps(list(m.tags)) if m.tags else "[]",
+        json.dumps(m.metadata) if m.metadata else "{}",
+        m.message_id_header,
+        m.subject,
+        m.scheduled_at,
+        len(m.raw),
+        m.raw,
+    )
+    rcpts = [
+        RecipientRow(mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created)
+        for a in m.recipients
+    ]
+    details = f'{{"recipients": {len(m.recipients)}, "size": {len(m.raw)}, "source": "{m.source}"}}'
+    event = EventRow(mid, _ACCEPTED, created, details, m.api_key_id)
+    return NewRows(msg, rcpts, event, [TagRow(t, mid) for t in m.tags])
+
+
+EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
+    RecipientStatus.DELIVERED: EventKind.DELIVERED,
+    RecipientStatus.DEFERRED: EventKind.DEFERRED,
+    RecipientStatus.BOUNCED: EventKind.BOUNCED,
+    RecipientStatus.EXPIRED: EventKind.EXPIRED,
+    RecipientStatus.CANCELLED: EventKind.CANCELLED,
+    RecipientStatus.SUPPRESSED: EventKind.SUPPRESSED,
+}
+
+
+def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
+    """The settle statement's parameters, in its order."""
+    r = s.reply
+    return (
+        s.status.value,
+        s.next_attempt_at if s.status is RecipientStatus.DEFERRED else None,
+        r.code if r else None,
+        r.enhanced if r else None,
+        r.text if r else None,
+        s.remote_host,
+        now,
+        s.recipient_id,
+        owner,
+    )
+
+
+def settlement_details(s: Settlement) -> str:
+    details: OutcomeDetails = {}
+    if s.reply is not None:
+        details = {"code": s.reply.code, "enhanced": s.reply.enhanced, "text": s.reply.text}
+    if s.remote_host:
+        details["remote_host"] = s.remote_host
+    if s.next_attempt_at is not None:
+        details["next_attempt_at"] = s.next_attempt_at
+    return json.dumps(details)
+
+
+def lease_expired_details(previous_owner: str) -> str:
+    details: LeaseExpiredDetails = {"previous_owner": previous_owner}
+    return json.dumps(details)
+
+
+def message_from_row(r: Sequence[Any]) -> Message:
+    return Message(
+        id=r[0],
+        sender=r[1],
+        source=Source(r[2]),
+        api_key_id=r[3],
+        tags=tuple(json.loads(r[4])),
+        metadata=json.loads(r[5]),
+        message_id_header=r[6],
+        subject=r[7],
+        scheduled_at=r[8],
+        created_at=r[9],
+        size=r[10],
+    )
+
+
+def recipient_from_row(r: Sequence[Any]) -> Recipient:
+    reply = Reply(r[8], r[9], r[10] or "") if r[8] is not None else None
+    return Recipient(
+        id=r[0],
+        message_id=r[1],
+        address=r[2],
+        domain=r[3],
+        status=RecipientStatus(r[4]),
+        attempts=r[5],
+        next_attempt_at=r[6],
+        lease_owner=r[7],
+        last_reply=reply,
+        remote_host=r[11],
+        updated_at=r[12],
+    )
+
+
+def event_from_row(r: Sequence[Any]) -> Event:
+    return Event(
+        id=r[0],
+        message_id=r[1],
+        recipient_id=r[2],
+        kind=EventKind(r[3]),
+        at=r[4],
+        details=json.loads(r[5]),
+        api_key_id=r[6],
+    )
+
+
+def key_from_row(r: Sequence[Any]) -> tuple[ApiKey, str]:
+    key = ApiKey(
+        id=r[0],
+        name=r[1],
+        scopes=frozenset(Scope(s) for s in r[2].split(",") if s),
+        sender_domains=tuple(d for d in r[3].split(",") if d),
+        created_at=r[4],
+        revoked_at=r[5],
+    )
+    return key, r[6]
+
+
+def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
+    return (
+        key.id,
+        key.name,
+        secret_hash,
+        ",".join(sorted(s.value for s in key.scopes)),
+        ",".join(key.sender_domains),
+        key.created_at,
+        key.revoked_at,
+    )

@@ -1,0 +1,99 @@
+-- Statements both backends run as written. `?` marks parameters (PostgreSQL's $1, $2…
+-- are made from them at load); {message_columns} and the like are the column lists of
+-- store/rows.py, which decode what these SELECTs return.
+
+-- name: insert_recipient
+INSERT INTO recipients (message_id, address, domain, status, next_attempt_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?)
+
+-- name: insert_event
+INSERT INTO events (message_id, kind, at, details, api_key_id) VALUES (?, ?, ?, ?, ?)
+
+-- name: insert_recipient_event
+-- the owner (API key) is copied from the message in the same statement
+INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
+SELECT id, ?, ?, ?, ?, api_key_id FROM messages WHERE id = ?
+
+-- name: insert_tag
+INSERT INTO message_tags (tag, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING
+
+-- name: claim_idempotency
+-- insert, or take over an expired row; no row returned = the key is in use
+INSERT INTO idempotency (api_key_id, key, request_hash, response, message_id, created_at,
+    expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (api_key_id, key) DO UPDATE SET request_hash = excluded.request_hash,
+    response = excluded.response, message_id = excluded.message_id,
+    created_at = excluded.created_at, expires_at = excluded.expires_at
+WHERE idempotency.expires_at <= excluded.created_at
+RETURNING 1
+
+-- name: idempotency_owner
+SELECT message_id FROM idempotency WHERE api_key_id = ? AND key = ?
+
+-- name: idempotent_response
+SELECT request_hash, response FROM idempotency
+WHERE api_key_id = ? AND key = ? AND expires_at > ?
+
+-- name: settle
+-- fenced: only the lease's owner may record the outcome
+UPDATE recipients SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
+    lease_owner = NULL, last_code = ?, last_enhanced = ?, last_text = ?, remote_host = ?,
+    updated_at = ?
+WHERE id = ? AND lease_owner = ? AND status IN ('queued', 'deferred')
+RETURNING message_id
+
+-- name: recover_leases
+UPDATE recipients SET next_attempt_at = ?
+WHERE lease_owner IS NOT NULL AND status IN ('queued', 'deferred')
+    AND substr(lease_owner, 1, ?) = ?
+RETURNING id
+
+-- name: cancel_active
+UPDATE recipients SET status = 'cancelled', next_attempt_at = NULL, lease_owner = NULL,
+    updated_at = ?
+WHERE message_id = ? AND status IN ('queued', 'deferred')
+RETURNING id
+
+-- name: retry_active
+UPDATE recipients SET next_attempt_at = ?, updated_at = ?
+WHERE message_id = ? AND status IN ('queued', 'deferred') AND lease_owner IS NULL
+RETURNING id
+
+-- name: get_message
+SELECT {message_columns} FROM messages WHERE id = ?
+
+-- name: recipients
+SELECT {recipient_columns} FROM recipients WHERE message_id = ? ORDER BY id
+
+-- name: events
+SELECT {event_columns} FROM events WHERE message_id = ? ORDER BY id
+
+-- name: status_counts
+SELECT status, count(*) FROM recipients GROUP BY status
+
+-- name: ping
+INSERT INTO nodes (name, seen_at) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
+
+-- name: insert_key
+INSERT INTO api_keys (id, name, secret_hash, scopes, sender_domains, created_at, revoked_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+
+-- name: get_key
+SELECT {key_columns} FROM api_keys WHERE id = ?
+
+-- name: list_keys
+SELECT {key_columns} FROM api_keys ORDER BY created_at
+
+-- name: revoke_key
+UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING 1
+
+-- name: create_migrations
+CREATE TABLE IF NOT EXISTS schema_migrations
+    (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations
+
+-- name: record_migration
+INSERT INTO schema_migrations VALUES (?, ?)

@@ -1,0 +1,59 @@
+-- Statements only PostgreSQL runs this way (bodies stay in `raw`; claims skip locked
+-- rows; the events cursor walks transaction ids).
+
+-- name: insert_message
+INSERT INTO messages (id, created_at, sender, source, api_key_id, tags, metadata,
+    message_id_header, subject, scheduled_at, size, raw)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: get_raw
+SELECT raw, NULL, NULL, size FROM messages WHERE id = ?
+
+-- name: load
+SELECT {message_columns}, raw, NULL, NULL FROM messages WHERE id = ANY(?::text[])
+
+-- name: claim
+-- the most overdue domain, then its due rows, skipping rows other workers hold; returns
+-- recipient rows whose lease_owner is the owner before this claim
+WITH d AS (
+    SELECT domain FROM recipients
+    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
+    ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED
+), c AS (
+    SELECT id, lease_owner AS previous FROM recipients
+    WHERE status IN ('queued', 'deferred') AND next_attempt_at <= ?
+        AND domain = (SELECT domain FROM d)
+    ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED
+)
+UPDATE recipients r SET next_attempt_at = ?, lease_owner = ?, updated_at = ?
+FROM c WHERE r.id = c.id
+RETURNING r.id, r.message_id, r.address, r.domain, r.status, r.attempts,
+    r.next_attempt_at, c.previous, r.last_code, r.last_enhanced, r.last_text,
+    r.remote_host, r.updated_at
+
+-- name: release
+UPDATE recipients SET next_attempt_at = ?, lease_owner = NULL, updated_at = ?
+WHERE id = ANY(?::bigint[]) AND lease_owner = ? AND status IN ('queued', 'deferred')
+RETURNING id
+
+-- name: events_since
+-- bigserial ids are not commit-ordered: a transaction holding id 10 may commit after one
+-- holding 11. So the feed walks (xid, id), the writing transaction's id first, and reads
+-- only transactions older than every one still running (pg_snapshot_xmin): below that
+-- horizon no event can ever appear again, so a cursor there is exact. A long-open
+-- transaction delays the feed, never skips.
+SELECT {event_columns}, xid::text FROM events
+WHERE (xid, id) > (?::text::xid8, ?) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY xid, id LIMIT ?
+
+-- name: events_since_for_key
+SELECT {event_columns}, xid::text FROM events
+WHERE (xid, id) > (?::text::xid8, ?) AND xid < pg_snapshot_xmin(pg_current_snapshot())
+    AND api_key_id = ?
+ORDER BY xid, id LIMIT ?
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(?)
+
+-- name: notify
+NOTIFY mailgate_work

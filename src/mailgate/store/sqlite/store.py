@@ -1,0 +1,91 @@
+"""The embedded default store: the queue (store/queue.py) on the SQLite engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from mailgate.models import Claim, Event, NewMessage
+from mailgate.store import queries, queue
+from mailgate.store.base import EngineStore, Work
+from mailgate.store.rows import event_from_row, message_rows
+from mailgate.store.sqlite.engine import SqliteEngine
+
+T = TypeVar("T")
+POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
+
+
+class SqliteStore(EngineStore):
+    """Store on one SQLite file; see sqlite/engine.py for the commit model."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        unsafe_no_fsync: bool = False,
+        batch_max: int = 1000,
+        exclusive: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.engine = SqliteEngine(
+            self.path, unsafe_no_fsync=unsafe_no_fsync, batch_max=batch_max, exclusive=exclusive
+        )
+
+    async def open(self) -> None:
+        await self.engine.open()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+    async def _read(self, fn: Work[T]) -> T:
+        return await self.engine.read(fn)
+
+    async def _write(self, fn: Work[T]) -> T:
+        return await self.engine.write(fn)
+
+    async def enqueue(self, message: NewMessage) -> str:
+        return await self.engine.enqueue(message, message_rows(message))
+
+    async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
+        rows = [message_rows(m) for m in messages if m.idempotency is None]
+        return await self.engine.write(lambda tx: queue.enqueue_many(tx, messages, rows), rows)
+
+    async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
+        # A read first: idle workers polling an empty queue must not queue up writes.
+        if await self._read(lambda tx: tx.fetchrow("next_due_domain", now)) is None:
+            return None
+        return await super().claim(owner, now, limit, lease_seconds)
+
+    async def events_since(
+        self, cursor: str | None, limit: int, api_key_id: str | None = None
+    ) -> tuple[list[Event], str]:
+        after = (int(cursor or 0),)
+        rows = await self._read(lambda tx: queries.event_rows(tx, after, limit, api_key_id))
+        events = [event_from_row(r) for r in rows]
+        return events, str(events[-1].id) if events else (cursor or "0")
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when this process enqueued something, when another process committed
+        (a new `data_version` on this process's read connection), or after `timeout`."""
+        work = self.engine.work
+        assert work is not None
+        deadline = time.monotonic() + timeout
+        seen = await self._data_version()
+        while not work.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(work.wait(), min(left, POLL_INTERVAL))
+            except TimeoutError:
+                if await self._data_version() != seen:
+                    break
+        work.clear()
+
+    async def _data_version(self) -> int:
+        row = await self._read(lambda tx: tx.fetchrow("data_version"))
+        assert row is not None
+        return int(row[0])

@@ -1,0 +1,98 @@
+"""A SQLite connection as the queue logic's Tx (protocols.py), and the driver that runs
+that logic on the store's own threads.
+
+queue.py and queries.py are `async def` so that PostgreSQL can await asyncpg. Every
+method here returns without ever suspending, so a coroutine over a SqliteTx finishes
+on its first step: `drive` sends it None once and takes its result from the
+StopIteration that ends it. No event loop is involved, so the writer thread (and the
+reader thread) run the very same logic synchronously, with no per-call scheduling.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from mailgate.store.protocols import Row
+from mailgate.store.rows import MessageRow
+from mailgate.store.sql import statements
+from mailgate.store.sqlite.bodies import BodyFiles, place
+
+T = TypeVar("T")
+SQL = statements("sqlite")
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine over a SqliteTx to its end, here and now (see the module doc)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("store: a SQLite transaction step tried to suspend")
+
+
+def _params(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A list parameter goes as JSON text (the SQL reads it with json_each)."""
+    return tuple(json.dumps(a) if type(a) is list else a for a in args)
+
+
+def split_script(script: str) -> list[str]:
+    """A migration's statements, split the way SQLite itself sees them."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current)
+            current = ""
+    return out
+
+
+class SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, files: BodyFiles) -> None:
+        self.conn = conn
+        self.files = files
+        self.woken = False  # wake_workers was called: the writer wakes them after COMMIT
+
+    async def fetch(self, name: str, *args: Any) -> Sequence[Row]:
+        return self.conn.execute(SQL[name], _params(args)).fetchall()
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        row: Row | None = self.conn.execute(SQL[name], _params(args)).fetchone()
+        return row
+
+    async def execute(self, name: str, *args: Any) -> None:
+        self.conn.execute(SQL[name], _params(args))
+
+    async def executemany(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(SQL[name], rows)
+
+    async def query(self, sql: str, *args: Any) -> Sequence[Row]:
+        return self.conn.execute(sql, args).fetchall()
+
+    async def script(self, text: str) -> None:
+        for statement in split_script(text):
+            self.conn.execute(statement)
+
+    async def insert_messages(self, rows: Sequence[MessageRow]) -> None:
+        self.conn.executemany(SQL["insert_message"], place(self.files, rows))
+
+    async def claim_due(
+        self, now: float, limit: int, lease_until: float, owner: str
+    ) -> Sequence[Row]:
+        found = self.conn.execute(SQL["next_due_domain"], (now,)).fetchone()
+        if found is None:
+            return []
+        rows = self.conn.execute(SQL["due_in_domain"], (found[0], now, limit)).fetchall()
+        self.conn.executemany(SQL["lease"], [(lease_until, owner, now, r[0]) for r in rows])
+        return rows  # as read before the lease: lease_owner is the previous owner
+
+    def body(self, raw: bytes, body_file: str | None, body_offset: int | None, size: int) -> bytes:
+        if body_file is None or body_offset is None:
+            return bytes(raw)
+        return self.files.read(body_file, body_offset, size)
+
+    def wake_workers(self) -> None:
+        self.woken = True
