@@ -25,6 +25,7 @@ from pathlib import Path
 import uvloop
 
 from mailgate.models import NewMessage, Source, new_id
+from mailgate.process import tune_interpreter
 from mailgate.store import Store, open_store
 
 BODY = (
@@ -175,6 +176,7 @@ async def backlog(url: str, recipients: int, empty_rate: float) -> None:
 
 
 async def main() -> None:
+    tune_interpreter()  # as serve does: the SQLite writer thread gets the GIL back promptly
     p = argparse.ArgumentParser()
     p.add_argument(
         "--pg",
