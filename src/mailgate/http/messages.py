@@ -10,6 +10,7 @@ import datetime
 import time
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -73,38 +74,34 @@ class Messages:
 
 def router(messages: Messages) -> APIRouter:
     r = APIRouter()
-    r.add_api_route(
-        "/v1/messages",
-        messages.list_messages,
-        methods=["GET"],
-        response_model=m.MessageList,
-        responses=ERRORS,
-        summary="List messages, newest first",
-    )
-    r.add_api_route(
-        "/v1/messages/{message_id}",
-        messages.get_message,
-        methods=["GET"],
-        response_model=m.MessageOut,
-        responses=ERRORS,
-        summary="One message with its recipients and event timeline",
-    )
-    r.add_api_route(
-        "/v1/messages/{message_id}/raw",
-        messages.get_raw,
-        methods=["GET"],
-        responses=ERRORS,
-        response_class=Response,
-        summary="The stored RFC 5322 bytes",
-    )
-    r.add_api_route(
-        "/v1/messages/{message_id}/cancel",
-        messages.cancel,
-        methods=["POST"],
-        response_model=m.MessageOut,
-        responses=ERRORS,
-        summary="Cancel recipients not yet delivered",
-    )
+    for method, path, endpoint, answer, summary in (
+        ("GET", "", messages.list_messages, m.MessageList, "List messages, newest first"),
+        (
+            "GET",
+            "/{message_id}",
+            messages.get_message,
+            m.MessageOut,
+            "One message with its recipients and event timeline",
+        ),
+        ("GET", "/{message_id}/raw", messages.get_raw, None, "The stored RFC 5322 bytes"),
+        (
+            "POST",
+            "/{message_id}/cancel",
+            messages.cancel,
+            m.MessageOut,
+            "Cancel recipients not yet delivered",
+        ),
+    ):
+        r.add_api_route(
+            "/v1/messages" + path,
+            endpoint,
+            methods=[method],
+            response_model=answer,
+            responses=ERRORS,
+            # the raw bytes as they are; every other answer is JSON
+            response_class=JSONResponse if answer else Response,
+            summary=summary,
+        )
     return r
 
 
