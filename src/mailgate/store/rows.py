@@ -110,6 +110,7 @@ class NewRows(NamedTuple):
     tags: list[TagRow]
 
 
+_new = tuple.__new__
 _QUEUED = RecipientStatus.QUEUED.value
 _ACCEPTED = EventKind.ACCEPTED.value
 
@@ -117,31 +118,39 @@ _ACCEPTED = EventKind.ACCEPTED.value
 def message_rows(m: NewMessage) -> NewRows:
     """The rows of an enqueue: built by the caller, outside any transaction.
 
-    The accepted event's details are AcceptedDetails, written as text directly (this is
-    the enqueue hot path: json.dumps of three fixed keys cost more than the format)."""
+    This is the enqueue hot path, so the rows are made with tuple.__new__ (a NamedTuple's
+    own constructor is a Python function: it cost 2 µs more per message than plain
+    tuples), and the accepted event's details (AcceptedDetails) are formatted as text
+    directly (json.dumps of three fixed keys cost more than the format)."""
     due = m.scheduled_at if m.scheduled_at is not None else m.created_at
-    mid, created = m.id, m.created_at
-    msg = MessageRow(
-        mid,
-        created,
-        m.sender,
-        str(m.source),
-        m.api_key_id,
-        json.dumps(list(m.tags)) if m.tags else "[]",
-        json.dumps(m.metadata) if m.metadata else "{}",
-        m.message_id_header,
-        m.subject,
-        m.scheduled_at,
-        len(m.raw),
-        m.raw,
+    mid, created, raw = m.id, m.created_at, m.raw
+    msg = _new(
+        MessageRow,
+        (
+            mid,
+            created,
+            m.sender,
+            str(m.source),
+            m.api_key_id,
+            json.dumps(list(m.tags)) if m.tags else "[]",
+            json.dumps(m.metadata) if m.metadata else "{}",
+            m.message_id_header,
+            m.subject,
+            m.scheduled_at,
+            len(raw),
+            raw,
+            None,
+            None,
+        ),
     )
     rcpts = [
-        RecipientRow(mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created)
+        _new(RecipientRow, (mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created))
         for a in m.recipients
     ]
-    details = f'{{"recipients": {len(m.recipients)}, "size": {len(m.raw)}, "source": "{m.source}"}}'
-    event = EventRow(mid, _ACCEPTED, created, details, m.api_key_id)
-    return NewRows(msg, rcpts, event, [TagRow(t, mid) for t in m.tags])
+    details = f'{{"recipients": {len(m.recipients)}, "size": {len(raw)}, "source": "{m.source}"}}'
+    event = _new(EventRow, (mid, _ACCEPTED, created, details, m.api_key_id))
+    tags = [_new(TagRow, (t, mid)) for t in m.tags] if m.tags else []
+    return _new(NewRows, (msg, rcpts, event, tags))
 
 
 EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {

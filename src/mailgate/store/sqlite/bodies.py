@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.models import new_id
-from mailgate.store.rows import MessageRow
+from mailgate.store.rows import INLINE_COLUMNS, MessageRow
 
 SEGMENT_MAX = 1 << 30  # bytes before the next body opens a new segment
 # Bodies go to body files from this size, when a commit group carries at least
@@ -105,5 +105,5 @@ def place(files: BodyFiles, rows: Sequence[MessageRow]) -> Sequence[MessageRow]:
     out = list(rows)
     places = files.append([rows[i].raw for i in spill])
     for i, (name, offset) in zip(spill, places, strict=True):
-        out[i] = rows[i]._replace(raw=b"", body_file=name, body_offset=offset)
+        out[i] = MessageRow._make((*rows[i][: INLINE_COLUMNS - 1], b"", name, offset))
     return out

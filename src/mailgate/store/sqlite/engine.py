@@ -402,4 +402,4 @@ class SqliteEngine:
             return
         placed = iter(done)
         for rows in lists:  # in place: an enqueue_many's fn holds the same list
-            rows[:] = [r._replace(message=next(placed)) for r in rows]
+            rows[:] = [NewRows._make((next(placed), *r[1:])) for r in rows]
