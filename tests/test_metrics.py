@@ -1,0 +1,27 @@
+"""Creating metrics changes nothing process-wide (share_metrics, in serve, does that)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client import values as prometheus_values
+
+from mailgate.metrics import Metrics
+from mailgate.models import Source
+
+
+def test_create_leaves_the_process_alone(tmp_path: Path) -> None:
+    environ, value_class = dict(os.environ), prometheus_values.ValueClass
+    Metrics.create()
+    Metrics.create(tmp_path)
+    assert dict(os.environ) == environ
+    assert prometheus_values.ValueClass is value_class
+
+
+def test_each_process_counts_on_its_own_registry() -> None:
+    one, two = Metrics.create(), Metrics.create()
+    one.count_accepted(Source.HTTP, 3)
+    assert b'mailgate_accepted_messages_total{source="http"} 3.0' in generate_latest(one.registry)
+    assert b"mailgate_accepted_messages_total{" not in generate_latest(two.registry)
