@@ -199,7 +199,10 @@ class App:
         # more ingress) share the file beside it.
         self.store = make_store(cfg, server=self.role not in (Role.WORKER, Role.INGRESS))
         guard = AuthGuard(
-            cfg.auth.failures_per_ip, cfg.auth.failures_per_key, cfg.auth.failure_window
+            cfg.auth.failures_per_ip,
+            cfg.auth.failures_per_key,
+            cfg.auth.failure_window,
+            first_delay=cfg.auth.first_failure_delay,
         )
         await self.store.open()
         metrics = self.metrics

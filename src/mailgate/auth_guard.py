@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("mailgate.auth")
 FIRST_DELAY = 0.25  # seconds after the first failure; doubles each time
-MAX_DELAY = 4.0
+MAX_DOUBLINGS = 4  # the longest wait is 16 times the first
 
 
 class AuthGuard:
@@ -32,8 +32,10 @@ class AuthGuard:
         per_key: int = 10,
         window: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        first_delay: float = FIRST_DELAY,
     ) -> None:
         self.per_ip, self.per_key, self.window, self.clock = per_ip, per_key, window, clock
+        self.first_delay = first_delay
         self._by_ip: dict[str, deque[float]] = defaultdict(deque)
         self._by_key: dict[str, deque[float]] = defaultdict(deque)
         self._by_key_ip: dict[str, deque[float]] = defaultdict(deque)  # "key_id ip"
@@ -90,4 +92,4 @@ class AuthGuard:
         self._failures += 1
         if self._failures % 1024 == 0:
             self._sweep()
-        return float(min(FIRST_DELAY * 2.0 ** (n - 1), MAX_DELAY))
+        return self.first_delay * 2.0 ** min(n - 1, MAX_DOUBLINGS)

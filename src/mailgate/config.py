@@ -151,6 +151,14 @@ class AuthConfig(_Section):
         " key is locked (answered like a wrong key).",
     )
     failure_window: float = Field(600.0, gt=0, description="Seconds failures are remembered.")
+    first_failure_delay: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="Seconds the first failed authentication from an address waits before"
+        " its answer; each later one waits twice as long as the one before, up to 16 times"
+        " this.",
+    )
 
 
 class HttpConfig(_Section):

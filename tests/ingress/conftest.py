@@ -57,6 +57,9 @@ class RunningServer:
         return asyncio.run_coroutine_threadsafe(fn(self.app.store), self.loop).result(30)
 
 
+FIRST_FAILURE_DELAY = 0.02
+
+
 def make_config(
     tmp: Path,
     ca: trustme.CA,
@@ -78,7 +81,8 @@ def make_config(
             },
             "smtp": {"port": 0, "tls_cert": str(cert_path), "tls_key": str(key_path), **smtp},
             "http": {"port": 0, **http},
-            "auth": auth or {},
+            # failed-login waits kept short: tests check that they grow, not their size
+            "auth": {"first_failure_delay": FIRST_FAILURE_DELAY, **(auth or {})},
             "delivery": {"enabled": False},  # ingress tests never send anywhere
         }
     )
