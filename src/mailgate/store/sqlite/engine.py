@@ -235,7 +235,9 @@ class SqliteEngine:
     async def read(self, fn: Work[T]) -> T:
         tx = self._rtx
         assert tx is not None, "store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._reader, drive, fn(tx))
+        # fn(tx) is made on the reader thread: a read cancelled before it runs must not
+        # leave a coroutine behind that was never started
+        return await asyncio.get_running_loop().run_in_executor(self._reader, lambda: drive(fn(tx)))
 
     async def write(self, fn: Work[T], rows: list[NewRows] | None = None) -> T:
         """fn in the next commit group; rows: an enqueue_many's, placed early."""
