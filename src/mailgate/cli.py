@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from mailgate import keys as api_keys
-from mailgate.app import App, Role, make_store, write_self_signed
+from mailgate.app import App, Role, make_store
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.errors import ConfigError, MailgateError, StoreError
 from mailgate.models import MessageQuery, RecipientStatus, Scope
+from mailgate.process import tune_interpreter
 from mailgate.store import Store
+from mailgate.tls import write_self_signed
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -96,6 +98,7 @@ def serve(
         level=cfg.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tune_interpreter()
     _run(App(cfg, role, config, ready_fd).run)
 
 

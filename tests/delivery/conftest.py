@@ -12,6 +12,7 @@ import pytest
 
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.worker import Deliverer
+from mailgate.ingress.accept import Door
 from mailgate.models import NewMessage, Source
 from mailgate.store import Store, open_store
 from tests.delivery.peers import Script, SinkController, ZoneResolver, start_dns
@@ -59,8 +60,9 @@ class World:
             "tls": "none",
             **cfg,
         }
+        door = Door(self.store, "mg.test", 1000, clock=self.clock)
         return Deliverer(
-            self.store, DeliveryConfig.model_validate(settings), "mg.test", clock=self.clock
+            self.store, DeliveryConfig.model_validate(settings), "mg.test", door, clock=self.clock
         )
 
     async def queue(

@@ -11,6 +11,7 @@ from mailgate.http.health import Health
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
 from tests.ingress.conftest import RunningServer
+from tests.ingress.smtp_relay.dialog import Dialog
 
 
 class Pinged:
@@ -38,8 +39,7 @@ async def test_readyz_follows_the_phase() -> None:
 
 
 def test_a_draining_server_refuses_new_requests(server: RunningServer) -> None:
-    assert server.app.api is not None
-    server.app.api.lifecycle.drain()
+    server.app.lifecycle.drain()  # one lifecycle for both ingresses
     r = httpx.post(
         f"{server.http_url}/v1/messages",
         json={"from": "a@example.org", "to": "b@example.com", "text": "x"},
@@ -48,3 +48,5 @@ def test_a_draining_server_refuses_new_requests(server: RunningServer) -> None:
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.json()["error"]["code"] == "shutting_down"
     assert httpx.get(f"{server.http_url}/readyz").json()["error"]["code"] == "shutting_down"
+    with Dialog(server.smtp_port) as d:  # the relay drains with it
+        assert d.read_reply() == (421, "421 4.3.2 Service shutting down, try later")

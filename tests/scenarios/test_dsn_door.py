@@ -13,7 +13,7 @@ from tests.delivery.conftest import World
 def door_deliverer(world: World, door: Door) -> Deliverer:
     plain = world.deliverer()
     cfg: DeliveryConfig = plain.cfg
-    return Deliverer(world.store, cfg, "mg.test", clock=world.clock, door=door)
+    return Deliverer(world.store, cfg, "mg.test", door, clock=world.clock)
 
 
 async def test_a_dsn_passes_the_door_hooks_and_gets_its_headers(world: World) -> None:

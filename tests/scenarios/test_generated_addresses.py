@@ -203,8 +203,9 @@ def test_generated_addresses_never_break_a_door_nor_stop_the_queue(tmp_path: Pat
             while not delivered(script, b"Subject: final"):
                 assert time.monotonic() < deadline, "good mail not delivered after the storm"
                 time.sleep(0.1)
-            delivery = server.app._delivery
-            assert delivery is not None and not delivery.done(), "delivery stopped"
+            delivery = server.app.delivery
+            assert delivery is not None and delivery.task is not None
+            assert not delivery.task.done(), "delivery stopped"
     finally:
         sink.stop()
         dns.stop()

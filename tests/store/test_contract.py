@@ -321,12 +321,16 @@ async def test_ping_commits(store: Store) -> None:
 
 
 async def test_wait_for_work_wakes_on_enqueue(store: Store) -> None:
-    waiter = asyncio.create_task(store.wait_for_work(10))
-    await asyncio.sleep(0.3)  # let a PostgreSQL listener connect first
-    started = time.monotonic()
-    await store.enqueue(message())
-    await asyncio.wait_for(waiter, 5)
-    assert time.monotonic() - started < 5
+    waiter = asyncio.create_task(store.wait_for_work(60))
+    # Enqueue until it wakes, instead of sleeping first: a PostgreSQL listener that is
+    # still connecting misses the first commit's NOTIFY, and the test must not depend on
+    # how long connecting takes. Waking well before its 60 s timeout is the point.
+    for _ in range(100):
+        await store.enqueue(message())
+        done, _ = await asyncio.wait({waiter}, timeout=0.2)
+        if done:
+            break
+    assert waiter.done(), "wait_for_work did not wake on any of 100 enqueues"
 
 
 async def test_load_returns_messages_with_bytes(store: Store) -> None:

@@ -28,7 +28,6 @@ from mailgate.ingress.accept import Client, Door, Refusal, Submission
 from mailgate.models import (
     Claim,
     Message,
-    NewMessage,
     Recipient,
     RecipientStatus,
     Settlement,
@@ -78,16 +77,16 @@ class Deliverer:
         store: Store,
         cfg: DeliveryConfig,
         hostname: str,
+        door: Door,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         own_endpoints: set[tuple[str, int]] | None = None,
         lease_seconds: float = 900.0,
-        door: Door | None = None,
     ) -> None:
         self.store, self.cfg, self.clock = store, cfg, clock
         self.lease_seconds = lease_seconds
-        self.door = door  # DSNs pass its rules (None: queued as built, for bare tests)
+        self.door = door  # DSNs pass its rules, as every other way in does
         self.hostname = hostname
         self.ehlo = cfg.ehlo_hostname or hostname
         self.rng = rng or random.Random()
@@ -386,16 +385,6 @@ class Deliverer:
             raw, message.sender, [f for _, f in failures], self.hostname, message.created_at, now
         )
         reported = tuple(rid for rid, _ in failures)
-        if self.door is None:
-            dsn = NewMessage(
-                raw=text,
-                sender="",
-                recipients=(message.sender,),
-                source=Source.DSN,
-                subject="Undelivered Mail",
-                created_at=now,
-            )
-            return Dsn(dsn, reported)
         # Through the door's rules like any other mail (suppressions, headers, signing);
         # committed by settle, in the bounce's own transaction.
         prepared = self.door.prepare(

@@ -52,6 +52,7 @@ from mailgate.ingress.smtp_rules import (
     transaction_key,
     unstuff,
 )
+from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.models import ApiKey, Reply, Scope, Source
 from mailgate.store import Store
 
@@ -74,7 +75,6 @@ class RelayState:
 
     total: int = 0
     per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    accepting: bool = True
 
 
 class Session(asyncio.Protocol):
@@ -282,7 +282,7 @@ class Session(asyncio.Protocol):
         relay = self.relay
         counted = False
         try:
-            if not relay.state.accepting:
+            if relay.lifecycle.draining:
                 self.close_with(
                     Reply(421, "4.3.2", "Service shutting down, try later"), enhanced=True
                 )
@@ -510,7 +510,7 @@ class Session(asyncio.Protocol):
         self.reply(Reply(535, "5.7.8", "Authentication credentials invalid"))
 
     def smtp_MAIL(self, arg: str) -> None:
-        if not self.relay.state.accepting:  # shutting down: no new transactions
+        if self.relay.lifecycle.draining:  # no new transactions
             self.close_with(Reply(421, "4.3.2", "Service shutting down, try later"))
         if self.helo is None:
             self.reply(Reply(503, "5.5.1", "Send HELO or EHLO first"))
@@ -687,21 +687,18 @@ class SmtpRelay:
         cfg: SmtpConfig,
         store: Store,
         hostname: str,
+        door: Door,
+        *,
         tls_context: ssl.SSLContext | None = None,
         guard: AuthGuard | None = None,
-        on_accepted: Callable[[], None] | None = None,
-        door: Door | None = None,
+        lifecycle: Lifecycle | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.cfg = cfg
         self.guard = guard or AuthGuard()
-        if door is None:  # a door of its own, counting through on_accepted
-
-            def count(source: Source, n: int) -> None:
-                if on_accepted is not None:
-                    on_accepted()
-
-            door = Door(store, hostname, cfg.max_recipients, count=count)
         self.door = door
+        self.lifecycle = lifecycle or Lifecycle(Phase.READY)
+        self.reuse_port = reuse_port
         self.store = store
         self.hostname = hostname
         self.tls_context = tls_context
@@ -729,13 +726,13 @@ class SmtpRelay:
             return addr.ipv4_mapped.is_loopback
         return addr.is_loopback
 
-    async def start(self, reuse_port: bool = False) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: Session(self),
             self.cfg.host,
             self.cfg.port,
-            reuse_port=reuse_port or None,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         self.servers.append(server)
@@ -745,7 +742,7 @@ class SmtpRelay:
                 self.cfg.host,
                 self.cfg.tls_port,
                 ssl=self.tls_context,
-                reuse_port=reuse_port or None,
+                reuse_port=self.reuse_port or None,
                 backlog=1024,
             )
             self.servers.append(tls_server)
@@ -757,7 +754,7 @@ class SmtpRelay:
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; let transactions in flight finish; then close the rest."""
-        self.state.accepting = False  # new connections now get 421 4.3.2
+        self.lifecycle.drain()  # new connections and transactions now get 421 4.3.2
         deadline = time.monotonic() + grace
         while any(s.mail_from is not None for s in self.sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -1,0 +1,71 @@
+"""The HTTP listener: uvicorn serving create_api's app on a socket of our own (so that
+several of serve's processes can share the port, SO_REUSEPORT), started and drained
+as one of the app's components."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+
+from mailgate.config import HttpConfig
+from mailgate.errors import ConfigError
+from mailgate.http.app import Api, create_api
+
+BACKLOG = 2048
+
+
+class HttpServer:
+    def __init__(self, api: Api, cfg: HttpConfig, *, reuse_port: bool = False) -> None:
+        self.api, self.cfg, self.reuse_port = api, cfg, reuse_port
+        config = uvicorn.Config(
+            create_api(api),
+            host=cfg.host,
+            port=cfg.port,
+            lifespan="off",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+        self._ticks: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        try:
+            sock = socket.create_server(
+                (cfg.host, cfg.port),
+                family=socket.AF_INET6 if ":" in cfg.host else socket.AF_INET,
+                backlog=BACKLOG,
+                reuse_port=self.reuse_port,
+            )
+            await self.server.startup(sockets=[sock])
+        except (OSError, SystemExit) as exc:  # uvicorn exits when it cannot serve
+            raise ConfigError(
+                f"config: http.port: cannot listen on {cfg.host}:{cfg.port}: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        self._ticks = asyncio.create_task(self.server.main_loop())
+
+    @property
+    def port(self) -> int:
+        return int(self.server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self, grace: float) -> None:
+        """New requests get 503 (the lifecycle is draining); those in flight finish for
+        up to `grace` seconds."""
+        self.api.lifecycle.drain()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(not t.done() for t in self.server.server_state.tasks):
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        self.server.should_exit = True
+        if self._ticks is not None:
+            await self._ticks
+        await self.server.shutdown()
