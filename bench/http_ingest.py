@@ -1,6 +1,8 @@
 """HTTP ingest: durable 202s per second at 50 connections, single and batch (100 per
 request), 2 KB messages, with p50 / p99 latency from wrk; and in the same run Postfix's
-SMTP ingest from smtp-source for comparison. Installs wrk and postfix if missing.
+SMTP ingest from smtp-source for comparison. Beside each rate: the server's CPU per
+message (the machine's busy time from /proc/stat, less wrk's or smtp-source's and
+smtp-sink's) and the machine's idle share. Installs wrk and postfix if missing.
 
     python bench/http_ingest.py [--seconds 20] [--connections 50]
 """
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import CpuMeter, CpuUse, header
 from smtp_ingest import (
     POSTFIX_PORT,
     SINK_PORT,
@@ -26,9 +29,9 @@ from smtp_ingest import (
     smtp_source,
     start_postfix,
     stop,
-    wait_port,
     wait_ready,
 )
+from smtp_load import start_sink, stop_sink, wait_port
 
 HTTP_PORT = 8725
 TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. " * 24)[
@@ -96,11 +99,14 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def run_wrk(
-    tmp: Path, key: str, path: str, body: str, seconds: int, connections: int
-) -> tuple[int, float, float, float, int]:
+    tmp: Path, key: str, path: str, body: str, seconds: int, connections: int, per_request: int
+) -> tuple[int, float, float, float, int, CpuUse]:
+    """requests, requests/s, p50 s, p99 s, errors, and the CPU the server used (wrk, the
+    load generator, is a child: its CPU is left out)."""
     quiet_disk()
     script = tmp / "post.lua"
     script.write_text(LUA.replace("{key}", key).replace("{body}", body))
+    meter = CpuMeter()
     out = subprocess.run(
         [
             "wrk",
@@ -128,6 +134,7 @@ def run_wrk(
         float(m.group(3)) / 1000,
         float(m.group(4)) / 1000,
         int(m.group(5)),
+        meter.stop(requests * per_request),
     )
 
 
@@ -138,42 +145,43 @@ def main() -> None:
     args = p.parse_args()
     ensure_wrk()
     ensure_postfix()
+    header(20, 20_000)  # the sessions and messages of the Postfix run below
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-http-"))
     mg, key = start_mailgate(tmp)
     try:
-        n, single, p50, p99, errors = run_wrk(
-            tmp, key, "/v1/messages", json.dumps(ONE), args.seconds, args.connections
+        n, single, p50, p99, errors, cpu = run_wrk(
+            tmp, key, "/v1/messages", json.dumps(ONE), args.seconds, args.connections, 1
         )
         print(
             f"single : {single:8,.0f} messages/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms "
-            f"({n:,} requests, {errors} errors)",
+            f"({n:,} requests, {errors} errors)  {cpu.describe()}",
             flush=True,
         )
         batch = json.dumps({"messages": [ONE] * 100})
-        n, rps, bp50, bp99, berrors = run_wrk(
-            tmp, key, "/v1/messages/batch", batch, args.seconds, args.connections
+        n, rps, bp50, bp99, berrors, bcpu = run_wrk(
+            tmp, key, "/v1/messages/batch", batch, args.seconds, args.connections, 100
         )
         print(
             f"batch  : {rps * 100:8,.0f} messages/s  p50 {bp50:6.1f} ms  p99 {bp99:6.1f} ms "
-            f"({n:,} requests of 100, {berrors} errors)",
+            f"({n:,} requests of 100, {berrors} errors)  {bcpu.describe()}",
             flush=True,
         )
     finally:
         stop(mg)
-    sink = subprocess.Popen(
-        ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
-        stdout=subprocess.DEVNULL,
-    )
+    sink = start_sink(SINK_PORT)
     try:  # Postfix starts inside: a failed start must not leave the sink running
         start_postfix(POSTFIX_PORT, SINK_PORT)
         wait_port(POSTFIX_PORT)
-        postfix = smtp_source(POSTFIX_PORT, 20_000, 20, 2048)
+        pf = smtp_source(POSTFIX_PORT, 20_000, 20, 2048, sink.pid)
     finally:
         subprocess.run(["postfix", "stop"], check=False, capture_output=True)
-        sink.terminate()
-        sink.wait(10)
+        stop_sink(sink)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"postfix: {postfix:8,.0f} messages/s (smtp-source, 20 sessions, 2 KB)")
+    postfix = pf.rate
+    print(
+        f"postfix: {postfix:8,.0f} messages/s (smtp-source, 20 sessions, 2 KB)  "
+        f"{pf.cpu.describe()} (relaying as it takes mail in)"
+    )
     print(
         f"ratio  : single {single / postfix:.1f}x (target >= 5x, p99 <= 50 ms), "
         f"batch {rps * 100 / postfix:.1f}x (target >= 20x and >= 10,000/s)"

@@ -3,7 +3,17 @@
 Both relay every message to smtp-sink on loopback (mailgate in smarthost mode, Postfix
 with relayhost, the setup of ../shared/tools/postfix-relay.sh). Prints delivered msg/s
 end to end (from the first message sent to the last one delivered) and the time to
-drain a backlog queued while delivery was held back, with the ratio.
+drain a backlog queued while delivery was held back, with the ratio; beside each, the
+server's CPU per delivered message (the machine's busy time from /proc/stat, less
+smtp-source's, smtp-sink's and this script's), the machine's idle share and the ratio to
+the no-queue ceiling printed at the top.
+
+The backlogs: mailgate takes the n messages with delivery off and is restarted with it
+on; the drain runs from the sooner of its answering and its first delivery. Postfix
+takes them with defer_transports=smtp in force (the reload waits until the queue
+manager that read the old setting has exited); `postqueue -j` must show all n deferred
+and the sink nothing new before the release (defer_transports cleared, reload,
+`postqueue -f`), and the drain runs from the release to the n-th delivery after it.
 
     python bench/relay_e2e.py [--messages 20000] [--sessions 20]
 """
@@ -11,54 +21,24 @@ drain a backlog queued while delivery was held back, with the ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smtp_ingest import (
-    READY_PORT,
-    ensure_postfix,
-    smtp_source,
-    start_postfix,
-    stop,
-    wait_port,
-    wait_ready,
-)
+from machine import CpuMeter, Rate, header
+from smtp_ingest import READY_PORT, ensure_postfix, quiet_disk, start_postfix, stop, wait_ready
+from smtp_load import run_smtp_source, sink_total, start_sink, stop_sink, wait_delivered, wait_port
 
 MG_PORT, PF_PORT, SINK_PORT = 2735, 2635, 2636
-
-
-def start_sink(log: Path) -> subprocess.Popen[bytes]:
-    """smtp-sink -c keeps a running "mesg=N" counter on stdout."""
-    return subprocess.Popen(
-        ["/usr/sbin/smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{SINK_PORT}", "1000"],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def sink_total(log: Path) -> int:
-    found = re.findall(rb"mesg=(\d+)", log.read_bytes()[-200:])
-    return int(found[-1]) if found else 0
-
-
-def wait_delivered(log: Path, target: int, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sink_total(log) >= target:
-            return time.monotonic()
-        time.sleep(0.05)
-    raise RuntimeError(f"only {sink_total(log)} of {target} delivered in {timeout}s")
-
-
-def source(port: int, messages: int, sessions: int) -> None:
-    smtp_source(port, messages, sessions, 2048)
+SIZE = 2048
 
 
 def mailgate_env(tmp: Path, deliver: bool) -> dict[str, str]:
@@ -81,12 +61,157 @@ def mailgate_env(tmp: Path, deliver: bool) -> dict[str, str]:
     return env
 
 
-def run_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
+def spawn_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [sys.executable, "-m", "mailgate.cli", "serve"], env=mailgate_env(tmp, deliver), cwd=tmp
     )
-    wait_ready(READY_PORT)
-    return proc
+
+
+def is_ready(http_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=0.5):
+            return True
+    except OSError:  # refused while starting, or HTTPError 503
+        return False
+
+
+def flow(port: int, log: Path, n: int, sessions: int, sink_pid: int) -> Rate:
+    """n messages from smtp-source to their delivery at the sink, which starts at 0."""
+    quiet_disk()
+    meter = CpuMeter(load_pids=(sink_pid,))
+    started = time.monotonic()
+    run_smtp_source(port, n, sessions, SIZE)
+    done = wait_delivered(log, n, 1800)
+    return Rate(n / (done - started), meter.stop(n))
+
+
+def mailgate_flow(tmp: Path, n: int, sessions: int) -> Rate:
+    log = tmp / "sink-mg.log"
+    sink = start_sink(SINK_PORT, log)
+    try:
+        wait_port(SINK_PORT)
+        mg = spawn_mailgate(tmp, deliver=True)
+        try:
+            wait_ready(READY_PORT)
+            return flow(MG_PORT, log, n, sessions, sink.pid)
+        finally:
+            stop(mg)
+    finally:
+        stop_sink(sink)
+        shutil.rmtree(tmp / "mailgate", ignore_errors=True)
+
+
+def drain_start(log: Path, sink_pid: int, timeout: float = 120) -> tuple[float, CpuMeter]:
+    """When mailgate, just spawned, can drain: the sooner of its answering /readyz and
+    its first delivery (its delivery process may start sending before the ingress
+    answers). A first delivery is dated to the poll before the one that saw it."""
+    deadline = time.monotonic() + timeout
+    before = (time.monotonic(), CpuMeter(load_pids=(sink_pid,)))
+    while time.monotonic() < deadline:
+        if sink_total(log) > 0:
+            return before
+        now = (time.monotonic(), CpuMeter(load_pids=(sink_pid,)))
+        if is_ready(READY_PORT):
+            return now
+        before = now
+        time.sleep(0.01)
+    raise RuntimeError(f"mailgate neither answered nor delivered in {timeout}s")
+
+
+def mailgate_drain(tmp: Path, n: int, sessions: int) -> Rate:
+    """Fill with delivery off, then restart with it on into a fresh sink: the sink counts
+    the backlog only."""
+    mg = spawn_mailgate(tmp, deliver=False)
+    try:
+        wait_ready(READY_PORT)
+        run_smtp_source(MG_PORT, n, sessions, SIZE)
+    finally:
+        stop(mg)
+    log = tmp / "sink-mg2.log"
+    sink = start_sink(SINK_PORT, log)
+    try:
+        wait_port(SINK_PORT)
+        quiet_disk()
+        mg = spawn_mailgate(tmp, deliver=True)
+        try:
+            started, meter = drain_start(log, sink.pid)
+            done = wait_delivered(log, n, 1800)
+            use = meter.stop(n)
+            time.sleep(0.5)
+            if sink_total(log) != n:  # more than the backlog: something was sent twice
+                raise RuntimeError(f"the sink has {sink_total(log)} of a backlog of {n}")
+            return Rate(n / (done - started), use)
+        finally:
+            stop(mg)
+    finally:
+        stop_sink(sink)
+
+
+def qmgr_pids() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "qmgr":
+                    pids.add(int(proc.name))
+            except OSError:  # exited while we looked
+                pass
+    return pids
+
+
+def set_defer_transports(value: str) -> None:
+    """defer_transports=value, in force when this returns: the queue manager reads it when
+    it starts, and `postfix reload` only asks the running one to exit, so wait until
+    every queue manager from before the reload is gone."""
+    old = qmgr_pids()
+    subprocess.run(["postconf", "-e", f"defer_transports={value}"], check=True)
+    subprocess.run(["postfix", "reload"], check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while qmgr_pids() & old:
+        if time.monotonic() > deadline:
+            raise RuntimeError("Postfix's queue manager did not restart after the reload")
+        time.sleep(0.01)
+
+
+def postfix_queue() -> Counter[str]:
+    """Messages in Postfix's queue by queue name (incoming, active, deferred, hold)."""
+    out = subprocess.run(["postqueue", "-j"], capture_output=True, text=True, check=True)
+    return Counter(json.loads(line)["queue_name"] for line in out.stdout.splitlines() if line)
+
+
+def wait_held(n: int, log: Path, base: int, timeout: float = 300) -> None:
+    """Until all n are deferred in the queue, with nothing delivered since `base`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = postfix_queue()
+        if sink_total(log) != base:
+            raise RuntimeError(f"the hold leaked: {sink_total(log) - base} delivered while held")
+        if queued["deferred"] == n and queued.total() == n:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Postfix holds {dict(queued)}, not {n} deferred")
+        time.sleep(0.2)
+
+
+def postfix_drain(log: Path, n: int, sessions: int, sink_pid: int) -> tuple[Rate, float]:
+    """Hold, fill, check the hold, release: the drain rate from the release, and how
+    much of the drain time the release itself (reload until the new queue manager) took."""
+    if postfix_queue().total():
+        raise RuntimeError(f"Postfix's queue is not empty before the backlog: {postfix_queue()}")
+    base = sink_total(log)
+    set_defer_transports("smtp")
+    run_smtp_source(PF_PORT, n, sessions, SIZE)
+    wait_held(n, log, base)
+    quiet_disk()
+    if sink_total(log) != base:
+        raise RuntimeError(f"the hold leaked: {sink_total(log) - base} delivered while held")
+    meter = CpuMeter(load_pids=(sink_pid,))
+    started = time.monotonic()
+    set_defer_transports("")
+    released = time.monotonic()
+    subprocess.run(["postqueue", "-f"], check=True)
+    done = wait_delivered(log, base + n, 1800)
+    return Rate(n / (done - started), meter.stop(n)), released - started
 
 
 def main() -> None:
@@ -96,67 +221,58 @@ def main() -> None:
     args = p.parse_args()
     n = args.messages
     ensure_postfix()
+    ceiling = header(args.sessions, max(n, 10_000)).ceiling
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-e2e-"))
-    results: dict[str, float] = {}
+    r: dict[str, Rate] = {}
+
+    def show(name: str) -> None:
+        print(f"  {name:17}: {r[name].describe(ceiling)}", flush=True)
+
+    print(f"end to end, {n:,} messages of 2 KB, {args.sessions} smtp-source sessions")
     try:
-        # mailgate, flowing
-        log = tmp / "sink-mg.log"
-        sink = start_sink(log)
-        mg = run_mailgate(tmp, deliver=True)
-        started = time.monotonic()
-        source(MG_PORT, n, args.sessions)
-        results["mailgate flow"] = n / (wait_delivered(log, n, 1800) - started)
-        stop(mg)
-        sink.terminate()
-        sink.wait()
-        shutil.rmtree(tmp / "mailgate")
-        # mailgate, backlog: accept everything with delivery off, then drain
-        mg = run_mailgate(tmp, deliver=False)
-        source(MG_PORT, n, args.sessions)
-        stop(mg)
-        log = tmp / "sink-mg2.log"
-        sink = start_sink(log)
-        mg = run_mailgate(tmp, deliver=True)
-        started = time.monotonic()  # from the moment it answers, as Postfix already does
-        results["mailgate drain"] = wait_delivered(log, n, 1800) - started
-        stop(mg)
-        sink.terminate()
-        sink.wait()
-        # Postfix, flowing
+        r["mailgate flowing"] = mailgate_flow(tmp, n, args.sessions)
+        show("mailgate flowing")
+        r["mailgate draining"] = mailgate_drain(tmp, n, args.sessions)
+        show("mailgate draining")
         log = tmp / "sink-pf.log"
-        sink = start_sink(log)
-        start_postfix(PF_PORT, SINK_PORT)
-        wait_port(PF_PORT)
-        started = time.monotonic()
-        source(PF_PORT, n, args.sessions)
-        results["postfix flow"] = n / (wait_delivered(log, n, 1800) - started)
-        # Postfix, backlog: hold the queue, fill it, release it
-        subprocess.run(["postconf", "-e", "defer_transports=smtp"], check=True)
-        subprocess.run(["postfix", "reload"], check=True, capture_output=True)
-        source(PF_PORT, n, args.sessions)
-        subprocess.run(["postconf", "-e", "defer_transports="], check=True)
-        subprocess.run(["postfix", "reload"], check=True, capture_output=True)
-        started = time.monotonic()
-        subprocess.run(["postqueue", "-f"], check=True)
-        results["postfix drain"] = wait_delivered(log, 2 * n, 1800) - started
-        sink.terminate()
-        sink.wait()
+        sink = start_sink(SINK_PORT, log)
+        try:
+            start_postfix(PF_PORT, SINK_PORT)
+            wait_port(PF_PORT)
+            r["postfix flowing"] = flow(PF_PORT, log, n, args.sessions, sink.pid)
+            show("postfix flowing")
+            r["postfix draining"], release = postfix_drain(log, n, args.sessions, sink.pid)
+            show("postfix draining")
+        finally:
+            stop_sink(sink)
     finally:
         subprocess.run(["postconf", "-e", "defer_transports="], check=False, capture_output=True)
         subprocess.run(["postfix", "stop"], check=False, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"end to end, {n:,} messages of 2 KB, {args.sessions} smtp-source sessions")
+    mg_flow, pf_flow = r["mailgate flowing"], r["postfix flowing"]
+    mg_drain, pf_drain = r["mailgate draining"], r["postfix draining"]
     print(
-        f"  mailgate: {results['mailgate flow']:7,.0f} msg/s delivered; "
-        f"backlog of {n:,} drained in {results['mailgate drain']:.1f} s"
+        f"  mailgate: {mg_flow.rate:7,.0f} msg/s delivered; "
+        f"backlog of {n:,} drained in {n / mg_drain.rate:.1f} s"
     )
     print(
-        f"  postfix : {results['postfix flow']:7,.0f} msg/s delivered; "
-        f"backlog of {n:,} drained in {results['postfix drain']:.1f} s"
+        f"  postfix : {pf_flow.rate:7,.0f} msg/s delivered; "
+        f"backlog of {n:,} drained in {n / pf_drain.rate:.1f} s "
+        f"(of which {release:.2f} s releasing the hold)"
     )
     print(
-        f"  ratio   : flow {results['mailgate flow'] / results['postfix flow']:.2f}x, drain "
-        f"{results['postfix drain'] / results['mailgate drain']:.2f}x (target >= 2x)"
+        f"  ratio   : flow {mg_flow.rate / pf_flow.rate:.2f}x, drain "
+        f"{mg_drain.rate / pf_drain.rate:.2f}x (target >= 2.5x)"
+    )
+    if ceiling:
+        print(
+            f"  ceiling : mailgate flow {mg_flow.rate / ceiling:.2f}x, drain "
+            f"{mg_drain.rate / ceiling:.2f}x of {ceiling:,.0f} msg/s (target >= 0.4x)"
+        )
+    print(
+        "  CPU/msg : mailgate / postfix flowing "
+        f"{mg_flow.cpu.per_message_us / pf_flow.cpu.per_message_us:.2f}x, draining "
+        f"{mg_drain.cpu.per_message_us / pf_drain.cpu.per_message_us:.2f}x (target <= 0.33x)"
     )
 
 

@@ -1,0 +1,150 @@
+"""How fast the machine is and how much of it a run used, for every bench.
+
+- `python_loop_seconds`: a 10,000,000-iteration Python loop (how fast this CPU runs Python);
+- `smtp_ceiling`: smtp-source -> smtp-sink on loopback with no queue between (the most
+  any SMTP relay here could do);
+- `CpuMeter`: /proc/stat around a run -> busy CPU seconds of the whole machine, its idle
+  share, and CPU per message without the load generator's own;
+- `header`: the first line of every bench, so runs on machines of different speed can be
+  compared (ratios to the ceiling travel; msg/s do not).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from smtp_load import free_port, run_smtp_source, start_sink, stop_sink, wait_port
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def python_loop_seconds(iterations: int = 10_000_000, runs: int = 3) -> float:
+    """Best of `runs` timings of an empty `for` loop."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        for _ in range(iterations):
+            pass
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def smtp_ceiling(messages: int, sessions: int, size: int) -> float:
+    """msg/s from smtp-source straight into smtp-sink: no queue, no disk."""
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        wait_port(port)
+        return run_smtp_source(port, messages, sessions, size).rate
+    finally:
+        stop_sink(sink)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle) clock ticks of every core since boot; idle counts iowait too (a core
+    waiting on the disk is one mailgate could use)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[3] + fields[4]  # user nice system IDLE IOWAIT irq softirq steal
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (its own, not its children's)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of the children it has reaped (smtp-source, wrk)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """What the machine did during one measured run."""
+
+    wall: float  # seconds
+    busy: float  # CPU seconds the whole machine was busy (every core)
+    load: float  # of which the load generator and receiver (subtracted per message)
+    idle_share: float  # idle + iowait over all ticks, 0..1
+    messages: int
+
+    @property
+    def per_message_us(self) -> float:
+        """CPU per message of the server under test, in µs."""
+        return (self.busy - self.load) / self.messages * 1e6
+
+    def describe(self) -> str:
+        return f"{self.per_message_us:6,.0f} µs CPU/msg, {self.idle_share:4.0%} idle"
+
+
+class CpuMeter:
+    """Started just before a measured run, stopped just after it. The load side is this
+    process and the children it reaps in between (smtp-source, wrk) plus the live
+    processes named in `load_pids` (smtp-sink)."""
+
+    def __init__(self, load_pids: tuple[int, ...] = ()) -> None:
+        self._pids = load_pids
+        self._ticks = machine_ticks()
+        self._load = self._load_cpu()
+        self._started = time.monotonic()
+
+    def _load_cpu(self) -> float:
+        return own_cpu() + sum(process_cpu(pid) for pid in self._pids)
+
+    def stop(self, messages: int) -> CpuUse:
+        wall = time.monotonic() - self._started
+        total, idle = machine_ticks()
+        d_total, d_idle = total - self._ticks[0], idle - self._ticks[1]
+        return CpuUse(
+            wall=wall,
+            busy=(d_total - d_idle) / TICK,
+            load=self._load_cpu() - self._load,
+            idle_share=d_idle / d_total if d_total else 0.0,
+            messages=max(messages, 1),
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    cores: int
+    loop_seconds: float
+    ceiling: float | None  # msg/s, smtp-source -> smtp-sink, 2 KB
+    sessions: int
+    messages: int
+
+    def header(self) -> str:
+        line = f"machine: {self.cores} cores, 10M-iteration Python loop {self.loop_seconds:.3f} s"
+        if self.ceiling is not None:
+            line += (
+                f", ceiling {self.ceiling:,.0f} msg/s (smtp-source -> smtp-sink, no queue; "
+                f"2 KB, {self.sessions} sessions, {self.messages:,} messages)"
+            )
+        return line
+
+
+def header(sessions: int | None, messages: int = 20_000) -> Machine:
+    """Measure the machine, print the header line and return it (the ceiling only with
+    a session count: benches without SMTP skip it)."""
+    ceiling = smtp_ceiling(messages, sessions, 2048) if sessions else None
+    machine = Machine(os.cpu_count() or 1, python_loop_seconds(), ceiling, sessions or 0, messages)
+    print(machine.header(), flush=True)
+    return machine
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A measured rate and what the machine spent on it."""
+
+    rate: float  # msg/s
+    cpu: CpuUse
+
+    def describe(self, ceiling: float | None = None) -> str:
+        text = f"{self.rate:7,.0f} msg/s  {self.cpu.describe()}"
+        return text + (f"  {self.rate / ceiling:.2f}x ceiling" if ceiling else "")
