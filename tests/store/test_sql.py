@@ -48,3 +48,39 @@ def test_drive_runs_a_coroutine_that_never_suspends() -> None:
 def test_drive_refuses_a_coroutine_that_suspends() -> None:
     with pytest.raises(RuntimeError, match="suspend"):
         drive(asyncio.sleep(0))
+
+
+def test_a_name_used_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="named twice"):
+        parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+
+
+async def test_a_failing_write_fails_alone_in_its_commit_group(tmp_path: Path) -> None:
+    """A write that raises (here a bug-like RuntimeError) is rolled back to its own
+    savepoint; enqueues committed in the same group are kept and acknowledged."""
+    from mailgate.models import NewMessage, Source
+    from mailgate.store.sqlite.store import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "m.db"))
+    await store.open()
+    try:
+
+        async def broken(tx: object) -> None:
+            raise RuntimeError("a bug in one op")
+
+        def new() -> NewMessage:
+            return NewMessage(b"Subject: x\r\n\r\nx\r\n", "a@x.test", ("b@y.test",), Source.HTTP)
+
+        sent = [new() for _ in range(20)]
+        results = await asyncio.gather(
+            *(store.enqueue(m) for m in sent[:10]),
+            store._write(broken),  # type: ignore[arg-type]
+            *(store.enqueue(m) for m in sent[10:]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[10], RuntimeError)
+        assert results[:10] + results[11:] == [m.id for m in sent]
+        for m in sent:
+            assert await store.get_message(m.id) is not None
+    finally:
+        await store.close()

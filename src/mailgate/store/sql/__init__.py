@@ -26,7 +26,9 @@ def parse(text: str) -> dict[str, str]:
     current: list[str] | None = None
     for line in text.splitlines():
         if m := _NAME.match(line):
-            current = out.setdefault(m.group(1), [])
+            if m.group(1) in out:  # a second one would be glued to the first
+                raise ValueError(f"store SQL: statement {m.group(1)!r} is named twice")
+            current = out[m.group(1)] = []
         elif current is not None and line.strip() and not line.lstrip().startswith("--"):
             current.append(line.strip())
     return {name: " ".join(lines).format(**COLUMNS) for name, lines in out.items()}
@@ -47,7 +49,10 @@ def numbered(sql: str) -> str:
 def statements(dialect: Dialect) -> dict[str, str]:
     """Every statement one backend runs, by name."""
     found = parse((HERE / "common.sql").read_text())
-    found.update(parse((HERE / f"{dialect}.sql").read_text()))
+    own = parse((HERE / f"{dialect}.sql").read_text())
+    if twice := found.keys() & own.keys():  # one name, one statement: no silent override
+        raise ValueError(f"store SQL: {sorted(twice)} in both common.sql and {dialect}.sql")
+    found.update(own)
     if dialect == "postgres":
         found = {name: numbered(sql) for name, sql in found.items()}
     return found

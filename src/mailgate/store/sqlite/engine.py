@@ -378,7 +378,10 @@ class SqliteEngine:
                     value = drive(op.fn(tx))
                 conn.execute("RELEASE one")
                 results.append((op.future, value, None))
-            except (sqlite3.IntegrityError, StoreError) as exc:  # incl. DuplicateIdempotencyKey
+            except sqlite3.OperationalError:
+                raise  # the connection's trouble (disk full, I/O): the whole group fails
+            except Exception as exc:  # this op's own failure (a constraint, a duplicate
+                # idempotency key, or a bug in it): the others in the group still commit
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
                 err: BaseException = exc
