@@ -12,8 +12,9 @@ The backlogs: mailgate takes the n messages with delivery off and is restarted w
 on; the drain runs from the sooner of its answering and its first delivery. Postfix
 takes them with defer_transports=smtp in force (the reload waits until the queue
 manager that read the old setting has exited); `postqueue -j` must show all n deferred
-and the sink nothing new before the release (defer_transports cleared, reload,
-`postqueue -f`), and the drain runs from the release to the n-th delivery after it.
+and the sink nothing new before the release (`postqueue -f`, which delivers what
+defer_transports holds), and the drain runs from the release to the n-th delivery
+after it.
 
     python bench/relay_e2e.py [--messages 20000] [--sessions 20]
 """
@@ -193,11 +194,17 @@ def wait_held(n: int, log: Path, base: int, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def postfix_drain(log: Path, n: int, sessions: int, sink_pid: int) -> tuple[Rate, float]:
-    """Hold, fill, check the hold, release: the drain rate from the release, and how
-    much of the drain time the release itself (reload until the new queue manager) took."""
-    if postfix_queue().total():
-        raise RuntimeError(f"Postfix's queue is not empty before the backlog: {postfix_queue()}")
+def postfix_drain(log: Path, n: int, sessions: int, sink_pid: int) -> Rate:
+    """Hold, fill, check the hold, release: the drain rate from the release. `postqueue
+    -f` delivers past defer_transports ("unless someone issues a sendmail -q"), so the
+    release needs no reload (one took 1.9 s, waiting for the queue manager to exit)."""
+    deadline = time.monotonic() + 60  # the flowing run's last queue files being removed
+    while postfix_queue().total():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"Postfix's queue is not empty before the backlog: {postfix_queue()}"
+            )
+        time.sleep(0.2)
     base = sink_total(log)
     set_defer_transports("smtp")
     run_smtp_source(PF_PORT, n, sessions, SIZE)
@@ -207,11 +214,9 @@ def postfix_drain(log: Path, n: int, sessions: int, sink_pid: int) -> tuple[Rate
         raise RuntimeError(f"the hold leaked: {sink_total(log) - base} delivered while held")
     meter = CpuMeter(load_pids=(sink_pid,))
     started = time.monotonic()
-    set_defer_transports("")
-    released = time.monotonic()
     subprocess.run(["postqueue", "-f"], check=True)
-    done = wait_delivered(log, base + n, 1800)
-    return Rate(n / (done - started), meter.stop(n)), released - started
+    done = wait_delivered(log, base + n, 60 + n / 20)
+    return Rate(n / (done - started), meter.stop(n))
 
 
 def main() -> None:
@@ -241,7 +246,7 @@ def main() -> None:
             wait_port(PF_PORT)
             r["postfix flowing"] = flow(PF_PORT, log, n, args.sessions, sink.pid)
             show("postfix flowing")
-            r["postfix draining"], release = postfix_drain(log, n, args.sessions, sink.pid)
+            r["postfix draining"] = postfix_drain(log, n, args.sessions, sink.pid)
             show("postfix draining")
         finally:
             stop_sink(sink)
@@ -257,8 +262,8 @@ def main() -> None:
     )
     print(
         f"  postfix : {pf_flow.rate:7,.0f} msg/s delivered; "
-        f"backlog of {n:,} drained in {n / pf_drain.rate:.1f} s "
-        f"(of which {release:.2f} s releasing the hold)"
+        f"backlog of {n:,} drained in {n / pf_drain.rate:.1f} s (all {n:,} seen deferred "
+        "by postqueue -j, none delivered, before the release)"
     )
     print(
         f"  ratio   : flow {mg_flow.rate / pf_flow.rate:.2f}x, drain "
