@@ -25,3 +25,20 @@ def test_each_process_counts_on_its_own_registry() -> None:
     one.count_accepted(Source.HTTP, 3)
     assert b'mailgate_accepted_messages_total{source="http"} 3.0' in generate_latest(one.registry)
     assert b"mailgate_accepted_messages_total{" not in generate_latest(two.registry)
+
+
+def test_an_app_with_children_leaves_the_process_alone(tmp_path: Path) -> None:
+    """Only `serve` switches a process to shared metrics: an App made in a test (or any
+    embedding program) with children to start must not change the interpreter's state,
+    or every metric made after it in that process writes to files."""
+    from mailgate.app import App, Role
+    from mailgate.config import Config
+
+    environ, value_class = dict(os.environ), prometheus_values.ValueClass
+    cfg = Config.model_validate(
+        {"server": {"data_dir": str(tmp_path), "ingress_processes": 2, "delivery_process": True}}
+    )
+    app = App(cfg, Role.ALL)
+    assert app.shares_ports and app.child_delivers
+    assert dict(os.environ) == environ
+    assert prometheus_values.ValueClass is value_class

@@ -28,7 +28,6 @@ from mailgate.ingress.accept import Door
 from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
-from mailgate.process import share_metrics
 from mailgate.store import Store, open_store
 from mailgate.supervisor import Supervisor
 from mailgate.tls import server_context
@@ -61,6 +60,33 @@ def make_store(config: Config, *, server: bool = False) -> Store:
         pool_size=config.store.pool_size,
         exclusive=server,
     )
+
+
+def shares_ports(config: Config, role: Role) -> bool:
+    """Several processes listen on the HTTP and SMTP ports (SO_REUSEPORT)."""
+    return role is Role.INGRESS or (role is Role.ALL and config.server.ingress_processes > 1)
+
+
+def child_delivers(config: Config, role: Role) -> bool:
+    """Delivery runs in a `serve --role worker` child of this process."""
+    return role is Role.ALL and config.server.delivery_process and config.delivery.enabled
+
+
+def shared_metrics_dir(config: Config, role: Role) -> Path | None:
+    """Where serve and its children keep their metric values, so that /metrics adds them
+    up whichever process answers; None for a process on its own. The serving process
+    empties it: counters start again with the server. serve calls this and
+    process.share_metrics once, before anything makes a metric."""
+    if role in (Role.INGRESS, Role.WORKER):
+        inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        return Path(inherited) if inherited else None
+    if role is not Role.ALL or not (shares_ports(config, role) or child_delivers(config, role)):
+        return None
+    directory = Path(config.server.data_dir) / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink()
+    return directory
 
 
 class Delivery:
@@ -99,7 +125,10 @@ class App:
         role: Role = Role.ALL,
         config_path: Path | None = None,
         ready_fd: int | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
+        """metrics_dir: where serve's processes share metric values (serve made this
+        process use it with process.share_metrics); None: this process counts alone."""
         self.config = config
         self.role = role
         self.ready_fd = ready_fd  # a child writes one byte here once it is listening
@@ -112,27 +141,9 @@ class App:
         self.deliverer: Deliverer | None = None
         self.delivery: Delivery | None = None
         self.failure: MailgateError | None = None  # why the process stopped on its own
-        shared_metrics = self._shared_metrics_dir()
-        if shared_metrics is not None:
-            share_metrics(shared_metrics)
-        self.metrics = Metrics.create(shared_metrics)
+        self.metrics = Metrics.create(metrics_dir)
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
-
-    def _shared_metrics_dir(self) -> Path | None:
-        """Where serve and its children keep their metric values, so that /metrics adds
-        them up whichever process answers; None for a process on its own. The serving
-        process empties it: counters start again with the server."""
-        if self.role in (Role.INGRESS, Role.WORKER):
-            inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            return Path(inherited) if inherited else None
-        if self.role is not Role.ALL or not (self.shares_ports or self.child_delivers):
-            return None
-        directory = Path(self.config.server.data_dir) / "metrics"
-        directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("*.db"):
-            old.unlink()
-        return directory
 
     def wants(self, role: Role) -> bool:
         if role is Role.WORKER and self.child_delivers:
@@ -143,16 +154,11 @@ class App:
 
     @property
     def shares_ports(self) -> bool:
-        """Several processes listen on the HTTP and SMTP ports (SO_REUSEPORT)."""
-        return self.role is Role.INGRESS or (
-            self.role is Role.ALL and self.config.server.ingress_processes > 1
-        )
+        return shares_ports(self.config, self.role)
 
     @property
     def child_delivers(self) -> bool:
-        """Delivery runs in a `serve --role worker` child of this process."""
-        cfg = self.config
-        return self.role is Role.ALL and cfg.server.delivery_process and cfg.delivery.enabled
+        return child_delivers(self.config, self.role)
 
     def _components(self, store: Store) -> list[Component]:
         """This process's components, in the order they start."""

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mailgate import keys as api_keys
-from mailgate.app import App, Role, make_store
+from mailgate.app import App, Role, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.errors import ConfigError, MailgateError, StoreError
 from mailgate.models import MessageQuery, RecipientStatus, Scope
-from mailgate.process import tune_interpreter
+from mailgate.process import share_metrics, tune_interpreter
 from mailgate.store import Store
 from mailgate.tls import write_self_signed
 
@@ -99,7 +99,10 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tune_interpreter()
-    _run(App(cfg, role, config, ready_fd).run)
+    metrics_dir = shared_metrics_dir(cfg, role)
+    if metrics_dir is not None:
+        share_metrics(metrics_dir)
+    _run(App(cfg, role, config, ready_fd, metrics_dir).run)
 
 
 @app.command()

@@ -26,7 +26,7 @@ def new_id(now: float | None = None, *, floor: bool = False) -> str:
     Sortable by creation time and URL-safe. With floor=True the random bits are zero:
     the smallest id of that millisecond, for time-range queries on the id index.
     """
-    ms = max(0, int((time.time() if now is None else now) * 1000))
+    ms = int(max(0.0, time.time() if now is None else now) * 1000)  # before 1970: 0
     rand = 0 if floor else _rng.getrandbits(80)
     pairs = _PAIRS
     head = (
