@@ -15,7 +15,6 @@ CREATE TABLE messages (
     size INTEGER NOT NULL,
     raw BYTEA NOT NULL
 );
-CREATE INDEX messages_key ON messages (api_key_id, id);
 
 CREATE TABLE message_tags (
     tag TEXT NOT NULL,
@@ -38,12 +37,6 @@ CREATE TABLE recipients (
     remote_host TEXT,
     updated_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX recipients_message ON recipients (message_id);
-CREATE INDEX recipients_address ON recipients (address);
-CREATE INDEX recipients_due ON recipients (next_attempt_at)
-    WHERE status IN ('queued', 'deferred');
-CREATE INDEX recipients_domain_due ON recipients (domain, next_attempt_at)
-    WHERE status IN ('queued', 'deferred');
 
 CREATE TABLE events (
     id BIGSERIAL PRIMARY KEY,
@@ -53,7 +46,6 @@ CREATE TABLE events (
     at DOUBLE PRECISION NOT NULL,
     details TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX events_message ON events (message_id, id);
 
 CREATE TABLE idempotency (
     api_key_id TEXT NOT NULL,
@@ -81,3 +73,4 @@ CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
     seen_at DOUBLE PRECISION NOT NULL
 );
+-- Its indexes: common/0001_indexes.sql.

@@ -14,7 +14,6 @@ CREATE TABLE messages (
     size INTEGER NOT NULL,
     raw BLOB NOT NULL                    -- immutable once stored
 );  -- a rowid table: WITHOUT ROWID is slow for rows this large (sqlite.org/withoutrowid)
-CREATE INDEX messages_key ON messages (api_key_id, id);
 
 CREATE TABLE message_tags (
     tag TEXT NOT NULL,
@@ -37,13 +36,6 @@ CREATE TABLE recipients (
     remote_host TEXT,
     updated_at REAL NOT NULL
 );
-CREATE INDEX recipients_message ON recipients (message_id);
-CREATE INDEX recipients_address ON recipients (address);
--- Only active rows are indexed for claiming, so a long history costs nothing here.
-CREATE INDEX recipients_due ON recipients (next_attempt_at)
-    WHERE status IN ('queued', 'deferred');
-CREATE INDEX recipients_domain_due ON recipients (domain, next_attempt_at)
-    WHERE status IN ('queued', 'deferred');
 
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
@@ -53,7 +45,6 @@ CREATE TABLE events (
     at REAL NOT NULL,
     details TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX events_message ON events (message_id, id);
 
 CREATE TABLE idempotency (
     api_key_id TEXT NOT NULL,
@@ -81,3 +72,4 @@ CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
     seen_at DOUBLE PRECISION NOT NULL
 );
+-- Its indexes: common/0001_indexes.sql.
