@@ -222,7 +222,7 @@ class App:
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.http is not None:
             log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
-        children = [Role.WORKER] if self.child_delivers else []
+        children = [Role.WORKER] * cfg.server.delivery_processes if self.child_delivers else []
         if self.role is Role.ALL and self.shares_ports:
             children += [Role.INGRESS] * (cfg.server.ingress_processes - 1)
         if children:

@@ -42,6 +42,13 @@ class ServerConfig(_Section):
         description="`serve` runs delivery in a child process of its own, so taking mail in"
         " and sending it out use separate cores; off: one process does everything.",
     )
+    delivery_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Delivery child processes when delivery_process is on; they share the"
+        " queue through leases, as workers on several nodes do.",
+    )
     ingress_processes: int = Field(
         2,
         ge=1,
