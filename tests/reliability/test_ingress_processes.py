@@ -78,7 +78,7 @@ def test_a_killed_ingress_process_is_replaced_and_loses_nothing(tmp_path: Path) 
         [replacement] = child_pids(server.proc.pid, "ingress")
         assert replacement != child
         acked = set(tally.acked)
-        assert len(acked) > 100
+        assert acked, "nothing was acknowledged under the load"  # a count, not a rate
         wait_drained(server, sink, acked)
         assert acked <= set(sink.delivered()), "an acknowledged message was lost"
         assert active_count(server.db) == 0
