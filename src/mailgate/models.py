@@ -20,13 +20,17 @@ _rng = random.Random(os.urandom(32))  # ids must be unique and sortable, not sec
 os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
 
 
+MAX_ID_TIME = (2**48 - 1) / 1000  # the last millisecond an id can carry, in seconds
+
+
 def new_id(now: float | None = None, *, floor: bool = False) -> str:
     """A 26-character ULID: 48-bit milliseconds + 80 random bits, Crockford base32.
 
     Sortable by creation time and URL-safe. With floor=True the random bits are zero:
     the smallest id of that millisecond, for time-range queries on the id index.
     """
-    ms = int(max(0.0, time.time() if now is None else now) * 1000)  # before 1970: 0
+    # clamped to what 48 bits of milliseconds hold: before 1970 is 0, far future the last
+    ms = int(min(max(0.0, time.time() if now is None else now), MAX_ID_TIME) * 1000)
     rand = 0 if floor else _rng.getrandbits(80)
     pairs = _PAIRS
     head = (

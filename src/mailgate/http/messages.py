@@ -21,8 +21,6 @@ from mailgate.http.openapi import ERRORS
 from mailgate.models import ApiKey, Message, MessageQuery, Recipient, RecipientStatus, Scope
 from mailgate.store import Store
 
-MAX_UNIX_TIME = (2**48 - 1) / 1000  # the last millisecond a message id can carry
-
 
 class Messages:
     def __init__(self, auth: Auth, store: Store) -> None:
@@ -44,8 +42,8 @@ class Messages:
             status=status,
             recipient=recipient,
             tag=tag,
-            since=None if since is None else min(max(since, 0.0), MAX_UNIX_TIME),
-            until=None if until is None else min(max(until, 0.0), MAX_UNIX_TIME),
+            since=since,  # any finite time: new_id clamps it to what an id can carry
+            until=until,
             cursor=cursor,
             limit=limit,
             api_key_id=None if key.has(Scope.ADMIN) else key.id,
