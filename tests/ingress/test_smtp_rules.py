@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from email.utils import getaddresses
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.addresses import address_problem
 from mailgate.ingress.smtp_rules import (
     data_problem,
     drop_blank_message_id,
+    field_addresses,
     foreign_originator,
     header_facts,
     missing_headers,
@@ -28,6 +30,69 @@ BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n|\x00")
 def test_bare_cr_lf_nul_check_matches_the_regex(data: bytes) -> None:
     refused = data_problem(data, max_line=10_000) is not None
     assert refused == bool(BARE.search(data))
+
+
+# Pieces of address fields: plain words and addresses, and every character that makes a
+# field not plain (quotes, comments, groups, lists, brackets, escapes, dots, folding).
+FIELD_PIECES = st.sampled_from(
+    [
+        "a",
+        "Bo",
+        "x.y",
+        "ex-1",
+        "@",
+        "<",
+        ">",
+        " ",
+        "\t",
+        ".",
+        "..",
+        ",",
+        ";",
+        ":",
+        '"',
+        "(",
+        ")",
+        "\\",
+        "[",
+        "]",
+        "é",
+        "a@b.c",
+        "<a@b.c>",
+        "o'k",
+        "{+}",
+        "@[1.2.3.4]",
+    ]
+)
+
+
+ATOM = st.text("abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=4)
+PLAIN_ADDR = st.builds(
+    lambda local, domain: ".".join(local) + "@" + ".".join(domain),
+    st.lists(ATOM, min_size=1, max_size=3),
+    st.lists(st.text("ab9-", min_size=1, max_size=3), min_size=1, max_size=3),
+)
+SPACE = st.sampled_from(["", " ", "\t", "  "])
+# Fields that are plain, or nearly: a display name, an address, spaces, one piece more.
+NEAR_PLAIN = st.builds(
+    lambda lead, words, addr, bracket, trail, extra, at: (
+        lambda field: field[:at] + extra + field[at:]
+    )(lead + (" ".join(words) + " <" + addr + ">" if bracket else addr) + trail),
+    SPACE,
+    st.lists(ATOM, max_size=3),
+    PLAIN_ADDR,
+    st.booleans(),
+    SPACE,
+    st.sampled_from(["", "", ""]) | FIELD_PIECES,
+    st.integers(0, 40),
+)
+
+
+@settings(max_examples=3000)
+@given(st.lists(FIELD_PIECES, max_size=8).map("".join) | NEAR_PLAIN)
+def test_field_addresses_reads_what_getaddresses_reads(value: str) -> None:
+    """The fast path for plain fields gives exactly getaddresses' addr-specs."""
+    assert field_addresses([value]) == [a for _, a in getaddresses([value]) if a]
 
 
 def test_long_lines() -> None:

@@ -84,7 +84,15 @@ class Session(asyncio.Protocol):
         self.relay = relay
         self.cfg = relay.cfg
         self.buf = bytearray()
-        self.more = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        # One future per wait for input, and one watchdog timer per session for the
+        # idle and session time limits: asyncio.wait_for per line made a task and a
+        # timer for every command (about a tenth of the loop's time under load).
+        self._waiter: asyncio.Future[None] | None = None
+        self._wait_until = 0.0  # time.monotonic() by which input must come
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
+        self._timed_out = False
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.paused = False
@@ -97,6 +105,7 @@ class Session(asyncio.Protocol):
         self.helo: str | None = None
         self.key: ApiKey | None = None
         self.auth_failures = 0
+        self.trusted: bool | None = None  # the client's address is in trusted_networks
         self.bad_commands = 0
         self.task: asyncio.Task[None] | None = None
         self._reset()
@@ -118,12 +127,12 @@ class Session(asyncio.Protocol):
         tr.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "unknown"
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = self.loop.create_task(self._run())
         self.relay.sessions.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.more.set()
+        self._wake()
         if len(self.buf) > READ_LIMIT and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -138,12 +147,15 @@ class Session(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.closed = True
-        self.more.set()
+        self._wake()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.more.set()
+        self._wake()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.drained.set()
         self.relay.sessions.discard(self)
 
@@ -196,19 +208,51 @@ class Session(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _wait_more(self, deadline: float) -> None:
+        """Until more input, the end of input, or the idle or session limit (421)."""
         self.flush()
         if self.closed:
             raise SessionClosed
-        self.more.clear()
         self._resume()
-        timeout = min(self.cfg.idle_timeout, deadline - time.monotonic())
-        if timeout <= 0:
+        now = time.monotonic()
+        until = min(now + self.cfg.idle_timeout, deadline)
+        if until <= now:
             self.close_with(Reply(421, "4.4.2", "Session time limit exceeded"))
+        self._wait_until = until
+        if self._watchdog is None or self._watchdog_at > until:
+            self._arm_watchdog(until, now)
+        waiter = self._waiter = self.loop.create_future()
         try:
-            await asyncio.wait_for(self.more.wait(), timeout)
-        except TimeoutError:
+            await waiter
+        finally:
+            self._waiter = None
+        if self._timed_out:
             self.close_with(Reply(421, "4.4.2", "Timeout exceeded, closing"))
+
+    def _arm_watchdog(self, at: float, now: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog_at = at
+        self._watchdog = self.loop.call_later(max(at - now, 0.0), self._check_watchdog)
+
+    def _check_watchdog(self) -> None:
+        """Fires at the earliest moment the current wait could be over its limit; a
+        wait that began later is re-armed for its own limit, so a busy session costs
+        one timer per idle_timeout, not one per command."""
+        self._watchdog = None
+        if self._waiter is None or self._waiter.done():
+            return  # not waiting for input now: the next wait arms it again
+        now = time.monotonic()
+        if now >= self._wait_until:
+            self._timed_out = True
+            self._waiter.set_result(None)
+        else:
+            self._arm_watchdog(self._wait_until, now)
 
     async def read_line(self, deadline: float) -> bytes | None:
         """The next command line without its line end; None when it was too long."""
@@ -313,6 +357,9 @@ class Session(asyncio.Protocol):
             except SessionClosed:
                 pass
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             if counted:
                 relay.state.total -= 1
                 relay.state.per_ip[self.client_ip] -= 1
@@ -340,7 +387,7 @@ class Session(asyncio.Protocol):
             self._bad(Reply(500, "5.5.2", "Command not recognized"))
             return
         result = handler(arg.strip())
-        if asyncio.iscoroutine(result):
+        if result is not None:  # the verbs that wait are coroutines
             await result
 
     def _bad(self, r: Reply) -> None:
@@ -350,6 +397,12 @@ class Session(asyncio.Protocol):
         self.reply(r)
 
     # -- verbs (RFC spelling) ------------------------------------------------------------
+    def _trusted_ip(self) -> bool:
+        """Whether the client's address may relay without AUTH; asked once a session."""
+        if self.trusted is None:
+            self.trusted = self.relay.is_trusted(self.client_ip)
+        return self.trusted
+
     def _ehlo_lines(self) -> list[str]:
         lines = [
             self.relay.hostname,
@@ -568,7 +621,7 @@ class Session(asyncio.Protocol):
         if not self.smtputf8 and not path.address.isascii():
             self.reply(Reply(553, "5.6.7", "Address requires SMTPUTF8"))
             return
-        if self.key is None and not self.relay.is_trusted(self.client_ip):
+        if self.key is None and not self._trusted_ip():
             self.reply(Reply(554, "5.7.1", "Relay access denied: authenticate first"))
             return
         key = mailbox_key(path.address)

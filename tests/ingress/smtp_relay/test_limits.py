@@ -43,6 +43,18 @@ def test_idle_timeout_closes_with_421(tmp_path, ca) -> None:  # type: ignore[no-
             assert d.read_reply() == (421, "421 Timeout exceeded, closing")
 
 
+def test_idle_timeout_counts_only_silence(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    """A session busier than idle_timeout in total, never silent that long, stays; the
+    watchdog armed at its first wait re-arms instead of firing on it."""
+    for srv in start_server(make_config(tmp_path, ca, idle_timeout=1.0), ca):
+        with greeted(srv.smtp_port, "HELO busy.test") as d:
+            for _ in range(15):  # 3 s of commands, 0.2 s apart
+                assert d.cmd("NOOP")[0] == 250
+                time.sleep(0.2)
+            time.sleep(1.5)
+            assert d.read_reply() == (421, "421 Timeout exceeded, closing")
+
+
 def test_slow_client_hits_the_session_limit(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
     for srv in start_server(make_config(tmp_path, ca, session_timeout=1.0, idle_timeout=5), ca):
         with greeted(srv.smtp_port, "HELO slow.test") as d:

@@ -10,6 +10,7 @@ reader thread) run the very same logic synchronously, with no per-call schedulin
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Coroutine, Sequence
@@ -37,6 +38,41 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
 def _params(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A list parameter goes as JSON text (the SQL reads it with json_each)."""
     return tuple(json.dumps(a) if type(a) is list else a for a in args)
+
+
+# Rows per statement of a bulk insert: a batch of n rows goes as one statement per set
+# bit of n, so a commit group of any size costs a few statements and the statement cache
+# holds a few shapes per table.
+CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+
+
+@functools.cache
+def multi_row(sql: str, n: int) -> str | None:
+    """`INSERT ... VALUES (?, ...)` for n rows in one statement; None for a statement
+    of another shape (an INSERT ... SELECT, an UPDATE).
+
+    Why: sqlite3 lets go of the GIL around every step, so executemany hands the GIL to
+    the event loop and waits to get it back once per row, inside the write turn. One
+    statement for many rows makes that once per statement (measured: a commit group's
+    inserts took 3x as long in serve as alone)."""
+    head, sep, tail = sql.partition("VALUES ")
+    if not sep or not head.lstrip().upper().startswith("INSERT") or "SELECT" in sql.upper():
+        return None
+    group, close, rest = tail.partition(")")
+    return head + sep + ", ".join([group + close] * n) + rest
+
+
+def insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """executemany for a plain INSERT ... VALUES, a few statements per batch."""
+    if len(rows) < 2 or multi_row(sql, 2) is None:
+        conn.executemany(sql, rows)
+        return
+    i = 0
+    for size in CHUNKS:
+        while len(rows) - i >= size:
+            chunk = rows[i : i + size]
+            conn.execute(multi_row(sql, size) or sql, [v for row in chunk for v in row])
+            i += size
 
 
 def split_script(script: str) -> list[str]:
@@ -67,7 +103,7 @@ class SqliteTx:
         self.conn.execute(SQL[name], _params(args))
 
     async def executemany(self, name: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.conn.executemany(SQL[name], rows)
+        insert_many(self.conn, SQL[name], rows)
 
     async def query(self, sql: str, *args: Any) -> Sequence[Row]:
         return self.conn.execute(sql, args).fetchall()
@@ -77,7 +113,7 @@ class SqliteTx:
             self.conn.execute(statement)
 
     async def insert_messages(self, rows: Sequence[MessageRow]) -> None:
-        self.conn.executemany(SQL["insert_message"], place(self.files, rows))
+        insert_many(self.conn, SQL["insert_message"], place(self.files, rows))
 
     async def claim_due(
         self, now: float, limit: int, lease_until: float, owner: str
