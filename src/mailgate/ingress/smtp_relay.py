@@ -25,7 +25,7 @@ import logging
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NoReturn, cast
 
@@ -382,7 +382,9 @@ class Session(asyncio.Protocol):
         verb = verb.upper()
         if verb in SYNC_VERBS and self.buf and verb != "QUIT":
             self.close_with(Reply(554, "5.5.0", "Improper command pipelining"))
-        handler: Callable[[str], object] | None = getattr(self, f"smtp_{verb}", None)
+        handler: Callable[[str], Awaitable[None] | None] | None = getattr(
+            self, f"smtp_{verb}", None
+        )
         if handler is None or "\x00" in text:
             self._bad(Reply(500, "5.5.2", "Command not recognized"))
             return
