@@ -78,7 +78,15 @@ def tls_context(cfg: DeliveryConfig) -> ssl.SSLContext:
 def data_block(raw: bytes) -> bytes:
     """The DATA payload: CRLF line ends only (never a bare CR or LF), dot-stuffed,
     ending with the terminating line (RFC 5321 sections 2.3.8 and 4.5.2)."""
-    body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", raw))
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") == crlf == raw.count(b"\n"):
+        # CRLF only, as both doors store mail: byte replaces instead of two regex passes
+        # (which cost about 0.5 ms per 100 KB)
+        body = raw.replace(b"\r\n.", b"\r\n..")
+        if body.startswith(b"."):
+            body = b"." + body
+    else:
+        body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", raw))
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
@@ -111,7 +119,7 @@ def header_end(raw: bytes) -> int:
 
 
 def headers_are_ascii(raw: bytes) -> bool:
-    return raw[: header_end(raw)].isascii()
+    return raw.isascii() or raw[: header_end(raw)].isascii()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +190,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.extensions: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # asked once: each ask is a getpid
 
     @classmethod
     async def open(
@@ -222,29 +231,39 @@ class Connection:
         cleaned of control characters and cut to a reply line's length."""
         lines: list[str] = []
         first = b""
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                while len(lines) < MAX_REPLY_LINES:
-                    line = await self.reader.readline()
-                    if not line.endswith(b"\n"):
-                        raise ConnectionLost("connection closed by the remote")
-                    code = line[:3]
-                    if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
-                        raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
-                    first = first or code
-                    if code != first:
-                        raise ProtocolError(
-                            f"reply lines disagree on the code: {first.decode()} then "
-                            f"{code.decode()}"
-                        )
-                    lines.append(reply_line(line[4:]))
-                    if line[3:4] != b"-":
-                        return Response(int(code), "\n".join(lines))
+            while len(lines) < MAX_REPLY_LINES:
+                line = await self._line(deadline)
+                if not line.endswith(b"\n"):
+                    raise ConnectionLost("connection closed by the remote")
+                code = line[:3]
+                if not code.isdigit() or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                    raise ProtocolError(f"not an SMTP reply: {line[:80]!r}")
+                first = first or code
+                if code != first:
+                    raise ProtocolError(
+                        f"reply lines disagree on the code: {first.decode()} then {code.decode()}"
+                    )
+                lines.append(reply_line(line[4:]))
+                if line[3:4] != b"-":
+                    return Response(int(code), "\n".join(lines))
         except TimeoutError:
             raise ConnectionLost(f"no reply within {timeout:g}s") from None
         except (OSError, ValueError, asyncio.LimitOverrunError, ssl.SSLError) as exc:
             raise ConnectionLost(str(exc) or type(exc).__name__) from None
         raise ProtocolError("reply too long")
+
+    async def _line(self, deadline: float) -> bytes:
+        """The next line, by `deadline` (the whole reply's, so a server dripping lines
+        cannot stretch it). A line already received is taken without a timer: replies to
+        pipelined commands mostly arrive together, and a timer per line cost more than
+        the line."""
+        if b"\n" in getattr(self.reader, "_buffer", b""):
+            return await self.reader.readline()
+        async with asyncio.timeout_at(deadline):
+            return await self.reader.readline()
 
     async def send(self, data: bytes, timeout: float, what: str = "") -> None:
         if self.unread():
@@ -254,6 +273,11 @@ class Connection:
             raise ProtocolError(f"unsolicited data before {what}")
         try:
             self.writer.write(data)
+            transport = self.writer.transport
+            if transport.is_closing():
+                raise ConnectionLost("connection closed")
+            if transport.get_write_buffer_size() == 0:
+                return  # all handed to the kernel: nothing to wait for, no timer to make
             async with asyncio.timeout(timeout):
                 await self.writer.drain()
         except TimeoutError:

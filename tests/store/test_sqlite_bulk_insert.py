@@ -1,0 +1,30 @@
+"""insert_many: a batch as a few multi-row INSERTs stores exactly what executemany would."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mailgate.store.sqlite.tx import insert_many, multi_row
+
+SQL = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 63, 64, 65, 127, 128, 200])
+def test_same_rows_in_the_same_order_as_executemany(n: int) -> None:
+    rows = [(i, f"v{i}" if i % 5 else None) for i in range(n)] + [(0, "duplicate")]
+    tables = []
+    for insert in (lambda c: c.executemany(SQL, rows), lambda c: insert_many(c, SQL, rows)):
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (a INTEGER UNIQUE, b TEXT)")
+        insert(conn)
+        tables.append(conn.execute("SELECT rowid, a, b FROM t ORDER BY rowid").fetchall())
+    assert tables[0] == tables[1]
+    assert len(tables[1]) == max(n, 1)
+
+
+def test_only_plain_value_inserts_are_rewritten() -> None:
+    assert multi_row("INSERT INTO t (a) VALUES (?)", 3) == "INSERT INTO t (a) VALUES (?), (?), (?)"
+    assert multi_row("INSERT INTO t (a) SELECT id FROM m WHERE id = ?", 2) is None
+    assert multi_row("UPDATE t SET a = ? WHERE b = ?", 2) is None
