@@ -126,9 +126,12 @@ class App:
         config_path: Path | None = None,
         ready_fd: int | None = None,
         metrics_dir: Path | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         """metrics_dir: where serve's processes share metric values (serve made this
-        process use it with process.share_metrics); None: this process counts alone."""
+        process use it with process.share_metrics); None: this process counts alone.
+        on_ready: called once everything has started (serve: process.freeze_heap)."""
+        self.on_ready = on_ready
         self.config = config
         self.role = role
         self.ready_fd = ready_fd  # a child writes one byte here once it is listening
@@ -281,6 +284,8 @@ class App:
                 loop.add_signal_handler(sig, self.stopping.set)
         try:
             await self.start()
+            if self.on_ready is not None:
+                self.on_ready()
             if self.ready_fd is not None:
                 os.write(self.ready_fd, b"1")
                 os.close(self.ready_fd)

@@ -18,7 +18,7 @@ from mailgate.app import App, Role, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.errors import ConfigError, MailgateError, StoreError
 from mailgate.models import MessageQuery, RecipientStatus, Scope
-from mailgate.process import share_metrics, tune_interpreter
+from mailgate.process import freeze_heap, share_metrics, tune_interpreter
 from mailgate.store import Store
 from mailgate.tls import write_self_signed
 
@@ -102,7 +102,7 @@ def serve(
     metrics_dir = shared_metrics_dir(cfg, role)
     if metrics_dir is not None:
         share_metrics(metrics_dir)
-    _run(App(cfg, role, config, ready_fd, metrics_dir).run)
+    _run(App(cfg, role, config, ready_fd, metrics_dir, on_ready=freeze_heap).run)
 
 
 @app.command()

@@ -3,6 +3,7 @@ that measure what serve runs), never as a side effect of opening a component."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,16 @@ SWITCH_INTERVAL = 0.0005
 
 def tune_interpreter() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def freeze_heap() -> None:
+    """Take everything alive once serve has started (modules, the app, its config and
+    routes: tens of thousands of objects that live as long as the process) out of the
+    cyclic collector's reach. Otherwise every full collection walks them all again,
+    about 30 ms here, and each such pause lands on the requests in flight (their p99).
+    Objects made later are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def share_metrics(directory: Path) -> None:
