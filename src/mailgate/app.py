@@ -241,8 +241,12 @@ class App:
         self.stopping.set()
 
     def _child_env(self) -> dict[str, str]:
-        """The children listen on the ports this process got (config may say 0)."""
+        """The children listen on the ports this process got (config may say 0) and open
+        the database it opened (a config made in code, as tests make them, reaches a
+        child only through these)."""
         env = dict(os.environ)
+        env["MAILGATE_SERVER_DATA_DIR"] = str(self.config.server.data_dir)
+        env["MAILGATE_STORE_URL"] = self.config.store_url
         if self.http is not None:
             env["MAILGATE_HTTP_PORT"] = str(self.http_port)
         if self.smtp is not None:

@@ -15,7 +15,7 @@ from mailgate.app import App
 from mailgate.config import Config
 from mailgate.delivery.mx import MxResolver, Target
 from mailgate.delivery.outcome import Outcome
-from mailgate.errors import MailgateError
+from mailgate.errors import MailgateError, StoreUnavailable
 from mailgate.models import Claim, RecipientStatus
 from mailgate.store import Store
 from tests.delivery.conftest import World
@@ -120,3 +120,41 @@ async def test_a_server_whose_delivery_dies_stops_with_an_error(tmp_path: Path) 
         await asyncio.wait_for(running, 60)
     with pytest.raises(OSError):  # no longer taking mail
         socket.create_connection(("127.0.0.1", config.smtp.port), timeout=5).close()
+
+
+class FlakySettles:
+    """The real store, except that the first `failures` settles cannot commit (a
+    restarting writer, a database failover)."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self._store, self.failures, self.calls = store, failures, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def settle(self, *args: Any, **kw: Any) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StoreUnavailable("store: cannot commit now")
+        return await self._store.settle(*args, **kw)
+
+
+async def test_a_settle_the_store_cannot_commit_is_tried_again(world: World) -> None:
+    """Outcomes already known are kept: the recipient ends delivered, not leased until
+    its lease ends and sent again then."""
+    mid = await world.queue("good@example.test")
+    deliverer = world.deliverer(concurrency=1)
+    flaky = FlakySettles(world.store, failures=3)
+    deliverer.store = cast(Store, flaky)
+    running = asyncio.create_task(deliverer.run())
+    try:
+        async with asyncio.timeout(30):
+            while (await world.store.recipients(mid))[0].status is not RecipientStatus.DELIVERED:
+                await asyncio.sleep(0.05)
+    finally:
+        deliverer.stopping.set()
+        await running
+    assert flaky.calls == 4
+    assert world.script.seen["good@example.test"] == 1, "sent again after its outcome was known"
+    [r] = await world.store.recipients(mid)
+    assert r.lease_owner is None
