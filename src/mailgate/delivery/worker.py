@@ -23,7 +23,7 @@ from mailgate.delivery.mx import MxResolver, Target
 from mailgate.delivery.outcome import Outcome, Verdict, permanent, temporary
 from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
 from mailgate.delivery.smtp_client import Session, Transaction
-from mailgate.errors import StoreError
+from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.ingress.accept import Client, Door, Refusal, Submission
 from mailgate.models import (
     Claim,
@@ -37,6 +37,7 @@ from mailgate.store import Dsn, Store
 
 log = logging.getLogger("mailgate.delivery")
 GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
+SETTLE_PATIENCE = 30.0  # seconds a settle is tried again while the store cannot commit
 RECORD_EVERY = 10  # recipients settled per store write while a claim is being sent
 MAX_HOPS = 50  # Received headers beyond this mean a mail loop (RFC 5321 6.3)
 
@@ -366,13 +367,28 @@ class Deliverer:
             )
             failure = Failure(r.address, code, s.reply, s.remote_host, expired)
             failed[r.message_id].append((r.id, failure))
-        dsns = []
+        dsns: list[Dsn] = []
         for message_id, failures in failed.items():
             message, raw = messages[message_id]
             dsn = self._dsn(message, raw, failures) if self._wants_dsn(message) else None
             if dsn is not None:
                 dsns.append(dsn)
-        await self.store.settle(self.owner, settlements, dsns)
+        await self._settle(settlements, dsns)
+
+    async def _settle(self, settlements: list[Settlement], dsns: list[Dsn]) -> None:
+        """Settle, trying again while the store cannot commit (serve's SQLite writer
+        process being restarted, a database failover): the outcomes are known, and giving
+        up would leave the recipients leased until the lease ends and send them again."""
+        delay, deadline = 0.05, time.monotonic() + SETTLE_PATIENCE
+        while True:
+            try:
+                await self.store.settle(self.owner, settlements, dsns)
+                return
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _wants_dsn(self, message: Message) -> bool:
         if not message.sender or message.source is Source.DSN:
