@@ -13,6 +13,8 @@ import asyncpg
 import pytest
 
 from mailgate.store import Store, open_store
+from mailgate.store.sqlite.store import SqliteStore
+from mailgate.store.sqlite.writer import WriterServer, socket_path
 
 # Tests marked `slow` (node id prefixes, from the repository root): each takes more than
 # about 2 s alone on an idle machine (`pytest --durations`), or starts `mailgate serve`
@@ -80,8 +82,10 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'mailgate.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-writer", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """sqlite-writer: every write goes through serve's writer process protocol (a
+    WriterServer on a second store of the same file, over its Unix socket)."""
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "postgres":
             url = await stack.enter_async_context(pg_schema())
@@ -90,4 +94,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         s = open_store(url)
         await s.open()
         stack.push_async_callback(s.close)
+        if request.param == "sqlite-writer":
+            assert isinstance(s, SqliteStore)
+            writes = open_store(url)
+            await writes.open()
+            stack.push_async_callback(writes.close)
+            assert isinstance(writes, SqliteStore)
+            server = WriterServer(writes.engine, socket_path(writes.path))
+            await server.start()
+            stack.push_async_callback(server.stop, 5.0)
+            s.use_writer(socket_path(s.path))
         yield s

@@ -29,6 +29,8 @@ from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
 from mailgate.store import Store, open_store
+from mailgate.store.sqlite.store import SqliteStore
+from mailgate.store.sqlite.writer import WriterServer, socket_path
 from mailgate.supervisor import Supervisor
 from mailgate.tls import server_context
 
@@ -44,6 +46,7 @@ class Role(enum.StrEnum):
     SMTP = "smtp"  # the SMTP relay only
     WORKER = "worker"  # delivery workers only
     INGRESS = "ingress"  # HTTP and SMTP on the ports of the `serve` process that started it
+    WRITER = "writer"  # the one SQLite writer of a `serve` with children (store/sqlite/writer.py)
 
 
 class Component(Protocol):
@@ -70,6 +73,16 @@ def shares_ports(config: Config, role: Role) -> bool:
 def child_delivers(config: Config, role: Role) -> bool:
     """Delivery runs in a `serve --role worker` child of this process."""
     return role is Role.ALL and config.server.delivery_process and config.delivery.enabled
+
+
+def uses_writer(config: Config, role: Role, supervised: bool) -> bool:
+    """This process commits through serve's SQLite writer process: serve itself when it
+    has children, and the ingress and delivery children it started (`supervised`)."""
+    if not (config.store.writer_process and config.store_url.startswith("sqlite:")):
+        return False
+    if role is Role.ALL:
+        return shares_ports(config, role) or child_delivers(config, role)
+    return supervised and role in (Role.INGRESS, Role.WORKER)
 
 
 def shared_metrics_dir(config: Config, role: Role) -> Path | None:
@@ -143,6 +156,7 @@ class App:
         self.http: HttpServer | None = None
         self.deliverer: Deliverer | None = None
         self.delivery: Delivery | None = None
+        self.writer: WriterServer | None = None  # role writer: the socket it answers on
         self.failure: MailgateError | None = None  # why the process stopped on its own
         self.metrics = Metrics.create(metrics_dir)
         self.stopping = asyncio.Event()
@@ -177,6 +191,10 @@ class App:
             store, cfg.server.hostname, cfg.accept.max_recipients, self.metrics.count_accepted
         )
         out: list[Component] = []
+        if self.role is Role.WRITER:
+            assert isinstance(store, SqliteStore), "the writer process is SQLite's"
+            self.writer = WriterServer(store.engine, socket_path(store.path))
+            return [self.writer]
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
             self.smtp = SmtpRelay(
                 cfg.smtp,
@@ -215,8 +233,14 @@ class App:
         cfg = self.config
         # The serving process holds the SQLite server lock; its children (delivery,
         # more ingress) share the file beside it.
-        self.store = make_store(cfg, server=self.role not in (Role.WORKER, Role.INGRESS))
+        children_roles = (Role.WORKER, Role.INGRESS, Role.WRITER)
+        self.store = make_store(cfg, server=self.role not in children_roles)
         await self.store.open()
+        store = self.store
+        writer = uses_writer(cfg, self.role, self.ready_fd is not None)
+        if writer and self.role is not Role.ALL:
+            assert isinstance(store, SqliteStore)
+            store.use_writer(socket_path(store.path))
         for component in self._components(self.store):
             await component.start()
             if component is self.smtp and self.deliverer is not None:
@@ -225,6 +249,10 @@ class App:
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.http is not None:
             log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
+        if writer and self.role is Role.ALL:  # the writer first: the others commit through it
+            assert isinstance(store, SqliteStore)
+            await self.supervisor.start([Role.WRITER.value])
+            store.use_writer(socket_path(store.path))
         children = [Role.WORKER] * cfg.server.delivery_processes if self.child_delivers else []
         if self.role is Role.ALL and self.shares_ports:
             children += [Role.INGRESS] * (cfg.server.ingress_processes - 1)
@@ -278,6 +306,9 @@ class App:
         await self.supervisor.stop(Role.WORKER.value)
         if self.delivery is not None:
             await self.delivery.stop(grace)
+        await self.supervisor.stop(Role.WRITER.value)  # last: the others commit through it
+        if self.writer is not None:
+            await self.writer.stop(grace)
         if self.store is not None:
             await self.store.close()
 

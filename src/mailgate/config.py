@@ -64,6 +64,12 @@ class StoreConfig(_Section):
         "",
         description="Empty: SQLite at <data_dir>/mailgate.db. Or sqlite:///path or postgresql://…",
     )
+    writer_process: bool = Field(
+        True,
+        description="SQLite: when `serve` runs child processes, one more child makes every"
+        " commit for all of them (store/sqlite/writer.py), instead of each process taking"
+        " the write turn in turn. Off: each process commits for itself.",
+    )
     unsafe_no_fsync: bool = Field(
         False,
         description="Let SQLite acknowledge before the commit is on disk. Loses mail on power "

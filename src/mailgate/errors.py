@@ -45,6 +45,9 @@ class DuplicateIdempotencyKey(StoreError):
         super().__init__(f"idempotency key already used by message {message_id}")
         self.message_id = message_id
 
+    def __reduce__(self) -> tuple[type[DuplicateIdempotencyKey], tuple[str]]:
+        return DuplicateIdempotencyKey, (self.message_id,)  # crosses to serve's processes
+
 
 class NotFound(MailgateError):
     """A named object does not exist (or is not visible to the caller)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from mailgate.models import (
     ApiKey,
@@ -28,6 +28,21 @@ from mailgate.store.protocols import Dsn, Tx
 T = TypeVar("T")
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
+# Every state change besides enqueues, by name: serve's SQLite writer process
+# (sqlite/writer.py) runs them for its other processes, so they travel as a name and
+# arguments, never as closures. Only these names are accepted there.
+CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
+    "ping": queue.ping,
+    "claim": queue.claim,
+    "settle": queue.settle,
+    "release": queue.release,
+    "recover_leases": queue.recover_leases,
+    "cancel": queue.cancel,
+    "retry_now": queue.retry_now,
+    "add_key": queue.add_key,
+    "revoke_key": queue.revoke_key,
+}
+
 
 class EngineStore:
     async def _read(self, fn: Work[T]) -> T:
@@ -37,9 +52,13 @@ class EngineStore:
         """Run fn in one write transaction; return after it is committed."""
         raise NotImplementedError
 
+    async def _change(self, name: str, *args: Any) -> Any:
+        """The state change CHANGES[name](tx, *args) in one write transaction."""
+        change = CHANGES[name]
+        return await self._write(lambda tx: change(tx, *args))
+
     async def ping(self) -> None:
-        node = f"{os.uname().nodename}:{os.getpid()}"
-        await self._write(lambda tx: queue.ping(tx, node))
+        await self._change("ping", f"{os.uname().nodename}:{os.getpid()}")
 
     # -- reads ----------------------------------------------------------------
     async def get_message(self, message_id: str) -> Message | None:
@@ -74,28 +93,28 @@ class EngineStore:
 
     # -- state changes ----------------------------------------------------------
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
-        return await self._write(lambda tx: queue.claim(tx, owner, now, limit, lease_seconds))
+        return cast("Claim | None", await self._change("claim", owner, now, limit, lease_seconds))
 
     async def settle(
         self, owner: str, settlements: Sequence[Settlement], dsns: Sequence[Dsn] = ()
     ) -> int:
         now = time.time()
-        return await self._write(lambda tx: queue.settle(tx, owner, settlements, dsns, now))
+        return cast("int", await self._change("settle", owner, settlements, dsns, now))
 
     async def release(self, owner: str, recipient_ids: Sequence[int], now: float) -> int:
-        return await self._write(lambda tx: queue.release(tx, owner, recipient_ids, now))
+        return cast("int", await self._change("release", owner, recipient_ids, now))
 
     async def recover_leases(self, owner_prefix: str, now: float) -> int:
-        return await self._write(lambda tx: queue.recover_leases(tx, owner_prefix, now))
+        return cast("int", await self._change("recover_leases", owner_prefix, now))
 
     async def cancel(self, message_id: str, now: float) -> int:
-        return await self._write(lambda tx: queue.cancel(tx, message_id, now))
+        return cast("int", await self._change("cancel", message_id, now))
 
     async def retry_now(self, message_id: str, now: float) -> int:
-        return await self._write(lambda tx: queue.retry_now(tx, message_id, now))
+        return cast("int", await self._change("retry_now", message_id, now))
 
     async def add_key(self, key: ApiKey, secret_hash: str) -> None:
-        await self._write(lambda tx: queue.add_key(tx, key, secret_hash))
+        await self._change("add_key", key, secret_hash)
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
-        return await self._write(lambda tx: queue.revoke_key(tx, key_id, now))
+        return cast("bool", await self._change("revoke_key", key_id, now))

@@ -241,16 +241,23 @@ class SqliteEngine:
 
     async def write(self, fn: Work[T], rows: list[NewRows] | None = None) -> T:
         """fn in the next commit group; rows: an enqueue_many's, placed early."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._ops.put(_Op(fn, None, fut, loop, rows))
-        return await fut
+        result: T = await self.submit(fn, None, rows)
+        return result
 
     async def enqueue(self, message: NewMessage, rows: NewRows) -> str:
+        result: str = await self.submit(None, message, [rows])
+        return result
+
+    def submit(
+        self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
+    ) -> asyncio.Future[Any]:
+        """A write (fn) or an enqueue (message) for the next commit group; its future
+        resolves on this loop after COMMIT. (The writer process answers many callers
+        through their futures' callbacks, without a task each.)"""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[str] = loop.create_future()
-        self._ops.put(_Op(None, message, fut, loop, [rows]))
-        return await fut
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._ops.put(_Op(fn, message, fut, loop, rows))
+        return fut
 
     # -- the writer thread ----------------------------------------------------
     def _write_loop(self) -> None:

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mailgate.models import Claim, Event, NewMessage
 from mailgate.store import queries, queue
 from mailgate.store.base import EngineStore, Work
 from mailgate.store.rows import event_from_row, message_rows
 from mailgate.store.sqlite.engine import SqliteEngine
+from mailgate.store.sqlite.writer import WriterClient
 
 T = TypeVar("T")
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
+# Writes after which this process's own workers look for work at once (the others see
+# the commit through data_version, within POLL_INTERVAL).
+WAKES = frozenset({"enqueue", "enqueue_many", "release", "recover_leases", "retry_now"})
 
 
 class SqliteStore(EngineStore):
@@ -33,11 +38,19 @@ class SqliteStore(EngineStore):
         self.engine = SqliteEngine(
             self.path, unsafe_no_fsync=unsafe_no_fsync, batch_max=batch_max, exclusive=exclusive
         )
+        self.writer: WriterClient | None = None  # serve's writer process, when it has one
 
     async def open(self) -> None:
         await self.engine.open()
 
+    def use_writer(self, path: Path) -> None:
+        """From now on, commit through serve's writer process (sqlite/writer.py); reads
+        stay on this process's own connection."""
+        self.writer = WriterClient(path)
+
     async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         await self.engine.close()
 
     async def _read(self, fn: Work[T]) -> T:
@@ -46,11 +59,33 @@ class SqliteStore(EngineStore):
     async def _write(self, fn: Work[T]) -> T:
         return await self.engine.write(fn)
 
+    async def _change(self, name: str, *args: Any) -> Any:
+        if self.writer is None:
+            return await super()._change(name, *args)
+        return await self._remote(name, *args)
+
+    async def _remote(self, name: str, *args: Any) -> Any:
+        assert self.writer is not None
+        result = await self.writer.call(name, *args)
+        if name in WAKES and self.engine.work is not None:
+            self.engine.work.set()
+        return result
+
     async def enqueue(self, message: NewMessage) -> str:
-        return await self.engine.enqueue(message, message_rows(message))
+        rows = message_rows(message)  # built here, on the caller's side, either way
+        if self.writer is not None:
+            # the bytes travel once, in the rows; the writer needs the message's id,
+            # owner and idempotency record only
+            bare = dataclasses.replace(message, raw=b"")
+            message_id: str = await self._remote("enqueue", bare, rows)
+            return message_id
+        return await self.engine.enqueue(message, rows)
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
         rows = [message_rows(m) for m in messages if m.idempotency is None]
+        if self.writer is not None:
+            ids: list[str] = await self._remote("enqueue_many", list(messages), rows)
+            return ids
         return await self.engine.write(lambda tx: queue.enqueue_many(tx, messages, rows), rows)
 
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:

@@ -1,0 +1,82 @@
+"""The writer process's protocol in one process: a client store, a WriterServer over its
+Unix socket, and what a client sees when the writer is gone and when it is back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailable
+from mailgate.models import Idempotency, NewMessage, Source
+from mailgate.store import open_store
+from mailgate.store.sqlite.store import SqliteStore
+from mailgate.store.sqlite.writer import WriterServer, socket_path
+
+RAW = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def message(**kw: object) -> NewMessage:
+    return NewMessage(
+        raw=RAW, sender="a@example.org", recipients=("b@example.com",), source=Source.HTTP, **kw
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
+    """(client, the writer's store); the deep directory makes the socket path longer than
+    a Unix socket address may be, so it is reached through /proc/self/fd."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    url = f"sqlite:///{deep / 'mailgate.db'}"
+    client, writes = open_store(url), open_store(url)
+    assert isinstance(client, SqliteStore) and isinstance(writes, SqliteStore)
+    await client.open()
+    await writes.open()
+    client.use_writer(socket_path(client.path))
+    yield client, writes
+    await client.close()
+    await writes.close()
+
+
+async def test_writes_go_through_the_writer_and_come_back(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    client, writes = pair
+    assert len(str(socket_path(client.path))) > 108
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        m = message(idempotency=Idempotency("k", "h", "{}", 2e9))
+        assert await client.enqueue(m) == m.id
+        with pytest.raises(DuplicateIdempotencyKey) as dup:
+            await client.enqueue(message(idempotency=Idempotency("k", "h", "{}", 2e9)))
+        assert dup.value.message_id == m.id  # the exception crossed with its field
+        assert client.writer is not None
+        with pytest.raises(StoreError, match="no such change"):
+            await client.writer.call("drop_everything")
+        assert (await client.get_message(m.id)) is not None  # read on the client's own
+    finally:
+        await server.stop(1.0)
+
+
+async def test_no_writer_is_unavailable_and_a_new_one_is_used(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    client, writes = pair
+    with pytest.raises(StoreUnavailable, match="not reachable"):
+        await client.enqueue(message())
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    await client.enqueue(message())
+    await server.stop(1.0)  # the writer goes away: the next write is refused, not lost
+    with pytest.raises(StoreUnavailable):
+        await client.enqueue(message())
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        m = message()
+        assert await client.enqueue(m) == m.id  # connected again
+    finally:
+        await server.stop(1.0)
+    assert socket_path(writes.path).exists() is False
