@@ -65,10 +65,11 @@ class StoreConfig(_Section):
         description="Empty: SQLite at <data_dir>/mailgate.db. Or sqlite:///path or postgresql://…",
     )
     writer_process: bool = Field(
-        True,
+        False,
         description="SQLite: when `serve` runs child processes, one more child makes every"
-        " commit for all of them (store/sqlite/writer.py), instead of each process taking"
-        " the write turn in turn. Off: each process commits for itself.",
+        " commit for all of them (store/sqlite/writer.py) instead of each process taking"
+        " the write turn in turn. Faster while taking mail in and delivering at once,"
+        " slower for either alone (docs/benchmarks.md).",
     )
     unsafe_no_fsync: bool = Field(
         False,

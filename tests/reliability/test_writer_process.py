@@ -10,6 +10,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.reliability.harness import (
     Server,
     Sink,
@@ -20,7 +22,10 @@ from tests.reliability.harness import (
 )
 
 
-def test_killed_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
+def test_killed_writer_loses_nothing_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILGATE_STORE_WRITER_PROCESS", "true")
     # A claim committed just before the kill, its answer lost, stays leased until the
     # lease ends (delayed, never lost): a short lease keeps that inside the test's wait.
     sink = Sink(tmp_path)
