@@ -28,3 +28,5 @@ def test_only_plain_value_inserts_are_rewritten() -> None:
     assert multi_row("INSERT INTO t (a) VALUES (?)", 3) == "INSERT INTO t (a) VALUES (?), (?), (?)"
     assert multi_row("INSERT INTO t (a) SELECT id FROM m WHERE id = ?", 2) is None
     assert multi_row("UPDATE t SET a = ? WHERE b = ?", 2) is None
+    # a group with anything but placeholders is left alone (a function call holds ")")
+    assert multi_row("INSERT INTO t (a, b) VALUES (?, json(?))", 2) is None

@@ -56,6 +56,10 @@ async def test_writes_go_through_the_writer_and_come_back(
         with pytest.raises(StoreError, match="no such change"):
             await client.writer.call("drop_everything")
         assert (await client.get_message(m.id)) is not None  # read on the client's own
+        with pytest.raises(AttributeError):  # cannot be pickled: fails alone, here
+            await client.writer.call("ping", lambda: None)
+        assert not client.writer._pending
+        await client.enqueue(message())  # the connection is still good
     finally:
         await server.stop(1.0)
 

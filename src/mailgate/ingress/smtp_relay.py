@@ -106,6 +106,9 @@ class Session(asyncio.Protocol):
         self.key: ApiKey | None = None
         self.auth_failures = 0
         self.trusted: bool | None = None  # the client's address is in trusted_networks
+        # time.monotonic() by which the whole session ends: every wait for input, a
+        # command's, an AUTH answer's or DATA's, is held to it
+        self.deadline = float("inf")
         self.bad_commands = 0
         self.task: asyncio.Task[None] | None = None
         self._reset()
@@ -343,7 +346,7 @@ class Session(asyncio.Protocol):
             relay.state.per_ip[self.client_ip] += 1
             counted = True
             self.raw_reply(f"220 {relay.hostname} ESMTP mailgate")
-            deadline = time.monotonic() + self.cfg.session_timeout
+            deadline = self.deadline = time.monotonic() + self.cfg.session_timeout
             while True:
                 line = await self.read_line(deadline)
                 await self._command(line, deadline)
@@ -530,7 +533,7 @@ class Session(asyncio.Protocol):
 
     async def _challenge(self, prompt: str) -> str | None:
         self.raw_reply(f"334 {prompt}")
-        line = await self.read_line(time.monotonic() + self.cfg.idle_timeout)
+        line = await self.read_line(self.deadline)  # _wait_more adds the idle limit
         if line is None:
             self.reply(Reply(500, "5.5.2", "Line too long"))
             return None
@@ -649,7 +652,7 @@ class Session(asyncio.Protocol):
             return
         self.raw_reply("354 End data with <CR><LF>.<CR><LF>")
         self.flush()
-        data, size = await self.read_data(time.monotonic() + self.cfg.session_timeout)
+        data, size = await self.read_data(self.deadline)
         result = await self._finish(data, size)
         self._reset()
         self.reply(result)

@@ -69,6 +69,24 @@ def test_slow_client_hits_the_session_limit(tmp_path, ca) -> None:  # type: igno
         assert sum(srv.call(lambda s: s.status_counts()).values()) == 0
 
 
+def test_the_session_limit_holds_inside_auth_and_data(tmp_path, ca) -> None:  # type: ignore[no-untyped-def]
+    """A client that always has its next command buffered never makes the main loop wait:
+    the AUTH answer's wait and DATA's must keep to the session's deadline themselves
+    (a cancelled AUTH and a new one, sent together, kept a session open for good)."""
+    for srv in start_server(make_config(tmp_path, ca, session_timeout=1.5, idle_timeout=5), ca):
+        with greeted(srv.smtp_port) as d:
+            assert d.cmd("AUTH LOGIN")[0] == 334
+            started, code = time.monotonic(), 0
+            while time.monotonic() - started < 8 and code != 421:
+                d.send("*\r\nAUTH LOGIN\r\n")
+                code = d.read_reply()[0]  # 501 for the "*", then 334, or 421 at the limit
+                if code == 501:
+                    code = d.read_reply()[0]
+                time.sleep(0.3)
+            assert code == 421, "the session outlived session_timeout"
+            assert time.monotonic() - started < 5
+
+
 def test_unexpected_error_is_generic_451(server: RunningServer) -> None:
     with (
         server.failing_enqueue(RuntimeError("secret internal detail /var/lib/x")),

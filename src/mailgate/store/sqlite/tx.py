@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ def _params(args: tuple[Any, ...]) -> tuple[Any, ...]:
 # bit of n, so a commit group of any size costs a few statements and the statement cache
 # holds a few shapes per table.
 CHUNKS = (64, 32, 16, 8, 4, 2, 1)
+_PLAIN_VALUES = re.compile(r"VALUES (\((?:\?, )*\?\))")  # only placeholders in the group
 
 
 @functools.cache
@@ -55,11 +57,11 @@ def multi_row(sql: str, n: int) -> str | None:
     the event loop and waits to get it back once per row, inside the write turn. One
     statement for many rows makes that once per statement (measured: a commit group's
     inserts took 3x as long in serve as alone)."""
-    head, sep, tail = sql.partition("VALUES ")
-    if not sep or not head.lstrip().upper().startswith("INSERT") or "SELECT" in sql.upper():
+    found = _PLAIN_VALUES.search(sql)
+    if found is None or not sql.lstrip().upper().startswith("INSERT") or "SELECT" in sql.upper():
         return None
-    group, close, rest = tail.partition(")")
-    return head + sep + ", ".join([group + close] * n) + rest
+    group = found[1]
+    return sql[: found.start(1)] + ", ".join([group] * n) + sql[found.end(1) :]
 
 
 def insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -95,9 +95,12 @@ class _Peer(asyncio.Protocol):
         raise NotImplementedError
 
     def send(self, obj: Any) -> None:
+        self.send_frame(frame(obj))
+
+    def send_frame(self, data: bytes) -> None:
         if not self._out:
             self.loop.call_soon(self._flush)
-        self._out.append(frame(obj))
+        self._out.append(data)
 
     def _flush(self) -> None:
         out, self._out = self._out, []
@@ -132,6 +135,9 @@ class _Session(_Peer):
 
     def received(self, obj: Any) -> None:
         req, name, args = obj
+        if self.server.stopping:  # its reply could not be sent: refuse it, do not commit it
+            self.send((req, False, StoreUnavailable("store: the writer process is stopping")))
+            return
         try:
             fut = self.server.submit(name, args)
         except Exception as exc:
@@ -161,6 +167,7 @@ class WriterServer:
     def __init__(self, engine: SqliteEngine, path: Path) -> None:
         self.engine, self.path = engine, path
         self.sessions: set[_Session] = set()
+        self.stopping = False
         self._server: asyncio.AbstractServer | None = None
 
     def submit(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
@@ -179,14 +186,13 @@ class WriterServer:
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a dead writer's
-        old = os.umask(0o177)  # the socket is created 0600
-        try:
-            with reachable(self.path) as address:
-                self._server = await asyncio.get_running_loop().create_unix_server(
-                    lambda: _Session(self), address
-                )
-        finally:
-            os.umask(old)
+        with reachable(self.path) as address:
+            self._server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _Session(self), address
+            )
+            # Connecting takes write permission on the socket; it is born without it for
+            # others (umask 022) and is made the owner's alone before anyone is told of it.
+            os.chmod(address, 0o600)
 
     async def stop(self, grace: float) -> None:
         """Serve's other processes have stopped by now (the writer is stopped last);
@@ -194,6 +200,7 @@ class WriterServer:
         if self._server is None:
             return
         self._server.close()
+        self.stopping = True
         deadline = asyncio.get_running_loop().time() + grace
         while any(s.in_flight for s in self.sessions):
             if asyncio.get_running_loop().time() > deadline:
@@ -224,9 +231,10 @@ class WriterClient(_Peer):
         if self.transport is None:
             await self._connect()
         req = next(self._ids)
+        data = frame((req, name, args))  # a write that cannot be sent fails here, alone
         fut: asyncio.Future[Any] = self.loop.create_future()
         self._pending[req] = fut
-        self.send((req, name, args))
+        self.send_frame(data)
         return await fut
 
     async def _connect(self) -> None:
