@@ -100,3 +100,24 @@ def test_old_recipient_caps_are_deprecated_aliases(
         "config: smtp.max_recipients = 7, http.max_recipients = 1000: recipients are now"
         " capped by one setting, [accept] max_recipients; set it alone"
     )
+
+
+def test_delivery_children_split_the_connection_caps() -> None:
+    cfg = load_config(
+        environ={
+            "MAILGATE_SERVER_DELIVERY_PROCESSES": "3",
+            "MAILGATE_DELIVERY_MAX_CONNECTIONS_PER_DOMAIN": "10",
+            "MAILGATE_DELIVERY_DOMAIN_RATE": "6",
+        }
+    )
+    share = cfg.delivery_share()
+    assert (share.max_connections_per_domain, share.max_connections_per_host) == (3, 6)
+    assert share.domain_rate == 2.0  # together: 9 <= 10 connections, 18 <= 20, 6 msg/s
+    assert load_config(environ={}).delivery_share() == load_config(environ={}).delivery
+    with pytest.raises(ConfigError, match=r"server.delivery_processes \(3\) is more than"):
+        load_config(
+            environ={
+                "MAILGATE_SERVER_DELIVERY_PROCESSES": "3",
+                "MAILGATE_DELIVERY_MAX_CONNECTIONS_PER_DOMAIN": "2",
+            }
+        )

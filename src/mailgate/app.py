@@ -217,9 +217,12 @@ class App:
             own = set()  # never deliver to ourselves (a loop)
             if cfg.smtp.enabled and cfg.smtp.port:
                 own.add((cfg.smtp.host, cfg.smtp.port))
+            # serve's delivery children share the configured caps; one delivering
+            # process (or a worker started on its own) has them whole
+            shared = self.role is Role.WORKER and self.ready_fd is not None
             self.deliverer = Deliverer(
                 store,
-                cfg.delivery,
+                cfg.delivery_share() if shared else cfg.delivery,
                 cfg.server.hostname,
                 door,
                 own_endpoints=own,

@@ -47,7 +47,8 @@ class ServerConfig(_Section):
         ge=1,
         le=64,
         description="Delivery child processes when delivery_process is on; they share the"
-        " queue through leases, as workers on several nodes do.",
+        " queue through leases, as workers on several nodes do, and split the per-domain and"
+        " per-host connection caps and the domain rate between them.",
     )
     ingress_processes: int = Field(
         2,
@@ -310,6 +311,34 @@ class Config(_Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
+
+    @model_validator(mode="after")
+    def _delivery_shares(self) -> Config:
+        """Delivery children split the connection caps (delivery_share): each needs one."""
+        n = self.server.delivery_processes
+        caps = self.delivery.max_connections_per_domain, self.delivery.max_connections_per_host
+        if n > min(caps):
+            raise ValueError(
+                f"server.delivery_processes ({n}) is more than delivery.max_connections_per_"
+                f"domain or _per_host ({min(caps)}): each delivery process gets a share of "
+                "those caps and needs at least one connection"
+            )
+        return self
+
+    def delivery_share(self) -> DeliveryConfig:
+        """One delivery child's part of the per-domain and per-host connection caps and
+        the domain rate, so that serve's delivery_processes children together keep to
+        the configured ones (each counts only its own connections)."""
+        n, d = self.server.delivery_processes, self.delivery
+        if n <= 1:
+            return d
+        return d.model_copy(
+            update={
+                "max_connections_per_domain": d.max_connections_per_domain // n,
+                "max_connections_per_host": d.max_connections_per_host // n,
+                "domain_rate": d.domain_rate / n,
+            }
+        )
 
     @property
     def data_dir(self) -> Path:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import active_count, child_pids, running
+from tests.delivery.peers import Script, SinkController
+from tests.reliability.harness import Server, active_count, child_pids, free_port, running
 
 MESSAGES = 300
+CAP_MESSAGES = 400
 
 
 def test_two_delivery_processes_deliver_each_message_once(
@@ -38,3 +40,43 @@ def test_two_delivery_processes_deliver_each_message_once(
         assert active_count(server.db) == 0
         assert server.terminate() == 0
     assert not child_pids(server.proc.pid, "worker")
+
+
+def test_delivery_processes_share_the_connection_caps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two delivery children with max_connections_per_domain = 2 open at most two
+    connections to the domain between them (each gets one), not two each."""
+    script = Script()
+    port = free_port()
+    controller = SinkController(script, port)
+    controller.start()
+    script.connections = script.max_open = 0  # start() probed the sink once itself
+    for name, value in {
+        "DELIVERY_PROCESSES": "2",
+        "DELIVERY_MAX_CONNECTIONS_PER_DOMAIN": "2",
+        "DELIVERY_CLAIM_BATCH": "10",
+    }.items():
+        section = "SERVER" if name == "DELIVERY_PROCESSES" else "DELIVERY"
+        key = name.removeprefix("DELIVERY_") if section == "DELIVERY" else name
+        monkeypatch.setenv(f"MAILGATE_{section}_{key}", value)
+    server = Server(tmp_path, port)
+    try:
+        server.start()
+        assert server.proc is not None
+        assert len(child_pids(server.proc.pid, "worker")) == 2
+        with smtplib.SMTP("127.0.0.1", server.smtp_port) as client:
+            for i in range(CAP_MESSAGES):
+                client.sendmail(
+                    "loader@chaos.test", [f"sink{i}@dest.test"], b"Subject: n\r\n\r\nbody\r\n"
+                )
+        deadline = time.monotonic() + 120
+        while len(script.received) < CAP_MESSAGES and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(script.received) == CAP_MESSAGES
+        assert script.max_open <= 2, f"{script.max_open} connections to one domain"
+        assert server.terminate() == 0
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
+        controller.stop()
