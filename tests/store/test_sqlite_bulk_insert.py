@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
+from mailgate.store import open_store
+from mailgate.store.sqlite.store import SqliteStore
 from mailgate.store.sqlite.tx import insert_many, multi_row
 
 SQL = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -30,3 +33,16 @@ def test_only_plain_value_inserts_are_rewritten() -> None:
     assert multi_row("UPDATE t SET a = ? WHERE b = ?", 2) is None
     # a group with anything but placeholders is left alone (a function call holds ")")
     assert multi_row("INSERT INTO t (a, b) VALUES (?, json(?))", 2) is None
+
+
+async def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
+    """A commit group's savepoints journal in memory, not in a file made and unlinked
+    inside the write turn on every commit."""
+    store = open_store(f"sqlite:///{tmp_path / 'mailgate.db'}")
+    await store.open()
+    try:
+        assert isinstance(store, SqliteStore)
+        level = await store.engine.write(lambda tx: tx.query("PRAGMA temp_store"))
+        assert level[0][0] == 2  # MEMORY
+    finally:
+        await store.close()

@@ -166,6 +166,10 @@ class SqliteEngine:
             raise StoreError(f"store: {self.path}: could not switch to WAL (got {mode})")
         conn.execute("PRAGMA synchronous = " + ("OFF" if self.unsafe_no_fsync else "FULL"))
         conn.execute("PRAGMA foreign_keys = ON")
+        # Statement journals (the savepoints of a commit group) in memory: on disk, each
+        # commit group created, wrote and unlinked a file inside the write turn (strace:
+        # 107 pwrites and 5 file calls per commit, against 42 and none in memory).
+        conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
     def _check_durability(self, conn: sqlite3.Connection) -> None:
