@@ -95,6 +95,19 @@ def test_field_addresses_reads_what_getaddresses_reads(value: str) -> None:
     assert field_addresses([value]) == [a for _, a in getaddresses([value]) if a]
 
 
+@settings(max_examples=3000)
+@given(
+    st.lists(st.sampled_from([b"a", b"bb", b"xxxxx", b"\r\n", b"\r\n\r\n"]), max_size=40).map(
+        b"".join
+    ),
+    st.integers(1, 12),
+)
+def test_line_length_check_matches_a_split(data: bytes, max_line: int) -> None:
+    """For CRLF-only data, the jumping check finds a long line exactly when a split does."""
+    long_line = len(data) > max_line and max(map(len, data.split(b"\r\n"))) > max_line
+    assert (data_problem(data, max_line) is not None) == long_line
+
+
 def test_long_lines() -> None:
     ok = b"a" * 998 + b"\r\n" + b"b" * 998
     assert data_problem(ok) is None

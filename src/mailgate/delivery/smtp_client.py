@@ -79,7 +79,7 @@ def data_block(raw: bytes) -> bytes:
     """The DATA payload: CRLF line ends only (never a bare CR or LF), dot-stuffed,
     ending with the terminating line (RFC 5321 sections 2.3.8 and 4.5.2)."""
     crlf = raw.count(b"\r\n")
-    if raw.count(b"\r") == crlf == raw.count(b"\n"):
+    if len(raw) - len(raw.translate(None, b"\r\n")) == 2 * crlf:  # every CR and LF in a CRLF
         # CRLF only, as both doors store mail: byte replaces instead of two regex passes
         # (which cost about 0.5 ms per 100 KB)
         body = raw.replace(b"\r\n.", b"\r\n..")
