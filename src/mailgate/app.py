@@ -75,13 +75,18 @@ def child_delivers(config: Config, role: Role) -> bool:
     return role is Role.ALL and config.server.delivery_process and config.delivery.enabled
 
 
+def has_children(config: Config, role: Role) -> bool:
+    """This is a `serve` that starts child processes (more ingress, delivery)."""
+    return role is Role.ALL and (shares_ports(config, role) or child_delivers(config, role))
+
+
 def uses_writer(config: Config, role: Role, supervised: bool) -> bool:
     """This process commits through serve's SQLite writer process: serve itself when it
     has children, and the ingress and delivery children it started (`supervised`)."""
     if not (config.store.writer_process and config.store_url.startswith("sqlite:")):
         return False
     if role is Role.ALL:
-        return shares_ports(config, role) or child_delivers(config, role)
+        return has_children(config, role)
     return supervised and role in (Role.INGRESS, Role.WORKER)
 
 
@@ -93,7 +98,7 @@ def shared_metrics_dir(config: Config, role: Role) -> Path | None:
     if role in (Role.INGRESS, Role.WORKER):
         inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         return Path(inherited) if inherited else None
-    if role is not Role.ALL or not (shares_ports(config, role) or child_delivers(config, role)):
+    if not has_children(config, role):
         return None
     directory = Path(config.server.data_dir) / "metrics"
     directory.mkdir(parents=True, exist_ok=True)
@@ -170,6 +175,11 @@ class App:
         return self.role in (Role.ALL, role)
 
     @property
+    def supervised(self) -> bool:
+        """A child that serve started (it says when it is up on the ready pipe)."""
+        return self.ready_fd is not None
+
+    @property
     def shares_ports(self) -> bool:
         return shares_ports(self.config, self.role)
 
@@ -219,7 +229,7 @@ class App:
                 own.add((cfg.smtp.host, cfg.smtp.port))
             # serve's delivery children share the configured caps; one delivering
             # process (or a worker started on its own) has them whole
-            shared = self.role is Role.WORKER and self.ready_fd is not None
+            shared = self.role is Role.WORKER and self.supervised
             self.deliverer = Deliverer(
                 store,
                 cfg.delivery_share() if shared else cfg.delivery,
@@ -240,8 +250,8 @@ class App:
         self.store = make_store(cfg, server=self.role not in children_roles)
         await self.store.open()
         store = self.store
-        writer = uses_writer(cfg, self.role, self.ready_fd is not None)
-        if writer and self.role is not Role.ALL:
+        via_writer = uses_writer(cfg, self.role, self.supervised)
+        if via_writer and self.role is not Role.ALL:
             assert isinstance(store, SqliteStore)
             store.use_writer(socket_path(store.path))
         for component in self._components(self.store):
@@ -252,7 +262,7 @@ class App:
             log.info("smtp relay listening on %s:%s", cfg.smtp.host, self.smtp.port)
         if self.http is not None:
             log.info("http api listening on %s:%s", cfg.http.host, self.http_port)
-        if writer and self.role is Role.ALL:  # the writer first: the others commit through it
+        if via_writer and self.role is Role.ALL:  # the writer first: the others commit through it
             assert isinstance(store, SqliteStore)
             await self.supervisor.start([Role.WRITER.value])
             store.use_writer(socket_path(store.path))

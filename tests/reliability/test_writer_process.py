@@ -43,7 +43,9 @@ def test_killed_writer_loses_nothing_acknowledged(
             nonlocal acked_before_kill
             stop = asyncio.Event()
             task = asyncio.create_task(load_until(server, key, tally, stop, "w"))
-            await asyncio.sleep(1.5)
+            deadline = time.monotonic() + 30
+            while len(tally.acked) < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # until the writer has answered some
             acked_before_kill = len(tally.acked)
             os.kill(writers[0], signal.SIGKILL)
             deadline = time.monotonic() + 30  # a new writer, then acknowledgements again

@@ -106,9 +106,7 @@ class Session(asyncio.Protocol):
         self.key: ApiKey | None = None
         self.auth_failures = 0
         self.trusted: bool | None = None  # the client's address is in trusted_networks
-        # time.monotonic() by which the whole session ends: every wait for input, a
-        # command's, an AUTH answer's or DATA's, is held to it
-        self.deadline = float("inf")
+        self.deadline = float("inf")  # time.monotonic() by which the whole session ends
         self.bad_commands = 0
         self.task: asyncio.Task[None] | None = None
         self._reset()
@@ -216,14 +214,16 @@ class Session(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait_more(self, deadline: float) -> None:
-        """Until more input, the end of input, or the idle or session limit (421)."""
+    async def _wait_more(self) -> None:
+        """Until more input, the end of input, or the idle or session limit (421). Every
+        wait for input (a command, an AUTH answer, DATA) comes here, so none can outlast
+        the session's deadline."""
         self.flush()
         if self.closed:
             raise SessionClosed
         self._resume()
         now = time.monotonic()
-        until = min(now + self.cfg.idle_timeout, deadline)
+        until = min(now + self.cfg.idle_timeout, self.deadline)
         if until <= now:
             self.close_with(Reply(421, "4.4.2", "Session time limit exceeded"))
         self._wait_until = until
@@ -257,7 +257,7 @@ class Session(asyncio.Protocol):
         else:
             self._arm_watchdog(self._wait_until, now)
 
-    async def read_line(self, deadline: float) -> bytes | None:
+    async def read_line(self) -> bytes | None:
         """The next command line without its line end; None when it was too long."""
         limit = self.cfg.max_command_length
         while True:
@@ -270,20 +270,20 @@ class Session(asyncio.Protocol):
                 return line[:-1] if line.endswith(b"\r") else line
             if len(self.buf) > limit:  # discard the overlong line as it streams in
                 self.buf.clear()
-                await self._skip_line(deadline)
+                await self._skip_line()
                 return None
-            await self._wait_more(deadline)
+            await self._wait_more()
 
-    async def _skip_line(self, deadline: float) -> None:
+    async def _skip_line(self) -> None:
         while True:
-            await self._wait_more(deadline)
+            await self._wait_more()
             nl = self.buf.find(b"\n")
             if nl >= 0:
                 del self.buf[: nl + 1]
                 return
             self.buf.clear()
 
-    async def read_data(self, deadline: float) -> tuple[bytes | None, int]:
+    async def read_data(self) -> tuple[bytes | None, int]:
         """The DATA section up to CRLF.CRLF, unstuffed; (None, size) when over the limit.
 
         Scanned input moves out of `buf` into `body` (all but the last four bytes, which
@@ -322,7 +322,7 @@ class Session(asyncio.Protocol):
                     body.clear()  # surely over the limit: count the rest, keep nothing
                 moved += n
                 del buf[:n]
-            await self._wait_more(deadline)
+            await self._wait_more()
 
     # -- the session ----------------------------------------------------------------
     async def _run(self) -> None:
@@ -346,10 +346,10 @@ class Session(asyncio.Protocol):
             relay.state.per_ip[self.client_ip] += 1
             counted = True
             self.raw_reply(f"220 {relay.hostname} ESMTP mailgate")
-            deadline = self.deadline = time.monotonic() + self.cfg.session_timeout
+            self.deadline = time.monotonic() + self.cfg.session_timeout
             while True:
-                line = await self.read_line(deadline)
-                await self._command(line, deadline)
+                line = await self.read_line()
+                await self._command(line)
                 await self._backpressure()
         except SessionClosed:
             pass
@@ -372,7 +372,7 @@ class Session(asyncio.Protocol):
                 self.flush()
                 self.transport.close()
 
-    async def _command(self, line: bytes | None, deadline: float) -> None:
+    async def _command(self, line: bytes | None) -> None:
         if line is None:
             self._bad(Reply(500, "5.5.2", "Line too long"))
             return
@@ -533,7 +533,7 @@ class Session(asyncio.Protocol):
 
     async def _challenge(self, prompt: str) -> str | None:
         self.raw_reply(f"334 {prompt}")
-        line = await self.read_line(self.deadline)  # _wait_more adds the idle limit
+        line = await self.read_line()
         if line is None:
             self.reply(Reply(500, "5.5.2", "Line too long"))
             return None
@@ -652,7 +652,7 @@ class Session(asyncio.Protocol):
             return
         self.raw_reply("354 End data with <CR><LF>.<CR><LF>")
         self.flush()
-        data, size = await self.read_data(self.deadline)
+        data, size = await self.read_data()
         result = await self._finish(data, size)
         self._reset()
         self.reply(result)

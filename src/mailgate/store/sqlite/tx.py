@@ -54,9 +54,10 @@ def multi_row(sql: str, n: int) -> str | None:
     of another shape (an INSERT ... SELECT, an UPDATE).
 
     Why: sqlite3 lets go of the GIL around every step, so executemany hands the GIL to
-    the event loop and waits to get it back once per row, inside the write turn. One
-    statement for many rows makes that once per statement (measured: a commit group's
-    inserts took 3x as long in serve as alone)."""
+    the event loop and waits to get it back once per row, inside the write turn; one
+    statement for many rows does that once per statement. (Alone it measures the same;
+    the commit groups in serve that took twice as long as alone are mostly the turn and
+    CPU contention, docs/benchmarks.md.)"""
     found = _PLAIN_VALUES.search(sql)
     if found is None or not sql.lstrip().upper().startswith("INSERT") or "SELECT" in sql.upper():
         return None
@@ -73,7 +74,9 @@ def insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]
     for size in CHUNKS:
         while len(rows) - i >= size:
             chunk = rows[i : i + size]
-            conn.execute(multi_row(sql, size) or sql, [v for row in chunk for v in row])
+            statement = multi_row(sql, size)
+            assert statement is not None  # the shape was checked above
+            conn.execute(statement, [v for row in chunk for v in row])
             i += size
 
 

@@ -201,10 +201,9 @@ class WriterServer:
             return
         self._server.close()
         self.stopping = True
-        deadline = asyncio.get_running_loop().time() + grace
-        while any(s.in_flight for s in self.sessions):
-            if asyncio.get_running_loop().time() > deadline:
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.in_flight for s in self.sessions) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0)  # the last replies' flush
         for session in list(self.sessions):
