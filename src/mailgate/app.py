@@ -21,6 +21,8 @@ from typing import Protocol
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
+from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
+from mailgate.domains.sending import SendingDomains
 from mailgate.errors import MailgateError
 from mailgate.http.app import Api
 from mailgate.http.server import HttpServer
@@ -28,6 +30,8 @@ from mailgate.ingress.accept import Door
 from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
+from mailgate.resolver import make_resolver
+from mailgate.secretbox import SecretBox
 from mailgate.store import Store, open_store
 from mailgate.store.sqlite.store import SqliteStore
 from mailgate.store.sqlite.writer import WriterServer, socket_path
@@ -36,6 +40,7 @@ from mailgate.tls import server_context
 
 log = logging.getLogger("mailgate")
 DELIVERY_STOP_TIMEOUT = 30.0  # seconds for workers to finish the claims in hand
+DNS_TIMEOUT = 5.0  # seconds a domain check waits for each DNS answer
 
 
 class Role(enum.StrEnum):
@@ -162,6 +167,7 @@ class App:
         self.deliverer: Deliverer | None = None
         self.delivery: Delivery | None = None
         self.writer: WriterServer | None = None  # role writer: the socket it answers on
+        self.background: list[Component] = []  # sending domains' reloads, domain checks
         self.failure: MailgateError | None = None  # why the process stopped on its own
         self.metrics = Metrics.create(metrics_dir)
         self.stopping = asyncio.Event()
@@ -196,15 +202,31 @@ class App:
             cfg.auth.failure_window,
             first_delay=cfg.auth.first_failure_delay,
         )
-        # one door for every way in: the same rules, settings, hooks and count
-        door = Door(
-            store, cfg.server.hostname, cfg.accept.max_recipients, self.metrics.count_accepted
-        )
-        out: list[Component] = []
         if self.role is Role.WRITER:
             assert isinstance(store, SqliteStore), "the writer process is SQLite's"
             self.writer = WriterServer(store.engine, socket_path(store.path))
             return [self.writer]
+        box = SecretBox.open(cfg.server.secret_key, cfg.data_dir)
+        sending = SendingDomains(store, box, cfg.domains.refresh_seconds, time.time)
+        # one door for every way in: the same rules, settings, hooks and count
+        door = Door(
+            store,
+            cfg.server.hostname,
+            cfg.accept.max_recipients,
+            self.metrics.count_accepted,
+            signers=[sending.sign],
+            require_sending=sending.is_sending if cfg.domains.require_verified else None,
+        )
+        admin = DomainAdmin(
+            store,
+            box,
+            policy_of(cfg),
+            make_resolver(cfg.delivery.resolver, DNS_TIMEOUT),
+            (cfg.domains.check_interval, cfg.domains.pending_check_interval),
+            on_change=sending.refresh,
+        )
+        self.background = [sending]  # loaded before the doors open, stopped last
+        out: list[Component] = [sending]
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
             self.smtp = SmtpRelay(
                 cfg.smtp,
@@ -219,7 +241,14 @@ class App:
             out.append(self.smtp)
         if self.wants(Role.API) and cfg.http.enabled:
             api = Api(
-                store, cfg.http, cfg.server.hostname, self.metrics, self.lifecycle, guard, door
+                store,
+                cfg.http,
+                cfg.server.hostname,
+                self.metrics,
+                self.lifecycle,
+                guard,
+                door,
+                admin,
             )
             self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports)
             out.append(self.http)
@@ -240,6 +269,9 @@ class App:
             )
             self.delivery = Delivery(self.deliverer, self._delivery_died)
             out.append(self.delivery)
+            checks = DomainChecks(admin)  # re-checks DNS where delivery runs
+            self.background.append(checks)
+            out.append(checks)
         return out
 
     async def start(self) -> None:
@@ -322,6 +354,8 @@ class App:
         await self.supervisor.stop(Role.WRITER.value)  # last: the others commit through it
         if self.writer is not None:
             await self.writer.stop(grace)
+        for component in self.background:
+            await component.stop(grace)
         if self.store is not None:
             await self.store.close()
 

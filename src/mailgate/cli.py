@@ -14,11 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mailgate import keys as api_keys
-from mailgate.app import App, Role, make_store, shared_metrics_dir
+from mailgate.app import DNS_TIMEOUT, App, Role, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
-from mailgate.errors import ConfigError, MailgateError, StoreError
-from mailgate.models import MessageQuery, RecipientStatus, Scope
+from mailgate.domains.manage import DomainAdmin, policy_of
+from mailgate.errors import ConfigError, DomainError, MailgateError, StoreError
+from mailgate.http.domains import domain_out
+from mailgate.models import Domain, MessageQuery, RecipientStatus, Scope
 from mailgate.process import freeze_heap, share_metrics, tune_interpreter
+from mailgate.resolver import make_resolver
+from mailgate.secretbox import SecretBox
 from mailgate.store import Store
 from mailgate.tls import write_self_signed
 
@@ -29,9 +33,14 @@ app = typer.Typer(
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 queue_app = typer.Typer(no_args_is_help=True, help="Look at and steer the delivery queue.")
 app.add_typer(keys_app, name="keys")
+domains_app = typer.Typer(
+    no_args_is_help=True, help="Sending domains: DNS records to publish, DKIM keys, checks."
+)
 app.add_typer(queue_app, name="queue")
+app.add_typer(domains_app, name="domains")
 out = Console()
 
+SECRET_SETTINGS = (("server", "secret_key"), ("delivery", "smarthost_password"))
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML config file (default: $MAILGATE_CONFIG)."),
@@ -55,6 +64,9 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise typer.Exit(2) from None
     except StoreError as exc:
         _say(str(exc))
+        raise typer.Exit(1) from None
+    except DomainError as exc:
+        _say(f"error: {exc.message}")
         raise typer.Exit(1) from None
     except MailgateError as exc:
         _say(f"error: {exc}")
@@ -121,7 +133,11 @@ def migrate(config: ConfigOpt = None) -> None:
 def check_config(config: ConfigOpt = None) -> None:
     """Validate the configuration and print it."""
     cfg = _config(config)
-    out.print_json(cfg.model_dump_json())
+    shown = cfg.model_dump(mode="json")
+    for section, key in SECRET_SETTINGS:  # printed configs end up in tickets and logs
+        if shown[section][key]:
+            shown[section][key] = "<set>"
+    out.print_json(data=shown)
 
 
 @app.command("config-docs")
@@ -314,6 +330,92 @@ def queue_cancel(message_id: str, config: ConfigOpt = None) -> None:
     cfg = _config(config)
     n = _run(lambda: _with_store(cfg, lambda s: s.cancel(message_id, _now())))
     out.print(f"{n} recipient(s) cancelled")
+
+
+# -- sending domains -----------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the domain as the API answers it.")]
+
+
+def _admin(store: Store, cfg: Config) -> DomainAdmin:
+    return DomainAdmin(
+        store,
+        SecretBox.open(cfg.server.secret_key, cfg.data_dir),
+        policy_of(cfg),
+        make_resolver(cfg.delivery.resolver, DNS_TIMEOUT),
+        (cfg.domains.check_interval, cfg.domains.pending_check_interval),
+    )
+
+
+def _domain_command(
+    cfg: Config, work: Callable[[DomainAdmin], Awaitable[Domain]], as_json: bool
+) -> None:
+    domain = _run(lambda: _with_store(cfg, lambda store: work(_admin(store, cfg))))
+    shown = domain_out(domain, policy_of(cfg))
+    if as_json:
+        print(shown.model_dump_json(indent=2))
+        return
+    out.print(f"{shown.name}: {shown.status}" + (" (signing)" if shown.sending else ""))
+    table = Table("record", "type", "name", "status", "value")
+    for r in shown.records:
+        label = f"{r.id}{' (retired)' if r.retired else ''}{' (signing)' if r.signing else ''}"
+        table.add_row(label, r.type, r.name, r.status.value, r.value)
+        if r.status.value == "mismatched":
+            table.add_row("", "", "", "found", " | ".join(r.found))
+    out.print(table)
+
+
+@domains_app.command("add")
+def domains_add(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Add a domain with new DKIM keys (RSA-2048 and Ed25519); prints what to publish."""
+    _domain_command(_config(config), lambda admin: admin.add(name), as_json)
+
+
+@domains_app.command("show")
+def domains_show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """A domain's records and what the last check found."""
+    _domain_command(_config(config), lambda admin: admin.get(name), as_json)
+
+
+@domains_app.command("verify")
+def domains_verify(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the domain's records in DNS now."""
+    _domain_command(_config(config), lambda admin: admin.verify(name), as_json)
+
+
+@domains_app.command("rotate")
+def domains_rotate(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """New DKIM keys under a new selector; the old ones sign until the new are verified."""
+    _domain_command(_config(config), lambda admin: admin.rotate(name), as_json)
+
+
+@domains_app.command("retire")
+def domains_retire(
+    name: str, selector: str, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Stop using an old key (after a rotation), so its record can leave DNS."""
+    _domain_command(_config(config), lambda admin: admin.retire(name, selector), as_json)
+
+
+@domains_app.command("remove")
+def domains_remove(name: str, config: ConfigOpt = None) -> None:
+    """Remove a domain and its keys: its mail is no longer signed."""
+    cfg = _config(config)
+    _run(lambda: _with_store(cfg, lambda store: _admin(store, cfg).remove(name)))
+    out.print(f"removed {name}")
+
+
+@domains_app.command("list")
+def domains_list(config: ConfigOpt = None) -> None:
+    """Every domain with its status."""
+    cfg = _config(config)
+    domains = _run(lambda: _with_store(cfg, lambda store: store.list_domains()))
+    table = Table("domain", "status", "checked", "selectors")
+    for d in domains:
+        shown = domain_out(d, policy_of(cfg))
+        selectors = ", ".join(k.selector for k in d.keys if k.retired_at is None)
+        table.add_row(d.name, shown.status, _time(d.checked_at), selectors)
+    out.print(table)
 
 
 def main() -> None:

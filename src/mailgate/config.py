@@ -34,6 +34,12 @@ class ServerConfig(_Section):
         "localhost", description="Name used in the SMTP greeting, Received and Message-ID."
     )
     data_dir: str = Field("./data", description="Directory for the SQLite database and TLS files.")
+    secret_key: str = Field(
+        "",
+        description="Key that encrypts secrets kept in the store (DKIM private keys):"
+        " Fernet, 32 url-safe base64 bytes. Empty: a key file `secret.key` made in data_dir"
+        " (mode 0600). Every node on PostgreSQL needs the same one.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Logging threshold."
     )
@@ -301,6 +307,54 @@ class DeliveryConfig(_Section):
         return _check_networks(value)
 
 
+class DomainsConfig(_Section):
+    require_verified: bool = Field(
+        False,
+        description="Refuse mail whose From: domain is not a sending domain (one whose DKIM"
+        " records are verified), or a subdomain of one: HTTP 403 domain_not_verified, SMTP"
+        " 550 5.7.1. Off by default so a new server relays at once; mail From a sending"
+        " domain is signed either way. Turn it on once your domains are verified.",
+    )
+    spf_ip: list[str] = Field(
+        default_factory=list,
+        description="Addresses mail leaves from, for the SPF record each domain is told to"
+        " publish (ip4:/ip6:); empty with no spf_include: `a:<server.hostname>`.",
+    )
+    spf_include: str = Field(
+        "", description="A domain whose SPF record the published SPF includes (a smarthost's)."
+    )
+    dmarc_report_address: str = Field(
+        "", description="rua address of the suggested DMARC record; empty: dmarc-reports@<domain>."
+    )
+    return_path: str = Field(
+        "",
+        description="Label of a return-path subdomain to publish (MX to server.hostname and"
+        " SPF), e.g. `bounces`; empty: none.",
+    )
+    check_interval: float = Field(
+        3600.0, gt=0, description="Seconds between DNS checks of a sending domain's records."
+    )
+    pending_check_interval: float = Field(
+        300.0, gt=0, description="Seconds between DNS checks of a domain not yet verified."
+    )
+    refresh_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often each process reloads the sending domains and keys it signs"
+        " with (a change made in one process reaches the others within this).",
+    )
+
+    @field_validator("spf_ip")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for a in value:
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{a!r} is not an IP address or network") from e
+        return value
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -309,6 +363,7 @@ class Config(_Section):
     accept: AcceptConfig = Field(default_factory=AcceptConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    domains: DomainsConfig = Field(default_factory=DomainsConfig)
 
     _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
 

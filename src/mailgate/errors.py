@@ -67,3 +67,12 @@ class ProtocolError(ConnectionLost):
 
 class PlaintextRetry(ConnectionLost):
     """Opportunistic STARTTLS failed: start over without TLS."""
+
+
+class DomainError(MailgateError):
+    """A domain request that cannot be done; `code` says why (invalid_field, not_found,
+    already_exists, conflict), `field` names the part of the request at fault."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field

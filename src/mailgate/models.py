@@ -77,6 +77,24 @@ class EventKind(enum.StrEnum):
     SUPPRESSED = "suppressed"  # skipped because the address is suppressed
     RETRY_NOW = "retry_now"  # an operator made a deferred recipient due immediately
     LEASE_EXPIRED = "lease_expired"  # a worker's claim ran out and was taken again
+    # A domain's events carry no message (message_id is ""); details name the domain.
+    DOMAIN_VERIFIED = "domain_verified"  # its DKIM records were found: it signs and sends
+    DOMAIN_UNVERIFIED = "domain_unverified"  # a verified domain's DKIM records went missing
+
+
+class RecordStatus(enum.StrEnum):
+    """What a DNS check found for one record a sending domain publishes."""
+
+    PENDING = "pending"  # not checked yet
+    VERIFIED = "verified"  # found, with the value asked for
+    MISSING = "missing"  # no such record (NXDOMAIN, or none of that kind)
+    MISMATCHED = "mismatched"  # a record is there with another value (shown as found)
+    UNKNOWN = "unknown"  # DNS failed (SERVFAIL, timeout): nothing learned, nothing changed
+
+
+class DkimAlgorithm(enum.StrEnum):
+    RSA = "rsa-sha256"  # RSA-2048, RFC 6376
+    ED25519 = "ed25519-sha256"  # RFC 8463
 
 
 class Scope(enum.StrEnum):
@@ -276,3 +294,39 @@ class MessageQuery:
 def domain_of(address: str) -> str:
     """The lowercased domain of an addr-spec (text after the last @)."""
     return address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """One DKIM key of a domain. The private key is kept encrypted (secretbox.py) and is
+    never part of this value: only sending.py decrypts it, to sign."""
+
+    domain: str
+    selector: str
+    algorithm: DkimAlgorithm
+    public_key: str  # the p= value published in DNS (base64)
+    created_at: float
+    retired_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCheck:
+    """The last DNS check of one record: its status, what was found, and whether it
+    counts as verified (`ok` keeps the last definite answer while DNS fails)."""
+
+    status: RecordStatus = RecordStatus.PENDING
+    found: tuple[str, ...] = ()
+    ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A domain mail is sent from. `sending`: its DKIM records were verified, so mail
+    From it (or a subdomain) is signed, and allowed under domains.require_verified."""
+
+    name: str
+    created_at: float
+    sending: bool = False
+    checks: dict[str, RecordCheck] = field(default_factory=dict)  # by record id (records.py)
+    checked_at: float | None = None
+    keys: tuple[DkimKey, ...] = ()

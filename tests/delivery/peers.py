@@ -11,12 +11,14 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSError
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 
 class ZoneResolver(BaseResolver):  # type: ignore[misc]
-    """Answers from a dict: name -> [(qtype, value)], MX values as (preference, host)."""
+    """Answers from a dict: name -> [(qtype, value)], MX values as (preference, host).
+    TXT values: a str is one record split into 255-byte character-strings (as publishers
+    split long DKIM keys); a list or tuple of strings is one record's character-strings."""
 
     def __init__(self) -> None:
         self.records: dict[str, list[tuple[str, Any]]] = defaultdict(list)
@@ -47,10 +49,20 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
                 rdata = MX(value[1], value[0])
             elif rtype == "A":
                 rdata = A(value)
+            elif rtype == "TXT":
+                rdata = TXT(txt_strings(value))
             else:
                 rdata = AAAA(value)
             reply.add_answer(RR(qname, QTYPE.reverse[rtype], rdata=rdata, ttl=60))
         return reply
+
+
+def txt_strings(value: str | bytes | list[str] | tuple[str, ...]) -> list[bytes]:
+    """One TXT record's character-strings: a str/bytes cut every 255 bytes, a list as given."""
+    if isinstance(value, (list, tuple)):
+        return [part.encode() for part in value]
+    data = value.encode() if isinstance(value, str) else value
+    return [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
 
 
 def start_dns() -> tuple[DNSServer, ZoneResolver, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.worker import Deliverer
 from mailgate.ingress.accept import Door, Refusal, Rule, Submission
-from mailgate.models import RecipientStatus, Source
+from mailgate.models import RecipientStatus
 from tests.delivery.conftest import World
 
 
@@ -17,10 +17,10 @@ def door_deliverer(world: World, door: Door) -> Deliverer:
 
 
 async def test_a_dsn_passes_the_door_hooks_and_gets_its_headers(world: World) -> None:
-    seen: list[Source] = []
+    seen: list[str | None] = []
 
-    def sign(raw: bytes, sub: Submission) -> bytes:
-        seen.append(sub.source)
+    def sign(raw: bytes, from_address: str | None) -> bytes:
+        seen.append(from_address)
         return b"X-Signed: by-hook\r\n" + raw
 
     door = Door(world.store, "mg.test", 1000, signers=[sign], clock=world.clock)
@@ -28,7 +28,7 @@ async def test_a_dsn_passes_the_door_hooks_and_gets_its_headers(world: World) ->
     await world.run_until_idle(door_deliverer(world, door))
     recipients = await world.store.recipients(mid)
     assert [r.status for r in recipients] == [RecipientStatus.BOUNCED]
-    assert seen == [Source.DSN]
+    assert seen == ["MAILER-DAEMON@mg.test"]
     [dsn] = world.script.received
     assert dsn.recipients == ["sender@origin.test"]
     head = dsn.data.split(b"\r\n\r\n", 1)[0]

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rdatatype
@@ -26,6 +25,7 @@ import dns.resolver
 
 from mailgate.addresses import ascii_domain, domain_problem
 from mailgate.delivery.outcome import Outcome, permanent, temporary
+from mailgate.resolver import make_resolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -151,15 +151,8 @@ class MxResolver:
         timeout: float = 5.0,
         cache_limit: int = CACHE_LIMIT,
     ) -> None:
-        if nameserver:
-            self.resolver = dns.asyncresolver.Resolver(configure=False)
-            host, _, port = nameserver.partition(":")
-            self.resolver.nameservers = [host]
-            self.resolver.port = int(port or 53)
-        else:
-            self.resolver = dns.asyncresolver.Resolver()
+        self.resolver = make_resolver(nameserver, timeout)
         self.timeout = timeout
-        self.resolver.lifetime = timeout
         self.allowed: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allowed or []]
         self.clock = clock
         self.rng = rng or random.Random()

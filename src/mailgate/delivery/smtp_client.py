@@ -40,14 +40,13 @@ from mailgate.delivery.outcome import (
     temporary,
 )
 from mailgate.errors import ConnectionLost, PlaintextRetry, ProtocolError
+from mailgate.wire import crlf_lines
 
 MAX_REPLY_LINES = 100  # a reply longer than this is a broken or hostile server
 REPLY_LINE_LIMIT = 512  # characters kept of one reply line (RFC 5321: 512 octets a line)
-_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 # An empty line: two line ends in a row (atomic groups, so one CRLF is never read as CR
 # then LF), or a line end at the very start (a message with no header at all).
 _EMPTY_LINE = re.compile(rb"\A(?>\r\n|\r|\n)|(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 # What must never reach the inside of MAIL FROM:<...> / RCPT TO:<...>: line ends (command
 # injection), angle brackets (parameter injection), controls and line separators.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f<>\u2028\u2029]")
@@ -77,16 +76,12 @@ def tls_context(cfg: DeliveryConfig) -> ssl.SSLContext:
 
 def data_block(raw: bytes) -> bytes:
     """The DATA payload: CRLF line ends only (never a bare CR or LF), dot-stuffed,
-    ending with the terminating line (RFC 5321 sections 2.3.8 and 4.5.2)."""
-    crlf = raw.count(b"\r\n")
-    if len(raw) - len(raw.translate(None, b"\r\n")) == 2 * crlf:  # every CR and LF in a CRLF
-        # CRLF only, as both doors store mail: byte replaces instead of two regex passes
-        # (which cost about 0.5 ms per 100 KB)
-        body = raw.replace(b"\r\n.", b"\r\n..")
-        if body.startswith(b"."):
-            body = b"." + body
-    else:
-        body = _LEADING_DOT.sub(b"..", _LINE_ENDS.sub(b"\r\n", raw))
+    ending with the terminating line (RFC 5321 sections 2.3.8 and 4.5.2). Byte replaces,
+    not regex passes (which cost about 0.5 ms per 100 KB); signed mail is CRLF-only
+    already, so nothing a DKIM signature covers changes here."""
+    body = crlf_lines(raw).replace(b"\r\n.", b"\r\n..")
+    if body.startswith(b"."):
+        body = b"." + body
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"

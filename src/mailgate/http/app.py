@@ -3,6 +3,7 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
 
     send.py      POST /v1/messages, /batch, /raw          -> the door
     messages.py  GET /v1/messages[/{id}[/raw]], POST /{id}/cancel
+    domains.py   /v1/domains: sending domains, their records and DKIM keys (admin)
     health.py    /healthz, /readyz, /metrics
 """
 
@@ -21,8 +22,9 @@ from starlette.responses import Response
 
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import HttpConfig
+from mailgate.domains.manage import DomainAdmin
 from mailgate.errors import StoreError
-from mailgate.http import health, messages, send
+from mailgate.http import domains, health, messages, send
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
@@ -48,12 +50,14 @@ class Api:
         lifecycle: Lifecycle,
         guard: AuthGuard | None = None,
         door: Door | None = None,
+        domains: DomainAdmin | None = None,
     ) -> None:
         self.store, self.cfg, self.metrics, self.lifecycle = store, cfg, metrics, lifecycle
         # without the app's door: one of its own, counting into this process's metrics
         self.door = door or Door(store, hostname, cfg.max_recipients, count=metrics.count_accepted)
         self.auth = Auth(store, cfg, guard or AuthGuard(), lifecycle)
         self.idempotency = Idempotency(store)
+        self.domains = domains  # None: no /v1/domains routes (a process without a key box)
 
 
 def create_api(api: Api) -> Direct:
@@ -76,6 +80,8 @@ def create_api(api: Api) -> Direct:
     sends = send.Send(api.auth, api.idempotency, api.door, api.store, api.cfg)
     app.include_router(send.router(sends))
     app.include_router(messages.router(messages.Messages(api.auth, api.store)))
+    if api.domains is not None:
+        app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))
     with_bodies(app)
     app.add_middleware(Timing, histogram=api.metrics.latency)

@@ -119,6 +119,7 @@ def query_error(exc: RequestValidationError) -> ApiError:
 # How the door's refusals read over HTTP: (status, error code) per rule.
 _REFUSED = {
     Rule.SENDER: (403, "sender_not_allowed"),
+    Rule.DOMAIN: (403, "domain_not_verified"),
     Rule.RECIPIENTS: (422, "invalid_field"),
     Rule.SUPPRESSED: (422, "suppressed"),
     Rule.UNAVAILABLE: (503, "unavailable"),

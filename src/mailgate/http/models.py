@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from mailgate.addresses import parse_mailbox
+from mailgate.models import RecordStatus
 
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
@@ -262,3 +263,35 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class DomainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=253, description="The domain mail is sent From, e.g. example.org")
+
+
+class RecordOut(BaseModel):
+    id: str = Field(description="dkim:<selector>, spf, dmarc, return_path_mx, return_path_spf")
+    purpose: str
+    type: str
+    name: str
+    value: str = Field(description="What to publish")
+    status: RecordStatus
+    found: list[str] = Field(description="What DNS answered at the last check")
+    selector: str | None = None
+    algorithm: str | None = None
+    retired: bool = False
+    signing: bool = Field(False, description="This key signs the domain's mail now")
+
+
+class DomainOut(BaseModel):
+    name: str
+    status: str = Field(description="verified (a sending domain), pending (never checked), failed")
+    sending: bool
+    created_at: datetime.datetime
+    checked_at: datetime.datetime | None
+    records: list[RecordOut]
+
+
+class DomainList(BaseModel):
+    data: list[DomainOut]

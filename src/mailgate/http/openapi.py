@@ -15,8 +15,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "Malformed JSON"),
         (401, "Missing or invalid API key"),
         (403, "Scope or sender domain not allowed"),
-        (404, "No such message"),
-        (409, "Idempotency-Key reused with another request"),
+        (404, "Not found"),
+        (409, "Idempotency-Key reused with another request; the domain exists; the key signs"),
         (413, "Body too large"),
         (415, "Wrong Content-Type"),
         (422, "A field is invalid; `field` names it"),
@@ -26,7 +26,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 # The request bodies parsed by hand, in the order their schemas join the components.
-BODIES: tuple[type[pydantic.BaseModel], ...] = (m.SendRequest, m.BatchRequest, m.RawRequest)
+BODIES: tuple[type[pydantic.BaseModel], ...] = (
+    m.SendRequest,
+    m.BatchRequest,
+    m.RawRequest,
+    m.DomainRequest,
+)
 
 
 def request_body(model: type[pydantic.BaseModel]) -> dict[str, Any]:

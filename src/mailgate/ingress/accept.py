@@ -6,7 +6,8 @@ event are committed in one transaction.
 
 Each rule runs once, in this order (`Door.prepare` is the pure part, no I/O):
 
-    authorise   the key may use the envelope sender and every originator header
+    authorise   the key may use the envelope sender and every originator header; with
+                domains.require_verified, each From: domain is a sending domain
     cap         at most `max_recipients` envelope recipients (one setting)
     suppress    hooks; each may refuse (empty until the suppression work fills it)
     headers     Received (with the ingress's real client facts), Message-ID, Date
@@ -82,6 +83,7 @@ class Rule(enum.StrEnum):
     """Why the door refused (each ingress maps these to its own codes)."""
 
     SENDER = "sender_not_allowed"  # the key may not use this sender domain (permanent)
+    DOMAIN = "domain_not_verified"  # From: is not a sending domain (permanent)
     RECIPIENTS = "too_many_recipients"  # more than max_recipients (permanent)
     SUPPRESSED = "suppressed"  # a suppression hook refused (permanent)
     UNAVAILABLE = "unavailable"  # the store cannot commit now (temporary: retry)
@@ -109,7 +111,9 @@ class Accepted:
 
 Answer = Accepted | Refusal
 SuppressionCheck = Callable[[Submission], Refusal | None]
-Signer = Callable[[bytes, Submission], bytes]  # returns the bytes with its header added
+# returns the bytes signed (DKIM-Signature fields added), given the message's first From
+Signer = Callable[[bytes, str | None], bytes]
+IsSending = Callable[[str], bool]  # is this From address's domain a sending domain?
 Count = Callable[[Source, int], None]
 
 
@@ -160,6 +164,20 @@ def authorise(sub: Submission, facts: HeaderFacts) -> Refusal | None:
     return None
 
 
+def require_sending(sub: Submission, facts: HeaderFacts, is_sending: IsSending) -> Refusal | None:
+    """Every From: address is in a sending domain (domains.require_verified). Mail made
+    here (DSNs) is exempt: a bounce must go out whatever the From domain's state."""
+    if sub.source is Source.DSN:
+        return None
+    for address in facts.from_addresses:
+        if not is_sending(address):
+            reason = f"From domain {domain_of(address)} is not a verified sending domain"
+            return Refusal(Rule.DOMAIN, "From", reason)
+    if not facts.from_addresses:
+        return Refusal(Rule.DOMAIN, "From", "A From address in a sending domain is required")
+    return None
+
+
 def cap_recipients(sub: Submission, max_recipients: int) -> Refusal | None:
     if len(sub.recipients) > max_recipients:
         reason = f"At most {max_recipients} recipients per message"
@@ -197,12 +215,16 @@ class Door:
     count: Count = _no_count  # metrics: committed messages by source
     suppressions: list[SuppressionCheck] = field(default_factory=list)
     signers: list[Signer] = field(default_factory=list)
+    require_sending: IsSending | None = None  # set when domains.require_verified is on
     clock: Callable[[], float] = time.time
 
     def prepare(self, sub: Submission) -> NewMessage | Refusal:
         """Every rule before commit, in order; pure (no I/O). A DSN path can use this."""
         facts = sub.facts or facts_of(sub.content)
-        refusal = authorise(sub, facts) or cap_recipients(sub, self.max_recipients)
+        refusal = authorise(sub, facts)
+        if refusal is None and self.require_sending is not None:
+            refusal = require_sending(sub, facts, self.require_sending)
+        refusal = refusal or cap_recipients(sub, self.max_recipients)
         if refusal is not None:
             return refusal
         for check in self.suppressions:
@@ -212,8 +234,9 @@ class Door:
         now = self.clock()
         queue_id = new_id(now)
         raw = self._with_headers(sub, facts, queue_id, now)
+        first_from = facts.from_addresses[0] if facts.from_addresses else None
         for sign in self.signers:
-            raw = sign(raw, sub)
+            raw = sign(raw, first_from)
         return NewMessage(
             raw=raw,
             sender=sub.sender,

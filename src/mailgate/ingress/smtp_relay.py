@@ -723,6 +723,7 @@ class Session(asyncio.Protocol):
 # How the door's refusals read over SMTP: (code, enhanced status) per rule.
 _REFUSED = {
     Rule.SENDER: (553, "5.7.1"),
+    Rule.DOMAIN: (550, "5.7.1"),
     Rule.RECIPIENTS: (452, "4.5.3"),
     Rule.SUPPRESSED: (550, "5.7.1"),
     Rule.UNAVAILABLE: (451, "4.3.0"),

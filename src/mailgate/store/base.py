@@ -15,11 +15,14 @@ from typing import Any, TypeVar, cast
 from mailgate.models import (
     ApiKey,
     Claim,
+    DkimKey,
+    Domain,
     Event,
     Message,
     MessageQuery,
     Recipient,
     RecipientStatus,
+    RecordCheck,
     Settlement,
 )
 from mailgate.store import queries, queue
@@ -41,6 +44,12 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "retry_now": queue.retry_now,
     "add_key": queue.add_key,
     "revoke_key": queue.revoke_key,
+    "add_domain": queue.add_domain,
+    "add_domain_keys": queue.add_domain_keys,
+    "retire_domain_key": queue.retire_domain_key,
+    "remove_domain": queue.remove_domain,
+    "record_domain_check": queue.record_domain_check,
+    "claim_domain_checks": queue.claim_domain_checks,
 }
 
 
@@ -118,3 +127,36 @@ class EngineStore:
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         return cast("bool", await self._change("revoke_key", key_id, now))
+
+    # -- sending domains ---------------------------------------------------------------
+    async def get_domain(self, name: str) -> Domain | None:
+        return await self._read(lambda tx: queries.get_domain(tx, name))
+
+    async def list_domains(self) -> list[Domain]:
+        return await self._read(queries.list_domains)
+
+    async def sending_keys(self) -> tuple[list[Domain], dict[str, str]]:
+        return await self._read(queries.sending_keys)
+
+    async def add_domain(self, name: str, keys: Sequence[tuple[DkimKey, str]], now: float) -> bool:
+        return cast("bool", await self._change("add_domain", name, keys, now))
+
+    async def add_domain_keys(self, name: str, keys: Sequence[tuple[DkimKey, str]]) -> bool:
+        return cast("bool", await self._change("add_domain_keys", name, keys))
+
+    async def retire_domain_key(self, name: str, selector: str, now: float) -> bool:
+        return cast("bool", await self._change("retire_domain_key", name, selector, now))
+
+    async def remove_domain(self, name: str) -> bool:
+        return cast("bool", await self._change("remove_domain", name))
+
+    async def record_domain_check(
+        self, name: str, checks: dict[str, RecordCheck], sending: bool, now: float, next_at: float
+    ) -> bool:
+        return cast(
+            "bool",
+            await self._change("record_domain_check", name, checks, sending, now, next_at),
+        )
+
+    async def claim_domain_checks(self, now: float, next_at: float) -> list[str]:
+        return cast("list[str]", await self._change("claim_domain_checks", now, next_at))

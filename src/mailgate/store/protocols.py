@@ -10,12 +10,15 @@ from typing import Any, Protocol
 from mailgate.models import (
     ApiKey,
     Claim,
+    DkimKey,
+    Domain,
     Event,
     Message,
     MessageQuery,
     NewMessage,
     Recipient,
     RecipientStatus,
+    RecordCheck,
     Settlement,
 )
 from mailgate.store.rows import MessageRow
@@ -125,6 +128,36 @@ class Store(Protocol):
     async def list_keys(self) -> list[ApiKey]: ...
 
     async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+    # sending domains (domains/): keys are (DkimKey, sealed private key)
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def list_domains(self) -> list[Domain]: ...
+
+    async def sending_keys(self) -> tuple[list[Domain], dict[str, str]]:
+        """Sending domains with their keys not retired, and the sealed private keys by
+        `domain/selector`."""
+        ...
+
+    async def add_domain(
+        self, name: str, keys: Sequence[tuple[DkimKey, str]], now: float
+    ) -> bool: ...
+
+    async def add_domain_keys(self, name: str, keys: Sequence[tuple[DkimKey, str]]) -> bool: ...
+
+    async def retire_domain_key(self, name: str, selector: str, now: float) -> bool: ...
+
+    async def remove_domain(self, name: str) -> bool: ...
+
+    async def record_domain_check(
+        self, name: str, checks: dict[str, RecordCheck], sending: bool, now: float, next_at: float
+    ) -> bool:
+        """Store a check; a change of `sending` writes its event in the same transaction."""
+        ...
+
+    async def claim_domain_checks(self, now: float, next_at: float) -> list[str]:
+        """Names of the domains due a check, each moved to next_at (one checker each)."""
+        ...
 
 
 class Tx(Protocol):

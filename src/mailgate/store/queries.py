@@ -8,6 +8,8 @@ from typing import Any
 
 from mailgate.models import (
     ApiKey,
+    DkimKey,
+    Domain,
     Event,
     Message,
     MessageQuery,
@@ -18,6 +20,8 @@ from mailgate.models import (
 from mailgate.store.protocols import Row, Tx
 from mailgate.store.rows import (
     MESSAGE_COLUMNS,
+    domain_from_row,
+    domain_key_from_row,
     event_from_row,
     key_from_row,
     message_from_row,
@@ -126,3 +130,32 @@ async def get_key(tx: Tx, key_id: str) -> tuple[ApiKey, str] | None:
 
 async def list_keys(tx: Tx) -> list[ApiKey]:
     return [key_from_row(r)[0] for r in await tx.fetch("list_keys")]
+
+
+async def get_domain(tx: Tx, name: str) -> Domain | None:
+    row = await tx.fetchrow("get_domain", name)
+    if row is None:
+        return None
+    keys = [domain_key_from_row(k) for k in await tx.fetch("domain_keys", name)]
+    return domain_from_row(row, keys)
+
+
+async def list_domains(tx: Tx) -> list[Domain]:
+    keys: dict[str, list[DkimKey]] = {}
+    for r in await tx.fetch("all_domain_keys"):
+        key = domain_key_from_row(r)
+        keys.setdefault(key.domain, []).append(key)
+    return [domain_from_row(r, keys.get(r[0], [])) for r in await tx.fetch("list_domains")]
+
+
+async def sending_keys(tx: Tx) -> tuple[list[Domain], dict[str, str]]:
+    """The sending domains with their keys not retired, and each such key's sealed
+    private key by selector (what every ingress process signs with)."""
+    keys: dict[str, list[DkimKey]] = {}
+    sealed: dict[str, str] = {}
+    for r in await tx.fetch("sending_keys"):
+        key = domain_key_from_row(r)
+        keys.setdefault(key.domain, []).append(key)
+        sealed[f"{key.domain}/{key.selector}"] = r[-1]
+    domains = [domain_from_row(r, keys.get(r[0], [])) for r in await tx.fetch("sending_domains")]
+    return domains, sealed

@@ -8,16 +8,19 @@ same transaction, and so does a bounce and the DSN that reports it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
 from mailgate.errors import DuplicateIdempotencyKey
-from mailgate.models import ApiKey, Claim, EventKind, NewMessage, Settlement
+from mailgate.models import ApiKey, Claim, DkimKey, EventKind, NewMessage, RecordCheck, Settlement
 from mailgate.store.protocols import Dsn, Row, Tx
 from mailgate.store.rows import (
     EVENT_FOR_STATUS,
     NewRows,
     RecipientEventRow,
+    checks_json,
+    domain_key_row,
     key_row,
     lease_expired_details,
     message_rows,
@@ -174,3 +177,54 @@ async def add_key(tx: Tx, key: ApiKey, secret_hash: str) -> None:
 
 async def revoke_key(tx: Tx, key_id: str, now: float) -> bool:
     return await tx.fetchrow("revoke_key", now, key_id) is not None
+
+
+# -- sending domains ---------------------------------------------------------------------
+
+
+async def add_domain(tx: Tx, name: str, keys: Sequence[tuple[DkimKey, str]], now: float) -> bool:
+    """A new domain with its first keys (sealed), due for a DNS check now; False when
+    the domain is there already."""
+    if await tx.fetchrow("insert_domain", name, now, now) is None:
+        return False
+    await tx.executemany("insert_domain_key", [domain_key_row(k, sealed) for k, sealed in keys])
+    return True
+
+
+async def add_domain_keys(tx: Tx, name: str, keys: Sequence[tuple[DkimKey, str]]) -> bool:
+    """A rotation's new keys; the old ones stay until retired. False: no such domain."""
+    if await tx.fetchrow("domain_sending", name) is None:
+        return False
+    await tx.executemany("insert_domain_key", [domain_key_row(k, sealed) for k, sealed in keys])
+    return True
+
+
+async def retire_domain_key(tx: Tx, name: str, selector: str, now: float) -> bool:
+    return await tx.fetchrow("retire_domain_key", now, name, selector) is not None
+
+
+async def remove_domain(tx: Tx, name: str) -> bool:
+    await tx.execute("delete_domain_keys", name)
+    return await tx.fetchrow("delete_domain", name) is not None
+
+
+async def record_domain_check(
+    tx: Tx, name: str, checks: dict[str, RecordCheck], sending: bool, now: float, next_at: float
+) -> bool:
+    """Store a check of the domain's records; when it became (or stopped being) a
+    sending domain, write that event in the same transaction. False: no such domain."""
+    row = await tx.fetchrow("domain_sending", name)
+    if row is None:
+        return False
+    await tx.execute("record_domain_check", checks_json(checks), int(sending), now, next_at, name)
+    if bool(row[0]) != sending:
+        kind = EventKind.DOMAIN_VERIFIED if sending else EventKind.DOMAIN_UNVERIFIED
+        details = json.dumps({"domain": name})
+        await tx.execute("insert_event", "", kind.value, now, details, None)
+    return True
+
+
+async def claim_domain_checks(tx: Tx, now: float, next_at: float) -> list[str]:
+    """The domains due for a check, moved to next_at so that one process (or node)
+    checks each."""
+    return [r[0] for r in await tx.fetch("claim_domain_checks", next_at, now)]

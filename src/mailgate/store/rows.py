@@ -13,6 +13,9 @@ from typing import Any, NamedTuple
 
 from mailgate.models import (
     ApiKey,
+    DkimAlgorithm,
+    DkimKey,
+    Domain,
     Event,
     EventKind,
     LeaseExpiredDetails,
@@ -21,6 +24,8 @@ from mailgate.models import (
     OutcomeDetails,
     Recipient,
     RecipientStatus,
+    RecordCheck,
+    RecordStatus,
     Reply,
     Scope,
     Settlement,
@@ -37,11 +42,15 @@ RECIPIENT_COLUMNS = (
 )
 EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details, api_key_id"
 KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
+DOMAIN_COLUMNS = "name, created_at, sending, checks, checked_at"
+DOMAIN_KEY_COLUMNS = "domain, selector, algorithm, public_key, created_at, retired_at"
 COLUMNS = {
     "message_columns": MESSAGE_COLUMNS,
     "recipient_columns": RECIPIENT_COLUMNS,
     "event_columns": EVENT_COLUMNS,
     "key_columns": KEY_COLUMNS,
+    "domain_columns": DOMAIN_COLUMNS,
+    "domain_key_columns": DOMAIN_KEY_COLUMNS,
 }
 
 
@@ -261,4 +270,29 @@ def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
         ",".join(key.sender_domains),
         key.created_at,
         key.revoked_at,
+    )
+
+
+def domain_key_from_row(r: Sequence[Any]) -> DkimKey:
+    return DkimKey(r[0], r[1], DkimAlgorithm(r[2]), r[3], r[4], r[5])
+
+
+def domain_key_row(key: DkimKey, sealed: str) -> tuple[Any, ...]:
+    return (key.domain, key.selector, key.algorithm.value, key.public_key, sealed, key.created_at)
+
+
+def domain_from_row(r: Sequence[Any], keys: Sequence[DkimKey]) -> Domain:
+    checks = {
+        rid: RecordCheck(RecordStatus(c["status"]), tuple(c["found"]), c["ok"])
+        for rid, c in json.loads(r[3]).items()
+    }
+    return Domain(r[0], r[1], bool(r[2]), checks, r[4], tuple(keys))
+
+
+def checks_json(checks: dict[str, RecordCheck]) -> str:
+    return json.dumps(
+        {
+            rid: {"status": c.status.value, "found": list(c.found), "ok": c.ok}
+            for rid, c in checks.items()
+        }
     )

@@ -97,3 +97,50 @@ SELECT version FROM schema_migrations
 
 -- name: record_migration
 INSERT INTO schema_migrations VALUES (?, ?)
+
+-- name: insert_domain
+INSERT INTO domains (name, created_at, next_check_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO NOTHING RETURNING 1
+
+-- name: insert_domain_key
+INSERT INTO domain_keys (domain, selector, algorithm, public_key, private_key, created_at)
+VALUES (?, ?, ?, ?, ?, ?)
+
+-- name: delete_domain_keys
+DELETE FROM domain_keys WHERE domain = ?
+
+-- name: delete_domain
+DELETE FROM domains WHERE name = ? RETURNING 1
+
+-- name: retire_domain_key
+UPDATE domain_keys SET retired_at = ? WHERE domain = ? AND selector = ? AND retired_at IS NULL
+RETURNING 1
+
+-- name: domain_sending
+SELECT sending FROM domains WHERE name = ?
+
+-- name: record_domain_check
+UPDATE domains SET checks = ?, sending = ?, checked_at = ?, next_check_at = ? WHERE name = ?
+
+-- name: claim_domain_checks
+UPDATE domains SET next_check_at = ? WHERE next_check_at <= ? RETURNING name
+
+-- name: get_domain
+SELECT {domain_columns} FROM domains WHERE name = ?
+
+-- name: list_domains
+SELECT {domain_columns} FROM domains ORDER BY name
+
+-- name: domain_keys
+SELECT {domain_key_columns} FROM domain_keys WHERE domain = ? ORDER BY created_at, selector
+
+-- name: all_domain_keys
+SELECT {domain_key_columns} FROM domain_keys ORDER BY domain, created_at, selector
+
+-- name: sending_keys
+SELECT {domain_key_columns}, private_key FROM domain_keys
+WHERE retired_at IS NULL AND domain IN (SELECT name FROM domains WHERE sending = 1)
+ORDER BY domain, created_at, selector
+
+-- name: sending_domains
+SELECT {domain_columns} FROM domains WHERE sending = 1

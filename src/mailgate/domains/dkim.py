@@ -1,0 +1,137 @@
+"""DKIM signatures (RFC 6376), relaxed/relaxed, with RSA-SHA256 and Ed25519-SHA256
+(RFC 8463). Pure: bytes and keys in, the signed bytes out.
+
+The signature itself is OpenSSL's (the `cryptography` package): dkimpy's pure-Python RSA
+took ~27 ms a message on a slow machine, OpenSSL ~2 ms. dkimpy, Mail::DKIM and OpenDKIM
+are the oracles the tests verify these signatures with.
+
+What is signed is what is sent: the bytes are given CRLF line ends first (wire.py), so
+delivery adds only dot-stuffing and the final dot, which the receiver takes off."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+from mailgate.models import DkimAlgorithm
+from mailgate.wire import crlf_lines
+
+# Signed when present (RFC 6376 5.4.1's list, and the ones a receiver shows or acts
+# on); From is listed once more than it occurs, so no From can be added after signing.
+SIGNED_FIELDS = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+)
+OVERSIGNED = frozenset({"from"})
+_WSP_RUN = re.compile(rb"[ \t]{2,}|\t")  # what relaxed turns into one SP (single SPs stay)
+_B64_LINE = 72  # characters of b= per folded line
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """One key of a sending domain, ready to sign (the private key decrypted)."""
+
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: DkimAlgorithm
+    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def split(raw: bytes) -> tuple[list[bytes], bytes]:
+    """CRLF-only bytes -> header fields (each with its folded lines, no final CRLF) and
+    the body. A message without an empty line is all header and an empty body."""
+    if raw.startswith(b"\r\n"):
+        return [], raw[2:]
+    end = raw.find(b"\r\n\r\n")
+    head, body = (raw, b"") if end < 0 else (raw[:end], raw[end + 4 :])
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        elif line:
+            fields.append(line)
+    return fields, body
+
+
+def relaxed_header(field: bytes) -> bytes:
+    """RFC 6376 3.4.2: name lower-cased, value unfolded, WSP runs one SP, no WSP around
+    the colon or at the ends."""
+    name, _, value = field.partition(b":")
+    value = _WSP_RUN.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    return name.rstrip(b" \t").lower() + b":" + value + b"\r\n"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4: WSP runs one SP, none at line ends, no empty lines at the end, and
+    a non-empty body ends with CRLF."""
+    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    if body.endswith(b" "):
+        body = body[:-1]
+    body = body.rstrip(b"\r\n")
+    return body + b"\r\n" if body else b""
+
+
+def field_name(field: bytes) -> bytes:
+    return field.partition(b":")[0].rstrip(b" \t").lower()
+
+
+def signed_fields(fields: Sequence[bytes]) -> tuple[list[str], list[bytes]]:
+    """The h= list and the fields it selects, in order: each name as often as it occurs
+    (instances are taken from the bottom up, RFC 6376 5.4.2), plus once more if
+    over-signed (that one selects nothing)."""
+    by_name: dict[bytes, list[bytes]] = {}
+    for f in fields:
+        by_name.setdefault(field_name(f), []).append(f)
+    names: list[str] = []
+    chosen: list[bytes] = []
+    for name in SIGNED_FIELDS:
+        present = by_name.get(name.encode(), [])
+        names.extend([name] * (len(present) + (name in OVERSIGNED)))
+        chosen.extend(reversed(present))
+    return names, chosen
+
+
+def sign(raw: bytes, signers: Sequence[Signer], now: int) -> bytes:
+    """raw with CRLF line ends and one DKIM-Signature field per signer above it."""
+    raw = crlf_lines(raw)
+    fields, body = split(raw)
+    bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+    names, chosen = signed_fields(fields)
+    canonical = b"".join(relaxed_header(f) for f in chosen)
+    h = ":".join(names)
+    added: list[bytes] = []
+    for s in signers:
+        head = (
+            f"DKIM-Signature: v=1; a={s.algorithm.value}; c=relaxed/relaxed; d={s.domain};"
+            f"\r\n\ts={s.selector}; t={now};\r\n\th={h};\r\n\tbh={bh};\r\n\tb="
+        ).encode("ascii")
+        data = canonical + relaxed_header(head)[:-2]  # the field itself without its CRLF
+        b = base64.b64encode(_signature(s, data)).decode()
+        folded = "\r\n\t".join(b[i : i + _B64_LINE] for i in range(0, len(b), _B64_LINE))
+        added.append(head + folded.encode("ascii") + b"\r\n")
+    return b"".join(added) + raw
+
+
+def _signature(s: Signer, data: bytes) -> bytes:
+    if isinstance(s.key, rsa.RSAPrivateKey):
+        return s.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    # RFC 8463 3: Ed25519 (pure) over the SHA-256 hash of the data
+    return s.key.sign(hashlib.sha256(data).digest())
