@@ -355,14 +355,15 @@ def _domain_command(
     if as_json:
         print(shown.model_dump_json(indent=2))
         return
-    out.print(f"{shown.name}: {shown.status}" + (" (signing)" if shown.sending else ""))
-    table = Table("record", "type", "name", "status", "value")
+    # plain lines, never wrapped or cut: each value is copied into a DNS zone as it is
+    print(f"{shown.name}: {shown.status}" + (" (signing)" if shown.sending else ""))
     for r in shown.records:
-        label = f"{r.id}{' (retired)' if r.retired else ''}{' (signing)' if r.signing else ''}"
-        table.add_row(label, r.type, r.name, r.status.value, r.value)
+        notes = "".join(
+            f" ({n})" for n, on in (("retired", r.retired), ("signing", r.signing)) if on
+        )
+        print(f"\n{r.id}{notes}: {r.status.value}\n  {r.name}. {r.type}\n  {r.value}")
         if r.status.value == "mismatched":
-            table.add_row("", "", "", "found", " | ".join(r.found))
-    out.print(table)
+            print("  found: " + " | ".join(r.found))
 
 
 @domains_app.command("add")

@@ -159,7 +159,7 @@ def test_every_way_in_is_signed_with_both_keys_and_verifies(mail: Mail) -> None:
     by_subject = {}
     for r in got:
         head = r.data.split(b"\r\n\r\n", 1)[0]
-        subject = [ln for ln in head.split(b"\r\n") if ln.startswith(b"Subject:")][0]
+        subject = next(ln for ln in head.split(b"\r\n") if ln.startswith(b"Subject:"))
         by_subject[subject[9:].split()[0]] = r.data
     for key in (b"=?utf-8?q?Gr=C3=BC=C3=9Fe_=E2=80=94_a_long_subject", b"b0", b"b1", b"raw"):
         assert any(k.startswith(key[:5]) for k in by_subject), (key, list(by_subject))
@@ -205,7 +205,7 @@ def test_each_record_state_is_told_apart(mail: Mail) -> None:
     # verified: the right values (an SPF record with more mechanisms than asked is fine)
     for name in [r["name"] for r in dkim] + ["example.org", "_dmarc.example.org"]:
         mail.unpublish(name)
-    mail.publish(added, only=tuple(r["id"] for r in dkim) + ("dmarc",))
+    mail.publish(added, only=(*tuple(r["id"] for r in dkim), "dmarc"))
     mail.zone.add("example.org", "TXT", "v=spf1 a:mx.mailgate.test ip4:192.0.2.9 ~all")
     found = status()
     assert {found[r["id"]]["status"] for r in dkim} == {"verified"}
@@ -291,3 +291,25 @@ def test_require_verified_refuses_other_from_domains_on_both_doors(mail: Mail) -
     sub = dict(message, **{"from": "a@mail.example.org"})
     assert mail.http.post("/v1/messages", headers=auth, json=sub).status_code == 202
     assert_signed(mail.received(2)[-1].data, mail.dns_port)
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [{"spf_ip": ["192.0.2.10", "2001:db8::/64"], "return_path": "bounces"}],
+    indirect=True,
+)
+def test_spf_and_the_return_path_follow_the_config(mail: Mail) -> None:
+    added = mail.admin("POST", "/v1/domains", json={"name": "example.org"}).json()
+    by_id = {r["id"]: r for r in added["records"]}
+    spf = "v=spf1 ip4:192.0.2.10 ip6:2001:db8::/64 ~all"
+    assert by_id["spf"]["value"] == spf
+    assert by_id["return_path_mx"]["name"] == "bounces.example.org"
+    assert by_id["return_path_mx"]["value"] == "10 mx.mailgate.test"
+    assert by_id["return_path_spf"]["value"] == spf
+    mail.publish(added, only=("return_path_mx",))
+    found = {
+        r["id"]: r for r in mail.admin("POST", "/v1/domains/example.org/verify").json()["records"]
+    }
+    assert found["return_path_mx"]["status"] == "verified"
+    assert found["return_path_mx"]["found"] == ["10 mx.mailgate.test"]
+    assert found["return_path_spf"]["status"] == "missing"

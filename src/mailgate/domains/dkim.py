@@ -82,10 +82,7 @@ def relaxed_header(field: bytes) -> bytes:
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: WSP runs one SP, none at line ends, no empty lines at the end, and
     a non-empty body ends with CRLF."""
-    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n")
-    if body.endswith(b" "):
-        body = body[:-1]
-    body = body.rstrip(b"\r\n")
+    body = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n").rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
 
@@ -110,8 +107,11 @@ def signed_fields(fields: Sequence[bytes]) -> tuple[list[str], list[bytes]]:
 
 
 def sign(raw: bytes, signers: Sequence[Signer], now: int) -> bytes:
-    """raw with CRLF line ends and one DKIM-Signature field per signer above it."""
+    """raw as sent (CRLF line ends, the last line ended as data_block ends it) with one
+    DKIM-Signature field per signer above it."""
     raw = crlf_lines(raw)
+    if not raw.endswith(b"\r\n"):
+        raw += b"\r\n"
     fields, body = split(raw)
     bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
     names, chosen = signed_fields(fields)
