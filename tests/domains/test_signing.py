@@ -313,3 +313,20 @@ def test_spf_and_the_return_path_follow_the_config(mail: Mail) -> None:
     assert found["return_path_mx"]["status"] == "verified"
     assert found["return_path_mx"]["found"] == ["10 mx.mailgate.test"]
     assert found["return_path_spf"]["status"] == "missing"
+
+
+def test_a_hostile_dns_answer_is_kept_bounded_and_without_control_characters(mail: Mail) -> None:
+    added = mail.admin("POST", "/v1/domains", json={"name": "example.org"}).json()
+    for i in range(30):  # an apex with many TXT records: the SPF one is still found
+        mail.zone.add("example.org", "TXT", f"site-verification={i}")
+    mail.zone.add("example.org", "TXT", "v=spf1 a:mx.mailgate.test ~all")
+    dkim = next(r for r in added["records"] if r["algorithm"] == "rsa-sha256")
+    mail.zone.add(dkim["name"], "TXT", "v=DKIM1; p=\x1b[2J\x07" + "A" * 5000)
+    found = {
+        r["id"]: r for r in mail.admin("POST", "/v1/domains/example.org/verify").json()["records"]
+    }
+    assert found["spf"]["status"] == "verified" and len(found["spf"]["found"]) == 10
+    assert found["spf"]["found"][0] == "v=spf1 a:mx.mailgate.test ~all", "shown first"
+    [hostile] = found[dkim["id"]]["found"]
+    assert found[dkim["id"]]["status"] == "mismatched"
+    assert "\x1b" not in hostile and "\x07" not in hostile and len(hostile) <= 2049

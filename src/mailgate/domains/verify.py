@@ -11,6 +11,9 @@ import dns.resolver
 from mailgate.domains.records import Policy, Record, checked, judge, records
 from mailgate.models import Domain, RecordCheck, RecordStatus
 
+MAX_FOUND = 10  # values kept of one answer, to show a mismatch (all of them are judged)
+MAX_FOUND_CHARS = 2048  # characters kept of each (an RSA-4096 DKIM record is ~750)
+
 
 async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) -> list[str] | None:
     """TXT texts (character-strings joined, RFC 6376 3.6.2.2) or MX `preference host`;
@@ -22,8 +25,17 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) ->
     except dns.exception.DNSException:  # SERVFAIL, timeouts, refused, malformed answers
         return None
     if rtype == "MX":
-        return [f"{r.preference} {r.exchange.to_text(omit_final_dot=True)}" for r in answer]
-    return [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+        texts = [f"{r.preference} {r.exchange.to_text(omit_final_dot=True)}" for r in answer]
+    else:
+        texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+    return [shown(t) for t in texts]
+
+
+def shown(text: str) -> str:
+    """A found value as kept and shown: DNS is not trusted, so no control characters
+    (a terminal escape in a TXT record must not reach the CLI's terminal) and bounded."""
+    cleaned = "".join(c if c.isprintable() else "\ufffd" for c in text[:MAX_FOUND_CHARS])
+    return cleaned + ("…" if len(text) > MAX_FOUND_CHARS else "")
 
 
 async def check(
@@ -41,4 +53,6 @@ def _checked(domain: Domain, record: Record, found: list[str] | None) -> RecordC
     previous = domain.checks.get(record.id)
     if found is None:
         return checked(previous, RecordStatus.UNKNOWN, ())
-    return checked(previous, judge(record, found), found)
+    kind = record.value.split(";")[0].split()[0].lower()  # v=spf1, v=DKIM1, v=DMARC1
+    relevant_first = sorted(found, key=lambda t: not t.lower().startswith(kind))
+    return checked(previous, judge(record, found), relevant_first[:MAX_FOUND])

@@ -1,0 +1,221 @@
+"""DKIM signing: what it costs mailgate, against Postfix signing with OpenDKIM.
+
+In one run:
+1. signing cost per message, in process: mailgate's `dkim.sign` with both keys (RSA-2048
+   and Ed25519, relaxed/relaxed) of a 2 KB and a 100 KB message, against OpenSSL's bare
+   RSA-2048 PKCS#1 v1.5 sign of the same canonical header block (aim: <= 1.3x);
+2. mailgate (`serve`, SQLite) with example.org a verified sending domain (its records
+   served by a DNS server on loopback): HTTP single (wrk) and SMTP 2 KB (smtp-source),
+   every message signed with both keys; then the same with DKIM off, for the difference;
+3. Postfix relaying to smtp-sink, alone and signing with OpenDKIM as its milters
+   (bench/opendkim.py: both keys), smtp-source 2 KB.
+Prints msg/s, CPU per message and the ratios the issue names: HTTP single >= 5x and
+SMTP 2 KB >= 3x Postfix+OpenDKIM. Needs root (Postfix, OpenDKIM).
+
+    python bench/dkim.py [--messages 20000] [--sessions 20] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+from http_ingest import HTTP_PORT, LUA, ensure_wrk, run_wrk
+from machine import CpuMeter, Rate, header
+from smtp_ingest import ensure_postfix, quiet_disk, stop, wait_ready
+from smtp_load import run_smtp_source, start_sink, stop_sink, wait_port
+
+from mailgate.domains import dkim
+from mailgate.models import DkimAlgorithm
+from tests.delivery.peers import start_dns
+
+DOMAIN = "example.org"  # smtp-source's From: (bench@example.org) and the HTTP body's
+MAILGATE_SMTP_PORT, READY_PORT = 2725, HTTP_PORT
+TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. " * 24)[
+    :1900
+]
+ONE = {"from": f"bench@{DOMAIN}", "to": "sink@example.com", "subject": "bench", "text": TEXT}
+_ = LUA  # run_wrk writes it
+
+
+def message(size: int) -> bytes:
+    head = (
+        f"From: Bench <bench@{DOMAIN}>\r\nTo: sink@example.com\r\nSubject: bench\r\n"
+        "Date: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ).encode()
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n"
+    return head + line * ((size - len(head)) // len(line) + 1)
+
+
+def best_of(fn: object, n: int, runs: int = 5) -> float:
+    """Seconds per call, best of `runs` rounds of n calls."""
+    assert callable(fn)
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - started) / n)
+    return best
+
+
+def signing_cost() -> float:
+    """Print mailgate's sign (both keys) against OpenSSL's bare RSA sign; the 2 KB ratio."""
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    signers = [
+        dkim.Signer(DOMAIN, "r", DkimAlgorithm.RSA, rsa_key),
+        dkim.Signer(DOMAIN, "e", DkimAlgorithm.ED25519, ed25519.Ed25519PrivateKey.generate()),
+    ]
+    small = message(2048)
+    fields, _ = dkim.split(small)
+    block = b"".join(dkim.relaxed_header(f) for f in dkim.signed_fields(fields)[1])
+    bare = best_of(lambda: rsa_key.sign(block, padding.PKCS1v15(), hashes.SHA256()), 300)
+    print(f"openssl: {bare * 1e6:7.0f} µs  bare RSA-2048 sign (PKCS#1 v1.5, SHA-256), best of 5")
+    ratio = 0.0
+    for size in (2048, 102400):
+        raw = message(size)
+        cost = best_of(lambda raw=raw: dkim.sign(raw, signers, 1_700_000_000), 300)  # type: ignore[misc]
+        if size == 2048:
+            ratio = cost / bare
+        print(
+            f"mailgate sign {size // 1024:3d} KB: {cost * 1e6:7.0f} µs  both keys "
+            f"(RSA-2048 + Ed25519, relaxed/relaxed) = {cost / bare:.2f}x bare RSA"
+        )
+    return ratio
+
+
+def start_mailgate(
+    tmp: Path, dns_port: int, zone: object, signing: bool
+) -> tuple[subprocess.Popen[bytes], str]:
+    """serve on SQLite without delivery (what an acknowledgement costs); with signing,
+    example.org added, its records published in the loopback DNS and verified first."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
+            "MAILGATE_SMTP_PORT": str(MAILGATE_SMTP_PORT),
+            "MAILGATE_SMTP_MAX_CONNECTIONS_PER_IP": "1000",
+            "MAILGATE_SMTP_DEDUPE_WINDOW": "0",
+            "MAILGATE_HTTP_PORT": str(READY_PORT),
+            "MAILGATE_SERVER_LOG_LEVEL": "warning",
+            "MAILGATE_DELIVERY_ENABLED": "false",
+            "MAILGATE_DELIVERY_RESOLVER": f"127.0.0.1:{dns_port}",
+        }
+    )
+
+    def cli(*args: str) -> str:
+        cmd = [sys.executable, "-m", "mailgate.cli", *args]
+        return subprocess.run(
+            cmd, env=env, cwd=tmp, capture_output=True, text=True, check=True
+        ).stdout
+
+    key = cli("keys", "create", "--name", "bench", "--scope", "send,read").strip().splitlines()[-1]
+    if signing:
+        added = json.loads(cli("domains", "add", DOMAIN, "--json"))
+        for r in added["records"]:
+            if r["purpose"] == "dkim":
+                zone.add(r["name"], "TXT", r["value"])  # type: ignore[attr-defined]
+        verified = json.loads(cli("domains", "verify", DOMAIN, "--json"))
+        assert verified["sending"], verified
+    proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
+    wait_ready(READY_PORT)
+    return proc, key
+
+
+def smtp_rate(port: int, messages: int, sessions: int) -> Rate:
+    quiet_disk()
+    meter = CpuMeter()
+    run = run_smtp_source(port, messages, sessions, 2048)
+    return Rate(run.rate, meter.stop(messages))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--sessions", type=int, default=20)
+    p.add_argument("--seconds", type=int, default=20)
+    p.add_argument("--connections", type=int, default=50)
+    args = p.parse_args()
+    ensure_wrk()
+    ensure_postfix()
+    header(args.sessions, max(args.messages, 10_000))
+    sign_ratio = signing_cost()
+    dns, zone, dns_port = start_dns()
+    http: dict[bool, float] = {}
+    smtp: dict[bool, Rate] = {}
+    try:
+        for signing in (True, False):
+            tmp = Path(tempfile.mkdtemp(prefix="mailgate-dkim-"))
+            mg, key = start_mailgate(tmp, dns_port, zone, signing)
+            label = "DKIM on " if signing else "DKIM off"
+            try:
+                n, rate, p50, p99, errors, cpu = run_wrk(
+                    tmp, key, "/v1/messages", json.dumps(ONE), args.seconds, args.connections, 1
+                )
+                http[signing] = rate
+                print(
+                    f"mailgate {label} HTTP single: {rate:7,.0f} msg/s  p99 {p99 * 1000:5.1f} ms"
+                    f" ({n:,} requests, {errors} errors)  {cpu.describe()}",
+                    flush=True,
+                )
+                smtp[signing] = smtp_rate(MAILGATE_SMTP_PORT, args.messages, args.sessions)
+                print(
+                    f"mailgate {label} SMTP 2 KB  : {smtp[signing].rate:7,.0f} msg/s  "
+                    f"{smtp[signing].cpu.describe()}",
+                    flush=True,
+                )
+                if signing:
+                    check_signed(key)
+            finally:
+                stop(mg)
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        dns.stop()
+        dns.server.server_close()
+    postfix, opendkim = postfix_rates(args.messages, args.sessions)
+    print(
+        f"ratio: HTTP single {http[True] / opendkim:.1f}x Postfix+OpenDKIM (target >= 5x), "
+        f"SMTP 2 KB {smtp[True].rate / opendkim:.1f}x (target >= 3x); signing "
+        f"{sign_ratio:.2f}x bare RSA (aim <= 1.3x); DKIM on/off: HTTP "
+        f"{http[True] / http[False]:.2f}, SMTP {smtp[True].rate / smtp[False].rate:.2f}; "
+        f"Postfix+OpenDKIM / Postfix {opendkim / postfix:.2f}"
+    )
+
+
+def check_signed(key: str) -> None:
+    """The bench measured signed mail: the newest stored message has both signatures."""
+    auth = {"Authorization": f"Bearer {key}"}
+    base = f"http://127.0.0.1:{READY_PORT}/v1/messages"
+    with urllib.request.urlopen(urllib.request.Request(f"{base}?limit=1", headers=auth)) as r:
+        newest = json.load(r)["data"][0]["id"]
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/{newest}/raw", headers=auth)) as r:
+        raw = r.read()
+    algorithms = sorted(
+        t.split(b"=")[1].decode()
+        for t in raw.split(b";")
+        if t.strip().startswith(b"a=") and b"sha256" in t
+    )
+    assert algorithms == ["ed25519-sha256", "rsa-sha256"], raw[:800]
+    print(f"  checked: the newest message carries {', '.join(algorithms)} signatures", flush=True)
+
+
+def postfix_rates(messages: int, sessions: int) -> tuple[float, float]:
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    main()
