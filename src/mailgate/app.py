@@ -206,6 +206,12 @@ class App:
             assert isinstance(store, SqliteStore), "the writer process is SQLite's"
             self.writer = WriterServer(store.engine, socket_path(store.path))
             return [self.writer]
+        if not cfg.server.secret_key and not cfg.store_url.startswith("sqlite"):
+            log.warning(
+                "server.secret_key is not set: DKIM keys are sealed with %s, which every"
+                " other node needs too (set the same server.secret_key on each)",
+                cfg.data_dir.resolve() / "secret.key",
+            )
         box = SecretBox.open(cfg.server.secret_key, cfg.data_dir)
         sending = SendingDomains(store, box, cfg.domains.refresh_seconds, time.time)
         # one door for every way in: the same rules, settings, hooks and count
@@ -351,11 +357,11 @@ class App:
         await self.supervisor.stop(Role.WORKER.value)
         if self.delivery is not None:
             await self.delivery.stop(grace)
+        for component in self.background:  # before the writer: a check may be writing
+            await component.stop(grace)
         await self.supervisor.stop(Role.WRITER.value)  # last: the others commit through it
         if self.writer is not None:
             await self.writer.stop(grace)
-        for component in self.background:
-            await component.stop(grace)
         if self.store is not None:
             await self.store.close()
 

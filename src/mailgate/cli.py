@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -137,6 +138,7 @@ def check_config(config: ConfigOpt = None) -> None:
     for section, key in SECRET_SETTINGS:  # printed configs end up in tickets and logs
         if shown[section][key]:
             shown[section][key] = "<set>"
+    shown["store"]["url"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1<set>@", shown["store"]["url"])
     out.print_json(data=shown)
 
 

@@ -7,6 +7,8 @@ naming the key and what was expected. docs/config.md is generated from this file
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import logging
@@ -29,6 +31,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _fernet_key(value: str) -> str:
+    if value:
+        try:
+            ok = len(base64.urlsafe_b64decode(value.encode())) == 32
+        except (ValueError, binascii.Error):
+            ok = False
+        if not ok:
+            raise ValueError(
+                "expected 32 url-safe base64 bytes (make one with: python -c 'from"
+                " cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+            )
+    return value
+
+
 class ServerConfig(_Section):
     hostname: str = Field(
         "localhost", description="Name used in the SMTP greeting, Received and Message-ID."
@@ -43,6 +59,8 @@ class ServerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Logging threshold."
     )
+    _secret_key = field_validator("secret_key")(_fernet_key)
+
     delivery_process: bool = Field(
         True,
         description="`serve` runs delivery in a child process of its own, so taking mail in"

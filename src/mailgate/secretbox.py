@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -47,23 +48,26 @@ class SecretBox:
 
 
 def key_file(path: Path) -> bytes:
-    """Read the key file, or make it (mode 0600, created exclusively: two processes
-    starting together end up with the one key)."""
+    """Read the key file, or make it: written whole to a temporary file (mode 0600) and
+    linked into place, so a process that finds the file finds the key in it, and two
+    processes starting together end up with the one key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            log.warning("%s is readable by other users; chmod 600 it", path)
-        for _ in range(50):  # a process that just made it may not have written it yet
-            key = path.read_bytes().strip()
-            if key:
-                return key
-            os.sched_yield()
-        raise ConfigError(f"{path} is empty: remove it to have a new key made") from None
-    key = Fernet.generate_key()
-    with os.fdopen(fd, "wb") as f:
-        f.write(key + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Fernet.generate_key() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process linked its key first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        log.warning("%s is readable by other users; chmod 600 it", path)
+    key = path.read_bytes().strip()
+    if not key:
+        raise ConfigError(f"{path} is empty: restore it from a backup (it seals the DKIM keys)")
     return key

@@ -52,10 +52,18 @@ def test_domains_add_verify_rotate_retire_remove(
     )
     assert refused.returncode == 1 and "rotate and verify the new key first" in refused.stderr
     assert "example.net" in run("list")
+    secret = "tUMOuuMJbL1dYkyPHosuZ7kdRiz9YHcCu8gwcLf9xC0="
+    url = "postgresql://mg:hunter2@127.0.0.1:5432/test"
     checked = mailgate(
-        "check-config", "-c", cfg, cwd=tmp_path, env={"MAILGATE_SERVER_SECRET_KEY": "s3cret"}
+        "check-config",
+        "-c",
+        cfg,
+        cwd=tmp_path,
+        env={"MAILGATE_SERVER_SECRET_KEY": secret, "MAILGATE_STORE_URL": url},
     )
-    assert "s3cret" not in checked.stdout and "<set>" in checked.stdout
+    assert checked.returncode == 0, checked.stderr
+    assert secret not in checked.stdout and "hunter2" not in checked.stdout
+    assert "postgresql://mg:<set>@127.0.0.1" in checked.stdout
     run("remove", "example.net")
     gone = mailgate("domains", "show", "example.net", "-c", cfg, cwd=tmp_path, env=env)
     assert gone.returncode == 1 and "No domain example.net" in gone.stderr

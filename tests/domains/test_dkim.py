@@ -129,3 +129,38 @@ def test_the_signed_fields_and_the_signature_shape() -> None:
 )
 def test_split(raw: bytes, fields: list[bytes], body: bytes) -> None:
     assert dkim.split(raw) == (fields, body)
+
+
+junk_line = st.sampled_from(["bogus line", "bad name: x", "Subject : spaced", "From : b@x.test"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(fields=st.lists(st.one_of(field, junk_line), max_size=6), body=body)
+def test_a_header_block_with_junk_lines_is_made_well_formed_and_verifies(
+    fields: list[str], body: bytes
+) -> None:
+    """A line that is not a field starts the body (as the door's header_facts reads it)
+    and `Name :` loses its space: every verifier then parses what was signed."""
+    head = "From: A <a@example.org>\r\n" + "".join(f + "\r\n" for f in fields)
+    signed = dkim.sign(head.encode() + b"\r\n" + body, SIGNERS, 1_700_000_000)
+    assert verified(signed) == [True, True]
+
+
+def test_hundreds_of_signed_fields_keep_every_line_short() -> None:
+    head = b"From: a@example.org\r\n" + b"To: someone@x.test\r\n" * 300
+    signed = dkim.sign(head + b"\r\nbody\r\n", SIGNERS, 1_700_000_000)
+    assert max(len(line) for line in signed.split(b"\r\n")) < 100
+    assert verified(signed) == [True, True]
+
+
+def test_the_key_file_is_one_key_when_processes_race(tmp_path: object) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from mailgate.secretbox import key_file
+
+    path = Path(str(tmp_path)) / "secret.key"
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: key_file(path), range(32)))
+    assert len(keys) == 1 and path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["secret.key"]

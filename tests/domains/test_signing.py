@@ -330,3 +330,26 @@ def test_a_hostile_dns_answer_is_kept_bounded_and_without_control_characters(mai
     [hostile] = found[dkim["id"]]["found"]
     assert found[dkim["id"]]["status"] == "mismatched"
     assert "\x1b" not in hostile and "\x07" not in hostile and len(hostile) <= 2049
+
+
+@pytest.mark.parametrize("mail", [{"require_verified": True}], indirect=True)
+def test_a_from_that_parsers_read_apart_borrows_no_domain(mail: Mail) -> None:
+    """`From: ceo@bank.example x@example.org` reads as "@example.org" to getaddresses:
+    neither require_verified nor a key limited to example.org may take it as that domain."""
+    mail.add_verified("example.org")
+    raw = b"From: ceo@bank.example x@example.org\r\nTo: x@inbox.test\r\nSubject: s\r\n\r\nb\r\n"
+    for key in (mail.server.send_key, mail.server.restricted_key):
+        sent = mail.http.post(
+            "/v1/messages/raw",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "raw": base64.b64encode(raw).decode(),
+                "from": "x@example.org",
+                "to": ["x@inbox.test"],
+            },
+        )
+        assert sent.status_code == 403, sent.text
+    with smtplib.SMTP("127.0.0.1", mail.server.smtp_port, timeout=30) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            smtp.sendmail("x@example.org", ["x@inbox.test"], raw)
+        assert e.value.smtp_code == 550

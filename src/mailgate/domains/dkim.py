@@ -5,13 +5,15 @@ The signature itself is OpenSSL's (the `cryptography` package): dkimpy's pure-Py
 took ~27 ms a message on a slow machine, OpenSSL ~2 ms. dkimpy, Mail::DKIM and OpenDKIM
 are the oracles the tests verify these signatures with.
 
-What is signed is what is sent: the bytes are given CRLF line ends first (wire.py), so
-delivery adds only dot-stuffing and the final dot, which the receiver takes off."""
+What is signed is what is sent: the bytes are given CRLF line ends first (wire.py) and a
+header block of fields only (well_formed), so delivery adds only dot-stuffing and the
+final dot, which the receiver takes off."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +42,7 @@ SIGNED_FIELDS = (
     "list-unsubscribe-post",
 )
 OVERSIGNED = frozenset({"from"})
+_FIELD_START = re.compile(rb"([!-9;-~]+)[ \t]*:")  # ftext name (RFC 5322 3.6.8), colon
 _B64_LINE = 72  # characters of b= per folded line
 
 
@@ -51,6 +54,35 @@ class Signer:
     selector: str  # s=
     algorithm: DkimAlgorithm
     key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+def well_formed(raw: bytes) -> bytes:
+    """CRLF-only bytes whose header block holds only fields, so that every verifier
+    parses it as the door did: a line that is neither a field nor a continuation starts
+    the body (an empty line is put before it; the door's header_facts stopped there
+    too), and obsolete space before a field's colon (`From : x`, RFC 5322 4.5) is
+    dropped (dkimpy fails such fields). raw itself when nothing needs it."""
+    if raw.startswith(b"\r\n"):
+        return raw
+    end = raw.find(b"\r\n\r\n")
+    head_end = len(raw) if end < 0 else end
+    lines = raw[:head_end].split(b"\r\n")
+    out: list[bytes] = []
+    for i, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t") and out:
+            out.append(line)
+            continue
+        m = _FIELD_START.match(line)
+        if m is None:
+            if not line and i == len(lines) - 1:  # the CRLF ending a header-only message
+                out.append(line)
+                break
+            head = b"\r\n".join(out) + b"\r\n" if out else b""
+            return head + b"\r\n" + b"\r\n".join(lines[i:]) + raw[head_end:]
+        out.append(line if m.end(1) == m.end(0) - 1 else m.group(1) + line[m.end(0) - 1 :])
+    if len(out) == len(lines) and all(a is b for a, b in zip(out, lines, strict=True)):
+        return raw
+    return b"\r\n".join(out) + raw[head_end:]
 
 
 def split(raw: bytes) -> tuple[list[bytes], bytes]:
@@ -121,11 +153,12 @@ def sign(raw: bytes, signers: Sequence[Signer], now: int) -> bytes:
     raw = crlf_lines(raw)
     if not raw.endswith(b"\r\n"):
         raw += b"\r\n"
+    raw = well_formed(raw)
     fields, body = split(raw)
     bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
     names, chosen = signed_fields(fields)
     canonical = b"".join(relaxed_header(f) for f in chosen)
-    h = ":".join(names)
+    h = folded(names)
     added: list[bytes] = []
     for s in signers:
         head = (
@@ -134,9 +167,21 @@ def sign(raw: bytes, signers: Sequence[Signer], now: int) -> bytes:
         ).encode("ascii")
         data = canonical + relaxed_header(head)[:-2]  # the field itself without its CRLF
         b = base64.b64encode(_signature(s, data)).decode()
-        folded = "\r\n\t".join(b[i : i + _B64_LINE] for i in range(0, len(b), _B64_LINE))
-        added.append(head + folded.encode("ascii") + b"\r\n")
+        b_lines = "\r\n\t".join(b[i : i + _B64_LINE] for i in range(0, len(b), _B64_LINE))
+        added.append(head + b_lines.encode("ascii") + b"\r\n")
     return b"".join(added) + raw
+
+
+def folded(names: Sequence[str]) -> str:
+    """The h= value, folded before a colon when a line would pass ~72 characters (a
+    message with hundreds of To fields must not make a line over 998 octets)."""
+    lines, line = [], ""
+    for name in names:
+        if line and len(line) + len(name) > _B64_LINE:
+            lines.append(line)
+            line = ""
+        line += (":" if line or lines else "") + name
+    return "\r\n\t".join([*lines, line])
 
 
 def _signature(s: Signer, data: bytes) -> bytes:

@@ -14,6 +14,7 @@ may already publish stricter ones, and receivers judge them, not mailgate."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,7 +122,8 @@ def judge(record: Record, found: Sequence[str]) -> RecordStatus:
         want_host = record.value.split()[-1].lower()
         return RecordStatus.VERIFIED if want_host in hosts else RecordStatus.MISMATCHED
     if record.purpose == "dmarc":
-        dmarc = [t for t in found if t.replace(" ", "").upper().startswith("V=DMARC1")]
+        # RFC 7489 6.4: the record starts with exactly "v=DMARC1"
+        dmarc = [t for t in found if re.match(r"v\s*=\s*DMARC1\s*(;|$)", t)]
         if not found:
             return RecordStatus.MISSING
         # RFC 7489 6.6.3: more than one record, or none, means no policy

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from mailgate.addresses import ascii_domain
 from mailgate.domains import dkim
 from mailgate.domains.keys import open_signer
 from mailgate.domains.records import signing_keys
@@ -24,9 +25,16 @@ log = logging.getLogger("mailgate.domains")
 
 
 def candidates(domain: str) -> list[str]:
-    """The domain and each parent: mail From a.b.example.org is signed by the first of
-    a.b.example.org, b.example.org, example.org that is a sending domain."""
-    labels = domain.lower().rstrip(".").split(".")
+    """The domain and each parent, in A-labels as domains are stored: mail From
+    a.b.example.org is signed by the first of a.b.example.org, b.example.org,
+    example.org that is a sending domain."""
+    domain = domain.lower().rstrip(".")
+    if not domain.isascii():
+        try:
+            domain = ascii_domain(domain)
+        except ValueError:  # not a domain IDNA can spell: no sending domain has it
+            return []
+    labels = domain.split(".")
     return [".".join(labels[i:]) for i in range(len(labels) - 1)] or [domain.lower()]
 
 
@@ -55,11 +63,15 @@ class SendingDomains:
     def is_sending(self, address: str) -> bool:
         return self.find(domain_of(address)) is not None
 
+    def signers_for(self, address: str | None) -> tuple[dkim.Signer, ...] | None:
+        local, at, domain = (address or "").rpartition("@")
+        if not (local and at and self._signers):  # no From, or none that is an address
+            return None
+        return self.find(domain)
+
     def sign(self, raw: bytes, from_address: str | None) -> bytes:
         """raw signed by the sending domain of its From address, or as it is."""
-        if from_address is None or not self._signers:
-            return raw
-        signers = self.find(domain_of(from_address))
+        signers = self.signers_for(from_address)
         if signers is None:
             return raw
         return dkim.sign(raw, signers, int(self.clock()))
@@ -72,7 +84,11 @@ class SendingDomains:
             keys = []
             for key in signing_keys(domain):
                 ref = f"{key.domain}/{key.selector}"
-                signer = self._opened.get(ref) or open_signer(key, sealed[ref], self.box)
+                try:
+                    signer = self._opened.get(ref) or open_signer(key, sealed[ref], self.box)
+                except Exception as e:  # one key that cannot be opened stops only itself
+                    log.error("DKIM key %s of %s cannot be opened: %s", key.selector, key.domain, e)
+                    continue
                 opened[ref] = signer
                 keys.append(signer)
             if keys:

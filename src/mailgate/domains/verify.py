@@ -16,8 +16,8 @@ MAX_FOUND_CHARS = 2048  # characters kept of each (an RSA-4096 DKIM record is ~7
 
 
 async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) -> list[str] | None:
-    """TXT texts (character-strings joined, RFC 6376 3.6.2.2) or MX `preference host`;
-    [] when the name or the type is absent; None when DNS failed (nothing learned)."""
+    """TXT texts (character-strings joined, RFC 6376 3.6.2.2) or MX `preference host`,
+    as DNS gave them; [] when the name or the type is absent; None when DNS failed."""
     try:
         answer = await resolver.resolve(name, rtype, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -28,7 +28,7 @@ async def lookup(resolver: dns.asyncresolver.Resolver, name: str, rtype: str) ->
         texts = [f"{r.preference} {r.exchange.to_text(omit_final_dot=True)}" for r in answer]
     else:
         texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
-    return [shown(t) for t in texts]
+    return texts
 
 
 def shown(text: str) -> str:
@@ -55,4 +55,5 @@ def _checked(domain: Domain, record: Record, found: list[str] | None) -> RecordC
         return checked(previous, RecordStatus.UNKNOWN, ())
     kind = record.value.split(";")[0].split()[0].lower()  # v=spf1, v=DKIM1, v=DMARC1
     relevant_first = sorted(found, key=lambda t: not t.lower().startswith(kind))
-    return checked(previous, judge(record, found), relevant_first[:MAX_FOUND])
+    kept = [shown(t) for t in relevant_first[:MAX_FOUND]]  # judged whole, kept cleaned
+    return checked(previous, judge(record, found), kept)

@@ -76,7 +76,7 @@ def api_error(e: DomainError) -> ApiError:
 
 
 def domain_out(domain: Domain, policy: records.Policy) -> m.DomainOut:
-    signing = {k.selector for k in records.signing_keys(domain)}
+    signing = {k.selector for k in records.signing_keys(domain)} if domain.sending else set()
     out = []
     for r in records.records(domain, policy):
         check = domain.checks.get(r.id, RecordCheck())

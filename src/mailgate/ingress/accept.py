@@ -170,7 +170,7 @@ def require_sending(sub: Submission, facts: HeaderFacts, is_sending: IsSending) 
     if sub.source is Source.DSN:
         return None
     for address in facts.from_addresses:
-        if not is_sending(address):
+        if address.startswith("@") or not is_sending(address):
             reason = f"From domain {domain_of(address)} is not a verified sending domain"
             return Refusal(Rule.DOMAIN, "From", reason)
     if not facts.from_addresses:

@@ -181,7 +181,10 @@ def foreign_originator(facts: HeaderFacts, allows: Callable[[str], bool]) -> str
     if not facts.from_addresses and not allows(""):
         return "From"
     for name, address in facts.originators:
-        if not allows(address.rpartition("@")[2].lower()):
+        local, _, domain = address.rpartition("@")
+        # "a@b.com x@c.org" reads as "@c.org" to getaddresses: an address without a
+        # local part is no address, never a way to borrow an allowed domain
+        if not local or not allows(domain.lower()):
             return name
     return None
 

@@ -193,7 +193,7 @@ async def add_domain(tx: Tx, name: str, keys: Sequence[tuple[DkimKey, str]], now
 
 async def add_domain_keys(tx: Tx, name: str, keys: Sequence[tuple[DkimKey, str]]) -> bool:
     """A rotation's new keys; the old ones stay until retired. False: no such domain."""
-    if await tx.fetchrow("domain_sending", name) is None:
+    if await tx.fetchrow("domain_exists", name) is None:
         return False
     await tx.executemany("insert_domain_key", [domain_key_row(k, sealed) for k, sealed in keys])
     return True
@@ -213,11 +213,10 @@ async def record_domain_check(
 ) -> bool:
     """Store a check of the domain's records; when it became (or stopped being) a
     sending domain, write that event in the same transaction. False: no such domain."""
-    row = await tx.fetchrow("domain_sending", name)
-    if row is None:
+    if await tx.fetchrow("record_domain_check", checks_json(checks), now, next_at, name) is None:
         return False
-    await tx.execute("record_domain_check", checks_json(checks), int(sending), now, next_at, name)
-    if bool(row[0]) != sending:
+    state = int(sending)
+    if await tx.fetchrow("flip_domain_sending", state, name, state) is not None:
         kind = EventKind.DOMAIN_VERIFIED if sending else EventKind.DOMAIN_UNVERIFIED
         details = json.dumps({"domain": name})
         await tx.execute("insert_event", "", kind.value, now, details, None)

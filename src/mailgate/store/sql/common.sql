@@ -116,11 +116,15 @@ DELETE FROM domains WHERE name = ? RETURNING 1
 UPDATE domain_keys SET retired_at = ? WHERE domain = ? AND selector = ? AND retired_at IS NULL
 RETURNING 1
 
--- name: domain_sending
-SELECT sending FROM domains WHERE name = ?
+-- name: domain_exists
+SELECT 1 FROM domains WHERE name = ?
 
 -- name: record_domain_check
-UPDATE domains SET checks = ?, sending = ?, checked_at = ?, next_check_at = ? WHERE name = ?
+UPDATE domains SET checks = ?, checked_at = ?, next_check_at = ? WHERE name = ? RETURNING 1
+
+-- name: flip_domain_sending
+-- one writer wins a change of state (PostgreSQL re-reads the row after a lock wait)
+UPDATE domains SET sending = ? WHERE name = ? AND sending <> ? RETURNING 1
 
 -- name: claim_domain_checks
 UPDATE domains SET next_check_at = ? WHERE next_check_at <= ? RETURNING name
