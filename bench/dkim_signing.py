@@ -26,19 +26,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.delivery.peers
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from http_ingest import HTTP_PORT, LUA, ensure_wrk, run_wrk
+from http_ingest import HTTP_PORT, ensure_wrk, run_wrk
 from machine import CpuMeter, Rate, header
 from opendkim import OPENDKIM_BOTH, POSTFIX, Load, run_anchor
 from smtp_ingest import ensure_postfix, quiet_disk, stop, wait_ready
 from smtp_load import run_smtp_source
-from tests.delivery.peers import start_dns
+from tests.delivery.peers import ZoneResolver, start_dns
 
 from mailgate.domains import dkim
 from mailgate.models import DkimAlgorithm
@@ -49,7 +49,6 @@ TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod
     :1900
 ]
 ONE = {"from": f"bench@{DOMAIN}", "to": "sink@example.com", "subject": "bench", "text": TEXT}
-_ = LUA  # run_wrk writes it
 
 
 def message(size: int) -> bytes:
@@ -62,9 +61,8 @@ def message(size: int) -> bytes:
     return head + line * ((size - len(head)) // len(line) + 1)
 
 
-def best_of(fn: object, n: int, runs: int = 5) -> float:
+def best_of(fn: Callable[[], object], n: int, runs: int = 5) -> float:
     """Seconds per call, best of `runs` rounds of n calls."""
-    assert callable(fn)
     best = float("inf")
     for _ in range(runs):
         started = time.perf_counter()
@@ -89,7 +87,7 @@ def signing_cost() -> float:
     ratio = 0.0
     for size in (2048, 102400):
         raw = message(size)
-        cost = best_of(lambda raw=raw: dkim.sign(raw, signers, 1_700_000_000), 300)  # type: ignore[misc]
+        cost = best_of(lambda raw=raw: dkim.sign(raw, signers, 1_700_000_000), 300)
         if size == 2048:
             ratio = cost / bare
         print(
@@ -100,7 +98,7 @@ def signing_cost() -> float:
 
 
 def start_mailgate(
-    tmp: Path, dns_port: int, zone: object, signing: bool
+    tmp: Path, dns_port: int, zone: ZoneResolver, signing: bool
 ) -> tuple[subprocess.Popen[bytes], str]:
     """serve on SQLite without delivery (what an acknowledgement costs); with signing,
     example.org added, its records published in the loopback DNS and verified first."""
@@ -129,7 +127,7 @@ def start_mailgate(
         added = json.loads(cli("domains", "add", DOMAIN, "--json"))
         for r in added["records"]:
             if r["purpose"] == "dkim":
-                zone.add(r["name"], "TXT", r["value"])  # type: ignore[attr-defined]
+                zone.add(r["name"], "TXT", r["value"])
         verified = json.loads(cli("domains", "verify", DOMAIN, "--json"))
         assert verified["sending"], verified
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
@@ -164,7 +162,7 @@ def main() -> None:
             mg, key = start_mailgate(tmp, dns_port, zone, signing)
             label = "DKIM on " if signing else "DKIM off"
             try:
-                n, rate, p50, p99, errors, cpu = run_wrk(
+                n, rate, _, p99, errors, cpu = run_wrk(
                     tmp, key, "/v1/messages", json.dumps(ONE), args.seconds, args.connections, 1
                 )
                 http[signing] = rate
