@@ -62,7 +62,7 @@ from machine import CpuMeter, Rate, header, process_cpu
 from smtp_ingest import ensure_postfix, quiet_disk, start_postfix
 from smtp_load import (
     SMTP_SINK,
-    SMTP_SOURCE,
+    run_smtp_source,
     start_sink,
     stop_sink,
     wait_delivered,
@@ -201,29 +201,11 @@ def postfix_lock() -> Iterator[None]:
 
 
 def send(port: int, messages: int, sessions: int, size: int, sender: str) -> tuple[float, float]:
-    """smtp-source as bench/smtp_load runs it, but from `sender` (it is also the From:
-    header); the start (monotonic) and the seconds until every message was answered."""
+    """smtp-source from `sender` (the From: header OpenDKIM's SigningTable matches); the
+    start (monotonic) and the seconds until every message was answered."""
     started = time.monotonic()
-    subprocess.run(
-        [
-            SMTP_SOURCE,
-            "-d",
-            "-s",
-            str(sessions),
-            "-m",
-            str(messages),
-            "-l",
-            str(size),
-            "-f",
-            sender,
-            "-t",
-            "sink@example.com",
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-        timeout=1800,
-    )
-    return started, time.monotonic() - started
+    run = run_smtp_source(port, messages, sessions, size, sender)
+    return started, run.seconds
 
 
 # --- verification -------------------------------------------------------------------

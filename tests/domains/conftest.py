@@ -15,10 +15,11 @@ import trustme
 
 from mailgate import keys
 from mailgate.models import Scope
-from tests.delivery.conftest import free_port
+from tests.delivery.conftest import dns_zone, free_port
 from tests.delivery.peers import Received, Script, SinkController, ZoneResolver, start_dns
 from tests.ingress.conftest import RunningServer, make_config, start_server
 
+__all__ = ["dns_zone"]  # a fixture for the tests here, by name
 INBOX = "inbox.test"  # recipients' domain: its MX is the sink
 
 

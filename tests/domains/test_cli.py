@@ -4,27 +4,16 @@ loopback), rotate and retire keys, remove; secrets never printed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.delivery.peers import ZoneResolver, start_dns
+from tests.delivery.peers import ZoneResolver
 from tests.test_cli import mailgate
 
 
-@pytest.fixture
-def dns() -> Iterator[tuple[ZoneResolver, int]]:
-    server, zone, port = start_dns()
-    yield zone, port
-    server.stop()
-    server.server.server_close()
-
-
 def test_domains_add_verify_rotate_retire_remove(
-    tmp_path: Path, dns: tuple[ZoneResolver, int]
+    tmp_path: Path, dns_zone: tuple[ZoneResolver, int]
 ) -> None:
-    zone, port = dns
+    zone, port = dns_zone
     assert mailgate("init", "--dir", str(tmp_path), cwd=tmp_path).returncode == 0
     cfg = str(tmp_path / "mailgate.toml")
     env = {"MAILGATE_DELIVERY_RESOLVER": f"127.0.0.1:{port}"}
