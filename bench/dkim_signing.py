@@ -91,21 +91,22 @@ def signing_cost() -> float:
     small, large = message(2048), message(102400)
     fields, _ = dkim.split(small)
     block = b"".join(dkim.relaxed_header(f) for f in dkim.signed_fields(fields)[1])
-    bare, two_kb, hundred_kb = paired(
-        [
-            lambda: rsa_key.sign(block, padding.PKCS1v15(), hashes.SHA256()),
-            lambda: dkim.sign(small, signers, 1_700_000_000),
-            lambda: dkim.sign(large, signers, 1_700_000_000),
-        ],
-        400,
-    )
-    print(f"openssl: {bare * 1e6:7.0f} µs  bare RSA-2048 sign (PKCS#1 v1.5, SHA-256), median of 5")
-    for size, cost in ((2, two_kb), (100, hundred_kb)):
-        print(
-            f"mailgate sign {size:3d} KB: {cost * 1e6:7.0f} µs  both keys "
-            f"(RSA-2048 + Ed25519, relaxed/relaxed) = {cost / bare:.2f}x bare RSA"
+    ratios = {}
+    for size, raw in ((2, small), (100, large)):  # a pair each: 100 KB's buffers evict
+        bare, cost = paired(  # the caches, which a 2 KB message does not do to itself
+            [
+                lambda: rsa_key.sign(block, padding.PKCS1v15(), hashes.SHA256()),
+                lambda raw=raw: dkim.sign(raw, signers, 1_700_000_000),
+            ],
+            400,
         )
-    return two_kb / bare
+        ratios[size] = cost / bare
+        print(
+            f"mailgate sign {size:3d} KB: {cost * 1e6:7.0f} µs  both keys (RSA-2048 + Ed25519,"
+            f" relaxed/relaxed) = {cost / bare:.2f}x a bare RSA-2048 sign ({bare * 1e6:.0f} µs,"
+            " PKCS#1 v1.5, SHA-256; called in turns, median of 5)"
+        )
+    return ratios[2]
 
 
 def start_mailgate(
