@@ -201,6 +201,7 @@ class OutcomeDetails(TypedDict, total=False):
     text: str  # its text
     remote_host: str  # the host that answered
     next_attempt_at: float  # DEFERRED: when the next attempt is due
+    attempt: int  # which attempt this was (1 for the first)
 
 
 class LeaseExpiredDetails(TypedDict):

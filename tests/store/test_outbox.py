@@ -155,8 +155,14 @@ async def test_every_event_carries_the_key_that_owns_its_message(store: Store) -
         "source": "http",
     }
     assert by_kind[EventKind.LEASE_EXPIRED] == {"previous_owner": "dead-worker"}
-    assert by_kind[EventKind.BOUNCED] == {"code": 550, "enhanced": "5.1.1", "text": "no such user"}
+    assert by_kind[EventKind.BOUNCED] == {
+        "attempt": 1,
+        "code": 550,
+        "enhanced": "5.1.1",
+        "text": "no such user",
+    }
     assert by_kind[EventKind.DEFERRED] == {
+        "attempt": 1,
         "code": 451,
         "enhanced": None,
         "text": "busy",

@@ -4,6 +4,7 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
     send.py      POST /v1/messages, /batch, /raw          -> the door
     messages.py  GET /v1/messages[/{id}[/raw]], POST /{id}/cancel
     domains.py   /v1/domains: sending domains, their records and DKIM keys (admin)
+    events.py    GET /v1/events: the outbox in commit order, after a cursor
     health.py    /healthz, /readyz, /metrics
 """
 
@@ -24,7 +25,7 @@ from mailgate.auth_guard import AuthGuard
 from mailgate.config import HttpConfig
 from mailgate.domains.manage import DomainAdmin
 from mailgate.errors import StoreError
-from mailgate.http import domains, health, messages, send
+from mailgate.http import domains, events, health, messages, send
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
@@ -80,6 +81,7 @@ def create_api(api: Api) -> Direct:
     sends = send.Send(api.auth, api.idempotency, api.door, api.store, api.cfg)
     app.include_router(send.router(sends))
     app.include_router(messages.router(messages.Messages(api.auth, api.store)))
+    app.include_router(events.router(events.Events(api.auth, api.store)))
     if api.domains is not None:
         app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))

@@ -295,3 +295,16 @@ class DomainOut(BaseModel):
 
 class DomainList(BaseModel):
     data: list[DomainOut]
+
+
+class EventPayload(BaseModel):
+    id: str = Field(description="evt_<n>: stable, de-duplicate on it")
+    type: str = Field(description="message.accepted, message.delivered, ... domain.verified")
+    timestamp: str = Field(description="When it happened (ISO 8601, UTC)")
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    data: list[EventPayload]
+    next_cursor: str = Field(description="Pass as `after` for the next page")
+    has_more: bool = Field(description="The page was full: ask again at once")

@@ -128,6 +128,11 @@ class EngineStore:
     async def revoke_key(self, key_id: str, now: float) -> bool:
         return cast("bool", await self._change("revoke_key", key_id, now))
 
+    async def event_context(
+        self, message_ids: Sequence[str], recipient_ids: Sequence[int]
+    ) -> tuple[dict[str, tuple[list[str], dict[str, str]]], dict[int, str]]:
+        return await self._read(lambda tx: queries.event_context(tx, message_ids, recipient_ids))
+
     # -- sending domains ---------------------------------------------------------------
     async def get_domain(self, name: str) -> Domain | None:
         return await self._read(lambda tx: queries.get_domain(tx, name))

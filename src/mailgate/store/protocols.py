@@ -129,6 +129,13 @@ class Store(Protocol):
 
     async def revoke_key(self, key_id: str, now: float) -> bool: ...
 
+    async def event_context(
+        self, message_ids: Sequence[str], recipient_ids: Sequence[int]
+    ) -> tuple[dict[str, tuple[list[str], dict[str, str]]], dict[int, str]]:
+        """What event payloads name: each message's (tags, metadata), each recipient's
+        address."""
+        ...
+
     # sending domains (domains/): keys are (DkimKey, sealed private key)
     async def get_domain(self, name: str) -> Domain | None: ...
 

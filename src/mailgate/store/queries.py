@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -159,3 +160,18 @@ async def sending_keys(tx: Tx) -> tuple[list[Domain], dict[str, str]]:
         sealed[f"{key.domain}/{key.selector}"] = r[-1]
     domains = [domain_from_row(r, keys.get(r[0], [])) for r in await tx.fetch("sending_domains")]
     return domains, sealed
+
+
+async def event_context(
+    tx: Tx, message_ids: Sequence[str], recipient_ids: Sequence[int]
+) -> tuple[dict[str, tuple[list[str], dict[str, str]]], dict[int, str]]:
+    """For a page of events: each message's tags and metadata, each recipient's address."""
+    messages = {
+        r[0]: (json.loads(r[1]), json.loads(r[2]))
+        for r in (await tx.fetch("event_messages", list(message_ids)) if message_ids else ())
+    }
+    addresses = {
+        r[0]: r[1]
+        for r in (await tx.fetch("event_recipients", list(recipient_ids)) if recipient_ids else ())
+    }
+    return messages, addresses

@@ -124,7 +124,8 @@ async def settle(
             continue
         settled.add(s.recipient_id)
         kind = EVENT_FOR_STATUS[s.status].value
-        events.append(RecipientEventRow(s.recipient_id, kind, now, settlement_details(s), row[0]))
+        details = settlement_details(s, row[1])
+        events.append(RecipientEventRow(s.recipient_id, kind, now, details, row[0]))
     if events:
         await tx.executemany("insert_recipient_event", events)
     await insert_rows(tx, [message_rows(m) for m in dsns_to_queue(dsns, settled)])

@@ -188,10 +188,11 @@ def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
     )
 
 
-def settlement_details(s: Settlement) -> str:
-    details: OutcomeDetails = {}
+def settlement_details(s: Settlement, attempt: int) -> str:
+    details: OutcomeDetails = {"attempt": attempt}
     if s.reply is not None:
-        details = {"code": s.reply.code, "enhanced": s.reply.enhanced, "text": s.reply.text}
+        details["code"], details["text"] = s.reply.code, s.reply.text
+        details["enhanced"] = s.reply.enhanced
     if s.remote_host:
         details["remote_host"] = s.remote_host
     if s.next_attempt_at is not None:

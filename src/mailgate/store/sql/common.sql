@@ -40,7 +40,7 @@ UPDATE recipients SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
     lease_owner = NULL, last_code = ?, last_enhanced = ?, last_text = ?, remote_host = ?,
     updated_at = ?
 WHERE id = ? AND lease_owner = ? AND status IN ('queued', 'deferred')
-RETURNING message_id
+RETURNING message_id, attempts
 
 -- name: recover_leases
 UPDATE recipients SET next_attempt_at = ?

@@ -57,3 +57,9 @@ SELECT pg_advisory_xact_lock(?)
 
 -- name: notify
 NOTIFY mailgate_work
+
+-- name: event_messages
+SELECT id, tags, metadata FROM messages WHERE id = ANY(?::text[])
+
+-- name: event_recipients
+SELECT id, address FROM recipients WHERE id = ANY(?::bigint[])

@@ -44,3 +44,9 @@ SELECT {event_columns} FROM events WHERE id > ? AND api_key_id = ? ORDER BY id L
 
 -- name: data_version
 PRAGMA data_version
+
+-- name: event_messages
+SELECT id, tags, metadata FROM messages WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: event_recipients
+SELECT id, address FROM recipients WHERE id IN (SELECT value FROM json_each(?))
