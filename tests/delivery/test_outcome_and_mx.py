@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from mailgate.delivery.mx import MxResolver, forbidden, order_mx
+from mailgate.delivery.mx import MxResolver, order_mx
 from mailgate.delivery.outcome import Verdict, from_reply, reply_from
 from mailgate.models import Reply
+from mailgate.reachable import forbidden
 from tests.delivery.conftest import Clock
 
 
