@@ -24,6 +24,7 @@ from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
 from mailgate.domains.sending import SendingDomains
 from mailgate.errors import MailgateError
+from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http.app import Api
 from mailgate.http.server import HttpServer
 from mailgate.ingress.accept import Door
@@ -255,6 +256,9 @@ class App:
                 guard,
                 door,
                 admin,
+                WebhookAdmin(
+                    store, box, cfg.webhooks, make_resolver(cfg.delivery.resolver, DNS_TIMEOUT)
+                ),
             )
             self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports)
             out.append(self.http)

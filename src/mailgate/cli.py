@@ -18,7 +18,7 @@ from mailgate import keys as api_keys
 from mailgate.app import DNS_TIMEOUT, App, Role, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.domains.manage import DomainAdmin, policy_of
-from mailgate.errors import ConfigError, DomainError, MailgateError, StoreError
+from mailgate.errors import ConfigError, MailgateError, RequestError, StoreError
 from mailgate.http.domains import domain_out
 from mailgate.models import Domain, MessageQuery, RecipientStatus, Scope
 from mailgate.process import freeze_heap, share_metrics, tune_interpreter
@@ -66,7 +66,7 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except StoreError as exc:
         _say(str(exc))
         raise typer.Exit(1) from None
-    except DomainError as exc:
+    except RequestError as exc:
         _say(f"error: {exc.message}")
         raise typer.Exit(1) from None
     except MailgateError as exc:

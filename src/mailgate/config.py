@@ -373,6 +373,27 @@ class DomainsConfig(_Section):
         return value
 
 
+class WebhooksConfig(_Section):
+    allow_http: bool = Field(
+        False, description="Allow http:// webhook URLs (off: https only; for local testing)."
+    )
+    allow_private_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks webhooks may be sent to although not public (loopback,"
+        " private, link-local, ...), e.g. `127.0.0.0/8` for a receiver on this machine.",
+    )
+    secret_overlap: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds a rotated-out secret keeps signing beside the new one.",
+    )
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -382,6 +403,7 @@ class Config(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     domains: DomainsConfig = Field(default_factory=DomainsConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
 
     _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
 

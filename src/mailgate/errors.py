@@ -69,9 +69,10 @@ class PlaintextRetry(ConnectionLost):
     """Opportunistic STARTTLS failed: start over without TLS."""
 
 
-class DomainError(MailgateError):
-    """A domain request that cannot be done; `code` says why (invalid_field, not_found,
-    already_exists, conflict), `field` names the part of the request at fault."""
+class RequestError(MailgateError):
+    """A request on a resource (a domain, a webhook) that cannot be done; `code` says why
+    (invalid_field, not_found, already_exists, conflict), `field` names the part of the
+    request at fault. The HTTP API and the CLI show it as they show their own errors."""
 
     def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)

@@ -331,3 +331,19 @@ class Domain:
     checks: dict[str, RecordCheck] = field(default_factory=dict)  # by record id (records.py)
     checked_at: float | None = None
     keys: tuple[DkimKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """An endpoint that events are sent to. Its signing secrets are kept sealed and
+    are not part of this value."""
+
+    id: str
+    api_key_id: str | None  # the owner; None: every event (made by an admin key)
+    url: str
+    events: tuple[str, ...]  # public event types (events/payloads.py)
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    created_at: float
+    updated_at: float

@@ -15,7 +15,7 @@ from mailgate.addresses import ascii_domain, domain_problem
 from mailgate.config import Config
 from mailgate.domains import records, verify
 from mailgate.domains.keys import new_keys
-from mailgate.errors import DomainError
+from mailgate.errors import RequestError
 from mailgate.models import Domain
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store
@@ -54,13 +54,13 @@ class DomainChecks:
 
 
 def domain_name(text: str) -> str:
-    """The domain as stored: lower-case A-labels, no final dot; DomainError otherwise."""
+    """The domain as stored: lower-case A-labels, no final dot; RequestError otherwise."""
     name = text.strip().rstrip(".").lower()
     problem = domain_problem(name) if name else "is empty"
     if problem is None and (name.startswith("[") or "." not in name):
         problem = "must be a domain name with at least two labels"
     if problem is not None:
-        raise DomainError("invalid_field", f"Domain {text!r} {problem}", "name")
+        raise RequestError("invalid_field", f"Domain {text!r} {problem}", "name")
     return ascii_domain(name)
 
 
@@ -85,14 +85,14 @@ class DomainAdmin:
     async def get(self, name: str) -> Domain:
         domain = await self.store.get_domain(domain_name(name))
         if domain is None:
-            raise DomainError("not_found", f"No domain {name}", "name")
+            raise RequestError("not_found", f"No domain {name}", "name")
         return domain
 
     async def add(self, name: str) -> Domain:
         name = domain_name(name)
         now = self.clock()
         if not await self.store.add_domain(name, new_keys(name, (), self.box, now), now):
-            raise DomainError("already_exists", f"Domain {name} is already added", "name")
+            raise RequestError("already_exists", f"Domain {name} is already added", "name")
         return await self.get(name)
 
     async def verify(self, name: str) -> Domain:
@@ -119,17 +119,17 @@ class DomainAdmin:
         key = next((k for k in domain.keys if k.selector == selector), None)
         if key is None or key.retired_at is not None:
             why = f"No key {selector!r} in use for {domain.name}"
-            raise DomainError("not_found", why, "selector")
+            raise RequestError("not_found", why, "selector")
         if domain.sending and key in records.signing_keys(domain):
             why = f"{selector} signs {domain.name}'s mail: rotate and verify the new key first"
-            raise DomainError("conflict", why, "selector")
+            raise RequestError("conflict", why, "selector")
         await self.store.retire_domain_key(domain.name, selector, self.clock())
         await self._changed()
         return await self.get(name)
 
     async def remove(self, name: str) -> None:
         if not await self.store.remove_domain(domain_name(name)):
-            raise DomainError("not_found", f"No domain {name}", "name")
+            raise RequestError("not_found", f"No domain {name}", "name")
         await self._changed()
 
     async def _check(self, domain: Domain) -> None:

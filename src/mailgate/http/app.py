@@ -5,6 +5,7 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
     messages.py  GET /v1/messages[/{id}[/raw]], POST /{id}/cancel
     domains.py   /v1/domains: sending domains, their records and DKIM keys (admin)
     events.py    GET /v1/events: the outbox in commit order, after a cursor
+    webhooks.py  /v1/webhooks: endpoints events are sent to, their secrets
     health.py    /healthz, /readyz, /metrics
 """
 
@@ -25,7 +26,8 @@ from mailgate.auth_guard import AuthGuard
 from mailgate.config import HttpConfig
 from mailgate.domains.manage import DomainAdmin
 from mailgate.errors import StoreError
-from mailgate.http import domains, events, health, messages, send
+from mailgate.events.endpoints import WebhookAdmin
+from mailgate.http import domains, events, health, messages, send, webhooks
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
@@ -52,6 +54,7 @@ class Api:
         guard: AuthGuard | None = None,
         door: Door | None = None,
         domains: DomainAdmin | None = None,
+        hooks: WebhookAdmin | None = None,
     ) -> None:
         self.store, self.cfg, self.metrics, self.lifecycle = store, cfg, metrics, lifecycle
         # without the app's door: one of its own, counting into this process's metrics
@@ -59,6 +62,7 @@ class Api:
         self.auth = Auth(store, cfg, guard or AuthGuard(), lifecycle)
         self.idempotency = Idempotency(store)
         self.domains = domains  # None: no /v1/domains routes (a process without a key box)
+        self.hooks = hooks  # None: no /v1/webhooks routes
 
 
 def create_api(api: Api) -> Direct:
@@ -82,6 +86,8 @@ def create_api(api: Api) -> Direct:
     app.include_router(send.router(sends))
     app.include_router(messages.router(messages.Messages(api.auth, api.store)))
     app.include_router(events.router(events.Events(api.auth, api.store)))
+    if api.hooks is not None:
+        app.include_router(webhooks.router(webhooks.Webhooks(api.auth, api.hooks)))
     if api.domains is not None:
         app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))

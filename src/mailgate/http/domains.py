@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from mailgate.domains import records
 from mailgate.domains.manage import DomainAdmin
-from mailgate.errors import DomainError
+from mailgate.errors import RequestError
 from mailgate.http import models as m
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError
@@ -59,19 +59,19 @@ class Domains:
         await self.auth.key_for(request, Scope.ADMIN)
         try:
             await self.admin.remove(name)
-        except DomainError as e:
+        except RequestError as e:
             raise api_error(e) from None
         return {"deleted": True}
 
     async def _answer(self, work: Awaitable[Domain]) -> m.DomainOut:
         try:
             domain = await work
-        except DomainError as e:
+        except RequestError as e:
             raise api_error(e) from None
         return domain_out(domain, self.admin.policy)
 
 
-def api_error(e: DomainError) -> ApiError:
+def api_error(e: RequestError) -> ApiError:
     return ApiError(STATUS.get(e.code, 422), e.code, e.message, e.field)
 
 

@@ -308,3 +308,36 @@ class EventPage(BaseModel):
     data: list[EventPayload]
     next_cursor: str = Field(description="Pass as `after` for the next page")
     has_more: bool = Field(description="The page was full: ask again at once")
+
+
+class WebhookRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2048, description="https:// URL events are POSTed to")
+    events: list[str] = Field(min_length=1, max_length=20, description="Event types to send")
+    description: str = Field("", max_length=200)
+
+
+class WebhookUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(None, max_length=2048)
+    events: list[str] | None = Field(None, min_length=1, max_length=20)
+    description: str | None = Field(None, max_length=200)
+    enabled: bool | None = None
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    secret: str | None = Field(
+        None, description="whsec_...: only when made or rotated; shown once, keep it"
+    )
+
+
+class WebhookList(BaseModel):
+    data: list[WebhookOut]

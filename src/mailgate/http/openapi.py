@@ -31,6 +31,8 @@ BODIES: tuple[type[pydantic.BaseModel], ...] = (
     m.BatchRequest,
     m.RawRequest,
     m.DomainRequest,
+    m.WebhookRequest,
+    m.WebhookUpdate,
 )
 
 

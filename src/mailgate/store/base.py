@@ -24,6 +24,7 @@ from mailgate.models import (
     RecipientStatus,
     RecordCheck,
     Settlement,
+    Webhook,
 )
 from mailgate.store import queries, queue
 from mailgate.store.protocols import Dsn, Tx
@@ -50,6 +51,10 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "remove_domain": queue.remove_domain,
     "record_domain_check": queue.record_domain_check,
     "claim_domain_checks": queue.claim_domain_checks,
+    "add_webhook": queue.add_webhook,
+    "update_webhook": queue.update_webhook,
+    "set_webhook_secrets": queue.set_webhook_secrets,
+    "delete_webhook": queue.delete_webhook,
 }
 
 
@@ -165,3 +170,22 @@ class EngineStore:
 
     async def claim_domain_checks(self, now: float, next_at: float) -> list[str]:
         return cast("list[str]", await self._change("claim_domain_checks", now, next_at))
+
+    # -- webhook endpoints ---------------------------------------------------------------
+    async def get_webhook(self, hook_id: str) -> tuple[Webhook, str] | None:
+        return await self._read(lambda tx: queries.get_webhook(tx, hook_id))
+
+    async def list_webhooks(self, api_key_id: str | None) -> list[Webhook]:
+        return await self._read(lambda tx: queries.list_webhooks(tx, api_key_id))
+
+    async def add_webhook(self, hook: Webhook, sealed_secrets: str) -> None:
+        await self._change("add_webhook", hook, sealed_secrets)
+
+    async def update_webhook(self, hook: Webhook) -> bool:
+        return cast("bool", await self._change("update_webhook", hook))
+
+    async def set_webhook_secrets(self, hook_id: str, sealed_secrets: str, now: float) -> bool:
+        return cast("bool", await self._change("set_webhook_secrets", hook_id, sealed_secrets, now))
+
+    async def delete_webhook(self, hook_id: str) -> bool:
+        return cast("bool", await self._change("delete_webhook", hook_id))

@@ -20,6 +20,7 @@ from mailgate.models import (
     RecipientStatus,
     RecordCheck,
     Settlement,
+    Webhook,
 )
 from mailgate.store.rows import MessageRow
 
@@ -135,6 +136,21 @@ class Store(Protocol):
         """What event payloads name: each message's (tags, metadata), each recipient's
         address."""
         ...
+
+    # webhook endpoints: with their sealed secrets (secretbox.py)
+    async def get_webhook(self, hook_id: str) -> tuple[Webhook, str] | None: ...
+
+    async def list_webhooks(self, api_key_id: str | None) -> list[Webhook]:
+        """The key's endpoints; None: every endpoint."""
+        ...
+
+    async def add_webhook(self, hook: Webhook, sealed_secrets: str) -> None: ...
+
+    async def update_webhook(self, hook: Webhook) -> bool: ...
+
+    async def set_webhook_secrets(self, hook_id: str, sealed_secrets: str, now: float) -> bool: ...
+
+    async def delete_webhook(self, hook_id: str) -> bool: ...
 
     # sending domains (domains/): keys are (DkimKey, sealed private key)
     async def get_domain(self, name: str) -> Domain | None: ...

@@ -16,6 +16,7 @@ from mailgate.models import (
     MessageQuery,
     Recipient,
     RecipientStatus,
+    Webhook,
     new_id,
 )
 from mailgate.store.protocols import Row, Tx
@@ -27,6 +28,7 @@ from mailgate.store.rows import (
     key_from_row,
     message_from_row,
     recipient_from_row,
+    webhook_from_row,
 )
 
 _LISTED = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
@@ -175,3 +177,16 @@ async def event_context(
         for r in (await tx.fetch("event_recipients", list(recipient_ids)) if recipient_ids else ())
     }
     return messages, addresses
+
+
+async def get_webhook(tx: Tx, hook_id: str) -> tuple[Webhook, str] | None:
+    row = await tx.fetchrow("get_webhook", hook_id)
+    return (webhook_from_row(row), row[-1]) if row else None
+
+
+async def list_webhooks(tx: Tx, api_key_id: str | None) -> list[Webhook]:
+    if api_key_id is None:
+        rows = await tx.fetch("list_webhooks")
+    else:
+        rows = await tx.fetch("list_webhooks_for_key", api_key_id)
+    return [webhook_from_row(r) for r in rows]

@@ -13,7 +13,16 @@ import time
 from collections.abc import Sequence
 
 from mailgate.errors import DuplicateIdempotencyKey
-from mailgate.models import ApiKey, Claim, DkimKey, EventKind, NewMessage, RecordCheck, Settlement
+from mailgate.models import (
+    ApiKey,
+    Claim,
+    DkimKey,
+    EventKind,
+    NewMessage,
+    RecordCheck,
+    Settlement,
+    Webhook,
+)
 from mailgate.store.protocols import Dsn, Row, Tx
 from mailgate.store.rows import (
     EVENT_FOR_STATUS,
@@ -27,6 +36,7 @@ from mailgate.store.rows import (
     recipient_from_row,
     settle_params,
     settlement_details,
+    webhook_row,
 )
 
 
@@ -228,3 +238,34 @@ async def claim_domain_checks(tx: Tx, now: float, next_at: float) -> list[str]:
     """The domains due for a check, moved to next_at so that one process (or node)
     checks each."""
     return [r[0] for r in await tx.fetch("claim_domain_checks", next_at, now)]
+
+
+# -- webhook endpoints --------------------------------------------------------------------
+
+
+async def add_webhook(tx: Tx, hook: Webhook, sealed_secrets: str) -> None:
+    await tx.execute(
+        "insert_webhook",
+        hook.id,
+        hook.api_key_id,
+        hook.url,
+        json.dumps(list(hook.events)),
+        hook.description,
+        sealed_secrets,
+        int(hook.enabled),
+        hook.disabled_reason,
+        hook.created_at,
+        hook.updated_at,
+    )
+
+
+async def update_webhook(tx: Tx, hook: Webhook) -> bool:
+    return await tx.fetchrow("update_webhook", *webhook_row(hook)) is not None
+
+
+async def set_webhook_secrets(tx: Tx, hook_id: str, sealed_secrets: str, now: float) -> bool:
+    return await tx.fetchrow("set_webhook_secrets", sealed_secrets, now, hook_id) is not None
+
+
+async def delete_webhook(tx: Tx, hook_id: str) -> bool:
+    return await tx.fetchrow("delete_webhook", hook_id) is not None

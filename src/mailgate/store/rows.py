@@ -30,6 +30,7 @@ from mailgate.models import (
     Scope,
     Settlement,
     Source,
+    Webhook,
 )
 
 MESSAGE_COLUMNS = (
@@ -44,6 +45,9 @@ EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details, api_key_id"
 KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
 DOMAIN_COLUMNS = "name, created_at, sending, checks, checked_at"
 DOMAIN_KEY_COLUMNS = "domain, selector, algorithm, public_key, created_at, retired_at"
+WEBHOOK_COLUMNS = (
+    "id, api_key_id, url, events, description, enabled, disabled_reason, created_at, updated_at"
+)
 COLUMNS = {
     "message_columns": MESSAGE_COLUMNS,
     "recipient_columns": RECIPIENT_COLUMNS,
@@ -51,6 +55,7 @@ COLUMNS = {
     "key_columns": KEY_COLUMNS,
     "domain_columns": DOMAIN_COLUMNS,
     "domain_key_columns": DOMAIN_KEY_COLUMNS,
+    "webhook_columns": WEBHOOK_COLUMNS,
 }
 
 
@@ -296,4 +301,21 @@ def checks_json(checks: dict[str, RecordCheck]) -> str:
             rid: {"status": c.status.value, "found": list(c.found), "ok": c.ok}
             for rid, c in checks.items()
         }
+    )
+
+
+def webhook_from_row(r: Sequence[Any]) -> Webhook:
+    return Webhook(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6], r[7], r[8])
+
+
+def webhook_row(hook: Webhook) -> tuple[Any, ...]:
+    """The columns update_webhook sets, then the id."""
+    return (
+        hook.url,
+        json.dumps(list(hook.events)),
+        hook.description,
+        int(hook.enabled),
+        hook.disabled_reason,
+        hook.updated_at,
+        hook.id,
     )

@@ -148,3 +148,28 @@ ORDER BY domain, created_at, selector
 
 -- name: sending_domains
 SELECT {domain_columns} FROM domains WHERE sending = 1
+
+-- name: insert_webhook
+INSERT INTO webhook_endpoints (id, api_key_id, url, events, description, secrets, enabled,
+    disabled_reason, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: get_webhook
+SELECT {webhook_columns}, secrets FROM webhook_endpoints WHERE id = ?
+
+-- name: list_webhooks
+SELECT {webhook_columns} FROM webhook_endpoints ORDER BY created_at, id
+
+-- name: list_webhooks_for_key
+SELECT {webhook_columns} FROM webhook_endpoints WHERE api_key_id = ? ORDER BY created_at, id
+
+-- name: update_webhook
+UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, enabled = ?,
+    disabled_reason = ?, updated_at = ?
+WHERE id = ? RETURNING 1
+
+-- name: set_webhook_secrets
+UPDATE webhook_endpoints SET secrets = ?, updated_at = ? WHERE id = ? RETURNING 1
+
+-- name: delete_webhook
+DELETE FROM webhook_endpoints WHERE id = ? RETURNING 1

@@ -1,0 +1,141 @@
+"""Webhook endpoints as a resource: made with a signing secret (shown once), listed and
+read by their owner (an admin key: all), changed, their secret rotated (the old one
+keeps signing beside the new for `webhooks.secret_overlap`), deleted. A URL is checked
+when it is set (urls.py) and again before every send."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import dns.asyncresolver
+
+from mailgate.config import WebhooksConfig
+from mailgate.errors import RequestError
+from mailgate.events import signing, urls
+from mailgate.events.payloads import KIND_OF_TYPE
+from mailgate.models import ApiKey, Scope, Webhook, new_id
+from mailgate.reachable import Network
+from mailgate.secretbox import SecretBox
+from mailgate.store import Store
+
+MAX_DESCRIPTION = 200
+
+
+def owner_of(key: ApiKey) -> str | None:
+    """An admin key's endpoints get every event; any other key's, its own messages'."""
+    return None if key.has(Scope.ADMIN) else key.id
+
+
+def event_types(types: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(types) - set(KIND_OF_TYPE))
+    if unknown:
+        raise RequestError("invalid_field", f"Unknown event type {unknown[0]!r}", "events")
+    if not types:
+        raise RequestError("invalid_field", "Give at least one event type", "events")
+    return tuple(dict.fromkeys(types))
+
+
+class WebhookAdmin:
+    def __init__(
+        self,
+        store: Store,
+        box: SecretBox,
+        cfg: WebhooksConfig,
+        resolver: dns.asyncresolver.Resolver,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.box, self.cfg, self.resolver, self.clock = store, box, cfg, resolver, clock
+        self.allowed: list[Network] = [
+            ipaddress.ip_network(n, strict=False) for n in cfg.allow_private_networks
+        ]
+
+    async def check_url(self, url: str) -> str:
+        dest = urls.parse_url(url, self.cfg.allow_http)
+        if isinstance(dest, str):
+            raise RequestError("invalid_field", f"url {dest}", "url")
+        found = await urls.addresses(dest.host, self.resolver, self.allowed)
+        if isinstance(found, str):
+            raise RequestError("invalid_field", f"url: {found}", "url")
+        return url
+
+    async def create(
+        self, key: ApiKey, url: str, types: Sequence[str], description: str
+    ) -> tuple[Webhook, str]:
+        now = self.clock()
+        hook = Webhook(
+            f"wh_{new_id(now)}",
+            owner_of(key),
+            await self.check_url(url),
+            event_types(types),
+            description,
+            True,
+            None,
+            now,
+            now,
+        )
+        secret = signing.new_secret()
+        await self.store.add_webhook(hook, self._seal([(secret, None)]))
+        return hook, secret
+
+    async def get(self, key: ApiKey, hook_id: str) -> Webhook:
+        found = await self.store.get_webhook(hook_id)
+        owner = owner_of(key)
+        if found is None or (owner is not None and found[0].api_key_id != owner):
+            raise RequestError("not_found", f"No webhook {hook_id}", "id")  # not revealed
+        return found[0]
+
+    async def list_for(self, key: ApiKey) -> list[Webhook]:
+        return await self.store.list_webhooks(owner_of(key))
+
+    async def update(
+        self,
+        key: ApiKey,
+        hook_id: str,
+        url: str | None,
+        types: Sequence[str] | None,
+        description: str | None,
+        enabled: bool | None,
+    ) -> Webhook:
+        hook = await self.get(key, hook_id)
+        changed = dataclasses.replace(
+            hook,
+            url=await self.check_url(url) if url is not None else hook.url,
+            events=event_types(types) if types is not None else hook.events,
+            description=description if description is not None else hook.description,
+            enabled=hook.enabled if enabled is None else enabled,
+            disabled_reason=hook.disabled_reason if enabled is None or not enabled else None,
+            updated_at=self.clock(),
+        )
+        if enabled is False:
+            changed = dataclasses.replace(changed, disabled_reason="disabled by its owner")
+        await self.store.update_webhook(changed)
+        return changed
+
+    async def rotate_secret(self, key: ApiKey, hook_id: str) -> tuple[Webhook, str]:
+        """A new secret; the current one signs beside it for secret_overlap seconds."""
+        hook = await self.get(key, hook_id)
+        found = await self.store.get_webhook(hook.id)
+        assert found is not None
+        now = self.clock()
+        current = [s for s, until in self.secrets(found[1], now)][:1]
+        secret = signing.new_secret()
+        kept = [(secret, None), *((s, now + self.cfg.secret_overlap) for s in current)]
+        await self.store.set_webhook_secrets(hook.id, self._seal(kept), now)
+        return hook, secret
+
+    async def delete(self, key: ApiKey, hook_id: str) -> None:
+        hook = await self.get(key, hook_id)
+        await self.store.delete_webhook(hook.id)
+
+    def secrets(self, sealed: str, now: float) -> list[tuple[str, float | None]]:
+        """The secrets that sign now, newest first."""
+        kept = json.loads(self.box.unseal(sealed))
+        return [(k["secret"], k["until"]) for k in kept if k["until"] is None or k["until"] > now]
+
+    def _seal(self, secrets: Sequence[tuple[str, float | None]]) -> str:
+        kept = [{"secret": s, "until": until} for s, until in secrets]
+        return self.box.seal(json.dumps(kept).encode())
