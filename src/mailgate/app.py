@@ -25,6 +25,7 @@ from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
 from mailgate.domains.sending import SendingDomains
 from mailgate.errors import MailgateError
 from mailgate.events.endpoints import WebhookAdmin
+from mailgate.events.webhooks import WebhookSender
 from mailgate.http.app import Api
 from mailgate.http.server import HttpServer
 from mailgate.ingress.accept import Door
@@ -224,6 +225,9 @@ class App:
             signers=[sending.sign],
             require_sending=sending.is_sending if cfg.domains.require_verified else None,
         )
+        hooks = WebhookAdmin(
+            store, box, cfg.webhooks, make_resolver(cfg.delivery.resolver, DNS_TIMEOUT)
+        )
         admin = DomainAdmin(
             store,
             box,
@@ -256,9 +260,7 @@ class App:
                 guard,
                 door,
                 admin,
-                WebhookAdmin(
-                    store, box, cfg.webhooks, make_resolver(cfg.delivery.resolver, DNS_TIMEOUT)
-                ),
+                hooks,
             )
             self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports)
             out.append(self.http)
@@ -280,8 +282,9 @@ class App:
             self.delivery = Delivery(self.deliverer, self._delivery_died)
             out.append(self.delivery)
             checks = DomainChecks(admin)  # re-checks DNS where delivery runs
-            self.background.append(checks)
-            out.append(checks)
+            sender = WebhookSender(store, hooks, cfg.webhooks)  # and sends webhooks
+            self.background += [checks, sender]
+            out += [checks, sender]
         return out
 
     async def start(self) -> None:

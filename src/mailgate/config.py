@@ -387,6 +387,15 @@ class WebhooksConfig(_Section):
         ge=0,
         description="Seconds a rotated-out secret keeps signing beside the new one.",
     )
+    timeout: float = Field(10.0, gt=0, le=120, description="Seconds to wait for an answer.")
+    concurrency: int = Field(
+        16, ge=1, le=1000, description="Webhook requests in flight at once, per process."
+    )
+    disable_after: float = Field(
+        432000.0,
+        gt=0,
+        description="Seconds an endpoint may fail every delivery before it is disabled (5 days).",
+    )
 
     @field_validator("allow_private_networks")
     @classmethod

@@ -347,3 +347,19 @@ class Webhook:
     disabled_reason: str | None
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One POST of an event to an endpoint, and what it decided."""
+
+    message_id: str  # the webhook_messages row
+    endpoint_id: str
+    event_id: str
+    at: float
+    status: str  # delivered | pending (retry at next_attempt_at) | failed
+    status_code: int | None  # the HTTP status, None when no answer came
+    latency: float  # seconds
+    error: str | None = None
+    next_attempt_at: float | None = None
+    disable_reason: str | None = None  # 410 Gone: the endpoint is disabled

@@ -84,13 +84,14 @@ def mail_config(tmp: Path, ca: trustme.CA, dns_port: int, sink_port: int, **doma
         "tls": "none",
         "retry_first": 1,
     }
+    data["webhooks"] = domains.pop("webhooks", {})
     data["domains"] = domains
     return type(base).model_validate(data)
 
 
 @pytest.fixture
 def mail(tmp_path: Path, ca: trustme.CA, request: pytest.FixtureRequest) -> Iterator[Mail]:
-    domains = getattr(request, "param", {})
+    domains = dict(getattr(request, "param", {}))  # [domains] settings, and "webhooks"
     dns, zone, dns_port = start_dns()
     script = Script()
     sink_port = free_port()

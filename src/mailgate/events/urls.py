@@ -23,8 +23,9 @@ MAX_URL = 2048
 class Destination:
     url: str
     scheme: str
-    host: str  # as written (SNI and Host header)
+    host: str  # as written, without brackets (SNI, and the name that is resolved)
     port: int
+    netloc: str  # host[:port] as written (the Host header)
 
 
 def parse_url(url: str, allow_http: bool) -> Destination | str:
@@ -47,7 +48,7 @@ def parse_url(url: str, allow_http: bool) -> Destination | str:
     if any(c.isspace() or ord(c) < 32 for c in url):
         return "must not hold spaces or control characters"
     default = 443 if parts.scheme == "https" else 80
-    return Destination(url, parts.scheme, parts.hostname, port or default)
+    return Destination(url, parts.scheme, parts.hostname, port or default, parts.netloc)
 
 
 async def addresses(

@@ -25,6 +25,7 @@ from mailgate.models import (
     RecordCheck,
     Settlement,
     Webhook,
+    WebhookAttempt,
 )
 from mailgate.store import queries, queue
 from mailgate.store.protocols import Dsn, Tx
@@ -55,6 +56,10 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "update_webhook": queue.update_webhook,
     "set_webhook_secrets": queue.set_webhook_secrets,
     "delete_webhook": queue.delete_webhook,
+    "fan_out": queue.fan_out,
+    "claim_webhook_messages": queue.claim_webhook_messages,
+    "settle_webhook_message": queue.settle_webhook_message,
+    "release_webhook_message": queue.release_webhook_message,
 }
 
 
@@ -189,3 +194,33 @@ class EngineStore:
 
     async def delete_webhook(self, hook_id: str) -> bool:
         return cast("bool", await self._change("delete_webhook", hook_id))
+
+    async def webhook_cursor(self, name: str) -> str | None:
+        row = await self._read(lambda tx: tx.fetchrow("webhook_cursor", name))
+        return None if row is None else str(row[0])
+
+    async def fan_out(
+        self, name: str, old: str | None, new: str, rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        return cast("bool", await self._change("fan_out", name, old, new, rows))
+
+    async def claim_webhook_messages(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[Any]:
+        return cast(
+            "list[Any]",
+            await self._change("claim_webhook_messages", owner, now, lease_until, limit),
+        )
+
+    async def settle_webhook_message(
+        self, owner: str, attempt: WebhookAttempt, disable_after: float
+    ) -> bool:
+        return cast(
+            "bool", await self._change("settle_webhook_message", owner, attempt, disable_after)
+        )
+
+    async def release_webhook_message(self, owner: str, message_id: str, at: float) -> None:
+        await self._change("release_webhook_message", owner, message_id, at)
+
+    async def webhook_attempts(self, endpoint_id: str, limit: int) -> list[Any]:
+        return list(await self._read(lambda tx: tx.fetch("webhook_attempts", endpoint_id, limit)))

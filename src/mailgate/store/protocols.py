@@ -21,6 +21,7 @@ from mailgate.models import (
     RecordCheck,
     Settlement,
     Webhook,
+    WebhookAttempt,
 )
 from mailgate.store.rows import MessageRow
 
@@ -151,6 +152,32 @@ class Store(Protocol):
     async def set_webhook_secrets(self, hook_id: str, sealed_secrets: str, now: float) -> bool: ...
 
     async def delete_webhook(self, hook_id: str) -> bool: ...
+
+    # webhook deliveries (events/webhooks.py)
+    async def webhook_cursor(self, name: str) -> str | None: ...
+
+    async def fan_out(
+        self, name: str, old: str | None, new: str, rows: Sequence[Sequence[Any]]
+    ) -> bool:
+        """Move the cursor old -> new (compare and set) and write the rows; False: lost."""
+        ...
+
+    async def claim_webhook_messages(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[Any]:
+        """Due rows (id, endpoint_id, event_id, body, attempts), leased to owner."""
+        ...
+
+    async def settle_webhook_message(
+        self, owner: str, attempt: WebhookAttempt, disable_after: float
+    ) -> bool: ...
+
+    async def release_webhook_message(self, owner: str, message_id: str, at: float) -> None: ...
+
+    async def webhook_attempts(self, endpoint_id: str, limit: int) -> list[Any]:
+        """(message_id, event_id, at, status_code, latency, error, next_attempt_at), newest
+        first."""
+        ...
 
     # sending domains (domains/): keys are (DkimKey, sealed private key)
     async def get_domain(self, name: str) -> Domain | None: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from mailgate.errors import DuplicateIdempotencyKey
 from mailgate.models import (
@@ -22,6 +23,7 @@ from mailgate.models import (
     RecordCheck,
     Settlement,
     Webhook,
+    WebhookAttempt,
 )
 from mailgate.store.protocols import Dsn, Row, Tx
 from mailgate.store.rows import (
@@ -268,4 +270,73 @@ async def set_webhook_secrets(tx: Tx, hook_id: str, sealed_secrets: str, now: fl
 
 
 async def delete_webhook(tx: Tx, hook_id: str) -> bool:
+    await tx.execute("delete_webhook_messages", hook_id)
     return await tx.fetchrow("delete_webhook", hook_id) is not None
+
+
+async def fan_out(
+    tx: Tx, name: str, old: str | None, new: str, rows: Sequence[Sequence[Any]]
+) -> bool:
+    """Move the fan-out cursor from old to new and write the deliveries of the events
+    between; False (and nothing written) when another process moved it first."""
+    if old is None:
+        won = await tx.fetchrow("start_webhook_cursor", name, new)
+    else:
+        won = await tx.fetchrow("move_webhook_cursor", new, name, old)
+    if won is None:
+        return False
+    if rows:
+        await tx.executemany("insert_webhook_message", rows)
+    return True
+
+
+async def claim_webhook_messages(
+    tx: Tx, owner: str, now: float, lease_until: float, limit: int
+) -> list[Row]:
+    return list(await tx.fetch("claim_webhook_messages", owner, lease_until, now, limit, now))
+
+
+async def settle_webhook_message(
+    tx: Tx, owner: str, attempt: WebhookAttempt, disable_after: float
+) -> bool:
+    """Record one attempt (fenced by the lease) in the attempt log, and the endpoint's
+    health: a success clears its failing streak; a 410 Gone, or failing for longer than
+    disable_after, disables it with the reason."""
+    a = attempt
+    done = await tx.fetchrow(
+        "settle_webhook_message",
+        a.status,
+        a.next_attempt_at if a.next_attempt_at is not None else a.at,
+        a.status_code,
+        a.error,
+        a.at,
+        a.message_id,
+        owner,
+    )
+    if done is None:  # the lease passed to another sender
+        return False
+    await tx.execute(
+        "insert_webhook_attempt",
+        a.message_id,
+        a.endpoint_id,
+        a.event_id,
+        a.at,
+        a.status_code,
+        a.latency,
+        a.error,
+        a.next_attempt_at,
+    )
+    if a.status == "delivered":
+        await tx.execute("webhook_succeeded", a.endpoint_id)
+        return True
+    reason = a.disable_reason
+    since = await tx.fetchrow("webhook_failing", a.at, a.endpoint_id)
+    if reason is None and since is not None and since[0] <= a.at - disable_after:
+        reason = f"every delivery failed for {disable_after / 86400:g} days"
+    if reason is not None:
+        await tx.execute("disable_webhook", reason, a.at, a.endpoint_id)
+    return True
+
+
+async def release_webhook_message(tx: Tx, owner: str, message_id: str, at: float) -> None:
+    await tx.execute("release_webhook_message", at, message_id, owner)

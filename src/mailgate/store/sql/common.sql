@@ -173,3 +173,62 @@ UPDATE webhook_endpoints SET secrets = ?, updated_at = ? WHERE id = ? RETURNING 
 
 -- name: delete_webhook
 DELETE FROM webhook_endpoints WHERE id = ? RETURNING 1
+
+-- name: webhook_cursor
+SELECT cursor FROM webhook_cursor WHERE name = ?
+
+-- name: start_webhook_cursor
+INSERT INTO webhook_cursor (name, cursor) VALUES (?, ?) ON CONFLICT (name) DO NOTHING
+RETURNING 1
+
+-- name: move_webhook_cursor
+-- compare and set: one fan-out wins a stretch of the outbox, across processes and nodes
+UPDATE webhook_cursor SET cursor = ? WHERE name = ? AND cursor = ? RETURNING 1
+
+-- name: insert_webhook_message
+INSERT INTO webhook_messages (id, endpoint_id, event_id, body, status, next_attempt_at,
+    created_at, updated_at)
+VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)
+
+-- name: claim_webhook_messages
+-- the outer WHERE repeats the due test: a row another claimer took meanwhile (PostgreSQL
+-- re-reads it after the lock wait) is skipped, not taken twice
+UPDATE webhook_messages SET lease_owner = ?, next_attempt_at = ?
+WHERE id IN (SELECT id FROM webhook_messages WHERE status = 'pending' AND next_attempt_at <= ?
+             ORDER BY next_attempt_at LIMIT ?)
+    AND status = 'pending' AND next_attempt_at <= ?
+RETURNING id, endpoint_id, event_id, body, attempts
+
+-- name: settle_webhook_message
+UPDATE webhook_messages SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
+    lease_owner = NULL, last_status = ?, last_error = ?, updated_at = ?
+WHERE id = ? AND lease_owner = ? RETURNING attempts
+
+-- name: release_webhook_message
+UPDATE webhook_messages SET lease_owner = NULL, next_attempt_at = ? WHERE id = ? AND lease_owner = ?
+
+-- name: insert_webhook_attempt
+INSERT INTO webhook_attempts (message_id, endpoint_id, event_id, at, status_code, latency,
+    error, next_attempt_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: webhook_failing
+UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?) WHERE id = ?
+RETURNING failing_since
+
+-- name: webhook_succeeded
+UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL
+
+-- name: disable_webhook
+UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?, updated_at = ?
+WHERE id = ? AND enabled = 1
+
+-- name: delete_webhook_messages
+DELETE FROM webhook_messages WHERE endpoint_id = ?
+
+-- name: webhook_attempts
+SELECT message_id, event_id, at, status_code, latency, error, next_attempt_at
+FROM webhook_attempts WHERE endpoint_id = ? ORDER BY at DESC LIMIT ?
+
+-- name: count_webhook_messages
+SELECT status, count(*) FROM webhook_messages GROUP BY status

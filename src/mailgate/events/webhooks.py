@@ -1,0 +1,213 @@
+"""Webhooks sent from the outbox: never from inside a transaction.
+
+    fan out   read the outbox after the fan-out cursor; one delivery row per matching
+              endpoint and event, with the body it will always send; move the cursor in
+              the same transaction (compare and set: one process wins each stretch)
+    send      claim due rows with a lease; POST each, signed (Standard Webhooks), to an
+              address checked again now (no DNS rebinding), no redirects, keep-alive
+    decide    2xx delivered; 410 Gone disables the endpoint; anything else, a timeout or
+              a refused connection retries on SCHEDULE (about three days) with jitter,
+              then fails; an endpoint failing for `disable_after` is disabled
+    record    each attempt in the attempt log, fenced by the lease
+
+At least once: a crash after a POST and before its record sends it again when the lease
+ends; receivers de-duplicate on `webhook-id`, the event id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from mailgate.config import WebhooksConfig
+from mailgate.events import signing, urls
+from mailgate.events.endpoints import WebhookAdmin
+from mailgate.events.payloads import Context, payload
+from mailgate.models import Webhook, WebhookAttempt, new_id
+from mailgate.store import Store
+
+log = logging.getLogger("mailgate.webhooks")
+CURSOR = "fanout"
+FAN_OUT_BATCH = 500  # events read per fan-out step
+SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)  # ~3 days in all
+JITTER = 0.1  # each delay +-10%
+IDLE_POLL = 0.1  # seconds between looks at the outbox when there is nothing to do
+MAX_ERROR = 300  # characters of an error kept in the attempt log
+
+
+def next_delay(attempts_done: int, rng: random.Random) -> float | None:
+    """Seconds until the next attempt after `attempts_done` failed ones; None: give up."""
+    if attempts_done > len(SCHEDULE):
+        return None
+    base = SCHEDULE[attempts_done - 1]
+    return base * (1 + rng.uniform(-JITTER, JITTER))
+
+
+def matches(hook: Webhook, event_type: str, owner: str | None, at: float) -> bool:
+    """An endpoint gets the types it asked for, of its owner's messages (an admin's: all),
+    from its creation on."""
+    return (
+        hook.enabled
+        and event_type in hook.events
+        and (hook.api_key_id is None or hook.api_key_id == owner)
+        and at >= hook.created_at
+    )
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        store: Store,
+        admin: WebhookAdmin,
+        cfg: WebhooksConfig,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.store, self.admin, self.cfg, self.clock = store, admin, cfg, clock
+        self.rng = rng or random.Random()
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:webhooks"
+        self.client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=cfg.timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
+            ),
+        )
+        self.stopping = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    # -- the component -------------------------------------------------------------------
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.run())
+
+    async def stop(self, grace: float) -> None:
+        self.stopping.set()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, grace)
+            except TimeoutError:
+                self.task.cancel()
+                await asyncio.gather(self.task, return_exceptions=True)
+        await self.client.aclose()
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                busy = await self.fan_out() + await self.send_due()
+            except Exception:
+                log.exception("webhooks: a step failed; trying again shortly")
+                busy = 0
+            if not busy:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), IDLE_POLL)
+                except TimeoutError:
+                    pass
+
+    # -- fan out -------------------------------------------------------------------------
+    async def fan_out(self) -> int:
+        """One stretch of the outbox into delivery rows; the events read."""
+        cursor = await self.store.webhook_cursor(CURSOR)
+        events, new = await self.store.events_since(cursor, FAN_OUT_BATCH)
+        if not events:
+            return 0
+        hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
+        rows: list[tuple[Any, ...]] = []
+        if hooks:
+            message_ids = sorted({e.message_id for e in events if e.message_id})
+            rcpt_ids = sorted({e.recipient_id for e in events if e.recipient_id is not None})
+            context = Context(*await self.store.event_context(message_ids, rcpt_ids))
+            now = self.clock()
+            for event in events:
+                body = payload(event, context)
+                if body is None:
+                    continue
+                wanted = [h for h in hooks if matches(h, body["type"], event.api_key_id, event.at)]
+                if wanted:
+                    text = json.dumps(body, separators=(",", ":"))
+                    for hook in wanted:
+                        rows.append((new_id(now), hook.id, body["id"], text, now, now, now))
+        await self.store.fan_out(CURSOR, cursor, new, rows)  # lost the race: read again
+        return len(events)
+
+    # -- send ----------------------------------------------------------------------------
+    async def send_due(self) -> int:
+        now = self.clock()
+        lease_until = now + self.cfg.timeout * 3 + 30
+        rows = await self.store.claim_webhook_messages(
+            self.owner, now, lease_until, self.cfg.concurrency * 4
+        )
+        if rows:
+            gate = asyncio.Semaphore(self.cfg.concurrency)
+
+            async def one(row: Any) -> None:
+                async with gate:
+                    await self.send_one(row[0], row[1], row[2], row[3], row[4])
+
+            await asyncio.gather(*(one(r) for r in rows))
+        return len(rows)
+
+    async def send_one(
+        self, message_id: str, endpoint_id: str, event_id: str, body: str, attempts: int
+    ) -> None:
+        found = await self.store.get_webhook(endpoint_id)
+        now = self.clock()
+        if found is None or not found[0].enabled:  # disabled meanwhile: wait for its owner
+            await self.store.release_webhook_message(self.owner, message_id, now + 3600)
+            return
+        hook, sealed = found
+        started = time.perf_counter()
+        code, error, reason = await self._post(hook, sealed, event_id, body.encode(), now)
+        latency = time.perf_counter() - started
+        at = self.clock()
+        delivered = code is not None and 200 <= code < 300
+        next_at = None
+        if delivered:
+            status = "delivered"
+        elif reason is not None:
+            status = "failed"
+        else:
+            delay = next_delay(attempts + 1, self.rng)
+            status = "failed" if delay is None else "pending"
+            next_at = None if delay is None else at + delay
+        attempt = WebhookAttempt(
+            message_id, endpoint_id, event_id, at, status, code, latency, error, next_at, reason
+        )
+        await self.store.settle_webhook_message(self.owner, attempt, self.cfg.disable_after)
+
+    async def _post(
+        self, hook: Webhook, sealed: str, event_id: str, body: bytes, now: float
+    ) -> tuple[int | None, str | None, str | None]:
+        """(HTTP status, error, reason to disable the endpoint)."""
+        dest = urls.parse_url(hook.url, self.cfg.allow_http)
+        if isinstance(dest, str):
+            return None, f"url {dest}", None
+        found = await urls.addresses(dest.host, self.admin.resolver, self.admin.allowed)
+        if isinstance(found, str):
+            return None, found[:MAX_ERROR], None
+        address = found[0]
+        ip = f"[{address}]" if address.version == 6 else str(address)
+        target = dest.url.replace(f"//{dest.netloc}", f"//{ip}:{dest.port}", 1)
+        secrets = [s for s, _ in self.admin.secrets(sealed, now)]
+        headers = signing.headers(secrets, event_id, int(now), body)
+        headers.update(
+            {"content-type": "application/json", "host": dest.netloc, "user-agent": "mailgate"}
+        )
+        try:
+            response = await self.client.post(
+                target, content=body, headers=headers, extensions={"sni_hostname": dest.host}
+            )
+        except httpx.HTTPError as e:
+            return None, f"{type(e).__name__}: {e}"[:MAX_ERROR], None
+        if response.status_code == 410:
+            return 410, "410 Gone", "the endpoint answered 410 Gone"
+        error = None if response.is_success else f"HTTP {response.status_code}"
+        return response.status_code, error, None
