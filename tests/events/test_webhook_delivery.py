@@ -69,6 +69,28 @@ def test_outcomes_reach_the_receiver_signed(mail: Mail, got: Receiver) -> None:
     assert types == {"message.delivered", "message.bounced"}
     ids = [e["id"] for e in mail.http.get("/v1/events", headers=auth).json()["data"]]
     assert {json.loads(p.body)["id"] for p in posts} <= set(ids)
+    hook_id = made.json()["id"]
+    listed = mail.http.get(f"/v1/webhooks/{hook_id}/attempts", headers=auth)
+    assert listed.status_code == 200, listed.text
+    attempts = listed.json()["data"]
+    assert sorted(a["status_code"] for a in attempts) == [200, 200]
+    assert all(a["error"] is None and a["latency_ms"] >= 0 for a in attempts)
+
+    # a test event, then a replay of the first delivery: the same id again
+    test = mail.http.post(f"/v1/webhooks/{hook_id}/test", headers=auth)
+    assert test.status_code == 202
+    replayed = posts[0].headers["webhook-id"]
+    again = mail.http.post(f"/v1/events/{replayed}/replay", headers=auth)
+    assert again.status_code == 202 and again.json() == {"event_id": replayed, "endpoints": 1}
+    later = got.wait(4)[2:]
+    bodies = {Webhook(secret).verify(p.body, p.headers)["type"]: p for p in later}
+    assert set(bodies) == {"webhook.test", posts[0].headers and json.loads(posts[0].body)["type"]}
+    assert any(p.headers["webhook-id"] == replayed for p in later)
+    other = mail.server.call(lambda s: keys.create_key(s, "other", [Scope.READ]))[1]
+    hidden = mail.http.post(
+        f"/v1/events/{replayed}/replay", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert hidden.status_code == 404
 
 
 class Clock:

@@ -10,19 +10,21 @@ import ipaddress
 import json
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dns.asyncresolver
 
 from mailgate.config import WebhooksConfig
 from mailgate.errors import RequestError
 from mailgate.events import signing, urls
-from mailgate.events.payloads import KIND_OF_TYPE
+from mailgate.events.payloads import KIND_OF_TYPE, Context, payload, timestamp
 from mailgate.models import ApiKey, Scope, Webhook, new_id
 from mailgate.reachable import Network
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store
 
 MAX_DESCRIPTION = 200
+TEST_TYPE = "webhook.test"  # sent by POST /v1/webhooks/{id}/test only
 
 
 def owner_of(key: ApiKey) -> str | None:
@@ -139,3 +141,61 @@ class WebhookAdmin:
     def _seal(self, secrets: Sequence[tuple[str, float | None]]) -> str:
         kept = [{"secret": s, "until": until} for s, until in secrets]
         return self.box.seal(json.dumps(kept).encode())
+
+    async def attempts(self, key: ApiKey, hook_id: str, limit: int) -> list[dict[str, Any]]:
+        hook = await self.get(key, hook_id)
+        rows = await self.store.webhook_attempts(hook.id, limit)
+        return [
+            {
+                "event_id": r[1],
+                "at": timestamp(r[2]),
+                "status_code": r[3],
+                "latency_ms": round(r[4] * 1000, 1),
+                "error": r[5],
+                "next_attempt_at": timestamp(r[6]) if r[6] is not None else None,
+            }
+            for r in rows
+        ]
+
+    async def send_test(self, key: ApiKey, hook_id: str) -> str:
+        """A `webhook.test` event to this endpoint alone, due now; its id."""
+        hook = await self.get(key, hook_id)
+        now = self.clock()
+        event_id = f"evt_test_{new_id(now)}"
+        body = {
+            "id": event_id,
+            "type": TEST_TYPE,
+            "timestamp": timestamp(now),
+            "data": {"webhook_id": hook.id},
+        }
+        text = json.dumps(body, separators=(",", ":"))
+        await self.store.queue_webhook_messages(
+            [(new_id(now), hook.id, event_id, text, now, now, now)]
+        )
+        return event_id
+
+    async def replay(self, key: ApiKey, event_ref: str) -> tuple[str, int]:
+        """Send an event again, with its id, to every enabled endpoint that takes it."""
+        number = event_ref.removeprefix("evt_")
+        event = await self.store.event_by_id(int(number)) if number.isdigit() else None
+        owner = owner_of(key)
+        if event is None or (owner is not None and event.api_key_id != owner):
+            raise RequestError("not_found", f"No event {event_ref}", "id")
+        ids = [event.message_id] if event.message_id else []
+        rcpts = [event.recipient_id] if event.recipient_id is not None else []
+        body = payload(event, Context(*await self.store.event_context(ids, rcpts)))
+        if body is None:
+            raise RequestError("not_found", f"{event_ref} is not a published event", "id")
+        now = self.clock()
+        text = json.dumps(body, separators=(",", ":"))
+        hooks = [
+            h
+            for h in await self.store.list_webhooks(None)
+            if h.enabled
+            and body["type"] in h.events
+            and (h.api_key_id is None or h.api_key_id == event.api_key_id)
+            and (owner is None or h.api_key_id == owner)
+        ]
+        rows = [(new_id(now), h.id, body["id"], text, now, now, now) for h in hooks]
+        await self.store.queue_webhook_messages(rows)
+        return body["id"], len(rows)

@@ -147,18 +147,24 @@ class WebhookSender:
         )
         if rows:
             gate = asyncio.Semaphore(self.cfg.concurrency)
+            endpoints = {r[1]: await self.store.get_webhook(r[1]) for r in rows}  # once a batch
 
             async def one(row: Any) -> None:
                 async with gate:
-                    await self.send_one(row[0], row[1], row[2], row[3], row[4])
+                    await self.send_one(endpoints[row[1]], row[0], row[1], row[2], row[3], row[4])
 
             await asyncio.gather(*(one(r) for r in rows))
         return len(rows)
 
     async def send_one(
-        self, message_id: str, endpoint_id: str, event_id: str, body: str, attempts: int
+        self,
+        found: tuple[Webhook, str] | None,
+        message_id: str,
+        endpoint_id: str,
+        event_id: str,
+        body: str,
+        attempts: int,
     ) -> None:
-        found = await self.store.get_webhook(endpoint_id)
         now = self.clock()
         if found is None or not found[0].enabled:  # disabled meanwhile: wait for its owner
             await self.store.release_webhook_message(self.owner, message_id, now + 3600)

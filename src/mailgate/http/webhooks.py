@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
 from mailgate.errors import RequestError
@@ -80,6 +81,22 @@ class Webhooks:
         hook, secret = await self._run(self.admin.rotate_secret(key, hook_id))
         return webhook_out(hook, secret)
 
+    async def attempts(
+        self, request: Request, hook_id: str, limit: int = Query(50, ge=1, le=500)
+    ) -> dict[str, Any]:
+        key = await self.auth.key_for(request, Scope.READ)
+        return {"data": await self._run(self.admin.attempts(key, hook_id, limit))}
+
+    async def test(self, request: Request, hook_id: str) -> JSONResponse:
+        key = await self.auth.key_for(request, Scope.READ)
+        event_id = await self._run(self.admin.send_test(key, hook_id))
+        return JSONResponse({"event_id": event_id, "status": "queued"}, status_code=202)
+
+    async def replay(self, request: Request, event_id: str) -> JSONResponse:
+        key = await self.auth.key_for(request, Scope.READ)
+        sent_id, endpoints = await self._run(self.admin.replay(key, event_id))
+        return JSONResponse({"event_id": sent_id, "endpoints": endpoints}, status_code=202)
+
     async def delete(self, request: Request, hook_id: str) -> dict[str, bool]:
         key = await self.auth.key_for(request, Scope.READ)
         await self._run(self.admin.delete(key, hook_id))
@@ -119,6 +136,8 @@ def router(hooks: Webhooks) -> APIRouter:
             None,
             200,
         ),
+        ("GET", "/{hook_id}/attempts", hooks.attempts, None, "Attempts, newest first", None, 200),
+        ("POST", "/{hook_id}/test", hooks.test, None, "Send a webhook.test event", None, 202),
     )
     for method, path, endpoint, answer, summary, body, status in routes:
         r.add_api_route(
@@ -131,4 +150,12 @@ def router(hooks: Webhooks) -> APIRouter:
             status_code=status,
             summary=summary,
         )
+    r.add_api_route(
+        "/v1/events/{event_id}/replay",
+        hooks.replay,
+        methods=["POST"],
+        responses=ERRORS,
+        status_code=202,
+        summary="Send an event again (same id) to every endpoint that takes it",
+    )
     return r

@@ -29,6 +29,7 @@ from mailgate.models import (
 )
 from mailgate.store import queries, queue
 from mailgate.store.protocols import Dsn, Tx
+from mailgate.store.rows import event_from_row
 
 T = TypeVar("T")
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
@@ -57,6 +58,7 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "set_webhook_secrets": queue.set_webhook_secrets,
     "delete_webhook": queue.delete_webhook,
     "fan_out": queue.fan_out,
+    "queue_webhook_messages": queue.queue_webhook_messages,
     "claim_webhook_messages": queue.claim_webhook_messages,
     "settle_webhook_message": queue.settle_webhook_message,
     "release_webhook_message": queue.release_webhook_message,
@@ -194,6 +196,13 @@ class EngineStore:
 
     async def delete_webhook(self, hook_id: str) -> bool:
         return cast("bool", await self._change("delete_webhook", hook_id))
+
+    async def queue_webhook_messages(self, rows: Sequence[Sequence[Any]]) -> None:
+        await self._change("queue_webhook_messages", rows)
+
+    async def event_by_id(self, event_id: int) -> Event | None:
+        row = await self._read(lambda tx: tx.fetchrow("event_by_id", event_id))
+        return None if row is None else event_from_row(row)
 
     async def webhook_cursor(self, name: str) -> str | None:
         row = await self._read(lambda tx: tx.fetchrow("webhook_cursor", name))

@@ -290,6 +290,11 @@ async def fan_out(
     return True
 
 
+async def queue_webhook_messages(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
+    """Deliveries made outside the fan-out: a test event, a replay."""
+    await tx.executemany("insert_webhook_message", rows)
+
+
 async def claim_webhook_messages(
     tx: Tx, owner: str, now: float, lease_until: float, limit: int
 ) -> list[Row]:

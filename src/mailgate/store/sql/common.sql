@@ -232,3 +232,6 @@ FROM webhook_attempts WHERE endpoint_id = ? ORDER BY at DESC LIMIT ?
 
 -- name: count_webhook_messages
 SELECT status, count(*) FROM webhook_messages GROUP BY status
+
+-- name: event_by_id
+SELECT {event_columns} FROM events WHERE id = ?
