@@ -112,6 +112,8 @@ def test_bad_queries_are_refused_naming_the_parameter(mail: Mail) -> None:
     assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "type"
     cursor = mail.http.get("/v1/events", params={"after": "1; DROP"}, headers=auth)
     assert cursor.status_code == 422 and cursor.json()["error"]["field"] == "after"
+    foreign = mail.http.get("/v1/events", params={"after": "000:0"}, headers=auth)
+    assert foreign.status_code == 422 and foreign.json()["error"]["field"] == "after"
     limit = mail.http.get("/v1/events", params={"limit": 0}, headers=auth)
     assert limit.status_code == 422 and limit.json()["error"]["field"] == "limit"
     assert httpx.get(f"{mail.server.http_url}/v1/events").status_code == 401

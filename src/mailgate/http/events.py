@@ -41,7 +41,10 @@ class Events:
         if unknown:
             raise invalid(f"Unknown event type {unknown[0]!r}; one of {', '.join(TYPES)}", "type")
         owner = None if key.has(Scope.ADMIN) else key.id
-        events, cursor = await self.store.events_since(after, limit, owner)
+        try:
+            events, cursor = await self.store.events_since(after, limit, owner)
+        except ValueError:  # the other backend's cursor form (SQLite: n; PostgreSQL: xid:n)
+            raise invalid("Not a cursor this server gave: use next_cursor", "after") from None
         message_ids = sorted({e.message_id for e in events if e.message_id})
         recipient_ids = sorted({e.recipient_id for e in events if e.recipient_id is not None})
         messages, recipients = await self.store.event_context(message_ids, recipient_ids)
