@@ -281,8 +281,9 @@ class App:
             )
             self.delivery = Delivery(self.deliverer, self._delivery_died)
             out.append(self.delivery)
-            checks = DomainChecks(admin)  # re-checks DNS where delivery runs
-            sender = WebhookSender(store, hooks, cfg.webhooks)  # and sends webhooks
+        if self.wants(Role.WORKER):  # where delivery runs, or would (it may be off)
+            checks = DomainChecks(admin)  # re-checks the domains' DNS
+            sender = WebhookSender(store, hooks, cfg.webhooks)  # sends webhooks
             self.background += [checks, sender]
             out += [checks, sender]
         return out

@@ -115,11 +115,13 @@ class WebhookSender:
     # -- fan out -------------------------------------------------------------------------
     async def fan_out(self) -> int:
         """One stretch of the outbox into delivery rows; the events read."""
+        hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
+        if not hooks:  # nothing to send to: the cursor waits (events before an endpoint's
+            return 0  # creation are not its, so catching up later sends nothing old)
         cursor = await self.store.webhook_cursor(CURSOR)
         events, new = await self.store.events_since(cursor, FAN_OUT_BATCH)
         if not events:
             return 0
-        hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
         rows: list[tuple[Any, ...]] = []
         if hooks:
             message_ids = sorted({e.message_id for e in events if e.message_id})
