@@ -121,3 +121,19 @@ def test_delivery_children_split_the_connection_caps() -> None:
                 "MAILGATE_DELIVERY_MAX_CONNECTIONS_PER_DOMAIN": "2",
             }
         )
+
+
+def test_every_section_takes_environment_overrides() -> None:
+    """Each section of the schema is reachable by MAILGATE_<SECTION>_<KEY> (the domains
+    and webhooks sections once were not)."""
+    from mailgate.config import SECTIONS, Config
+
+    assert set(SECTIONS) == set(Config.model_fields)
+    cfg = load_config(
+        environ={
+            "MAILGATE_DOMAINS_REQUIRE_VERIFIED": "true",
+            "MAILGATE_WEBHOOKS_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8,10.0.0.0/8",
+        }
+    )
+    assert cfg.domains.require_verified is True
+    assert cfg.webhooks.allow_private_networks == ["127.0.0.0/8", "10.0.0.0/8"]

@@ -463,6 +463,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "accept": AcceptConfig,
     "auth": AuthConfig,
     "delivery": DeliveryConfig,
+    "domains": DomainsConfig,
+    "webhooks": WebhooksConfig,
 }
 
 
