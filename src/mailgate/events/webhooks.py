@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -40,6 +40,7 @@ SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)  # ~3 days in
 JITTER = 0.1  # each delay +-10%
 IDLE_POLL = 0.1  # seconds between looks at the outbox when there is nothing to do
 MAX_ERROR = 300  # characters of an error kept in the attempt log
+CLAIM_BATCH = 500  # deliveries claimed, sent (concurrency at a time) and settled together
 
 
 def next_delay(attempts_done: int, rng: random.Random) -> float | None:
@@ -100,9 +101,13 @@ class WebhookSender:
         await self.client.aclose()
 
     async def run(self) -> None:
+        """Fan-out and sending in two loops, so neither waits for the other's commits."""
+        await asyncio.gather(self._loop(self.fan_out), self._loop(self.send_due))
+
+    async def _loop(self, step: Callable[[], Awaitable[int]]) -> None:
         while not self.stopping.is_set():
             try:
-                busy = await self.fan_out() + await self.send_due()
+                busy = await step()
             except Exception:
                 log.exception("webhooks: a step failed; trying again shortly")
                 busy = 0
@@ -143,19 +148,22 @@ class WebhookSender:
     # -- send ----------------------------------------------------------------------------
     async def send_due(self) -> int:
         now = self.clock()
-        lease_until = now + self.cfg.timeout * 3 + 30
-        rows = await self.store.claim_webhook_messages(
-            self.owner, now, lease_until, self.cfg.concurrency * 4
-        )
+        # every request of the batch may wait out its timeout, `concurrency` at a time
+        lease_until = now + self.cfg.timeout * (CLAIM_BATCH / self.cfg.concurrency + 1) + 30
+        rows = await self.store.claim_webhook_messages(self.owner, now, lease_until, CLAIM_BATCH)
         if rows:
             gate = asyncio.Semaphore(self.cfg.concurrency)
             endpoints = {r[1]: await self.store.get_webhook(r[1]) for r in rows}  # once a batch
 
-            async def one(row: Any) -> None:
+            async def one(row: Any) -> WebhookAttempt | None:
                 async with gate:
-                    await self.send_one(endpoints[row[1]], row[0], row[1], row[2], row[3], row[4])
+                    return await self.send_one(
+                        endpoints[row[1]], row[0], row[1], row[2], row[3], row[4]
+                    )
 
-            await asyncio.gather(*(one(r) for r in rows))
+            done = [a for a in await asyncio.gather(*(one(r) for r in rows)) if a is not None]
+            # one transaction for the batch: a commit per attempt bound the rate to the disk
+            await self.store.settle_webhook_messages(self.owner, done, self.cfg.disable_after)
         return len(rows)
 
     async def send_one(
@@ -166,11 +174,12 @@ class WebhookSender:
         event_id: str,
         body: str,
         attempts: int,
-    ) -> None:
+    ) -> WebhookAttempt | None:
+        """POST one delivery; the attempt to record (None: released unsent)."""
         now = self.clock()
         if found is None or not found[0].enabled:  # disabled meanwhile: wait for its owner
             await self.store.release_webhook_message(self.owner, message_id, now + 3600)
-            return
+            return None
         hook, sealed = found
         started = time.perf_counter()
         code, error, reason = await self._post(hook, sealed, event_id, body.encode(), now)
@@ -186,10 +195,9 @@ class WebhookSender:
             delay = next_delay(attempts + 1, self.rng)
             status = "failed" if delay is None else "pending"
             next_at = None if delay is None else at + delay
-        attempt = WebhookAttempt(
+        return WebhookAttempt(
             message_id, endpoint_id, event_id, at, status, code, latency, error, next_at, reason
         )
-        await self.store.settle_webhook_message(self.owner, attempt, self.cfg.disable_after)
 
     async def _post(
         self, hook: Webhook, sealed: str, event_id: str, body: bytes, now: float

@@ -60,7 +60,7 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "fan_out": queue.fan_out,
     "queue_webhook_messages": queue.queue_webhook_messages,
     "claim_webhook_messages": queue.claim_webhook_messages,
-    "settle_webhook_message": queue.settle_webhook_message,
+    "settle_webhook_messages": queue.settle_webhook_messages,
     "release_webhook_message": queue.release_webhook_message,
 }
 
@@ -221,11 +221,11 @@ class EngineStore:
             await self._change("claim_webhook_messages", owner, now, lease_until, limit),
         )
 
-    async def settle_webhook_message(
-        self, owner: str, attempt: WebhookAttempt, disable_after: float
-    ) -> bool:
+    async def settle_webhook_messages(
+        self, owner: str, attempts: Sequence[WebhookAttempt], disable_after: float
+    ) -> int:
         return cast(
-            "bool", await self._change("settle_webhook_message", owner, attempt, disable_after)
+            "int", await self._change("settle_webhook_messages", owner, attempts, disable_after)
         )
 
     async def release_webhook_message(self, owner: str, message_id: str, at: float) -> None:

@@ -174,9 +174,11 @@ class Store(Protocol):
         """Due rows (id, endpoint_id, event_id, body, attempts), leased to owner."""
         ...
 
-    async def settle_webhook_message(
-        self, owner: str, attempt: WebhookAttempt, disable_after: float
-    ) -> bool: ...
+    async def settle_webhook_messages(
+        self, owner: str, attempts: Sequence[WebhookAttempt], disable_after: float
+    ) -> int:
+        """Record a batch of attempts in one transaction (each fenced by its lease)."""
+        ...
 
     async def release_webhook_message(self, owner: str, message_id: str, at: float) -> None: ...
 

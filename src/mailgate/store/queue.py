@@ -301,13 +301,22 @@ async def claim_webhook_messages(
     return list(await tx.fetch("claim_webhook_messages", owner, lease_until, now, limit, now))
 
 
-async def settle_webhook_message(
-    tx: Tx, owner: str, attempt: WebhookAttempt, disable_after: float
+async def settle_webhook_messages(
+    tx: Tx, owner: str, attempts: Sequence[WebhookAttempt], disable_after: float
+) -> int:
+    """A batch of attempts in one transaction; how many were still this owner's."""
+    settled = 0
+    for a in attempts:
+        settled += await _settle_webhook_message(tx, owner, a, disable_after)
+    return settled
+
+
+async def _settle_webhook_message(
+    tx: Tx, owner: str, a: WebhookAttempt, disable_after: float
 ) -> bool:
     """Record one attempt (fenced by the lease) in the attempt log, and the endpoint's
     health: a success clears its failing streak; a 410 Gone, or failing for longer than
     disable_after, disables it with the reason."""
-    a = attempt
     done = await tx.fetchrow(
         "settle_webhook_message",
         a.status,
