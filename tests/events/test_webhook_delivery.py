@@ -139,7 +139,7 @@ async def test_failures_retry_on_the_schedule_then_deliver(store: Store, got: Re
         clock.now += 10**6
         assert await sender.send_due() == 0, "delivered: never again"
     finally:
-        await sender.client.aclose()
+        await sender.client.close()
     attempts = await store.webhook_attempts(hook_id, 10)
     assert [a[3] for a in attempts] == [200, 503, 500]  # newest first
     assert [a[5] for a in attempts] == [None, "HTTP 503", "HTTP 500"]
@@ -155,7 +155,7 @@ async def test_410_gone_disables_the_endpoint(store: Store, got: Receiver) -> No
         clock.now += 10**6
         assert await sender.send_due() == 0
     finally:
-        await sender.client.aclose()
+        await sender.client.close()
     found = await store.get_webhook(hook_id)
     assert found is not None
     hook = found[0]
@@ -177,7 +177,7 @@ async def test_a_timeout_retries_and_an_endpoint_failing_for_days_is_disabled(
         clock.now += 200
         assert await sender.send_due() == 1
     finally:
-        await sender.client.aclose()
+        await sender.client.close()
     found = await store.get_webhook(hook_id)
     assert found is not None and not found[0].enabled
     assert found[0].disabled_reason and "failed" in found[0].disabled_reason
@@ -194,6 +194,6 @@ async def test_after_the_whole_schedule_a_delivery_fails_for_good(
             clock.now += 40_000
         assert await sender.send_due() == 0
     finally:
-        await sender.client.aclose()
+        await sender.client.close()
     assert len(got.got) == len(SCHEDULE) + 1
     assert len(await store.webhook_attempts(hook_id, 20)) == len(SCHEDULE) + 1

@@ -24,11 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
-
 from mailgate.config import WebhooksConfig
 from mailgate.events import signing, urls
 from mailgate.events.endpoints import WebhookAdmin
+from mailgate.events.http_client import HttpClient, ProtocolError
 from mailgate.events.payloads import Context, payload
 from mailgate.models import Webhook, WebhookAttempt, new_id
 from mailgate.store import Store
@@ -70,19 +69,11 @@ class WebhookSender:
         cfg: WebhooksConfig,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store, self.admin, self.cfg, self.clock = store, admin, cfg, clock
         self.rng = rng or random.Random()
         self.owner = f"{os.uname().nodename}:{os.getpid()}:webhooks"
-        self.client = httpx.AsyncClient(
-            follow_redirects=False,
-            timeout=cfg.timeout,
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-            ),
-        )
+        self.client = HttpClient(cfg.timeout)
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -98,7 +89,7 @@ class WebhookSender:
             except TimeoutError:
                 self.task.cancel()
                 await asyncio.gather(self.task, return_exceptions=True)
-        await self.client.aclose()
+        await self.client.close()
 
     async def run(self) -> None:
         """Fan-out and sending in two loops, so neither waits for the other's commits."""
@@ -209,21 +200,13 @@ class WebhookSender:
         found = await urls.addresses(dest.host, self.admin.resolver, self.admin.allowed)
         if isinstance(found, str):
             return None, found[:MAX_ERROR], None
-        address = found[0]
-        ip = f"[{address}]" if address.version == 6 else str(address)
-        target = dest.url.replace(f"//{dest.netloc}", f"//{ip}:{dest.port}", 1)
         secrets = [s for s, _ in self.admin.secrets(sealed, now)]
         headers = signing.headers(secrets, event_id, int(now), body)
-        headers.update(
-            {"content-type": "application/json", "host": dest.netloc, "user-agent": "mailgate"}
-        )
+        headers.update({"Content-Type": "application/json", "User-Agent": "mailgate"})
         try:
-            response = await self.client.post(
-                target, content=body, headers=headers, extensions={"sni_hostname": dest.host}
-            )
-        except httpx.HTTPError as e:
+            code = await self.client.post(dest, str(found[0]), body, headers)
+        except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as e:
             return None, f"{type(e).__name__}: {e}"[:MAX_ERROR], None
-        if response.status_code == 410:
+        if code == 410:
             return 410, "410 Gone", "the endpoint answered 410 Gone"
-        error = None if response.is_success else f"HTTP {response.status_code}"
-        return response.status_code, error, None
+        return code, None if 200 <= code < 300 else f"HTTP {code}", None
