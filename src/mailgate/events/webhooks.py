@@ -22,6 +22,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mailgate.config import WebhooksConfig
@@ -40,6 +41,16 @@ JITTER = 0.1  # each delay +-10%
 IDLE_POLL = 0.1  # seconds between looks at the outbox when there is nothing to do
 MAX_ERROR = 300  # characters of an error kept in the attempt log
 CLAIM_BATCH = 500  # deliveries claimed, sent (concurrency at a time) and settled together
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An endpoint's deliveries for one batch: the URL, the address checked for it, the
+    secrets that sign."""
+
+    dest: urls.Destination
+    address: str
+    secrets: list[str]
 
 
 def next_delay(attempts_done: int, rng: random.Random) -> float | None:
@@ -144,12 +155,14 @@ class WebhookSender:
         rows = await self.store.claim_webhook_messages(self.owner, now, lease_until, CLAIM_BATCH)
         if rows:
             gate = asyncio.Semaphore(self.cfg.concurrency)
-            endpoints = {r[1]: await self.store.get_webhook(r[1]) for r in rows}  # once a batch
+            # each endpoint read, its URL checked and resolved, its secrets opened: once a
+            # batch, not once a request (the checks cost more than the POST)
+            routes = {e: await self.route(e, now) for e in {r[1] for r in rows}}
 
             async def one(row: Any) -> WebhookAttempt | None:
                 async with gate:
                     return await self.send_one(
-                        endpoints[row[1]], row[0], row[1], row[2], row[3], row[4]
+                        routes[row[1]], row[0], row[1], row[2], row[3], row[4]
                     )
 
             done = [a for a in await asyncio.gather(*(one(r) for r in rows)) if a is not None]
@@ -157,9 +170,25 @@ class WebhookSender:
             await self.store.settle_webhook_messages(self.owner, done, self.cfg.disable_after)
         return len(rows)
 
+    async def route(self, endpoint_id: str, now: float) -> Route | str | None:
+        """Where and how an endpoint's deliveries go now; why not (an error to record);
+        None when it is gone or disabled."""
+        found = await self.store.get_webhook(endpoint_id)
+        if found is None or not found[0].enabled:
+            return None
+        hook, sealed = found
+        dest = urls.parse_url(hook.url, self.cfg.allow_http)
+        if isinstance(dest, str):
+            return f"url {dest}"
+        addresses = await urls.addresses(dest.host, self.admin.resolver, self.admin.allowed)
+        if isinstance(addresses, str):
+            return addresses[:MAX_ERROR]
+        secrets = [secret for secret, _ in self.admin.secrets(sealed, now)]
+        return Route(dest, str(addresses[0]), secrets)
+
     async def send_one(
         self,
-        found: tuple[Webhook, str] | None,
+        route: Route | str | None,
         message_id: str,
         endpoint_id: str,
         event_id: str,
@@ -168,12 +197,15 @@ class WebhookSender:
     ) -> WebhookAttempt | None:
         """POST one delivery; the attempt to record (None: released unsent)."""
         now = self.clock()
-        if found is None or not found[0].enabled:  # disabled meanwhile: wait for its owner
+        if route is None:  # disabled meanwhile: wait for its owner
             await self.store.release_webhook_message(self.owner, message_id, now + 3600)
             return None
-        hook, sealed = found
         started = time.perf_counter()
-        code, error, reason = await self._post(hook, sealed, event_id, body.encode(), now)
+        if isinstance(route, str):
+            answer: tuple[int | None, str | None, str | None] = (None, route, None)
+        else:
+            answer = await self._post(route, event_id, body.encode(), now)
+        code, error, reason = answer
         latency = time.perf_counter() - started
         at = self.clock()
         delivered = code is not None and 200 <= code < 300
@@ -191,20 +223,13 @@ class WebhookSender:
         )
 
     async def _post(
-        self, hook: Webhook, sealed: str, event_id: str, body: bytes, now: float
+        self, route: Route, event_id: str, body: bytes, now: float
     ) -> tuple[int | None, str | None, str | None]:
         """(HTTP status, error, reason to disable the endpoint)."""
-        dest = urls.parse_url(hook.url, self.cfg.allow_http)
-        if isinstance(dest, str):
-            return None, f"url {dest}", None
-        found = await urls.addresses(dest.host, self.admin.resolver, self.admin.allowed)
-        if isinstance(found, str):
-            return None, found[:MAX_ERROR], None
-        secrets = [s for s, _ in self.admin.secrets(sealed, now)]
-        headers = signing.headers(secrets, event_id, int(now), body)
+        headers = signing.headers(route.secrets, event_id, int(now), body)
         headers.update({"Content-Type": "application/json", "User-Agent": "mailgate"})
         try:
-            code = await self.client.post(dest, str(found[0]), body, headers)
+            code = await self.client.post(route.dest, route.address, body, headers)
         except (OSError, TimeoutError, ProtocolError, asyncio.IncompleteReadError) as e:
             return None, f"{type(e).__name__}: {e}"[:MAX_ERROR], None
         if code == 410:
