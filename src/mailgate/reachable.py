@@ -11,7 +11,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Not globally reachable, though Python 3.11 says is_global: IPv4-compatible addresses
 # (deprecated, RFC 4291 2.5.5.1) and local-use NAT64 (RFC 8215).
-_NEVER_GLOBAL = (ipaddress.ip_network("::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_NEVER_GLOBAL = (
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated, RFC 3879), not global
+)
+# IANA special-purpose IPv4 that Python 3.11 still calls global: 192.0.0.0/24 (protocol
+# assignments; 192.0.0.192 served cloud metadata)
+_NEVER_GLOBAL_V4 = (ipaddress.ip_network("192.0.0.0/24"),)
 
 
 def embedded(address: IPAddress) -> list[IPAddress]:
@@ -39,5 +46,7 @@ def forbidden(address: IPAddress, allowed: list[Network]) -> bool:
     if any(address in net for net in allowed):
         return False
     if isinstance(address, ipaddress.IPv6Address) and any(address in n for n in _NEVER_GLOBAL):
+        return True
+    if any(a in n for a in embedded(address) if a.version == 4 for n in _NEVER_GLOBAL_V4):
         return True
     return not all(a.is_global and not a.is_multicast for a in embedded(address))

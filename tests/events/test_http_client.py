@@ -93,6 +93,9 @@ async def test_connection_close_and_a_closed_kept_connection_are_handled() -> No
         b"HTTP/1.1 abc\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: " + b"y" * 20_000 + b"\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n-5\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"1" * 20_000 + b"\r\n",
+        "HTTP/1.1 \u00b200 OK\r\ncontent-length: 0\r\n\r\n".encode("latin-1"),
     ],
 )
 async def test_what_is_not_http_is_an_error(answer: bytes) -> None:
@@ -102,7 +105,7 @@ async def test_what_is_not_http_is_an_error(answer: bytes) -> None:
 
 async def test_a_receiver_that_never_answers_times_out() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+        await reader.read()  # until the client gives up and closes
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -112,4 +115,6 @@ async def test_a_receiver_that_never_answers_times_out() -> None:
     client = HttpClient(0.3)
     with pytest.raises(TimeoutError):
         await client.post(dest, "127.0.0.1", b"{}", {})
+    await asyncio.sleep(0.05)
     server.close()
+    await server.wait_closed()

@@ -177,7 +177,8 @@ class WebhookAdmin:
     async def replay(self, key: ApiKey, event_ref: str) -> tuple[str, int]:
         """Send an event again, with its id, to every enabled endpoint that takes it."""
         number = event_ref.removeprefix("evt_")
-        event = await self.store.event_by_id(int(number)) if number.isdigit() else None
+        valid = number.isascii() and number.isdigit() and len(number) <= 18
+        event = await self.store.event_by_id(int(number)) if valid else None
         owner = owner_of(key)
         if event is None or (owner is not None and event.api_key_id != owner):
             raise RequestError("not_found", f"No event {event_ref}", "id")

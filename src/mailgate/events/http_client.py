@@ -49,25 +49,35 @@ class HttpClient:
         request = "\r\n".join(lines).encode("latin-1") + body
         async with asyncio.timeout(self.timeout):
             idle = self._idle[key]
-            reused = bool(idle)
-            conn = idle.pop() if idle else await self._open(dest, address)
-            try:
-                status, keep = await self._exchange(conn, request)
-            except (OSError, asyncio.IncompleteReadError, ProtocolError):
-                conn[1].close()
-                if not reused:
+            if idle:
+                conn = idle.pop()
+                try:
+                    status, keep = await self._exchange(conn, request)
+                except (OSError, asyncio.IncompleteReadError, ProtocolError):
+                    conn[1].close()  # a kept connection the receiver had closed: once more,
+                    status, keep, conn = await self._fresh(dest, address, request)  # new
+                except BaseException:
+                    conn[1].close()
                     raise
-                # a kept connection the receiver had closed: once more on a new one
-                conn = await self._open(dest, address)
-                status, keep = await self._exchange(conn, request)
-            except BaseException:
-                conn[1].close()
-                raise
+            else:
+                status, keep, conn = await self._fresh(dest, address, request)
         if keep and len(idle) < IDLE_PER_TARGET:
             idle.append(conn)
         else:
             conn[1].close()
         return status
+
+    async def _fresh(
+        self, dest: Destination, address: str, request: bytes
+    ) -> tuple[int, bool, Conn]:
+        """The request on a new connection (closed again if anything goes wrong)."""
+        conn = await self._open(dest, address)
+        try:
+            status, keep = await self._exchange(conn, request)
+        except BaseException:
+            conn[1].close()
+            raise
+        return status, keep, conn
 
     async def _open(self, dest: Destination, address: str) -> Conn:
         if dest.scheme == "https":
@@ -87,7 +97,7 @@ class HttpClient:
         status_line, *fields = head[:-4].decode("latin-1").split("\r\n")
         version, _, rest = status_line.partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or not code.isdigit():
+        if not version.startswith("HTTP/1.") or not _digits(code):
             raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
         found = {}
         for f in fields:
@@ -98,7 +108,7 @@ class HttpClient:
             keep = keep and await self._chunked(reader)
         elif "content-length" in found:
             length = found["content-length"]
-            if not length.isdigit() or int(length) > MAX_BODY:
+            if not _digits(length) or int(length) > MAX_BODY:
                 keep = False  # not read: the connection goes
             else:
                 await reader.readexactly(int(length))
@@ -110,12 +120,11 @@ class HttpClient:
         """Read a chunked body of at most MAX_BODY bytes; False when it is larger."""
         total = 0
         while True:
-            size_line = await reader.readuntil(b"\r\n")
+            size_line = await _line(reader)
             size_text = size_line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as e:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from e
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF") or len(size_text) > 8:
+                raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             total += size
             if total > MAX_BODY:
                 return False
@@ -132,5 +141,17 @@ class HttpClient:
 
 
 async def _trailers(reader: asyncio.StreamReader) -> None:
-    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+    while (await _line(reader)) != b"\r\n":
         pass
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n")
+    except asyncio.LimitOverrunError as e:
+        raise ProtocolError(f"a line over {MAX_HEAD} bytes") from e
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit()

@@ -32,6 +32,8 @@ def parse_url(url: str, allow_http: bool) -> Destination | str:
     """The URL's parts, or why it cannot be a webhook URL."""
     if len(url) > MAX_URL:
         return f"URL longer than {MAX_URL} characters"
+    if not url.isascii():
+        return "must be ASCII (percent-encode the path; an IDN host as xn--)"
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
@@ -65,12 +67,11 @@ async def addresses(
                 answer = await resolver.resolve(host, rtype, search=False)
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
                 continue
-            except dns.exception.DNSException as e:
-                return f"{host} could not be resolved now ({type(e).__name__})"
+            except dns.exception.DNSException:
+                return f"{host} could not be resolved now"
             found.extend(ipaddress.ip_address(r.to_text()) for r in answer)
         if not found:
             return f"{host} has no address"
-    bad = [a for a in found if forbidden(a, allowed)]
-    if bad:
-        return f"{host} resolves to {bad[0]}, which is not a public address"
+    if any(forbidden(a, allowed) for a in found):  # which one is not said: no mapping of
+        return f"{host} is not a public address"  # internal names through our resolver
     return found

@@ -22,10 +22,11 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailgate.config import WebhooksConfig
+from mailgate.errors import MailgateError
 from mailgate.events import signing, urls
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.events.http_client import HttpClient, ProtocolError
@@ -50,7 +51,7 @@ class Route:
 
     dest: urls.Destination
     address: str
-    secrets: list[str]
+    secrets: list[str] = field(repr=False)
 
 
 def next_delay(attempts_done: int, rng: random.Random) -> float | None:
@@ -87,6 +88,7 @@ class WebhookSender:
         self.client = HttpClient(cfg.timeout)
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.has_endpoints = True  # until the fan-out looks
 
     # -- the component -------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,12 +125,16 @@ class WebhookSender:
     async def fan_out(self) -> int:
         """One stretch of the outbox into delivery rows; the events read."""
         hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
+        self.has_endpoints = bool(hooks)
         if not hooks:  # nothing to send to: the cursor waits (events before an endpoint's
             return 0  # creation are not its, so catching up later sends nothing old)
         cursor = await self.store.webhook_cursor(CURSOR)
         events, new = await self.store.events_since(cursor, FAN_OUT_BATCH)
         if not events:
             return 0
+        # read again after the events: an endpoint made before one of them happened is
+        # committed by now and gets it (read before, it could be missed)
+        hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
         rows: list[tuple[Any, ...]] = []
         if hooks:
             message_ids = sorted({e.message_id for e in events if e.message_id})
@@ -149,6 +155,8 @@ class WebhookSender:
 
     # -- send ----------------------------------------------------------------------------
     async def send_due(self) -> int:
+        if not self.has_endpoints:  # no claim transaction 10 times a second for nothing
+            return 0
         now = self.clock()
         # every request of the batch may wait out its timeout, `concurrency` at a time
         lease_until = now + self.cfg.timeout * (CLAIM_BATCH / self.cfg.concurrency + 1) + 30
@@ -157,7 +165,10 @@ class WebhookSender:
             gate = asyncio.Semaphore(self.cfg.concurrency)
             # each endpoint read, its URL checked and resolved, its secrets opened: once a
             # batch, not once a request (the checks cost more than the POST)
-            routes = {e: await self.route(e, now) for e in {r[1] for r in rows}}
+            ids = sorted({r[1] for r in rows})  # resolved side by side, not one after another
+            routes = dict(
+                zip(ids, await asyncio.gather(*(self.route(e, now) for e in ids)), strict=True)
+            )
 
             async def one(row: Any) -> WebhookAttempt | None:
                 async with gate:
@@ -165,10 +176,24 @@ class WebhookSender:
                         routes[row[1]], row[0], row[1], row[2], row[3], row[4]
                     )
 
-            done = [a for a in await asyncio.gather(*(one(r) for r in rows)) if a is not None]
+            results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
+            done = []
+            for row, result in zip(rows, results, strict=True):
+                if isinstance(result, BaseException):  # a bug, or an answer no check foresaw:
+                    log.error("webhooks: sending %s failed: %r", row[0], result)  # it fails
+                    result = self.failed(row, f"{type(result).__name__}: {result}"[:MAX_ERROR])
+                if result is not None:
+                    done.append(result)
             # one transaction for the batch: a commit per attempt bound the rate to the disk
             await self.store.settle_webhook_messages(self.owner, done, self.cfg.disable_after)
         return len(rows)
+
+    def failed(self, row: Any, error: str) -> WebhookAttempt:
+        """An attempt that got no answer, retried on the schedule like any other."""
+        at = self.clock()
+        delay = next_delay(row[4] + 1, self.rng)
+        status, next_at = ("failed", None) if delay is None else ("pending", at + delay)
+        return WebhookAttempt(row[0], row[1], row[2], at, status, None, 0.0, error, next_at)
 
     async def route(self, endpoint_id: str, now: float) -> Route | str | None:
         """Where and how an endpoint's deliveries go now; why not (an error to record);
@@ -183,7 +208,10 @@ class WebhookSender:
         addresses = await urls.addresses(dest.host, self.admin.resolver, self.admin.allowed)
         if isinstance(addresses, str):
             return addresses[:MAX_ERROR]
-        secrets = [secret for secret, _ in self.admin.secrets(sealed, now)]
+        try:
+            secrets = [secret for secret, _ in self.admin.secrets(sealed, now)]
+        except MailgateError as e:  # sealed with another node's secret key
+            return str(e)[:MAX_ERROR]
         return Route(dest, str(addresses[0]), secrets)
 
     async def send_one(

@@ -43,7 +43,10 @@ class Events:
         owner = None if key.has(Scope.ADMIN) else key.id
         try:
             events, cursor = await self.store.events_since(after, limit, owner)
-        except ValueError:  # the other backend's cursor form (SQLite: n; PostgreSQL: xid:n)
+        except (
+            ValueError,
+            OverflowError,
+        ):  # the other backend's cursor form, or too big (SQLite: n; PostgreSQL: xid:n)
             raise invalid("Not a cursor this server gave: use next_cursor", "after") from None
         message_ids = sorted({e.message_id for e in events if e.message_id})
         recipient_ids = sorted({e.recipient_id for e in events if e.recipient_id is not None})

@@ -164,8 +164,10 @@ SELECT {webhook_columns} FROM webhook_endpoints ORDER BY created_at, id
 SELECT {webhook_columns} FROM webhook_endpoints WHERE api_key_id = ? ORDER BY created_at, id
 
 -- name: update_webhook
+-- turned back on: its failing streak starts again (the old one would disable it at once)
 UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, enabled = ?,
-    disabled_reason = ?, updated_at = ?
+    disabled_reason = ?, updated_at = ?,
+    failing_since = CASE WHEN enabled = 0 THEN NULL ELSE failing_since END
 WHERE id = ? RETURNING 1
 
 -- name: set_webhook_secrets
