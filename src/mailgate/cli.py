@@ -19,8 +19,9 @@ from mailgate.app import DNS_TIMEOUT, App, Role, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.domains.manage import DomainAdmin, policy_of
 from mailgate.errors import ConfigError, MailgateError, RequestError, StoreError
+from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http.domains import domain_out
-from mailgate.models import Domain, MessageQuery, RecipientStatus, Scope
+from mailgate.models import ApiKey, Domain, MessageQuery, RecipientStatus, Scope, Webhook
 from mailgate.process import freeze_heap, share_metrics, tune_interpreter
 from mailgate.resolver import make_resolver
 from mailgate.secretbox import SecretBox
@@ -39,6 +40,10 @@ domains_app = typer.Typer(
 )
 app.add_typer(queue_app, name="queue")
 app.add_typer(domains_app, name="domains")
+webhooks_app = typer.Typer(
+    no_args_is_help=True, help="Webhook endpoints: add (secret shown once), list, test, remove."
+)
+app.add_typer(webhooks_app, name="webhooks")
 out = Console()
 
 SECRET_SETTINGS = (("server", "secret_key"), ("delivery", "smarthost_password"))
@@ -419,6 +424,73 @@ def domains_list(config: ConfigOpt = None) -> None:
         selectors = ", ".join(k.selector for k in d.keys if k.retired_at is None)
         table.add_row(d.name, shown.status, _time(d.checked_at), selectors)
     out.print(table)
+
+
+# -- webhook endpoints ---------------------------------------------------------------------
+
+# The CLI acts as an admin: its endpoints get every key's events.
+CLI_KEY = ApiKey("cli", "cli", frozenset({Scope.ADMIN}), (), 0.0, None)
+
+
+def _hooks(store: Store, cfg: Config) -> WebhookAdmin:
+    box = SecretBox.open(cfg.server.secret_key, cfg.data_dir)
+    return WebhookAdmin(store, box, cfg.webhooks, make_resolver(cfg.delivery.resolver, DNS_TIMEOUT))
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: str,
+    event: Annotated[list[str], typer.Option(help="An event type (repeatable).")],
+    description: Annotated[str, typer.Option(help="A label.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Add an endpoint for every key's events; its signing secret is printed once."""
+    cfg = _config(config)
+
+    async def run(store: Store) -> tuple[Webhook, str]:
+        return await _hooks(store, cfg).create(CLI_KEY, url, event, description)
+
+    hook, secret = _run(lambda: _with_store(cfg, run))
+    _say(f"added {hook.id} -> {hook.url}; its signing secret is shown once:")
+    print(secret)
+
+
+@webhooks_app.command("list")
+def webhooks_list(config: ConfigOpt = None) -> None:
+    """Every endpoint, with its state."""
+    cfg = _config(config)
+    hooks = _run(lambda: _with_store(cfg, lambda store: store.list_webhooks(None)))
+    for h in hooks:  # plain lines: ids and URLs are copied whole
+        state = "enabled" if h.enabled else f"disabled ({h.disabled_reason})"
+        owner = h.api_key_id or "every key (admin)"
+        print(f"{h.id} {state} {h.url}\n  events: {', '.join(h.events)}; owner: {owner}")
+
+
+@webhooks_app.command("test")
+def webhooks_test(hook_id: str, config: ConfigOpt = None) -> None:
+    """Queue a webhook.test event for the endpoint (sent by the running server)."""
+    cfg = _config(config)
+    event_id = _run(lambda: _with_store(cfg, lambda s: _hooks(s, cfg).send_test(CLI_KEY, hook_id)))
+    out.print(f"queued {event_id}")
+
+
+@webhooks_app.command("rotate")
+def webhooks_rotate(hook_id: str, config: ConfigOpt = None) -> None:
+    """A new signing secret (printed once); the old one signs beside it for a while."""
+    cfg = _config(config)
+    hook, secret = _run(
+        lambda: _with_store(cfg, lambda s: _hooks(s, cfg).rotate_secret(CLI_KEY, hook_id))
+    )
+    _say(f"rotated {hook.id}; the new secret is shown once:")
+    print(secret)
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(hook_id: str, config: ConfigOpt = None) -> None:
+    """Remove an endpoint and its pending deliveries."""
+    cfg = _config(config)
+    _run(lambda: _with_store(cfg, lambda s: _hooks(s, cfg).delete(CLI_KEY, hook_id)))
+    out.print(f"removed {hook_id}")
 
 
 def main() -> None:
