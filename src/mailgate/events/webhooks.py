@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailgate.config import WebhooksConfig
@@ -41,6 +42,7 @@ SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)  # ~3 days in
 JITTER = 0.1  # each delay +-10%
 IDLE_POLL = 0.1  # seconds between looks at the outbox when there is nothing to do
 MAX_ERROR = 300  # characters of an error kept in the attempt log
+RECOVER_EVERY = 10.0  # seconds between looks for dead senders' leased rows
 CLAIM_BATCH = 500  # deliveries claimed, sent (concurrency at a time) and settled together
 
 
@@ -60,6 +62,16 @@ def next_delay(attempts_done: int, rng: random.Random) -> float | None:
         return None
     base = SCHEDULE[attempts_done - 1]
     return base * (1 + rng.uniform(-JITTER, JITTER))
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie does not: a killed sender's parent may not have
+    reaped it yet, and kill(pid, 0) still finds it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
 
 
 def matches(hook: Webhook, event_type: str, owner: str | None, at: float) -> bool:
@@ -89,10 +101,26 @@ class WebhookSender:
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.has_endpoints = True  # until the fan-out looks
+        self.next_recovery = time.monotonic() + RECOVER_EVERY
 
     # -- the component -------------------------------------------------------------------
     async def start(self) -> None:
+        await self.recover()
         self.task = asyncio.create_task(self.run())
+
+    async def recover(self) -> int:
+        """Rows leased by a sender of this node whose process is gone (a crash, a kill)
+        are made due now, not when their lease ends (minutes: a lease covers a batch)."""
+        node = os.uname().nodename
+        released = 0
+        for owner in await self.store.webhook_lease_owners():
+            host, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if host == node and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                released += await self.store.release_webhook_owner(owner, self.clock())
+        if released:
+            log.warning("webhooks: %d deliveries of a dead sender are due again", released)
+        return released
 
     async def stop(self, grace: float) -> None:
         self.stopping.set()
@@ -157,6 +185,9 @@ class WebhookSender:
     async def send_due(self) -> int:
         if not self.has_endpoints:  # no claim transaction 10 times a second for nothing
             return 0
+        if time.monotonic() >= self.next_recovery:  # a sender that died since we started
+            self.next_recovery = time.monotonic() + RECOVER_EVERY
+            await self.recover()
         now = self.clock()
         # every request of the batch may wait out its timeout, `concurrency` at a time
         lease_until = now + self.cfg.timeout * (CLAIM_BATCH / self.cfg.concurrency + 1) + 30

@@ -59,6 +59,7 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "delete_webhook": queue.delete_webhook,
     "fan_out": queue.fan_out,
     "queue_webhook_messages": queue.queue_webhook_messages,
+    "release_webhook_owner": queue.release_webhook_owner,
     "claim_webhook_messages": queue.claim_webhook_messages,
     "settle_webhook_messages": queue.settle_webhook_messages,
     "release_webhook_message": queue.release_webhook_message,
@@ -203,6 +204,12 @@ class EngineStore:
     async def event_by_id(self, event_id: int) -> Event | None:
         row = await self._read(lambda tx: tx.fetchrow("event_by_id", event_id))
         return None if row is None else event_from_row(row)
+
+    async def webhook_lease_owners(self) -> list[str]:
+        return [r[0] for r in await self._read(lambda tx: tx.fetch("webhook_lease_owners"))]
+
+    async def release_webhook_owner(self, owner: str, now: float) -> int:
+        return cast("int", await self._change("release_webhook_owner", owner, now))
 
     async def webhook_cursor(self, name: str) -> str | None:
         row = await self._read(lambda tx: tx.fetchrow("webhook_cursor", name))

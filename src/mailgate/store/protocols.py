@@ -160,6 +160,14 @@ class Store(Protocol):
 
     async def event_by_id(self, event_id: int) -> Event | None: ...
 
+    async def webhook_lease_owners(self) -> list[str]:
+        """The senders holding leased webhook rows now."""
+        ...
+
+    async def release_webhook_owner(self, owner: str, now: float) -> int:
+        """Make a dead sender's leased rows due now."""
+        ...
+
     async def webhook_cursor(self, name: str) -> str | None: ...
 
     async def fan_out(

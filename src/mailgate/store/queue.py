@@ -352,5 +352,10 @@ async def _settle_webhook_message(
     return True
 
 
+async def release_webhook_owner(tx: Tx, owner: str, now: float) -> int:
+    """A dead sender's leased rows, due now (its process is gone: nothing is in flight)."""
+    return len(await tx.fetch("release_webhook_owner", now, owner))
+
+
 async def release_webhook_message(tx: Tx, owner: str, message_id: str, at: float) -> None:
     await tx.execute("release_webhook_message", at, message_id, owner)

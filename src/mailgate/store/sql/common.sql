@@ -237,3 +237,11 @@ SELECT status, count(*) FROM webhook_messages GROUP BY status
 
 -- name: event_by_id
 SELECT {event_columns} FROM events WHERE id = ?
+
+-- name: webhook_lease_owners
+SELECT DISTINCT lease_owner FROM webhook_messages
+WHERE status = 'pending' AND lease_owner IS NOT NULL
+
+-- name: release_webhook_owner
+UPDATE webhook_messages SET lease_owner = NULL, next_attempt_at = ?
+WHERE lease_owner = ? AND status = 'pending' RETURNING 1
