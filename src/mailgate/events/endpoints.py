@@ -27,6 +27,17 @@ MAX_DESCRIPTION = 200
 TEST_TYPE = "webhook.test"  # sent by POST /v1/webhooks/{id}/test only
 
 
+def matches(hook: Webhook, event_type: str, owner: str | None, at: float) -> bool:
+    """An endpoint gets the types it asked for, of its owner's messages (an admin's: all),
+    from its creation on."""
+    return (
+        hook.enabled
+        and event_type in hook.events
+        and (hook.api_key_id is None or hook.api_key_id == owner)
+        and at >= hook.created_at
+    )
+
+
 def owner_of(key: ApiKey) -> str | None:
     """An admin key's endpoints get every event; any other key's, its own messages'."""
     return None if key.has(Scope.ADMIN) else key.id
@@ -192,9 +203,7 @@ class WebhookAdmin:
         hooks = [
             h
             for h in await self.store.list_webhooks(None)
-            if h.enabled
-            and body["type"] in h.events
-            and (h.api_key_id is None or h.api_key_id == event.api_key_id)
+            if matches(h, body["type"], event.api_key_id, h.created_at)  # replay: any age
             and (owner is None or h.api_key_id == owner)
         ]
         rows = [(new_id(now), h.id, body["id"], text, now, now, now) for h in hooks]

@@ -29,10 +29,10 @@ from typing import Any
 from mailgate.config import WebhooksConfig
 from mailgate.errors import MailgateError
 from mailgate.events import signing, urls
-from mailgate.events.endpoints import WebhookAdmin
+from mailgate.events.endpoints import WebhookAdmin, matches
 from mailgate.events.http_client import HttpClient, ProtocolError
 from mailgate.events.payloads import Context, payload
-from mailgate.models import Webhook, WebhookAttempt, new_id
+from mailgate.models import WebhookAttempt, new_id
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.webhooks")
@@ -72,17 +72,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
-
-
-def matches(hook: Webhook, event_type: str, owner: str | None, at: float) -> bool:
-    """An endpoint gets the types it asked for, of its owner's messages (an admin's: all),
-    from its creation on."""
-    return (
-        hook.enabled
-        and event_type in hook.events
-        and (hook.api_key_id is None or hook.api_key_id == owner)
-        and at >= hook.created_at
-    )
 
 
 class WebhookSender:

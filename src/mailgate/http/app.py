@@ -25,7 +25,7 @@ from starlette.responses import Response
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import HttpConfig
 from mailgate.domains.manage import DomainAdmin
-from mailgate.errors import StoreError
+from mailgate.errors import RequestError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http import domains, events, health, messages, send, webhooks
 from mailgate.http.auth import Auth
@@ -81,6 +81,7 @@ def create_api(api: Api) -> Direct:
 
     app.add_exception_handler(ApiError, refused)
     app.add_exception_handler(StoreError, refused)
+    app.add_exception_handler(RequestError, refused)
     app.add_exception_handler(RequestValidationError, invalid_query)
     sends = send.Send(api.auth, api.idempotency, api.door, api.store, api.cfg)
     app.include_router(send.router(sends))

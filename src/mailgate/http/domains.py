@@ -10,10 +10,8 @@ from starlette.requests import Request
 
 from mailgate.domains import records
 from mailgate.domains.manage import DomainAdmin
-from mailgate.errors import RequestError
 from mailgate.http import models as m
 from mailgate.http.auth import Auth
-from mailgate.http.errors import ApiError
 from mailgate.http.messages import utc
 from mailgate.http.openapi import ERRORS, request_body
 from mailgate.http.send import parse_json, read_body
@@ -21,7 +19,6 @@ from mailgate.models import Domain, RecordCheck, Scope
 
 JSON_TYPES = ("application/json",)
 MAX_BODY = 4096
-STATUS = {"already_exists": 409, "not_found": 404, "conflict": 409, "invalid_field": 422}
 
 
 class Domains:
@@ -57,22 +54,11 @@ class Domains:
 
     async def delete(self, request: Request, name: str) -> dict[str, bool]:
         await self.auth.key_for(request, Scope.ADMIN)
-        try:
-            await self.admin.remove(name)
-        except RequestError as e:
-            raise api_error(e) from None
+        await self.admin.remove(name)
         return {"deleted": True}
 
     async def _answer(self, work: Awaitable[Domain]) -> m.DomainOut:
-        try:
-            domain = await work
-        except RequestError as e:
-            raise api_error(e) from None
-        return domain_out(domain, self.admin.policy)
-
-
-def api_error(e: RequestError) -> ApiError:
-    return ApiError(STATUS.get(e.code, 422), e.code, e.message, e.field)
+        return domain_out(await work, self.admin.policy)  # RequestError: the app's handler
 
 
 def domain_out(domain: Domain, policy: records.Policy) -> m.DomainOut:

@@ -16,7 +16,7 @@ import pydantic
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from mailgate.errors import MailgateError
+from mailgate.errors import MailgateError, RequestError
 from mailgate.ingress.accept import Refusal, Rule
 from mailgate.metrics import Metrics
 
@@ -53,8 +53,19 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=e.status, headers=e.headers)
 
 
+# How a refused request on a resource (domains, webhooks) reads over HTTP.
+_REQUEST_STATUS = {"already_exists": 409, "not_found": 404, "conflict": 409, "invalid_field": 422}
+
+
+def request_error(e: RequestError) -> ApiError:
+    return ApiError(_REQUEST_STATUS.get(e.code, 422), e.code, e.message, e.field)
+
+
 def rejected(metrics: Metrics, exc: Exception) -> JSONResponse:
-    """The JSON answer to an ApiError or StoreError a handler raised, counted by code."""
+    """The JSON answer to an ApiError, RequestError or StoreError a handler raised,
+    counted by code."""
+    if isinstance(exc, RequestError):
+        exc = request_error(exc)
     if not isinstance(exc, ApiError):  # the store could not commit or read
         exc = ApiError(
             503, "unavailable", "Storage unavailable; retry later", headers={"Retry-After": "5"}

@@ -4,18 +4,15 @@ delete, rotate the secret."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from mailgate.errors import RequestError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http import models as m
 from mailgate.http.auth import Auth
-from mailgate.http.errors import ApiError
 from mailgate.http.messages import utc
 from mailgate.http.openapi import ERRORS, request_body
 from mailgate.http.send import parse_json, read_body
@@ -23,11 +20,6 @@ from mailgate.models import Scope, Webhook
 
 JSON_TYPES = ("application/json",)
 MAX_BODY = 8192
-STATUS = {"not_found": 404, "conflict": 409, "invalid_field": 422}
-
-
-def api_error(e: RequestError) -> ApiError:
-    return ApiError(STATUS.get(e.code, 422), e.code, e.message, e.field)
 
 
 def webhook_out(hook: Webhook, secret: str | None = None) -> m.WebhookOut:
@@ -48,17 +40,11 @@ class Webhooks:
     def __init__(self, auth: Auth, admin: WebhookAdmin) -> None:
         self.auth, self.admin = auth, admin
 
-    async def _run(self, work: Awaitable[Any]) -> Any:
-        try:
-            return await work
-        except RequestError as e:
-            raise api_error(e) from None
-
     async def create(self, request: Request) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
         body, _ = await read_body(request, JSON_TYPES, MAX_BODY)
         req = parse_json(m.WebhookRequest, body)
-        hook, secret = await self._run(self.admin.create(key, req.url, req.events, req.description))
+        hook, secret = await self.admin.create(key, req.url, req.events, req.description)
         return webhook_out(hook, secret)
 
     async def list_webhooks(self, request: Request) -> m.WebhookList:
@@ -67,39 +53,41 @@ class Webhooks:
 
     async def get(self, request: Request, hook_id: str) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
-        return webhook_out(await self._run(self.admin.get(key, hook_id)))
+        return webhook_out(await self.admin.get(key, hook_id))
 
     async def update(self, request: Request, hook_id: str) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
         body, _ = await read_body(request, JSON_TYPES, MAX_BODY)
         req = parse_json(m.WebhookUpdate, body)
-        work = self.admin.update(key, hook_id, req.url, req.events, req.description, req.enabled)
-        return webhook_out(await self._run(work))
+        hook = await self.admin.update(
+            key, hook_id, req.url, req.events, req.description, req.enabled
+        )
+        return webhook_out(hook)
 
     async def rotate(self, request: Request, hook_id: str) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
-        hook, secret = await self._run(self.admin.rotate_secret(key, hook_id))
+        hook, secret = await self.admin.rotate_secret(key, hook_id)
         return webhook_out(hook, secret)
 
     async def attempts(
         self, request: Request, hook_id: str, limit: int = Query(50, ge=1, le=500)
     ) -> dict[str, Any]:
         key = await self.auth.key_for(request, Scope.READ)
-        return {"data": await self._run(self.admin.attempts(key, hook_id, limit))}
+        return {"data": await self.admin.attempts(key, hook_id, limit)}
 
     async def test(self, request: Request, hook_id: str) -> JSONResponse:
         key = await self.auth.key_for(request, Scope.READ)
-        event_id = await self._run(self.admin.send_test(key, hook_id))
+        event_id = await self.admin.send_test(key, hook_id)
         return JSONResponse({"event_id": event_id, "status": "queued"}, status_code=202)
 
     async def replay(self, request: Request, event_id: str) -> JSONResponse:
         key = await self.auth.key_for(request, Scope.READ)
-        sent_id, endpoints = await self._run(self.admin.replay(key, event_id))
+        sent_id, endpoints = await self.admin.replay(key, event_id)
         return JSONResponse({"event_id": sent_id, "endpoints": endpoints}, status_code=202)
 
     async def delete(self, request: Request, hook_id: str) -> dict[str, bool]:
         key = await self.auth.key_for(request, Scope.READ)
-        await self._run(self.admin.delete(key, hook_id))
+        await self.admin.delete(key, hook_id)
         return {"deleted": True}
 
 
