@@ -200,6 +200,12 @@ def keys_create(
     sender_domain: Annotated[
         list[str] | None, typer.Option(help="Limit MAIL FROM / From: to this domain (repeatable).")
     ] = None,
+    sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--sandbox", help="Its mail is simulated, never sent (see docs/suppressions.md)."
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key; its secret is printed once and only its hash is stored."""
@@ -214,8 +220,9 @@ def keys_create(
         raise typer.Exit(2)
 
     async def run(store: Store) -> str:
-        key, secret = await api_keys.create_key(store, name, scopes, sender_domain or [])
-        _say(f"created key {key.id} ({name}); the secret is shown once:")
+        key, secret = await api_keys.create_key(store, name, scopes, sender_domain or [], sandbox)
+        kind = "sandbox key" if sandbox else "key"
+        _say(f"created {kind} {key.id} ({name}); the secret is shown once:")
         return secret
 
     print(_run(lambda: _with_store(cfg, run)))

@@ -268,6 +268,12 @@ def _one_recipient_cap(data: Any) -> Any:
 
 class DeliveryConfig(_Section):
     enabled: bool = Field(True, description="Run delivery workers.")
+    mode: Literal["deliver", "capture"] = Field(
+        "deliver",
+        description="deliver: send mail out. capture: keep every message instead, marked"
+        " delivered and readable through the API (GET /v1/messages/{id}/raw and /parsed);"
+        " nothing is sent.",
+    )
     ehlo_hostname: str = Field("", description="Name sent in EHLO; empty: server.hostname.")
     concurrency: int = Field(20, ge=1, le=1000, description="Claims delivered at the same time.")
     claim_batch: int = Field(100, ge=1, le=10_000, description="Recipients per claim.")

@@ -36,9 +36,10 @@ def key_id_of(secret: str) -> str | None:
 
 
 def new_key(
-    name: str, scopes: Iterable[Scope], sender_domains: Iterable[str] = ()
+    name: str, scopes: Iterable[Scope], sender_domains: Iterable[str] = (), sandbox: bool = False
 ) -> tuple[ApiKey, str]:
-    """A fresh key and its secret (shown once, never stored)."""
+    """A fresh key and its secret (shown once, never stored). A sandbox key's mail goes
+    through every rule and record but is answered by the simulator, never sent."""
     key = ApiKey(
         id=new_id(),
         name=name,
@@ -46,14 +47,19 @@ def new_key(
         sender_domains=tuple(sorted({d.strip().lower() for d in sender_domains if d.strip()})),
         created_at=time.time(),
         revoked_at=None,
+        sandbox=sandbox,
     )
     return key, f"{PREFIX}{key.id}_{secrets.token_urlsafe(32)}"
 
 
 async def create_key(
-    store: Store, name: str, scopes: Iterable[Scope], sender_domains: Iterable[str] = ()
+    store: Store,
+    name: str,
+    scopes: Iterable[Scope],
+    sender_domains: Iterable[str] = (),
+    sandbox: bool = False,
 ) -> tuple[ApiKey, str]:
-    key, secret = new_key(name, scopes, sender_domains)
+    key, secret = new_key(name, scopes, sender_domains, sandbox)
     await store.add_key(key, hash_secret(secret))
     return key, secret
 

@@ -80,6 +80,21 @@ class EventKind(enum.StrEnum):
     # A domain's events carry no message (message_id is ""); details name the domain.
     DOMAIN_VERIFIED = "domain_verified"  # its DKIM records were found: it signs and sends
     DOMAIN_UNVERIFIED = "domain_unverified"  # a verified domain's DKIM records went missing
+    COMPLAINED = "complained"  # the recipient reported the delivered message as spam
+
+
+class SuppressionReason(enum.StrEnum):
+    """Why mail to an address is stopped at the door."""
+
+    HARD_BOUNCE = "hard_bounce"  # a permanent failure for the address (5.1.1 user unknown, ...)
+    COMPLAINT = "complaint"  # its owner reported mail as spam
+    UNSUBSCRIBE = "unsubscribe"  # its owner asked for no more mail
+    MANUAL = "manual"  # added by a user
+
+
+# The route (recipients.domain) of a sandbox key's recipients: not a domain any address can
+# have, so they are claimed apart from real mail and handed to the simulator, never to MX.
+SANDBOX_ROUTE = "(sandbox)"
 
 
 class RecordStatus(enum.StrEnum):
@@ -145,6 +160,9 @@ class NewMessage:
     scheduled_at: float | None = None
     id: str = ""  # default: a new ULID of created_at
     created_at: float = field(default_factory=time.time)
+    from_domain: str = ""  # of the first From address: what a suppression's scope names
+    sandbox: bool = False  # a sandbox key's: recipients go to the simulator, never out
+    suppressed: dict[str, str] = field(default_factory=dict)  # recipient -> reason (door)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -252,6 +270,7 @@ class Settlement:
     reply: Reply | None
     remote_host: str | None = None
     next_attempt_at: float | None = None  # for DEFERRED
+    suppress: SuppressionReason | None = None  # add the address to the suppression list
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +283,7 @@ class ApiKey:
     sender_domains: tuple[str, ...]  # empty: any sender domain
     created_at: float
     revoked_at: float | None
+    sandbox: bool = False  # its mail goes to the simulator, never to the network
 
     @property
     def active(self) -> bool:
@@ -276,6 +296,18 @@ class ApiKey:
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes or Scope.ADMIN in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address mail is not sent to. `scope`: a sending domain, so only mail From that
+    domain is stopped; "" stops mail from every sender."""
+
+    address: str  # lower case
+    reason: SuppressionReason
+    created_at: float
+    scope: str = ""
+    message_id: str | None = None  # the message whose outcome added it (bounce, complaint)
 
 
 @dataclass(frozen=True, slots=True)

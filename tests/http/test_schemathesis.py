@@ -41,7 +41,9 @@ READS = [  # each must answer 200 at least once, its body checked against the sc
     ("GET", "/v1/messages"),
     ("GET", "/v1/messages/{message_id}"),
     ("GET", "/v1/messages/{message_id}/raw"),
+    ("GET", "/v1/messages/{message_id}/parsed"),
     ("POST", "/v1/messages/{message_id}/cancel"),
+    ("GET", "/v1/suppressions"),
 ]
 SENDS = [  # each must answer 202 at least once (generated bodies rarely pass validation)
     ("POST", "/v1/messages"),
@@ -54,7 +56,10 @@ ADMIN_READS = [  # with the admin key (domains are admin-only); each must answer
     ("GET", "/v1/domains/{name}"),
     ("POST", "/v1/domains/{name}/rotate"),
     ("DELETE", "/v1/domains/{name}"),
+    ("POST", "/v1/keys"),
+    ("GET", "/v1/keys"),
 ]
+ADMIN_ONLY = ("/v1/domains", "/v1/keys")
 SEND = {
     "from": "seed@example.org",
     "to": ["someone@example.com"],
@@ -72,6 +77,18 @@ def examples(seeded: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/v1/messages/{message_id}"): {"path_parameters": {"message_id": seeded["read"]}},
         ("GET", "/v1/messages/{message_id}/raw"): {
             "path_parameters": {"message_id": seeded["read"]}
+        },
+        ("GET", "/v1/messages/{message_id}/parsed"): {
+            "path_parameters": {"message_id": seeded["read"]}
+        },
+        ("GET", "/v1/suppressions"): {},
+        ("POST", "/v1/suppressions"): {
+            "body": {"suppressions": [{"address": "gone@example.com"}]},
+            "media_type": "application/json",
+        },
+        ("POST", "/v1/keys"): {
+            "body": {"name": "made", "scopes": ["send"], "sandbox": True},
+            "media_type": "application/json",
         },
         ("POST", "/v1/messages/{message_id}/cancel"): {
             "path_parameters": {"message_id": seeded["cancel"]}
@@ -142,7 +159,7 @@ def test_api_conforms_to_its_schema(live: Live) -> None:
     seen: defaultdict[tuple[str, str], Counter[int]] = defaultdict(Counter)
 
     def call(case: Any) -> None:
-        headers = admin if case.operation.path.startswith("/v1/domains") else auth
+        headers = admin if case.operation.path.startswith(ADMIN_ONLY) else auth
         response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS)
         seen[(case.operation.method.upper(), case.operation.path)][response.status_code] += 1
 

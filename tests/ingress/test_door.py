@@ -24,7 +24,7 @@ from mailgate.ingress.accept import (
     Submission,
 )
 from mailgate.ingress.smtp_relay import smtp_reply
-from mailgate.models import ApiKey, NewMessage, Scope, Source
+from mailgate.models import ApiKey, NewMessage, Scope, Source, Suppression, SuppressionReason
 from mailgate.store import Store, open_store
 from tests.ingress.conftest import RunningServer
 from tests.ingress.smtp_relay.dialog import greeted
@@ -55,15 +55,6 @@ class Recorder:
         self.calls: list[str] = []
         self.counted: list[tuple[Source, int]] = []
 
-    def suppression(self, name: str, refuse: bool = False):  # type: ignore[no-untyped-def]
-        def check(sub: Submission) -> Refusal | None:
-            self.calls.append(name)
-            if refuse:
-                return Refusal(Rule.SUPPRESSED, "recipients", f"{name}: suppressed")
-            return None
-
-        return check
-
     def signer(self, name: str):  # type: ignore[no-untyped-def]
         def sign(raw: bytes, sub: Submission) -> bytes:
             self.calls.append(name)
@@ -82,7 +73,6 @@ def door(store: Store, rec: Recorder, **kw: object) -> Door:
         "mx.mailgate.test",
         kw.pop("max_recipients", 3),  # type: ignore[arg-type]
         count=rec.count,
-        suppressions=[rec.suppression("s1"), rec.suppression("s2")],
         signers=[rec.signer("k1"), rec.signer("k2")],
     )
 
@@ -110,7 +100,7 @@ async def test_accepted_message_has_its_headers_hooks_in_order_and_is_counted_on
     rec = Recorder()
     answer = await door(store, rec).accept(smtp(limited))
     assert isinstance(answer, Accepted) and not answer.replayed
-    assert rec.calls == ["s1", "s2", "k1", "k2"]
+    assert rec.calls == ["k1", "k2"]
     assert rec.counted == [(Source.SMTP, 1)]
     raw = await store.get_raw(answer.message_id)
     assert raw is not None
@@ -173,15 +163,31 @@ async def test_recipient_cap_is_checked_after_the_sender_and_before_the_hooks(
     assert isinstance(await door(store, rec).accept(smtp(limited, recipients=three)), Accepted)
 
 
-async def test_a_suppression_refusal_stops_the_later_hooks_and_the_commit(
+async def test_suppressed_recipients_are_stored_as_such_and_the_rest_queued(
     store: Store, limited: ApiKey
 ) -> None:
+    now = 1_700_000_000.0
+    await store.put_suppressions(
+        [
+            Suppression("gone@example.com", SuppressionReason.HARD_BOUNCE, now),
+            Suppression("other@example.com", SuppressionReason.MANUAL, now, "elsewhere.test"),
+        ]
+    )
     rec = Recorder()
-    d = door(store, rec)
-    d.suppressions = [rec.suppression("s1", refuse=True), rec.suppression("s2")]
-    answer = await d.accept(smtp(limited))
-    assert answer == Refusal(Rule.SUPPRESSED, "recipients", "s1: suppressed")
-    assert rec.calls == ["s1"] and rec.counted == [] and await total(store) == 0
+    rcpts = ("Gone@Example.com", "other@example.com", "alice@example.com")
+    answer = await door(store, rec).accept(smtp(limited, recipients=rcpts))
+    assert isinstance(answer, Accepted) and answer.suppressed == 1
+    assert smtp_reply(answer).text.endswith("(1 recipient suppressed, not sent)")
+    by_address = {r.address: r for r in await store.recipients(answer.message_id)}
+    assert by_address["Gone@Example.com"].status == "suppressed"
+    assert by_address["Gone@Example.com"].next_attempt_at is None
+    # scoped to another sending domain: this message (From example.org) is not stopped
+    assert by_address["other@example.com"].status == "queued"
+    assert by_address["alice@example.com"].status == "queued"
+    events = await store.events(answer.message_id)
+    assert [e.kind for e in events] == ["accepted", "suppressed"]
+    assert events[1].details == {"reason": "hard_bounce"}
+    assert events[1].recipient_id == by_address["Gone@Example.com"].id
 
 
 async def test_prepare_commits_nothing(store: Store, limited: ApiKey) -> None:

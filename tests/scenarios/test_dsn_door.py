@@ -1,12 +1,12 @@
 """DSNs pass the door's rules like any other mail (issue 12): its hooks see them, and a
-refusal means no DSN, while the bounce itself is still recorded."""
+suppressed original sender gets its DSN recorded as suppressed, never sent."""
 
 from __future__ import annotations
 
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.worker import Deliverer
-from mailgate.ingress.accept import Door, Refusal, Rule, Submission
-from mailgate.models import RecipientStatus
+from mailgate.ingress.accept import Door
+from mailgate.models import RecipientStatus, Suppression, SuppressionReason
 from tests.delivery.conftest import World
 
 
@@ -36,17 +36,16 @@ async def test_a_dsn_passes_the_door_hooks_and_gets_its_headers(world: World) ->
     assert head.count(b"\r\nMessage-ID:") == 1, "the DSN's own Message-ID is kept, not doubled"
 
 
-async def test_a_dsn_the_door_refuses_is_not_queued_but_the_bounce_is_recorded(
+async def test_a_dsn_to_a_suppressed_sender_is_recorded_as_suppressed_never_sent(
     world: World,
 ) -> None:
-    def suppressed(sub: Submission) -> Refusal | None:
-        if sub.recipients == ("sender@origin.test",):
-            return Refusal(Rule.SUPPRESSED, "recipients", "sender@origin.test is suppressed")
-        return None
-
-    door = Door(world.store, "mg.test", 1000, suppressions=[suppressed], clock=world.clock)
+    entry = Suppression("sender@origin.test", SuppressionReason.HARD_BOUNCE, world.clock())
+    await world.store.put_suppressions([entry])
+    door = Door(world.store, "mg.test", 1000, clock=world.clock)
     mid = await world.queue("reject-me@example.test", sender="sender@origin.test")
     await world.run_until_idle(door_deliverer(world, door))
     recipients = await world.store.recipients(mid)
     assert [r.status for r in recipients] == [RecipientStatus.BOUNCED]
-    assert world.script.received == [], "no DSN to a suppressed address"
+    assert world.script.received == [], "no DSN goes to a suppressed address"
+    counts = await world.store.status_counts()
+    assert counts[RecipientStatus.SUPPRESSED] == 1, "the DSN is kept, its recipient suppressed"

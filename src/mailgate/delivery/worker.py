@@ -4,6 +4,10 @@ Each worker task claims due recipients of one domain (a lease), resolves where t
 domain's mail goes, sends each message's recipients in one transaction over one reused
 connection, decides every recipient's fate from its Outcome, and records the results
 with their events. DSNs for bounces are queued like any other message.
+
+A sandbox key's recipients (route SANDBOX_ROUTE), and every recipient in capture mode,
+are answered by the simulator instead (simulator.py): the same decide and record, no DNS
+lookup and no connection.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import replace
 
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.bounces import Failure, build_dsn
@@ -26,14 +31,18 @@ from mailgate.delivery.smtp_client import Session, Transaction
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.ingress.accept import Client, Door, Refusal, Submission
 from mailgate.models import (
+    SANDBOX_ROUTE,
     Claim,
     Message,
     Recipient,
     RecipientStatus,
     Settlement,
     Source,
+    SuppressionReason,
 )
+from mailgate.simulator import CAPTURED, simulate
 from mailgate.store import Dsn, Store
+from mailgate.suppressions import hard_bounce
 
 log = logging.getLogger("mailgate.delivery")
 GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
@@ -216,6 +225,10 @@ class Deliverer:
 
     async def deliver(self, claim: Claim) -> None:
         messages = await self._load(claim)
+        if claim.domain == SANDBOX_ROUTE or self.cfg.mode == "capture":
+            answers = [self.simulated(r, messages[r.message_id][0]) for r in claim.recipients]
+            await self.record(answers, list(claim.recipients), messages)
+            return
         targets = await self.resolve(claim.domain)
         records: list[asyncio.Task[None]] = []
         settled: list[Settlement] = []
@@ -336,15 +349,31 @@ class Deliverer:
 
     def decide(self, r: Recipient, outcome: Outcome, message: Message) -> Settlement:
         now = self.clock()
+        suppress = None
         if outcome.verdict is Verdict.DELIVERED:
             status, at = RecipientStatus.DELIVERED, None
         elif outcome.verdict is Verdict.PERMANENT:
             status, at = RecipientStatus.BOUNCED, None
+            if hard_bounce(outcome.reply):
+                suppress = SuppressionReason.HARD_BOUNCE
         else:
             status, at = after_temporary_failure(
                 r.attempts + 1, message.created_at, now, self.policy, self.rng
             )
-        return Settlement(r.id, status, outcome.reply, outcome.remote_host, at)
+        return Settlement(r.id, status, outcome.reply, outcome.remote_host, at, suppress)
+
+    def simulated(self, r: Recipient, message: Message) -> Settlement:
+        """A sandbox recipient's simulated outcome (capture mode: every recipient's is
+        CAPTURED), decided like a real one."""
+        if r.domain != SANDBOX_ROUTE:
+            return self.decide(r, CAPTURED, message)
+        sim = simulate(r.address, r.attempts)
+        settlement = self.decide(r, sim.outcome, message)
+        if sim.expire:
+            settlement = replace(settlement, status=RecipientStatus.EXPIRED, next_attempt_at=None)
+        if sim.complaint:
+            settlement = replace(settlement, suppress=SuppressionReason.COMPLAINT)
+        return settlement
 
     async def record(
         self,
@@ -370,9 +399,11 @@ class Deliverer:
         dsns: list[Dsn] = []
         for message_id, failures in failed.items():
             message, raw = messages[message_id]
-            dsn = self._dsn(message, raw, failures) if self._wants_dsn(message) else None
-            if dsn is not None:
-                dsns.append(dsn)
+            if self._wants_dsn(message):
+                sandbox = by_id[failures[0][0]].domain == SANDBOX_ROUTE
+                dsn = await self._dsn(message, raw, failures, sandbox)
+                if dsn is not None:
+                    dsns.append(dsn)
         await self._settle(settlements, dsns)
 
     async def _settle(self, settlements: list[Settlement], dsns: list[Dsn]) -> None:
@@ -395,18 +426,26 @@ class Deliverer:
             return False  # a bounce is never bounced
         return message.source is Source.SMTP or self.cfg.dsn_for_api
 
-    def _dsn(self, message: Message, raw: bytes, failures: list[tuple[int, Failure]]) -> Dsn | None:
+    async def _dsn(
+        self, message: Message, raw: bytes, failures: list[tuple[int, Failure]], sandbox: bool
+    ) -> Dsn | None:
+        """The DSN reporting `failures`, through the door's rules like any other mail
+        (headers, signing, the suppression list: a listed sender gets it as suppressed);
+        a sandbox message's DSN stays in the sandbox. Committed by settle, in the bounce's
+        own transaction."""
         now = self.clock()
         text = build_dsn(
             raw, message.sender, [f for _, f in failures], self.hostname, message.created_at, now
         )
         reported = tuple(rid for rid, _ in failures)
-        # Through the door's rules like any other mail (suppressions, headers, signing);
-        # committed by settle, in the bounce's own transaction.
-        prepared = self.door.prepare(
-            Submission("", (message.sender,), text, Source.DSN, Client("", "local"))
+        submission = Submission(
+            "", (message.sender,), text, Source.DSN, Client("", "local"), sandbox=sandbox
         )
-        if isinstance(prepared, Refusal):
-            log.info("delivery: no DSN to %s: %s", message.sender, prepared.reason)
+        prepared = self.door.prepare(submission)
+        screened = prepared if isinstance(prepared, Refusal) else await self.door.screen([prepared])
+        if isinstance(screened, Refusal) and screened.temporary:  # try the claim again
+            raise StoreUnavailable(screened.reason)
+        if isinstance(screened, Refusal):
+            log.info("delivery: no DSN to %s: %s", message.sender, screened.reason)
             return None
-        return Dsn(prepared, reported)
+        return Dsn(screened[0], reported)

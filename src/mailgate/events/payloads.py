@@ -7,7 +7,8 @@ same for the events API and webhooks (Standard Webhooks' `{type, timestamp, data
     message.bounced
     message.expired
     message.cancelled   data: message_id, recipient, status, tags, metadata
-    message.suppressed
+    message.complained
+    message.suppressed  data: as message.cancelled, and reason (a suppression reason)
     domain.verified     data: domain
     domain.unverified
 
@@ -31,6 +32,7 @@ PUBLIC_TYPES: dict[EventKind, str] = {
     EventKind.EXPIRED: "message.expired",
     EventKind.CANCELLED: "message.cancelled",
     EventKind.SUPPRESSED: "message.suppressed",
+    EventKind.COMPLAINED: "message.complained",
     EventKind.DOMAIN_VERIFIED: "domain.verified",
     EventKind.DOMAIN_UNVERIFIED: "domain.unverified",
 }
@@ -86,6 +88,8 @@ def payload(event: Event, context: Context) -> dict[str, Any] | None:
             data["attempt"] = d.get("attempt")
             if event.kind is EventKind.DEFERRED and "next_attempt_at" in d:
                 data["next_attempt_at"] = timestamp(d["next_attempt_at"])
+        elif event.kind is EventKind.SUPPRESSED:
+            data["reason"] = d.get("reason")
     if public.startswith("message."):
         tags, metadata = context.messages.get(event.message_id, ([], {}))
         data["tags"], data["metadata"] = tags, metadata

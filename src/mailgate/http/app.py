@@ -27,7 +27,7 @@ from mailgate.config import HttpConfig
 from mailgate.domains.manage import DomainAdmin
 from mailgate.errors import RequestError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
-from mailgate.http import domains, events, health, messages, send, webhooks
+from mailgate.http import domains, events, health, keys, messages, send, suppressions, webhooks
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
@@ -87,6 +87,8 @@ def create_api(api: Api) -> Direct:
     app.include_router(send.router(sends))
     app.include_router(messages.router(messages.Messages(api.auth, api.store)))
     app.include_router(events.router(events.Events(api.auth, api.store)))
+    app.include_router(suppressions.router(suppressions.Suppressions(api.auth, api.store)))
+    app.include_router(keys.router(keys.Keys(api.auth, api.store)))
     if api.hooks is not None:
         app.include_router(webhooks.router(webhooks.Webhooks(api.auth, api.hooks)))
     if api.domains is not None:

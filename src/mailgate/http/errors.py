@@ -132,7 +132,6 @@ _REFUSED = {
     Rule.SENDER: (403, "sender_not_allowed"),
     Rule.DOMAIN: (403, "domain_not_verified"),
     Rule.RECIPIENTS: (422, "invalid_field"),
-    Rule.SUPPRESSED: (422, "suppressed"),
     Rule.UNAVAILABLE: (503, "unavailable"),
 }
 

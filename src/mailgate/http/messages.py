@@ -1,4 +1,5 @@
-"""Reading and cancelling messages: list, one with its timeline, its raw bytes, cancel.
+"""Reading and cancelling messages: list, one with its timeline, its raw bytes, its parsed
+view (text, HTML, attachments: what capture mode is read through), cancel.
 
 A key sees only its own messages (another key's are 404, so their existence is not
 revealed); an admin key sees all.
@@ -6,8 +7,10 @@ revealed); an admin key sees all.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
+from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -19,6 +22,7 @@ from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError
 from mailgate.http.openapi import ERRORS
 from mailgate.models import ApiKey, Message, MessageQuery, Recipient, RecipientStatus, Scope
+from mailgate.parsed import ParseError, attachment, describe
 from mailgate.store import Store
 
 
@@ -63,6 +67,38 @@ class Messages:
         raw = await self.store.get_raw(message.id)
         return Response(raw or b"", media_type="message/rfc822")
 
+    async def get_parsed(self, request: Request, message_id: str) -> dict[str, Any]:
+        key = await self.auth.key_for(request, Scope.READ)
+        message = await visible_message(self.store, message_id, key)
+        raw = await self.store.get_raw(message.id) or b""
+        try:  # a big message takes a while to parse: not on the event loop
+            view = await asyncio.to_thread(describe, raw)
+        except ParseError as exc:
+            raise ApiError(422, "unparseable", f"The message cannot be parsed: {exc}") from None
+        return {"id": message.id, **view}
+
+    async def get_attachment(self, request: Request, message_id: str, index: int) -> Response:
+        key = await self.auth.key_for(request, Scope.READ)
+        message = await visible_message(self.store, message_id, key)
+        raw = await self.store.get_raw(message.id) or b""
+        try:
+            found = await asyncio.to_thread(attachment, raw, index)
+        except ParseError as exc:
+            raise ApiError(422, "unparseable", f"The message cannot be parsed: {exc}") from None
+        if found is None:
+            raise ApiError(404, "not_found", f"No attachment {index}", "index")
+        filename, _, data = found
+        # Served as a download, never rendered: an attachment is the sender's content
+        # (HTML with scripts, say) and must not run in this origin.
+        name = (filename or f"attachment-{index}").replace('"', "").replace("\\", "")
+        ascii_name = name.encode("ascii", "replace").decode().replace("?", "_")
+        headers = {
+            "content-disposition": f'attachment; filename="{ascii_name}"',
+            "x-content-type-options": "nosniff",
+            "content-security-policy": "sandbox",
+        }
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
     async def cancel(self, request: Request, message_id: str) -> m.MessageOut:
         key = await self.auth.key_for(request, Scope.SEND)
         message = await visible_message(self.store, message_id, key)
@@ -82,6 +118,20 @@ def router(messages: Messages) -> APIRouter:
             "One message with its recipients and event timeline",
         ),
         ("GET", "/{message_id}/raw", messages.get_raw, None, "The stored RFC 5322 bytes"),
+        (
+            "GET",
+            "/{message_id}/parsed",
+            messages.get_parsed,
+            m.ParsedMessage,
+            "The message parsed: addresses, text and HTML bodies, attachments",
+        ),
+        (
+            "GET",
+            "/{message_id}/attachments/{index}",
+            messages.get_attachment,
+            None,
+            "One attachment's bytes (as a download)",
+        ),
         (
             "POST",
             "/{message_id}/cancel",

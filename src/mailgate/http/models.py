@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from mailgate.addresses import parse_mailbox
-from mailgate.models import RecordStatus
+from mailgate.models import RecordStatus, Scope, SuppressionReason
 
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
@@ -200,6 +200,7 @@ class RawRequest(BaseModel):
 class RecipientOut(BaseModel):
     address: str
     status: str
+    reason: str | None = None  # suppressed: why (a suppression reason)
     attempts: int = 0
     last_reply: str | None = None
     remote_host: str | None = None
@@ -211,6 +212,35 @@ class Accepted(BaseModel):
     message_id: str | None
     recipients: list[RecipientOut]
     scheduled_at: datetime.datetime | None = None
+
+
+class PartOut(BaseModel):
+    index: int  # for GET /v1/messages/{id}/attachments/{index}
+    filename: str | None
+    content_type: str
+    size: int
+    content_id: str | None
+    inline: bool
+
+
+class HeaderOut(BaseModel):
+    name: str
+    value: str
+
+
+class ParsedMessage(BaseModel):
+    id: str
+    subject: str | None
+    from_: str | None = Field(None, alias="from")
+    to: str | None
+    cc: str | None
+    reply_to: str | None
+    date: str | None
+    message_id: str | None
+    headers: list[HeaderOut]
+    text: str | None
+    html: str | None
+    attachments: list[PartOut]
 
 
 class BatchItem(BaseModel):
@@ -341,3 +371,58 @@ class WebhookOut(BaseModel):
 
 class WebhookList(BaseModel):
     data: list[WebhookOut]
+
+
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(max_length=320)
+    reason: SuppressionReason = SuppressionReason.MANUAL
+    domain: str | None = Field(
+        None, max_length=253, description="Only mail From this sending domain is stopped"
+    )
+
+
+class SuppressionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    suppressions: list[SuppressionIn] = Field(min_length=1, max_length=1000)
+
+
+class SuppressionOut(BaseModel):
+    address: str
+    reason: SuppressionReason
+    domain: str | None  # the scope; null: every sender
+    created_at: datetime.datetime
+    message_id: str | None  # the message whose bounce or complaint added it
+
+
+class SuppressionList(BaseModel):
+    data: list[SuppressionOut]
+    next_cursor: str | None
+
+
+class KeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.SEND], min_length=1)
+    sender_domains: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list, max_length=100
+    )
+    sandbox: bool = False
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[Scope]
+    sender_domains: list[str]
+    sandbox: bool
+    created_at: datetime.datetime
+    revoked_at: datetime.datetime | None
+    secret: str | None = None  # on create only: shown once
+
+
+class KeyList(BaseModel):
+    data: list[KeyOut]

@@ -71,7 +71,7 @@ class Send:
         if len(req.messages) > self.cfg.batch_max:
             raise invalid(f"At most {self.cfg.batch_max} messages", "messages")
         results: list[dict[str, Any]] = []
-        accepted = []
+        prepared: list[NewMessage] = []
         client = client_of(request)
         for i, item in enumerate(req.messages):
             if i % YIELD_EVERY == YIELD_EVERY - 1:  # signing is ~0.3 ms a message: let the
@@ -80,9 +80,9 @@ class Send:
             if isinstance(message, ApiError):
                 results.append({"index": i, "error": message.item()})
                 continue
-            accepted.append(message)
-            results.append({"index": i, **accepted_dict(message)})
-        if not accepted:
+            prepared.append(message)
+            results.append({"index": i})
+        if not prepared:
             error = {
                 "code": "invalid_batch",
                 "message": "No message in the batch is valid",
@@ -92,6 +92,11 @@ class Send:
                 {"error": error, "accepted": 0, "rejected": len(results), "results": results},
                 status_code=422,
             )
+        accepted = await self._screen(prepared)  # one suppression lookup for the batch
+        quoted = iter(accepted)
+        for result in results:
+            if "error" not in result:
+                result.update(accepted_dict(next(quoted)))
         counts = {"accepted": len(accepted), "rejected": len(results) - len(accepted)}
         return await self._commit(accepted, json.dumps({**counts, "results": results}), idem)
 
@@ -146,7 +151,15 @@ class Send:
         message = self.door.prepare(sub)
         if isinstance(message, Refusal):
             raise refusal_error(message, raw=isinstance(sub.content, bytes))
-        return await self._commit([message], json.dumps(accepted_dict(message)), idem)
+        [screened] = await self._screen([message])
+        return await self._commit([screened], json.dumps(accepted_dict(screened)), idem)
+
+    async def _screen(self, messages: list[NewMessage]) -> list[NewMessage]:
+        """The door's suppression screen: the 202 names each suppressed recipient."""
+        screened = await self.door.screen(messages)
+        if isinstance(screened, Refusal):
+            raise refusal_error(screened)
+        return screened
 
     async def _commit(
         self, messages: list[NewMessage], body: str, idem: IdempotencyRequest | None
@@ -382,6 +395,12 @@ def accepted_dict(message: NewMessage) -> dict[str, Any]:
     return {
         "id": message.id,
         "message_id": message.message_id_header,
-        "recipients": [{"address": a, "status": "queued"} for a in message.recipients],
+        "recipients": [recipient_dict(a, message.suppressed.get(a)) for a in message.recipients],
         "scheduled_at": utc(message.scheduled_at).isoformat() if message.scheduled_at else None,
     }
+
+
+def recipient_dict(address: str, suppressed: str | None) -> dict[str, Any]:
+    if suppressed is None:
+        return {"address": address, "status": "queued"}
+    return {"address": address, "status": "suppressed", "reason": suppressed}

@@ -9,9 +9,12 @@ Each rule runs once, in this order (`Door.prepare` is the pure part, no I/O):
     authorise   the key may use the envelope sender and every originator header; with
                 domains.require_verified, each From: domain is a sending domain
     cap         at most `max_recipients` envelope recipients (one setting)
-    suppress    hooks; each may refuse (empty until the suppression work fills it)
     headers     Received (with the ingress's real client facts), Message-ID, Date
     sign        hooks; each gets the final bytes and returns them signed (DKIM, last)
+    ---- Door.screen (one indexed read per message or batch) ----
+    suppress    recipients on the suppression list get status `suppressed` and an event
+                instead of a place in the queue; the message is still accepted (even
+                when every recipient is suppressed: the answer says so per recipient)
     ---- Door.commit ----
     commit      store.enqueue / enqueue_many, with the idempotency record built here
     count       one call per commit, whatever the source
@@ -37,8 +40,18 @@ from mailgate.ingress.smtp_rules import (
     header_facts,
     missing_headers,
 )
-from mailgate.models import ApiKey, Idempotency, NewMessage, Source, domain_of, new_id
+from mailgate.models import (
+    ApiKey,
+    Idempotency,
+    NewMessage,
+    Source,
+    SuppressionReason,
+    domain_of,
+    new_id,
+)
+from mailgate.simulator import is_simulated_suppression
 from mailgate.store import Store
+from mailgate.suppressions import addresses_of, screen
 
 # -- values ------------------------------------------------------------------------------
 
@@ -77,6 +90,7 @@ class Submission:
     metadata: dict[str, str] = field(default_factory=dict)
     scheduled_at: float | None = None
     facts: HeaderFacts | None = None  # of `content`, when the ingress parsed them already
+    sandbox: bool = False  # mail made here about sandbox mail (its DSNs) stays in the sandbox
 
 
 class Rule(enum.StrEnum):
@@ -85,7 +99,6 @@ class Rule(enum.StrEnum):
     SENDER = "sender_not_allowed"  # the key may not use this sender domain (permanent)
     DOMAIN = "domain_not_verified"  # From: is not a sending domain (permanent)
     RECIPIENTS = "too_many_recipients"  # more than max_recipients (permanent)
-    SUPPRESSED = "suppressed"  # a suppression hook refused (permanent)
     UNAVAILABLE = "unavailable"  # the store cannot commit now (temporary: retry)
 
 
@@ -107,10 +120,10 @@ class Refusal:
 class Accepted:
     message_id: str
     replayed: bool  # True: an earlier message with the same idempotency key answers
+    suppressed: int = 0  # recipients of the (first) message stopped by the suppression list
 
 
 Answer = Accepted | Refusal
-SuppressionCheck = Callable[[Submission], Refusal | None]
 # returns the bytes signed (DKIM-Signature fields added), given the message's first From
 Signer = Callable[[bytes, str | None], bytes]
 IsSending = Callable[[str], bool]  # is this From address's domain a sending domain?
@@ -213,7 +226,6 @@ class Door:
     hostname: str
     max_recipients: int
     count: Count = _no_count  # metrics: committed messages by source
-    suppressions: list[SuppressionCheck] = field(default_factory=list)
     signers: list[Signer] = field(default_factory=list)
     require_sending: IsSending | None = None  # set when domains.require_verified is on
     clock: Callable[[], float] = time.time
@@ -227,10 +239,6 @@ class Door:
         refusal = refusal or cap_recipients(sub, self.max_recipients)
         if refusal is not None:
             return refusal
-        for check in self.suppressions:
-            refusal = check(sub)
-            if refusal is not None:
-                return refusal
         now = self.clock()
         queue_id = new_id(now)
         raw = self._with_headers(sub, facts, queue_id, now)
@@ -250,6 +258,8 @@ class Door:
             scheduled_at=sub.scheduled_at,
             id=queue_id,
             created_at=now,
+            from_domain=domain_of(first_from) if first_from else "",
+            sandbox=sub.sandbox or (sub.key is not None and sub.key.sandbox),
         )
 
     def _with_headers(self, sub: Submission, facts: HeaderFacts, qid: str, now: float) -> bytes:
@@ -265,6 +275,22 @@ class Door:
         raw = drop_blank_message_id(content, facts)
         head = missing_headers(facts, hostname=self.hostname, queue_id=qid, now=now)
         return received.encode("utf-8", "surrogateescape") + head + raw
+
+    async def screen(self, messages: Sequence[NewMessage]) -> list[NewMessage] | Refusal:
+        """The messages with their suppressed recipients marked (one read for them all);
+        a sandbox message's simulator address for suppression is marked as listed."""
+        try:
+            found = await self.store.suppressed_among(addresses_of(messages))
+        except StoreUnavailable:
+            return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
+        screened = []
+        for m in messages:
+            stopped = screen(m, found)
+            if m.sandbox:
+                for address in filter(is_simulated_suppression, m.recipients):
+                    stopped.setdefault(address, SuppressionReason.HARD_BOUNCE.value)
+            screened.append(dataclasses.replace(m, suppressed=stopped) if stopped else m)
+        return screened
 
     async def commit(
         self,
@@ -293,12 +319,15 @@ class Door:
         except StoreUnavailable:
             return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
         self.count(messages[0].source, len(messages))
-        return Accepted(message_id, replayed=False)
+        return Accepted(message_id, replayed=False, suppressed=len(messages[0].suppressed))
 
     async def accept(self, sub: Submission) -> Answer:
-        """prepare, then commit: the whole door for one message. (An ingress whose
-        idempotent answer quotes the prepared message calls the two itself.)"""
+        """prepare, screen, then commit: the whole door for one message. (An ingress
+        whose idempotent answer quotes the prepared message calls the three itself.)"""
         prepared = self.prepare(sub)
         if isinstance(prepared, Refusal):
             return prepared
-        return await self.commit([prepared], sub.idempotency)
+        screened = await self.screen([prepared])
+        if isinstance(screened, Refusal):
+            return screened
+        return await self.commit(screened, sub.idempotency)

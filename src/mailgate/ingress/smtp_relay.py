@@ -725,7 +725,6 @@ _REFUSED = {
     Rule.SENDER: (553, "5.7.1"),
     Rule.DOMAIN: (550, "5.7.1"),
     Rule.RECIPIENTS: (452, "4.5.3"),
-    Rule.SUPPRESSED: (550, "5.7.1"),
     Rule.UNAVAILABLE: (451, "4.3.0"),
 }
 
@@ -733,7 +732,11 @@ _REFUSED = {
 def smtp_reply(answer: Accepted | Refusal) -> Reply:
     """The door's answer as an SMTP reply; the refusal's reason is the text."""
     if isinstance(answer, Accepted):
-        return Reply(250, "2.0.0", f"Ok: queued as {answer.message_id}")
+        text = f"Ok: queued as {answer.message_id}"
+        if answer.suppressed:  # recorded with an event each, but never sent
+            n = answer.suppressed
+            text += f" ({n} recipient{'s' if n > 1 else ''} suppressed, not sent)"
+        return Reply(250, "2.0.0", text)
     code, enhanced = _REFUSED[answer.rule]
     return Reply(code, enhanced, answer.reason)
 

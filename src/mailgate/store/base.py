@@ -24,6 +24,7 @@ from mailgate.models import (
     RecipientStatus,
     RecordCheck,
     Settlement,
+    Suppression,
     Webhook,
     WebhookAttempt,
 )
@@ -63,6 +64,8 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "claim_webhook_messages": queue.claim_webhook_messages,
     "settle_webhook_messages": queue.settle_webhook_messages,
     "release_webhook_message": queue.release_webhook_message,
+    "put_suppressions": queue.put_suppressions,
+    "delete_suppression": queue.delete_suppression,
 }
 
 
@@ -240,3 +243,24 @@ class EngineStore:
 
     async def webhook_attempts(self, endpoint_id: str, limit: int) -> list[Any]:
         return list(await self._read(lambda tx: tx.fetch("webhook_attempts", endpoint_id, limit)))
+
+    # -- the suppression list -----------------------------------------------------------
+    async def suppressed_among(self, addresses: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        return await self._read(lambda tx: queries.suppressed_among(tx, addresses))
+
+    async def list_suppressions(
+        self, reason: str, prefix: str, cursor: tuple[str, str] | None, limit: int
+    ) -> list[Suppression]:
+        return await self._read(
+            lambda tx: queries.list_suppressions(tx, reason, prefix, cursor, limit)
+        )
+
+    async def count_suppressions(self) -> int:
+        row = await self._read(lambda tx: tx.fetchrow("count_suppressions"))
+        return int(row[0]) if row else 0
+
+    async def put_suppressions(self, entries: Sequence[Suppression]) -> None:
+        await self._change("put_suppressions", entries)
+
+    async def delete_suppression(self, address: str, scope: str | None) -> int:
+        return cast("int", await self._change("delete_suppression", address, scope))

@@ -20,6 +20,7 @@ from mailgate.models import (
     RecipientStatus,
     RecordCheck,
     Settlement,
+    Suppression,
     Webhook,
     WebhookAttempt,
 )
@@ -223,6 +224,27 @@ class Store(Protocol):
 
     async def claim_domain_checks(self, now: float, next_at: float) -> list[str]:
         """Names of the domains due a check, each moved to next_at (one checker each)."""
+        ...
+
+    # -- the suppression list (suppressions.py has its rules) ----------------------------
+    async def suppressed_among(self, addresses: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """The entries of these lower-case addresses: address -> [(scope, reason)]."""
+        ...
+
+    async def list_suppressions(
+        self, reason: str, prefix: str, cursor: tuple[str, str] | None, limit: int
+    ) -> list[Suppression]:
+        """A page in (address, scope) order after cursor; reason "" for any."""
+        ...
+
+    async def count_suppressions(self) -> int: ...
+
+    async def put_suppressions(self, entries: Sequence[Suppression]) -> None:
+        """Add or replace entries, in one transaction."""
+        ...
+
+    async def delete_suppression(self, address: str, scope: str | None) -> int:
+        """Remove the address's entry of one scope, or of every scope (None)."""
         ...
 
 

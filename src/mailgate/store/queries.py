@@ -16,6 +16,8 @@ from mailgate.models import (
     MessageQuery,
     Recipient,
     RecipientStatus,
+    Suppression,
+    SuppressionReason,
     Webhook,
     new_id,
 )
@@ -190,3 +192,27 @@ async def list_webhooks(tx: Tx, api_key_id: str | None) -> list[Webhook]:
     else:
         rows = await tx.fetch("list_webhooks_for_key", api_key_id)
     return [webhook_from_row(r) for r in rows]
+
+
+# -- the suppression list ----------------------------------------------------------------
+
+
+async def suppressed_among(tx: Tx, addresses: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """The entries of these (normalised) addresses: address -> [(scope, reason)]."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    if not addresses:
+        return found
+    for address, scope, reason in await tx.fetch("suppressed_among", list(addresses)):
+        found.setdefault(address, []).append((scope, reason))
+    return found
+
+
+async def list_suppressions(
+    tx: Tx, reason: str, prefix: str, cursor: tuple[str, str] | None, limit: int
+) -> list[Suppression]:
+    """A page in (address, scope) order after `cursor`; reason "" for every reason."""
+    after, scope = cursor or ("", "")
+    rows = await tx.fetch(
+        "list_suppressions", after, after, scope, prefix, len(prefix), prefix, reason, reason, limit
+    )
+    return [Suppression(r[0], SuppressionReason(r[2]), r[3], r[1], r[4]) for r in rows]

@@ -22,6 +22,8 @@ from mailgate.models import (
     NewMessage,
     RecordCheck,
     Settlement,
+    Suppression,
+    SuppressionReason,
     Webhook,
     WebhookAttempt,
 )
@@ -40,23 +42,27 @@ from mailgate.store.rows import (
     settlement_details,
     webhook_row,
 )
+from mailgate.suppressions import normalize
 
 
 async def insert_rows(tx: Tx, all_rows: Sequence[NewRows]) -> None:
     """Insert enqueues' rows (message, recipients, accepted event, tags) in bulk."""
     if not all_rows:
         return
-    msgs, rcpts, events, tags = [], [], [], []
-    for msg, rs, ev, ts in all_rows:
+    msgs, rcpts, events, tags, suppressed = [], [], [], [], []
+    for msg, rs, ev, ts, ss in all_rows:
         msgs.append(msg)
         rcpts.extend(rs)
         events.append(ev)
         tags.extend(ts)
+        suppressed.extend(ss)
     await tx.insert_messages(msgs)
     await tx.executemany("insert_recipient", rcpts)
     await tx.executemany("insert_event", events)
     if tags:
         await tx.executemany("insert_tag", tags)
+    if suppressed:  # after `accepted`, so a message's history reads in order
+        await tx.executemany("insert_suppressed_event", suppressed)
     tx.wake_workers()
 
 
@@ -129,7 +135,7 @@ async def settle(
     """Record outcomes (fenced by the lease owner) with their events, and the DSNs that
     report them: in this transaction, so a crash keeps both or neither."""
     settled: set[int] = set()
-    events = []
+    events, suppress = [], []
     for s in settlements:
         row = await tx.fetchrow("settle", *settle_params(s, now, owner))
         if row is None:  # the lease passed to another worker
@@ -138,10 +144,20 @@ async def settle(
         kind = EVENT_FOR_STATUS[s.status].value
         details = settlement_details(s, row[1])
         events.append(RecipientEventRow(s.recipient_id, kind, now, details, row[0]))
+        if s.suppress is not None:
+            suppress.append((s.suppress.value, now, s.recipient_id))
+            if s.suppress is SuppressionReason.COMPLAINT:
+                complaint = RecipientEventRow(s.recipient_id, _COMPLAINED, now, "{}", row[0])
+                events.append(complaint)
     if events:
         await tx.executemany("insert_recipient_event", events)
+    if suppress:  # the address is bad (hard bounce) or unwanted (complaint): from now on
+        await tx.executemany("suppress_recipient", suppress)
     await insert_rows(tx, [message_rows(m) for m in dsns_to_queue(dsns, settled)])
     return len(settled)
+
+
+_COMPLAINED = EventKind.COMPLAINED.value
 
 
 async def release(tx: Tx, owner: str, recipient_ids: Sequence[int], now: float) -> int:
@@ -359,3 +375,24 @@ async def release_webhook_owner(tx: Tx, owner: str, now: float) -> int:
 
 async def release_webhook_message(tx: Tx, owner: str, message_id: str, at: float) -> None:
     await tx.execute("release_webhook_message", at, message_id, owner)
+
+
+# -- the suppression list ----------------------------------------------------------------
+
+
+async def put_suppressions(tx: Tx, entries: Sequence[Suppression]) -> None:
+    """Add or replace entries (the newest reason wins)."""
+    await tx.executemany(
+        "put_suppression",
+        [
+            (normalize(e.address), e.scope, e.reason.value, e.created_at, e.message_id)
+            for e in entries
+        ],
+    )
+
+
+async def delete_suppression(tx: Tx, address: str, scope: str | None) -> int:
+    """Remove the entry of one scope, or every scope's (None); how many went."""
+    if scope is None:
+        return len(await tx.fetch("delete_suppressions", normalize(address)))
+    return len(await tx.fetch("delete_suppression", normalize(address), scope))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from mailgate.models import (
+    SANDBOX_ROUTE,
     ApiKey,
     DkimAlgorithm,
     DkimKey,
@@ -42,7 +43,7 @@ RECIPIENT_COLUMNS = (
     " last_code, last_enhanced, last_text, remote_host, updated_at"
 )
 EVENT_COLUMNS = "id, message_id, recipient_id, kind, at, details, api_key_id"
-KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash"
+KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_hash, sandbox"
 DOMAIN_COLUMNS = "name, created_at, sending, checks, checked_at"
 DOMAIN_KEY_COLUMNS = "domain, selector, algorithm, public_key, created_at, retired_at"
 WEBHOOK_COLUMNS = (
@@ -86,9 +87,9 @@ INLINE_COLUMNS = 12  # MessageRow up to raw
 class RecipientRow(NamedTuple):
     message_id: str
     address: str
-    domain: str
+    domain: str  # the route: the address's domain, or SANDBOX_ROUTE
     status: str
-    next_attempt_at: float
+    next_attempt_at: float | None
     updated_at: float
 
 
@@ -115,6 +116,15 @@ class TagRow(NamedTuple):
     message_id: str
 
 
+class SuppressedEventRow(NamedTuple):
+    """The event of a recipient the door found suppressed (its id is looked up by SQL)."""
+
+    at: float
+    details: str
+    message_id: str
+    address: str
+
+
 class NewRows(NamedTuple):
     """Everything one enqueue inserts."""
 
@@ -122,10 +132,12 @@ class NewRows(NamedTuple):
     recipients: list[RecipientRow]
     event: EventRow
     tags: list[TagRow]
+    suppressed: list[SuppressedEventRow]
 
 
 _new = tuple.__new__
 _QUEUED = RecipientStatus.QUEUED.value
+_SUPPRESSED = RecipientStatus.SUPPRESSED.value
 _ACCEPTED = EventKind.ACCEPTED.value
 
 
@@ -157,14 +169,30 @@ def message_rows(m: NewMessage) -> NewRows:
             None,
         ),
     )
-    rcpts = [
-        _new(RecipientRow, (mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created))
-        for a in m.recipients
-    ]
+    if m.sandbox:  # the simulator's, whatever the domain
+        rcpts = [
+            _new(RecipientRow, (mid, a, SANDBOX_ROUTE, _QUEUED, due, created)) for a in m.recipients
+        ]
+    else:
+        rcpts = [
+            _new(RecipientRow, (mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created))
+            for a in m.recipients
+        ]
     details = f'{{"recipients": {len(m.recipients)}, "size": {len(raw)}, "source": "{m.source}"}}'
     event = _new(EventRow, (mid, _ACCEPTED, created, details, m.api_key_id))
     tags = [_new(TagRow, (t, mid)) for t in m.tags] if m.tags else []
-    return _new(NewRows, (msg, rcpts, event, tags))
+    suppressed: list[SuppressedEventRow] = []
+    if m.suppressed:  # never queued: no due time, an event naming the reason instead
+        stopped = m.suppressed
+        rcpts = [
+            r._replace(status=_SUPPRESSED, next_attempt_at=None) if r.address in stopped else r
+            for r in rcpts
+        ]
+        suppressed = [
+            SuppressedEventRow(created, json.dumps({"reason": reason}), mid, address)
+            for address, reason in stopped.items()
+        ]
+    return _new(NewRows, (msg, rcpts, event, tags, suppressed))
 
 
 EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
@@ -263,6 +291,7 @@ def key_from_row(r: Sequence[Any]) -> tuple[ApiKey, str]:
         sender_domains=tuple(d for d in r[3].split(",") if d),
         created_at=r[4],
         revoked_at=r[5],
+        sandbox=bool(r[7]),
     )
     return key, r[6]
 
@@ -276,6 +305,7 @@ def key_row(key: ApiKey, secret_hash: str) -> tuple[Any, ...]:
         ",".join(key.sender_domains),
         key.created_at,
         key.revoked_at,
+        int(key.sandbox),
     )
 
 

@@ -76,8 +76,9 @@ INSERT INTO nodes (name, seen_at) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
 
 -- name: insert_key
-INSERT INTO api_keys (id, name, secret_hash, scopes, sender_domains, created_at, revoked_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO api_keys (id, name, secret_hash, scopes, sender_domains, created_at, revoked_at,
+    sandbox)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: get_key
 SELECT {key_columns} FROM api_keys WHERE id = ?
@@ -245,3 +246,45 @@ WHERE status = 'pending' AND lease_owner IS NOT NULL
 -- name: release_webhook_owner
 UPDATE webhook_messages SET lease_owner = NULL, next_attempt_at = ?
 WHERE lease_owner = ? AND status = 'pending' RETURNING 1
+
+-- name: insert_suppressed_event
+-- a recipient the door found on the suppression list: its event names the reason
+INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
+SELECT r.message_id, r.id, 'suppressed', ?, ?, m.api_key_id
+FROM recipients r JOIN messages m ON m.id = r.message_id
+WHERE r.message_id = ? AND r.address = ?
+
+-- name: suppress_recipient
+-- an outcome that condemns the address (hard bounce, complaint); an entry already there
+-- is kept as it was (its first reason and message). The sandbox's simulated outcomes
+-- never touch the list: the simulator answers alike every time, and test mail cannot
+-- suppress a real address.
+INSERT INTO suppressions (address, scope, reason, created_at, message_id)
+SELECT lower(address), '', ?, ?, message_id FROM recipients
+WHERE id = ? AND domain <> '(sandbox)'
+ON CONFLICT (address, scope) DO NOTHING
+
+-- name: put_suppression
+-- added by a user: the newest reason wins
+INSERT INTO suppressions (address, scope, reason, created_at, message_id)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,
+    created_at = excluded.created_at, message_id = excluded.message_id
+
+-- name: delete_suppression
+DELETE FROM suppressions WHERE address = ? AND scope = ? RETURNING address
+
+-- name: delete_suppressions
+-- every scope of the address
+DELETE FROM suppressions WHERE address = ? RETURNING address
+
+-- name: list_suppressions
+-- a page in (address, scope) order after the cursor; the prefix as a lower bound (for the
+-- index) and a test (an upper bound would depend on the database's collation)
+SELECT address, scope, reason, created_at, message_id FROM suppressions
+WHERE (address > ? OR (address = ? AND scope > ?)) AND address >= ?
+    AND substr(address, 1, ?) = ? AND (? = '' OR reason = ?)
+ORDER BY address, scope LIMIT ?
+
+-- name: count_suppressions
+SELECT count(*) FROM suppressions

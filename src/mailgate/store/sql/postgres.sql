@@ -63,3 +63,6 @@ SELECT id, tags, metadata FROM messages WHERE id = ANY(?::text[])
 
 -- name: event_recipients
 SELECT id, address FROM recipients WHERE id = ANY(?::bigint[])
+
+-- name: suppressed_among
+SELECT address, scope, reason FROM suppressions WHERE address = ANY(?::text[])

@@ -50,3 +50,7 @@ SELECT id, tags, metadata FROM messages WHERE id IN (SELECT value FROM json_each
 
 -- name: event_recipients
 SELECT id, address FROM recipients WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: suppressed_among
+SELECT address, scope, reason FROM suppressions
+WHERE address IN (SELECT value FROM json_each(?))
