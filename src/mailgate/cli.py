@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import logging
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from mailgate import keys as api_keys
@@ -21,11 +24,21 @@ from mailgate.domains.manage import DomainAdmin, policy_of
 from mailgate.errors import ConfigError, MailgateError, RequestError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http.domains import domain_out
-from mailgate.models import ApiKey, Domain, MessageQuery, RecipientStatus, Scope, Webhook
+from mailgate.models import (
+    ApiKey,
+    Domain,
+    MessageQuery,
+    RecipientStatus,
+    Scope,
+    Suppression,
+    SuppressionReason,
+    Webhook,
+)
 from mailgate.process import freeze_heap, share_metrics, tune_interpreter
 from mailgate.resolver import make_resolver
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store
+from mailgate.suppressions import CSV_FIELDS, csv_row, entries_from_csv, entry_problem, normalize
 from mailgate.tls import write_self_signed
 
 T = TypeVar("T")
@@ -44,7 +57,12 @@ webhooks_app = typer.Typer(
     no_args_is_help=True, help="Webhook endpoints: add (secret shown once), list, test, remove."
 )
 app.add_typer(webhooks_app, name="webhooks")
+suppressions_app = typer.Typer(
+    no_args_is_help=True, help="The suppression list: addresses mail is not sent to."
+)
+app.add_typer(suppressions_app, name="suppressions")
 out = Console()
+err = Console(stderr=True)
 
 SECRET_SETTINGS = (("server", "secret_key"), ("delivery", "smarthost_password"))
 ConfigOpt = Annotated[
@@ -238,7 +256,7 @@ def keys_list(config: ConfigOpt = None) -> None:
         table.add_row(
             k.id,
             k.name,
-            ",".join(sorted(k.scopes)),
+            ",".join(sorted(k.scopes)) + (" (sandbox)" if k.sandbox else ""),
             ",".join(k.sender_domains) or "any",
             _time(k.created_at),
             _time(k.revoked_at),
@@ -498,6 +516,140 @@ def webhooks_remove(hook_id: str, config: ConfigOpt = None) -> None:
     cfg = _config(config)
     _run(lambda: _with_store(cfg, lambda s: _hooks(s, cfg).delete(CLI_KEY, hook_id)))
     out.print(f"removed {hook_id}")
+
+
+# -- the suppression list ------------------------------------------------------------------
+
+IMPORT_BATCH = 1000  # entries per transaction
+
+
+@suppressions_app.command("list")
+def suppressions_list(
+    reason: Annotated[SuppressionReason | None, typer.Option(help="Only this reason.")] = None,
+    prefix: Annotated[str, typer.Option(help="Addresses starting with this.")] = "",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    config: ConfigOpt = None,
+) -> None:
+    """List suppressed addresses, in address order."""
+    cfg = _config(config)
+    why = reason.value if reason else ""
+    found = _run(
+        lambda: _with_store(cfg, lambda s: s.list_suppressions(why, normalize(prefix), None, limit))
+    )
+    table = Table("address", "reason", "domain", "since", "message")
+    for e in found:
+        table.add_row(
+            e.address, e.reason, e.scope or "any", _time(e.created_at), e.message_id or "-"
+        )
+    out.print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    address: list[str],
+    reason: Annotated[SuppressionReason, typer.Option()] = SuppressionReason.MANUAL,
+    domain: Annotated[str, typer.Option(help="Only mail From this sending domain.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Suppress one or more addresses."""
+    cfg = _config(config)
+    now = time.time()
+    entries = [Suppression(normalize(a), reason, now, normalize(domain)) for a in address]
+    for entry in entries:
+        problem = entry_problem(entry)
+        if problem is not None:
+            _say(f"{problem[0]}: {problem[1]} ({entry.address})")
+            raise typer.Exit(2)
+    _run(lambda: _with_store(cfg, lambda s: s.put_suppressions(entries)))
+    out.print(f"suppressed {len(entries)}")
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(
+    address: str,
+    domain: Annotated[
+        str | None, typer.Option(help="Only the entry of this scope (default: every scope).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Take an address off the list: mail to it is sent again."""
+    cfg = _config(config)
+    scope = None if domain is None else normalize(domain)
+    removed = _run(lambda: _with_store(cfg, lambda s: s.delete_suppression(address, scope)))
+    if not removed:
+        _say(f"{address} is not suppressed")
+        raise typer.Exit(1)
+    out.print(f"removed {removed}")
+
+
+@suppressions_app.command("import")
+def suppressions_import(
+    path: Annotated[
+        Path, typer.Argument(help="CSV with a header naming address (reason, domain).")
+    ],
+    reason: Annotated[
+        SuppressionReason, typer.Option(help="For rows without a reason.")
+    ] = SuppressionReason.MANUAL,
+    config: ConfigOpt = None,
+) -> None:
+    """Import a CSV: every row is checked first (nothing is written if one is bad), then
+    written in batches of 1,000, with a progress bar."""
+    cfg = _config(config)
+    now = time.time()
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            total = sum(1 for _ in entries_from_csv(f, reason, now))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        _say(f"{path}: {exc}")
+        raise typer.Exit(2) from None
+
+    async def write(store: Store) -> None:
+        with path.open(newline="", encoding="utf-8") as f, Progress(console=err) as bar:
+            task = bar.add_task("importing", total=total)
+            batch: list[Suppression] = []
+            for entry in entries_from_csv(f, reason, now):
+                batch.append(entry)
+                if len(batch) == IMPORT_BATCH:
+                    await store.put_suppressions(batch)
+                    bar.advance(task, len(batch))
+                    batch = []
+            if batch:
+                await store.put_suppressions(batch)
+                bar.advance(task, len(batch))
+
+    _run(lambda: _with_store(cfg, write))
+    out.print(f"imported {total}")
+
+
+@suppressions_app.command("export")
+def suppressions_export(
+    path: Annotated[
+        Path | None, typer.Argument(help="CSV file (default: standard output).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the whole list as CSV (address, reason, domain, created_at, message_id)."""
+    cfg = _config(config)
+
+    async def export(store: Store) -> int:
+        target = path.open("w", newline="", encoding="utf-8") if path else sys.stdout
+        try:
+            writer = csv.writer(target)
+            writer.writerow(CSV_FIELDS)
+            cursor, written = None, 0
+            while True:
+                page = await store.list_suppressions("", "", cursor, IMPORT_BATCH)
+                writer.writerows(csv_row(e) for e in page)
+                written += len(page)
+                if len(page) < IMPORT_BATCH:
+                    return written
+                cursor = (page[-1].address, page[-1].scope)
+        finally:
+            if path:
+                target.close()
+
+    written = _run(lambda: _with_store(cfg, export))
+    _say(f"exported {written}")
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ says nothing about the address, and suppressing it would stop good mail later.
 
 from __future__ import annotations
 
+import csv
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from mailgate.addresses import address_problem, domain_problem
-from mailgate.models import NewMessage, Reply, Suppression
+from mailgate.models import NewMessage, Reply, Suppression, SuppressionReason
 
 # RFC 3463 / RFC 7505 codes that say the address itself is bad. X.1.x is "addressing
 # status": 5.1.7 and 5.1.8 are about the *sender*, 5.1.4 (ambiguous), 5.1.5 (valid!) and
@@ -84,3 +85,44 @@ def entry_problem(entry: Suppression) -> tuple[str, str] | None:
         if problem is not None or entry.scope.startswith("["):
             return "domain", problem or "An address literal is not a sending domain"
     return None
+
+
+# -- CSV (the CLI's import and export) ---------------------------------------------------
+
+CSV_FIELDS = ("address", "reason", "domain", "created_at", "message_id")
+
+
+def entries_from_csv(
+    lines: Iterable[str], default_reason: SuppressionReason, now: float
+) -> Iterator[Suppression]:
+    """Entries of a CSV with a header naming at least `address` (reason, domain optional;
+    other columns, such as an export's created_at, are ignored). Raises ValueError naming
+    the line and the field of the first bad row."""
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None or "address" not in [f.strip() for f in reader.fieldnames]:
+        raise ValueError("line 1: the header must name an address column")
+    for row in reader:
+        line = reader.line_num
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        reason_text = row.get("reason") or default_reason.value
+        try:
+            reason = SuppressionReason(reason_text)
+        except ValueError:
+            raise ValueError(f"line {line}: reason: unknown reason {reason_text!r}") from None
+        entry = Suppression(
+            normalize(row["address"]), reason, now, normalize(row.get("domain", ""))
+        )
+        problem = entry_problem(entry)
+        if problem is not None:
+            raise ValueError(f"line {line}: {problem[0]}: {problem[1]}")
+        yield entry
+
+
+def csv_row(entry: Suppression) -> list[str]:
+    return [
+        entry.address,
+        entry.reason.value,
+        entry.scope,
+        repr(entry.created_at),
+        entry.message_id or "",
+    ]

@@ -118,6 +118,12 @@ class ScriptedHandler:
             return "550 5.1.1 No such user here"
         if local.startswith("full"):
             return "552 5.2.2 Mailbox full"
+        if local.startswith("policy"):
+            return "554 5.7.1 Message refused by local policy"
+        if local.startswith("toobig"):
+            return "552 5.3.4 Message too big for system"
+        if local.startswith("unknown"):  # an old receiver: no enhanced code
+            return "550 No such user here"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

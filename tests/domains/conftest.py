@@ -83,6 +83,7 @@ def mail_config(tmp: Path, ca: trustme.CA, dns_port: int, sink_port: int, **doma
         "allow_private_networks": ["127.0.0.0/8"],
         "tls": "none",
         "retry_first": 1,
+        **domains.pop("delivery", {}),
     }
     data["webhooks"] = domains.pop("webhooks", {})
     data["domains"] = domains
@@ -91,7 +92,8 @@ def mail_config(tmp: Path, ca: trustme.CA, dns_port: int, sink_port: int, **doma
 
 @pytest.fixture
 def mail(tmp_path: Path, ca: trustme.CA, request: pytest.FixtureRequest) -> Iterator[Mail]:
-    domains = dict(getattr(request, "param", {}))  # [domains] settings, and "webhooks"
+    # [domains] settings, and "webhooks" and "delivery" (merged into the test's own)
+    domains = dict(getattr(request, "param", {}))
     dns, zone, dns_port = start_dns()
     script = Script()
     sink_port = free_port()

@@ -89,14 +89,12 @@ class Suppressions:
         except ValueError:
             raise ApiError(400, "invalid_json", "The body is not JSON") from None
         if isinstance(parsed, dict) and "address" in parsed:  # one entry, as itself
-            body = json.dumps({"suppressions": [parsed]}).encode()
-            prefix = ""
+            items, prefix = [parse_json(m.SuppressionIn, body)], ""
         else:
-            prefix = "suppressions"
-        req = parse_json(m.SuppressionsRequest, body)
+            items, prefix = parse_json(m.SuppressionsRequest, body).suppressions, "suppressions"
         now = time.time()
         entries = []
-        for i, item in enumerate(req.suppressions):
+        for i, item in enumerate(items):
             at = f"{prefix}[{i}]." if prefix else ""
             scope = normalize(item.domain or "")
             entry = Suppression(normalize(item.address), item.reason, now, scope)
