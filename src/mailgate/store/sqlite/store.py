@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailgate.errors import StoreUnavailable
 from mailgate.models import Claim, Event, NewMessage
 from mailgate.store import queries, queue
 from mailgate.store.base import EngineStore, Work
@@ -55,6 +57,12 @@ class SqliteStore(EngineStore):
 
     async def _read(self, fn: Work[T]) -> T:
         return await self.engine.read(fn)
+
+    async def _read_now(self, fn: Work[T]) -> T:
+        try:
+            return await self.engine.read_now(fn)
+        except sqlite3.Error as exc:  # the door answers "try again", never a crash
+            raise StoreUnavailable(f"store: {exc}") from exc
 
     async def _write(self, fn: Work[T]) -> T:
         return await self.engine.write(fn)
