@@ -397,6 +397,12 @@ class WebhooksConfig(_Section):
     concurrency: int = Field(
         16, ge=1, le=1000, description="Webhook requests in flight at once, per process."
     )
+    max_endpoints: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Endpoints one API key may have (admin keys: those for every event).",
+    )
     disable_after: float = Field(
         432000.0,
         gt=0,

@@ -118,3 +118,40 @@ async def test_a_receiver_that_never_answers_times_out() -> None:
     await asyncio.sleep(0.05)
     server.close()
     await server.wait_closed()
+
+
+async def test_idle_connections_are_capped_by_age_and_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mailgate.events import http_client
+
+    server, connections = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    port = server.sockets[0].getsockname()[1]
+    client = HttpClient(2.0)
+    ok = b"{}"
+
+    def dest(host: str) -> urls.Destination:
+        parsed = urls.parse_url(f"http://{host}:{port}/in", allow_http=True)
+        assert not isinstance(parsed, str)
+        return parsed
+
+    one = dest("a.example.test")
+    assert await client.post(one, "127.0.0.1", ok, {}) == 200
+    assert await client.post(one, "127.0.0.1", ok, {}) == 200
+    assert len(connections) == 1, "a fresh idle connection is reused"
+    monkeypatch.setattr(http_client, "IDLE_SECONDS", 0.0)
+    assert await client.post(one, "127.0.0.1", ok, {}) == 200
+    assert len(connections) == 2, "a connection idle too long is closed, not reused"
+    monkeypatch.setattr(http_client, "IDLE_SECONDS", 30.0)
+    monkeypatch.setattr(http_client, "IDLE_TOTAL", 3)
+    for i in range(6):  # six targets (Host names), one connection each
+        assert await client.post(dest(f"h{i}.example.test"), "127.0.0.1", ok, {}) == 200
+    assert client._idle_count == 3 and len(client._idle) == 3, "the oldest were closed"
+    assert set(k[2] for k in client._idle) == {
+        "h3.example.test",
+        "h4.example.test",
+        "h5.example.test",
+    }
+    await client.close()
+    server.close()
+    await server.wait_closed()

@@ -197,3 +197,21 @@ async def test_after_the_whole_schedule_a_delivery_fails_for_good(
         await sender.client.close()
     assert len(got.got) == len(SCHEDULE) + 1
     assert len(await store.webhook_attempts(hook_id, 20)) == len(SCHEDULE) + 1
+
+
+async def test_a_disabled_endpoints_deliveries_wait_unclaimed_until_it_is_enabled(
+    store: Store, got: Receiver
+) -> None:
+    sender, admin, clock, hook_id = await setup(store, got, "/paused")
+    owner = ApiKey("K", "app", frozenset({Scope.SEND, Scope.READ}), (), clock.now, None)
+    try:
+        await admin.update(owner, hook_id, None, None, None, enabled=False)
+        for _ in range(3):  # not claimed (and released) over and over: left alone
+            assert await sender.send_due() == 0
+            clock.now += 7200
+        assert got.got == []
+        await admin.update(owner, hook_id, None, None, None, enabled=True)
+        assert await sender.send_due() == 1
+    finally:
+        await sender.client.close()
+    assert len(got.got) == 1

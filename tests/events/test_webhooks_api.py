@@ -134,3 +134,36 @@ def test_endpoints_are_their_owners_and_their_secret_is_shown_once(mail: Mail) -
     assert signing_now == [rotated["secret"], secret], "the old secret signs beside the new"
     assert call(mail, mine, "DELETE", f"/v1/webhooks/{hook['id']}").json() == {"deleted": True}
     assert call(mail, mine, "GET", f"/v1/webhooks/{hook['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        {
+            "webhooks": {
+                "allow_http": True,
+                "allow_private_networks": ["127.0.0.0/8"],
+                "max_endpoints": 2,
+            }
+        }
+    ],
+    indirect=True,
+)
+def test_endpoints_per_key_are_capped_and_a_revoked_keys_are_disabled(mail: Mail) -> None:
+    key = app_key(mail, "app")
+    other = app_key(mail, "other")
+    body = {"url": "http://127.0.0.1:9/in", "events": ["message.delivered"]}
+    made = [call(mail, key, "POST", "/v1/webhooks", json=body) for _ in range(3)]
+    assert [r.status_code for r in made] == [201, 201, 409]
+    assert made[2].json()["error"]["field"] == "url"
+    assert "At most 2 endpoints" in made[2].json()["error"]["message"]
+    assert call(mail, other, "POST", "/v1/webhooks", json=body).status_code == 201, "per key"
+
+    key_id = keys.key_id_of(key)
+    revoked = mail.admin("DELETE", f"/v1/keys/{key_id}")
+    assert revoked.status_code == 200, revoked.text
+    listed = mail.admin("GET", "/v1/webhooks").json()["data"]
+    by_state = {(h["enabled"], h["disabled_reason"]) for h in listed}
+    assert by_state == {(False, "its API key was revoked"), (True, None)}
+    assert sum(not h["enabled"] for h in listed) == 2, "only the revoked key's two"
+    assert call(mail, key, "GET", "/v1/webhooks").status_code == 401

@@ -79,9 +79,14 @@ class WebhookAdmin:
         self, key: ApiKey, url: str, types: Sequence[str], description: str
     ) -> tuple[Webhook, str]:
         now = self.clock()
+        owner = owner_of(key)
+        mine = [h for h in await self.store.list_webhooks(owner) if h.api_key_id == owner]
+        if len(mine) >= self.cfg.max_endpoints:
+            reason = f"At most {self.cfg.max_endpoints} endpoints per key; remove one first"
+            raise RequestError("conflict", reason, "url")
         hook = Webhook(
             f"wh_{new_id(now)}",
-            owner_of(key),
+            owner,
             await self.check_url(url),
             event_types(types),
             description,

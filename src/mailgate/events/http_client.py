@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 import urllib.parse
-from collections import defaultdict
 
 from mailgate.events.urls import Destination
 
 MAX_HEAD = 16 * 1024  # status line and headers
 MAX_BODY = 64 * 1024  # an answer's body is read (to keep the connection) up to this
 IDLE_PER_TARGET = 64  # idle connections kept per (address, port, host)
+IDLE_TOTAL = 512  # idle connections kept in all: many endpoints cannot pile up sockets
+IDLE_SECONDS = 30.0  # an idle connection older than this is closed, not reused (receivers
+# close theirs after a while; a reused dead one costs a failed write and a retry)
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -34,7 +37,9 @@ class HttpClient:
     def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.timeout = timeout
         self.tls = tls or ssl.create_default_context()
-        self._idle: defaultdict[tuple[str, int, str], list[Conn]] = defaultdict(list)
+        # per target, oldest first: (connection, when it went idle)
+        self._idle: dict[tuple[str, int, str], list[tuple[Conn, float]]] = {}
+        self._idle_count = 0
 
     async def post(
         self, dest: Destination, address: str, body: bytes, headers: dict[str, str]
@@ -48,9 +53,8 @@ class HttpClient:
         lines += [f"Content-Length: {len(body)}", "", ""]
         request = "\r\n".join(lines).encode("latin-1") + body
         async with asyncio.timeout(self.timeout):
-            idle = self._idle[key]
-            if idle:
-                conn = idle.pop()
+            conn = self._take(key)
+            if conn is not None:
                 try:
                     status, keep = await self._exchange(conn, request)
                 except (OSError, asyncio.IncompleteReadError, ProtocolError):
@@ -61,11 +65,42 @@ class HttpClient:
                     raise
             else:
                 status, keep, conn = await self._fresh(dest, address, request)
-        if keep and len(idle) < IDLE_PER_TARGET:
-            idle.append(conn)
+        if keep:
+            self._keep(key, conn)
         else:
             conn[1].close()
         return status
+
+    def _take(self, key: tuple[str, int, str]) -> Conn | None:
+        """The newest idle connection to the target; the stale ones closed."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        stale = time.monotonic() - IDLE_SECONDS
+        while idle and idle[0][1] < stale:
+            idle.pop(0)[0][1].close()
+            self._idle_count -= 1
+        conn = idle.pop()[0] if idle else None
+        if conn is not None:
+            self._idle_count -= 1
+        if not idle:
+            del self._idle[key]
+        return conn
+
+    def _keep(self, key: tuple[str, int, str], conn: Conn) -> None:
+        if self._idle_count >= IDLE_TOTAL:  # the oldest of all goes, whoever's it is
+            self._drop_oldest(min(self._idle, key=lambda k: self._idle[k][0][1]))
+        elif len(self._idle.get(key, ())) >= IDLE_PER_TARGET:
+            self._drop_oldest(key)
+        self._idle.setdefault(key, []).append((conn, time.monotonic()))
+        self._idle_count += 1
+
+    def _drop_oldest(self, key: tuple[str, int, str]) -> None:
+        idle = self._idle[key]
+        idle.pop(0)[0][1].close()
+        self._idle_count -= 1
+        if not idle:
+            del self._idle[key]
 
     async def _fresh(
         self, dest: Destination, address: str, request: bytes
@@ -135,9 +170,10 @@ class HttpClient:
 
     async def close(self) -> None:
         for conns in self._idle.values():
-            for _, writer in conns:
+            for (_, writer), _ in conns:
                 writer.close()
         self._idle.clear()
+        self._idle_count = 0
 
 
 async def _trailers(reader: asyncio.StreamReader) -> None:

@@ -105,6 +105,13 @@ class Auth:
         self._cache[secret] = (key, now + AUTH_CACHE_SECONDS)
         return key
 
+    def forget(self, key_id: str) -> None:
+        """Drop a revoked key from this process's cache (other processes keep it at most
+        AUTH_CACHE_SECONDS)."""
+        for secret, (key, _) in list(self._cache.items()):
+            if key is not None and key.id == key_id:
+                del self._cache[secret]
+
 
 def secret_from(header: str) -> str | None:
     """The key in `Authorization: Bearer <key>`, or the password of `Basic`."""

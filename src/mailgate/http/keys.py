@@ -1,5 +1,7 @@
 """API keys over HTTP (admin scope): create (the secret shown once), list, revoke. The
-CLI's `mailgate keys` does the same on the server's machine."""
+CLI's `mailgate keys` does the same on the server's machine. A revoked key stops at
+once in the process that revoked it, and within AUTH_CACHE_SECONDS in the others; its
+webhook endpoints are disabled in the same transaction."""
 
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ class Keys:
         await self.auth.key_for(request, Scope.ADMIN)
         if not await self.store.revoke_key(key_id, time.time()):
             raise ApiError(404, "not_found", f"No active key {key_id}", "key_id")
+        self.auth.forget(key_id)
         return {"id": key_id, "revoked": True}
 
 

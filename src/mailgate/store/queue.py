@@ -205,7 +205,11 @@ async def add_key(tx: Tx, key: ApiKey, secret_hash: str) -> None:
 
 
 async def revoke_key(tx: Tx, key_id: str, now: float) -> bool:
-    return await tx.fetchrow("revoke_key", now, key_id) is not None
+    """Revoke the key and disable its webhook endpoints, in one transaction."""
+    if await tx.fetchrow("revoke_key", now, key_id) is None:
+        return False
+    await tx.execute("disable_key_webhooks", now, key_id)
+    return True
 
 
 # -- sending domains ---------------------------------------------------------------------

@@ -89,6 +89,12 @@ SELECT {key_columns} FROM api_keys ORDER BY created_at
 -- name: revoke_key
 UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING 1
 
+-- name: disable_key_webhooks
+-- a revoked key's endpoints stop receiving its events (an admin may enable one again)
+UPDATE webhook_endpoints SET enabled = 0, disabled_reason = 'its API key was revoked',
+    updated_at = ?
+WHERE api_key_id = ? AND enabled = 1
+
 -- name: create_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations
     (version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)
@@ -196,8 +202,10 @@ VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)
 -- name: claim_webhook_messages
 -- the outer WHERE repeats the due test: a row another claimer took meanwhile (PostgreSQL
 -- re-reads it after the lock wait) is skipped, not taken twice
+-- a disabled endpoint's rows wait where they are (claimed again once it is enabled)
 UPDATE webhook_messages SET lease_owner = ?, next_attempt_at = ?
 WHERE id IN (SELECT id FROM webhook_messages WHERE status = 'pending' AND next_attempt_at <= ?
+                 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled = 1)
              ORDER BY next_attempt_at LIMIT ?)
     AND status = 'pending' AND next_attempt_at <= ?
 RETURNING id, endpoint_id, event_id, body, attempts
