@@ -256,11 +256,13 @@ UPDATE webhook_messages SET lease_owner = NULL, next_attempt_at = ?
 WHERE lease_owner = ? AND status = 'pending' RETURNING 1
 
 -- name: insert_suppressed_event
--- a recipient the door found on the suppression list: its event names the reason
+-- a recipient the door found on the suppression list: its event names the reason. Found
+-- by its message (`|| ''` keeps the planner off the address index: one address may have
+-- many rows, a message has few)
 INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
 SELECT r.message_id, r.id, 'suppressed', ?, ?, m.api_key_id
 FROM recipients r JOIN messages m ON m.id = r.message_id
-WHERE r.message_id = ? AND r.address = ?
+WHERE r.message_id = ? AND r.address || '' = ?
 
 -- name: suppress_recipient
 -- an outcome that condemns the address (hard bounce, complaint); an entry already there

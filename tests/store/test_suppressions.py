@@ -1,0 +1,80 @@
+"""The suppression list in the store, on every backend: add (the newest reason wins),
+look up, page, remove; a bounce's entry keeps its first reason; and the statement that
+records a suppressed recipient's event finds it by its message, not by its address."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mailgate.models import (
+    NewMessage,
+    RecipientStatus,
+    Settlement,
+    Source,
+    Suppression,
+    SuppressionReason,
+)
+from mailgate.store import Store
+from mailgate.store.migrate import versions
+from mailgate.store.sql import statements
+
+NOW = 1_700_000_000.0
+
+
+async def test_put_look_up_page_and_remove(store: Store) -> None:
+    entries = [Suppression(f"u{i}@x.test", SuppressionReason.MANUAL, NOW) for i in range(5)]
+    entries.append(Suppression("u1@x.test", SuppressionReason.UNSUBSCRIBE, NOW, "brand.test"))
+    await store.put_suppressions(entries)
+    await store.put_suppressions([Suppression("U0@X.test", SuppressionReason.COMPLAINT, NOW)])
+    found = await store.suppressed_among(["u0@x.test", "u1@x.test", "nobody@x.test"])
+    assert found.keys() == {"u0@x.test", "u1@x.test"}
+    assert found["u0@x.test"] == [("", "complaint")]  # replaced; stored in lower case
+    assert sorted(found["u1@x.test"]) == [("", "manual"), ("brand.test", "unsubscribe")]
+    first = await store.list_suppressions("", "", None, 3)
+    assert [(e.address, e.scope) for e in first] == [
+        ("u0@x.test", ""),
+        ("u1@x.test", ""),
+        ("u1@x.test", "brand.test"),
+    ]
+    rest = await store.list_suppressions("", "", (first[-1].address, first[-1].scope), 10)
+    assert [e.address for e in rest] == ["u2@x.test", "u3@x.test", "u4@x.test"]
+    manual = await store.list_suppressions("manual", "u1", None, 10)
+    assert [(e.address, e.reason) for e in manual] == [("u1@x.test", "manual")]
+    assert await store.delete_suppression("u1@x.test", "brand.test") == 1
+    assert await store.delete_suppression("u1@x.test", None) == 1
+    assert await store.delete_suppression("u1@x.test", None) == 0
+    assert await store.count_suppressions() == 4
+
+
+async def test_a_hard_bounce_lists_the_address_once_keeping_the_first_reason(store: Store) -> None:
+    await store.put_suppressions([Suppression("b@x.test", SuppressionReason.UNSUBSCRIBE, NOW)])
+    message = NewMessage(b"x", "s@y.test", ("B@x.test", "c@x.test"), Source.HTTP, created_at=NOW)
+    mid = await store.enqueue(message)
+    claim = await store.claim("w", NOW + 10**6, 10, 60)
+    assert claim is not None
+    bounced = [
+        Settlement(r.id, RecipientStatus.BOUNCED, None, suppress=SuppressionReason.HARD_BOUNCE)
+        for r in claim.recipients
+    ]
+    assert await store.settle("w", bounced) == 2
+    found = await store.suppressed_among(["b@x.test", "c@x.test"])
+    assert found == {"b@x.test": [("", "unsubscribe")], "c@x.test": [("", "hard_bounce")]}
+    [entry] = await store.list_suppressions("hard_bounce", "", None, 10)
+    assert entry.message_id == mid
+
+
+def test_the_suppressed_event_is_found_by_message_not_by_address(tmp_path: Path) -> None:
+    """One address can have a million recipient rows; a message has a few. The planner,
+    without statistics, took the address index: each batch of suppressed recipients
+    scanned every earlier row of that address (13x slower, and timeouts under load)."""
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for _, paths in sorted(versions("sqlite").items()):
+        for path in paths:
+            conn.executescript(path.read_text())
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN " + statements("sqlite")["insert_suppressed_event"],
+        (NOW, "{}", "m", "a@x.test"),
+    ).fetchall()
+    text = " ".join(str(row[-1]) for row in plan)
+    assert "recipients_message" in text and "recipients_address" not in text, text
