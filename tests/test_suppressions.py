@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from mailgate.models import NewMessage, Reply, Source
 from mailgate.simulator import SIMULATOR_DOMAIN, simulate
-from mailgate.suppressions import ADDRESS_CODES, hard_bounce, screen
+from mailgate.suppressions import ADDRESS_CODES, condemns, hard_bounce, screen
 
 texts = st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), max_size=80)
 subjects = st.integers(0, 9).map(str)
@@ -46,7 +46,13 @@ def test_without_an_enhanced_code_the_text_decides() -> None:
         "Recipient address rejected: User unknown in local recipient table",
     ):
         assert hard_bounce(Reply(550, None, text)), text
-    for text in ("Message rejected as spam", "Relay access denied", "Too big", ""):
+    for text in (
+        "Message rejected as spam",
+        "Relay access denied",
+        "Too big",
+        "",
+        "Requested action not taken: mailbox unavailable",  # RFC 5321's stock text: policy too
+    ):
         assert not hard_bounce(Reply(550, None, text)), text
     assert not hard_bounce(Reply(552, None, "No such user")), "552 is about storage"
     assert not hard_bounce(None)
@@ -81,3 +87,11 @@ def test_the_simulator_answers_by_local_part() -> None:
     assert (
         captured.outcome.reply.text.startswith("Captured") and captured.outcome.remote_host is None
     )
+
+
+@given(st.sampled_from(sorted(ADDRESS_CODES)), texts)
+def test_only_a_reply_to_rcpt_or_a_null_mx_condemns(enhanced: str, text: str) -> None:
+    reply = Reply(550, enhanced, text)
+    assert condemns(reply, at_rcpt=True, local=False)
+    assert not condemns(reply, at_rcpt=False, local=False), "MAIL, DATA, the final dot"
+    assert condemns(reply, at_rcpt=False, local=True) is (enhanced == "5.1.10")

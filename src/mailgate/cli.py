@@ -236,6 +236,10 @@ def keys_create(
     if not scopes:
         _say("--scope: give at least one of send, read, admin")
         raise typer.Exit(2)
+    problem = api_keys.sandbox_problem(scopes, sandbox)
+    if problem is not None:
+        _say(f"--sandbox: {problem}")
+        raise typer.Exit(2)
 
     async def run(store: Store) -> str:
         key, secret = await api_keys.create_key(store, name, scopes, sender_domain or [], sandbox)
@@ -597,14 +601,14 @@ def suppressions_import(
     cfg = _config(config)
     now = time.time()
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM too
             total = sum(1 for _ in entries_from_csv(f, reason, now))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         _say(f"{path}: {exc}")
         raise typer.Exit(2) from None
 
     async def write(store: Store) -> None:
-        with path.open(newline="", encoding="utf-8") as f, Progress(console=err) as bar:
+        with path.open(newline="", encoding="utf-8-sig") as f, Progress(console=err) as bar:
             task = bar.add_task("importing", total=total)
             batch: list[Suppression] = []
             for entry in entries_from_csv(f, reason, now):

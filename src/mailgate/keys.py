@@ -35,6 +35,14 @@ def key_id_of(secret: str) -> str | None:
     return key_id
 
 
+def sandbox_problem(scopes: Iterable[Scope], sandbox: bool) -> str | None:
+    """A sandbox key may not be an admin key: admin manages real keys, domains and every
+    key's mail, which a key handed to CI or a contractor must not reach."""
+    if sandbox and Scope.ADMIN in set(scopes):
+        return "A sandbox key cannot have the admin scope"
+    return None
+
+
 def new_key(
     name: str, scopes: Iterable[Scope], sender_domains: Iterable[str] = (), sandbox: bool = False
 ) -> tuple[ApiKey, str]:
@@ -59,6 +67,10 @@ async def create_key(
     sender_domains: Iterable[str] = (),
     sandbox: bool = False,
 ) -> tuple[ApiKey, str]:
+    scopes = list(scopes)
+    problem = sandbox_problem(scopes, sandbox)
+    if problem is not None:
+        raise ValueError(problem)
     key, secret = new_key(name, scopes, sender_domains, sandbox)
     await store.add_key(key, hash_secret(secret))
     return key, secret

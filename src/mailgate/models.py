@@ -220,6 +220,7 @@ class OutcomeDetails(TypedDict, total=False):
     remote_host: str  # the host that answered
     next_attempt_at: float  # DEFERRED: when the next attempt is due
     attempt: int  # which attempt this was (1 for the first)
+    reason: str  # SUPPRESSED at delivery (listed after it was accepted): the reason
 
 
 class LeaseExpiredDetails(TypedDict):
@@ -271,6 +272,7 @@ class Settlement:
     remote_host: str | None = None
     next_attempt_at: float | None = None  # for DEFERRED
     suppress: SuppressionReason | None = None  # add the address to the suppression list
+    reason: str | None = None  # SUPPRESSED: the suppression reason that stopped it
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +381,7 @@ class Webhook:
     disabled_reason: str | None
     created_at: float
     updated_at: float
+    created_by: str | None = None  # the key that made it: revoking it disables the endpoint
 
 
 @dataclass(frozen=True, slots=True)

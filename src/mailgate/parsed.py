@@ -113,8 +113,12 @@ def _part(index: int, part: MIMEPart) -> dict[str, Any]:
 
 def attachment(raw: bytes, index: int) -> tuple[str | None, str, bytes] | None:
     """(filename, content type, decoded bytes) of attachment `index`, or None."""
-    _, _, parts = bodies_and_parts(parse(raw))
-    if not 0 <= index < len(parts):
-        return None
-    part = parts[index]
-    return part.get_filename(), part.get_content_type(), _bytes(part)
+    message = parse(raw)
+    try:
+        _, _, parts = bodies_and_parts(message)
+        if not 0 <= index < len(parts):
+            return None
+        part = parts[index]
+        return part.get_filename(), part.get_content_type(), _bytes(part)
+    except Exception as exc:  # a part the parser chokes on
+        raise ParseError(str(exc)) from exc

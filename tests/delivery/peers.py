@@ -127,6 +127,18 @@ class ScriptedHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if address.split("@")[0].startswith("unlisted"):  # Postfix reject_unlisted_sender
+            return (
+                "550 5.1.0 <" + address + ">: Sender address rejected:"
+                " User unknown in local recipient table"
+            )
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.script.lock:
             if self.script.busy_data > 0:
@@ -134,6 +146,8 @@ class ScriptedHandler:
                 return "421 4.3.2 System busy, try later"
         if any(r.split("@")[0].startswith("datafail") for r in envelope.rcpt_tos):
             return "554 5.6.0 Content rejected"
+        if any(r.split("@")[0].startswith("dataunknown") for r in envelope.rcpt_tos):
+            return "550 5.1.1 User unknown"  # said at end of data: about whom?
         if any(r.split("@")[0].startswith("datatemp") for r in envelope.rcpt_tos):
             return "451 4.3.0 Local problem at end of data, try later"
         with self.script.lock:

@@ -167,3 +167,15 @@ def test_endpoints_per_key_are_capped_and_a_revoked_keys_are_disabled(mail: Mail
     assert by_state == {(False, "its API key was revoked"), (True, None)}
     assert sum(not h["enabled"] for h in listed) == 2, "only the revoked key's two"
     assert call(mail, key, "GET", "/v1/webhooks").status_code == 401
+
+    # an admin key's endpoint gets every event: revoking that key stops it too
+    made_admin = mail.admin("POST", "/v1/keys", json={"name": "ops", "scopes": ["admin"]})
+    assert made_admin.status_code == 201, made_admin.text
+    ops = made_admin.json()["secret"]
+    hook_id = call(mail, ops, "POST", "/v1/webhooks", json=body).json()["id"]
+    assert mail.admin("DELETE", f"/v1/keys/{made_admin.json()['id']}").status_code == 200
+    hook = mail.admin("GET", f"/v1/webhooks/{hook_id}").json()
+    assert (hook["enabled"], hook["disabled_reason"]) == (False, "its API key was revoked")
+    sandbox_admin = {"name": "x", "scopes": ["admin"], "sandbox": True}
+    refused = mail.admin("POST", "/v1/keys", json=sandbox_admin)
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "scopes"

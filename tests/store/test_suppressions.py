@@ -7,6 +7,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from mailgate.errors import StoreError
 from mailgate.models import (
     NewMessage,
     RecipientStatus,
@@ -15,7 +18,7 @@ from mailgate.models import (
     Suppression,
     SuppressionReason,
 )
-from mailgate.store import Store
+from mailgate.store import Store, open_store
 from mailgate.store.migrate import versions
 from mailgate.store.sql import statements
 
@@ -78,3 +81,19 @@ def test_the_suppressed_event_is_found_by_message_not_by_address(tmp_path: Path)
     ).fetchall()
     text = " ".join(str(row[-1]) for row in plan)
     assert "recipients_message" in text and "recipients_address" not in text, text
+
+
+async def test_a_database_with_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """An older mailgate would ignore what it does not know (a sandbox key's flag: it
+    would send that key's mail for real); it must refuse to run instead."""
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    store = open_store(url)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "m.db")
+    with conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (9999, 0)")
+    conn.close()
+    newer = open_store(url)
+    with pytest.raises(StoreError, match="schema version 9999, newer than this mailgate"):
+        await newer.open()

@@ -105,4 +105,12 @@ def test_who_may_change_the_list(mail: Mail) -> None:
     assert call(mail, sandbox, "DELETE", "/v1/suppressions/keep@list.test").status_code == 403
     assert call(mail, reader, "POST", "/v1/suppressions", json=unscoped).status_code == 403
     listed = call(mail, reader, "GET", "/v1/suppressions").json()["data"]
-    assert {e["address"] for e in listed} == {"keep@list.test", "x@list.test"}
+    assert {(e["address"], e["domain"]) for e in listed} == {
+        ("keep@list.test", None),
+        ("x@list.test", "brand.test"),
+    }
+    rival = {"address": "y@list.test", "domain": "rival.test"}
+    assert call(mail, reader, "GET", "/v1/suppressions").status_code == 200
+    mail.admin("POST", "/v1/suppressions", json=rival)
+    seen_by_brand = call(mail, brand, "GET", "/v1/suppressions").json()["data"]
+    assert {e["address"] for e in seen_by_brand} == {"keep@list.test", "x@list.test"}

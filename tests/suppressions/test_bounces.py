@@ -139,3 +139,69 @@ def test_every_recipient_suppressed_is_still_accepted_and_said(mail: Mail) -> No
     assert mail.received(1)[0].recipients == [f"c@{INBOX}"]
     time.sleep(0.3)
     assert len(mail.script.received) == 1, "a suppressed address gets nothing"
+
+
+def test_only_a_reply_to_the_recipients_own_rcpt_lists_it(mail: Mail) -> None:
+    """A refusal of the *sender* at MAIL FROM (Postfix's reject_unlisted_sender says "5.1.0
+    User unknown"), an address code after the final dot, and an NXDOMAIN (a lapse or a
+    spoofed answer) bounce without listing anyone; a null MX (the domain says it takes
+    no mail) lists the address."""
+    mail.zone.add("nullmx.test", "MX", (0, "."))
+    key = make_key(mail, "app")
+    by_sender = send(mail, key, [f"ok-1@{INBOX}", f"ok-2@{INBOX}"], sender="unlisted@example.org")
+    after_dot = send(mail, key, [f"dataunknown-1@{INBOX}"])
+    domains = send(mail, key, ["someone@nullmx.test", "someone@nxdomain.test"])
+    for sent in (by_sender, after_dot, domains):
+        found = statuses(mail, key, sent["id"], {"bounced"})
+        assert set(found.values()) == {"bounced"}, found
+    listed = call(mail, key, "GET", "/v1/suppressions").json()["data"]
+    assert [(e["address"], e["reason"]) for e in listed] == [("someone@nullmx.test", "hard_bounce")]
+    last = call(mail, key, "GET", f"/v1/messages/{by_sender['id']}").json()["recipients"]
+    assert all("Sender address rejected" in r["last_reply"] for r in last)
+
+
+def test_an_address_listed_after_acceptance_is_not_sent_at_its_time_or_retry(
+    mail: Mail,
+) -> None:
+    import datetime
+
+    key = make_key(mail, "app")
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+    scheduled = call(
+        mail,
+        key,
+        "POST",
+        "/v1/messages",
+        json={
+            "from": "app@example.org",
+            "to": [f"later@{INBOX}", f"kept@{INBOX}"],
+            "subject": "s",
+            "text": "t",
+            "scheduled_at": later.isoformat(),
+        },
+    ).json()
+    retried = send(mail, key, [f"tempfail-once-1@{INBOX}"])
+    assert statuses(mail, key, retried["id"], {"deferred"}) == {
+        f"tempfail-once-1@{INBOX}": "deferred"
+    }
+    entries = [
+        {"address": f"later@{INBOX}", "reason": "unsubscribe"},
+        {"address": f"tempfail-once-1@{INBOX}"},
+    ]
+    assert (
+        call(mail, key, "POST", "/v1/suppressions", json={"suppressions": entries}).status_code
+        == 201
+    )
+    assert statuses(mail, key, scheduled["id"], {"delivered", "suppressed"}) == {
+        f"later@{INBOX}": "suppressed",
+        f"kept@{INBOX}": "delivered",
+    }
+    assert statuses(mail, key, retried["id"], {"suppressed"}) == {
+        f"tempfail-once-1@{INBOX}": "suppressed"
+    }
+    events = call(mail, key, "GET", f"/v1/messages/{scheduled['id']}").json()["events"]
+    [stopped] = [e for e in events if e["kind"] == "suppressed"]
+    assert (
+        stopped["recipient"] == f"later@{INBOX}" and stopped["details"]["reason"] == "unsubscribe"
+    )
+    assert [r.recipients for r in mail.received(1)] == [[f"kept@{INBOX}"]]

@@ -38,15 +38,21 @@ def test_import_export_list_add_remove(tmp_path: Path) -> None:
     assert rows[1]["address"] == "user00000@big.test" and rows[1]["reason"] == "unsubscribe"
     assert [r["address"] for r in rows[1:]] == sorted(r["address"] for r in rows[1:])
 
-    # an export imports again as it is
+    # an export imports again as it is (times and causes kept), from a spreadsheet's
+    # UTF-8 with a byte order mark too
     again = tmp_path / "again.csv"
-    again.write_text(exported)
+    again.write_text("\ufeff" + exported, encoding="utf-8")
     assert f"imported {ROWS + 1}" in run("import", str(again))[0]
+    assert run("export")[0] == exported
 
     bad = tmp_path / "bad.csv"
     bad.write_text("address,reason\nnew1@big.test,manual\nnot-an-address,manual\n")
     _, err = run("import", str(bad), ok=False)
     assert "line 3: address:" in err
+    huge = tmp_path / "huge.csv"
+    huge.write_text("address\n" + "x" * 200_000 + "@big.test\n")
+    _, err = run("import", str(huge), ok=False)
+    assert "line" in err and "Traceback" not in err
     listed, _ = run("list", "--prefix", "new1")
     assert "new1@big.test" not in listed, "nothing of a bad file is written"
 

@@ -202,9 +202,40 @@ def test_capture_mode_keeps_all_mail_readable_and_sends_none(mail: Mail) -> None
     got = call(mail, key, "GET", f"/v1/messages/{message_id}/attachments/0")
     assert got.status_code == 200 and got.content == pdf
     assert got.headers["content-type"] == "application/octet-stream"
-    assert got.headers["content-disposition"] == 'attachment; filename="receipt.pdf"'
+    assert got.headers["content-disposition"] == (
+        "attachment; filename=\"receipt.pdf\"; filename*=UTF-8''receipt.pdf"
+    )
     assert got.headers["x-content-type-options"] == "nosniff"
     missing = call(mail, key, "GET", f"/v1/messages/{message_id}/attachments/1")
     assert missing.status_code == 404
     other = make_key(mail, "other")
     assert call(mail, other, "GET", f"/v1/messages/{message_id}/parsed").status_code == 404
+
+    # a hostile file name (RFC 2231 encoded CR LF) cannot add a header to the download
+    hostile = (
+        b"From: shop@example.org\r\nTo: buyer@inbox.test\r\nSubject: x\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+        b"--B\r\nContent-Type: text/html\r\nContent-Disposition: attachment;"
+        b" filename*=utf-8''evil%0D%0ASet-Cookie%3A%20a%3Db%22.html\r\n\r\n"
+        b"<script>alert(1)</script>\r\n--B--\r\n"
+    )
+    raw_sent = call(
+        mail,
+        key,
+        "POST",
+        "/v1/messages/raw",
+        json={
+            "raw": base64.b64encode(hostile).decode(),
+            "from": "shop@example.org",
+            "to": [f"buyer@{INBOX}"],
+        },
+    )
+    assert raw_sent.status_code == 202, raw_sent.text
+    evil = call(mail, key, "GET", f"/v1/messages/{raw_sent.json()['id']}/attachments/0")
+    assert evil.status_code == 200 and evil.content.startswith(b"<script>")
+    assert "set-cookie" not in evil.headers
+    assert evil.headers["content-type"] == "application/octet-stream"
+    disposition = evil.headers["content-disposition"]
+    assert "\r" not in disposition and "\n" not in disposition
+    assert disposition.startswith('attachment; filename="evilSet-Cookie: a=b_.html"')

@@ -57,6 +57,7 @@ class Outcome:
     verdict: Verdict
     reply: Reply
     remote_host: str | None = None
+    step: Step | None = None  # the command a peer's reply answered; None: decided here
 
 
 def clean_text(text: str, limit: int = REPLY_TEXT_LIMIT) -> str:
@@ -85,11 +86,11 @@ def from_reply(code: int, text: str, host: str | None, step: Step = Step.DOT) ->
     2xx after the final dot; 4xx temporary; 5xx permanent; anything else (a 250 greeting,
     252 to MAIL, 250 instead of 354, 1xx, 3xx) a temporary protocol error."""
     if 400 <= code < 500:
-        return Outcome(Verdict.TEMPORARY, reply_from(code, text), host)
+        return Outcome(Verdict.TEMPORARY, reply_from(code, text), host, step)
     if 500 <= code < 600:
-        return Outcome(Verdict.PERMANENT, reply_from(code, text), host)
+        return Outcome(Verdict.PERMANENT, reply_from(code, text), host, step)
     if step is Step.DOT and step.accepts(code):
-        return Outcome(Verdict.DELIVERED, reply_from(code, text), host)
+        return Outcome(Verdict.DELIVERED, reply_from(code, text), host, step)
     return protocol_error(f"{step.label} answered {code} {clean_text(text)}", host)
 
 

@@ -25,11 +25,12 @@ from dataclasses import replace
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.bounces import Failure, build_dsn
 from mailgate.delivery.mx import MxResolver, Target
-from mailgate.delivery.outcome import Outcome, Verdict, permanent, temporary
+from mailgate.delivery.outcome import Outcome, Step, Verdict, permanent, temporary
 from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
 from mailgate.delivery.smtp_client import Session, Transaction
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.ingress.accept import Client, Door, Refusal, Submission
+from mailgate.ingress.smtp_rules import header_facts
 from mailgate.models import (
     SANDBOX_ROUTE,
     Claim,
@@ -39,10 +40,11 @@ from mailgate.models import (
     Settlement,
     Source,
     SuppressionReason,
+    domain_of,
 )
 from mailgate.simulator import CAPTURED, simulate
 from mailgate.store import Dsn, Store
-from mailgate.suppressions import hard_bounce
+from mailgate.suppressions import condemns, normalize, stopped_by
 
 log = logging.getLogger("mailgate.delivery")
 GATHER_SECONDS = 0.02  # a claim a few ms later carries many messages, not one
@@ -225,6 +227,9 @@ class Deliverer:
 
     async def deliver(self, claim: Claim) -> None:
         messages = await self._load(claim)
+        claim = await self._unlisted(claim, messages)
+        if not claim.recipients:
+            return
         if claim.domain == SANDBOX_ROUTE or self.cfg.mode == "capture":
             answers = [self.simulated(r, messages[r.message_id][0]) for r in claim.recipients]
             await self.record(answers, list(claim.recipients), messages)
@@ -262,6 +267,37 @@ class Deliverer:
             await asyncio.gather(*records)
 
     # -- steps ------------------------------------------------------------------------------
+    async def _unlisted(self, claim: Claim, messages: dict[str, tuple[Message, bytes]]) -> Claim:
+        """The claim without the recipients put on the suppression list since their
+        message was accepted (a scheduled send, a retry): those are settled `suppressed`
+        now, never sent. One read for the claim."""
+        found = await self.store.suppressed_among(
+            list(dict.fromkeys(normalize(r.address) for r in claim.recipients))
+        )
+        if not found:
+            return claim
+        froms: dict[str, str | None] = {}
+
+        def from_domain(message_id: str) -> str | None:
+            if message_id not in froms:
+                addresses = header_facts(messages[message_id][1]).from_addresses
+                froms[message_id] = domain_of(addresses[0]) if addresses else None
+            return froms[message_id]
+
+        stopped, kept = [], []
+        for r in claim.recipients:
+            entries = found.get(normalize(r.address), ())
+            scoped = any(scope for scope, _ in entries)
+            reason = stopped_by(r.address, from_domain(r.message_id) if scoped else None, found)
+            if reason is None:
+                kept.append(r)
+            else:
+                stopped.append(Settlement(r.id, RecipientStatus.SUPPRESSED, None, reason=reason))
+        if stopped:
+            log.info("delivery: %d recipients were suppressed after acceptance", len(stopped))
+            await self._settle(stopped, [])
+        return replace(claim, recipients=tuple(kept))
+
     async def _load(self, claim: Claim) -> dict[str, tuple[Message, bytes]]:
         loaded = await self.store.load(list(dict.fromkeys(r.message_id for r in claim.recipients)))
         assert len(loaded) == len({r.message_id for r in claim.recipients}), (
@@ -354,7 +390,8 @@ class Deliverer:
             status, at = RecipientStatus.DELIVERED, None
         elif outcome.verdict is Verdict.PERMANENT:
             status, at = RecipientStatus.BOUNCED, None
-            if hard_bounce(outcome.reply):
+            local = outcome.step is None
+            if condemns(outcome.reply, outcome.step is Step.RCPT, local):
                 suppress = SuppressionReason.HARD_BOUNCE
         else:
             status, at = after_temporary_failure(
@@ -443,8 +480,12 @@ class Deliverer:
         )
         prepared = self.door.prepare(submission)
         screened = prepared if isinstance(prepared, Refusal) else await self.door.screen([prepared])
-        if isinstance(screened, Refusal) and screened.temporary:  # try the claim again
-            raise StoreUnavailable(screened.reason)
+        if isinstance(screened, Refusal) and screened.temporary:
+            # The list cannot be read now: the DSN goes unscreened (to a listed sender it
+            # is one more bounce of the null sender) rather than the claim being handed
+            # back, which would send its delivered recipients again.
+            log.warning("delivery: DSN to %s not screened: %s", message.sender, screened.reason)
+            screened = [prepared] if not isinstance(prepared, Refusal) else prepared
         if isinstance(screened, Refusal):
             log.info("delivery: no DSN to %s: %s", message.sender, screened.reason)
             return None

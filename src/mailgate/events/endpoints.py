@@ -94,6 +94,7 @@ class WebhookAdmin:
             None,
             now,
             now,
+            key.id,
         )
         secret = signing.new_secret()
         await self.store.add_webhook(hook, self._seal([(secret, None)]))

@@ -88,10 +88,10 @@ class HttpClient:
         return conn
 
     def _keep(self, key: tuple[str, int, str], conn: Conn) -> None:
+        if len(self._idle.get(key, ())) >= IDLE_PER_TARGET:
+            self._drop_oldest(key)
         if self._idle_count >= IDLE_TOTAL:  # the oldest of all goes, whoever's it is
             self._drop_oldest(min(self._idle, key=lambda k: self._idle[k][0][1]))
-        elif len(self._idle.get(key, ())) >= IDLE_PER_TARGET:
-            self._drop_oldest(key)
         self._idle.setdefault(key, []).append((conn, time.monotonic()))
         self._idle_count += 1
 

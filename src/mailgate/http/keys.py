@@ -46,6 +46,9 @@ class Keys:
         await self.auth.key_for(request, Scope.ADMIN)
         body, _ = await read_body(request, JSON_TYPES, 8192)
         req = parse_json(m.KeyRequest, body)
+        problem = keys.sandbox_problem(req.scopes, req.sandbox)
+        if problem is not None:
+            raise invalid(problem, "scopes")
         for i, domain in enumerate(req.sender_domains):
             problem = domain_problem(domain.strip().lower())
             if problem is not None or domain.strip().startswith("["):

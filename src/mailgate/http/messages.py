@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -88,12 +89,8 @@ class Messages:
         if found is None:
             raise ApiError(404, "not_found", f"No attachment {index}", "index")
         filename, _, data = found
-        # Served as a download, never rendered: an attachment is the sender's content
-        # (HTML with scripts, say) and must not run in this origin.
-        name = (filename or f"attachment-{index}").replace('"', "").replace("\\", "")
-        ascii_name = name.encode("ascii", "replace").decode().replace("?", "_")
         headers = {
-            "content-disposition": f'attachment; filename="{ascii_name}"',
+            "content-disposition": content_disposition(filename or f"attachment-{index}"),
             "x-content-type-options": "nosniff",
             "content-security-policy": "sandbox",
         }
@@ -207,6 +204,15 @@ def recipient_out(r: Recipient) -> m.RecipientOut:
         if r.next_attempt_at and r.status in (RecipientStatus.QUEUED, RecipientStatus.DEFERRED)
         else None,
     )
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the sender's file name made safe for a header: control
+    characters (a CR LF would start a header of its own), quotes and backslashes dropped
+    from the ASCII fallback, the full name in RFC 6266's filename* (percent-encoded)."""
+    visible = "".join(c for c in filename if c.isprintable())[:200] or "attachment"
+    fallback = "".join(c if c.isascii() and c not in '"\\' else "_" for c in visible)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(visible, safe='')}"
 
 
 def utc(t: float) -> datetime.datetime:

@@ -1,6 +1,6 @@
 """The suppression list over HTTP: list (filter by reason and address prefix, cursor
-paging), add one or many, remove. Reading takes the read scope, changing it the send
-scope. A key limited to sender domains changes only entries scoped to one of its
+paging), add one or many, remove. Reading takes the read scope (a key limited to sender
+domains sees unscoped entries and its own domains'), changing it the send scope. A key limited to sender domains changes only entries scoped to one of its
 domains (an unscoped entry stops every sender's mail); a sandbox key changes nothing
 (test mail must not decide what real mail reaches)."""
 
@@ -73,12 +73,14 @@ class Suppressions:
         cursor: str | None = Query(None, max_length=1000),
         limit: int = Query(100, ge=1, le=1000),
     ) -> m.SuppressionList:
-        await self.auth.key_for(request, Scope.READ)
+        key = await self.auth.key_for(request, Scope.READ)
         after = decode_cursor(cursor) if cursor else None
         found = await self.store.list_suppressions(
             reason.value if reason else "", normalize(prefix), after, limit
         )
         next_cursor = encode_cursor(found[-1]) if len(found) == limit else None
+        if key.sender_domains:  # not another sender domain's entries (a page may be short)
+            found = [s for s in found if not s.scope or key.allows_sender(s.scope)]
         return m.SuppressionList(data=[suppression_out(s) for s in found], next_cursor=next_cursor)
 
     async def add(self, request: Request) -> m.SuppressionList:

@@ -33,6 +33,9 @@ from mailgate.store.protocols import Dsn, Tx
 from mailgate.store.rows import event_from_row
 
 T = TypeVar("T")
+# Addresses looked up on the caller's thread at most (a big batch's lookup would hold the
+# event loop: 500k addresses took ~0.9 s); more go to the reader thread.
+READ_NOW_MAX = 1000
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 # Every state change besides enqueues, by name: serve's SQLite writer process
@@ -251,7 +254,8 @@ class EngineStore:
 
     # -- the suppression list -----------------------------------------------------------
     async def suppressed_among(self, addresses: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-        return await self._read_now(lambda tx: queries.suppressed_among(tx, addresses))
+        read = self._read_now if len(addresses) <= READ_NOW_MAX else self._read
+        return await read(lambda tx: queries.suppressed_among(tx, addresses))
 
     async def list_suppressions(
         self, reason: str, prefix: str, cursor: tuple[str, str] | None, limit: int

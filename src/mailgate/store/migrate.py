@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mailgate.errors import StoreError
 from mailgate.store.protocols import Tx
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -18,7 +19,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def migrate(tx: Tx, backend: str) -> None:
     await tx.execute("create_migrations")
     done = {r[0] for r in await tx.fetch("applied_migrations")}
-    for version, paths in sorted(versions(backend).items()):
+    known = versions(backend)
+    newer = sorted(v for v in done if v not in known)
+    if newer:  # an older mailgate would ignore what it does not know (a sandbox key's
+        # flag, say, and send that key's mail for real): it must not run on this database
+        raise StoreError(
+            f"store: the database has schema version {newer[-1]}, newer than this mailgate"
+            f" knows ({max(known)}); run the newer mailgate (a downgrade is not supported)"
+        )
+    for version, paths in sorted(known.items()):
         if version not in done:
             for path in paths:
                 await tx.script(path.read_text())

@@ -15,6 +15,7 @@ from typing import Any
 
 from mailgate.errors import DuplicateIdempotencyKey
 from mailgate.models import (
+    SANDBOX_ROUTE,
     ApiKey,
     Claim,
     DkimKey,
@@ -27,6 +28,7 @@ from mailgate.models import (
     Webhook,
     WebhookAttempt,
 )
+from mailgate.simulator import SIMULATOR_DOMAIN
 from mailgate.store.protocols import Dsn, Row, Tx
 from mailgate.store.rows import (
     EVENT_FOR_STATUS,
@@ -144,11 +146,13 @@ async def settle(
         kind = EVENT_FOR_STATUS[s.status].value
         details = settlement_details(s, row[1])
         events.append(RecipientEventRow(s.recipient_id, kind, now, details, row[0]))
-        if s.suppress is not None:
-            suppress.append((s.suppress.value, now, s.recipient_id))
-            if s.suppress is SuppressionReason.COMPLAINT:
-                complaint = RecipientEventRow(s.recipient_id, _COMPLAINED, now, "{}", row[0])
-                events.append(complaint)
+        if s.suppress is SuppressionReason.COMPLAINT:
+            events.append(RecipientEventRow(s.recipient_id, _COMPLAINED, now, "{}", row[0]))
+        # The sandbox's simulated outcomes never touch the list (the simulator answers
+        # alike every time; test mail cannot suppress a real address), nor does mail to
+        # the simulator's domain (real mail to it would list its addresses for everyone).
+        if s.suppress is not None and row[3] not in (SANDBOX_ROUTE, SIMULATOR_DOMAIN):
+            suppress.append((normalize(row[2]), s.suppress.value, now, row[0]))
     if events:
         await tx.executemany("insert_recipient_event", events)
     if suppress:  # the address is bad (hard bounce) or unwanted (complaint): from now on
@@ -278,6 +282,7 @@ async def add_webhook(tx: Tx, hook: Webhook, sealed_secrets: str) -> None:
         hook.disabled_reason,
         hook.created_at,
         hook.updated_at,
+        hook.created_by,
     )
 
 

@@ -47,7 +47,8 @@ KEY_COLUMNS = "id, name, scopes, sender_domains, created_at, revoked_at, secret_
 DOMAIN_COLUMNS = "name, created_at, sending, checks, checked_at"
 DOMAIN_KEY_COLUMNS = "domain, selector, algorithm, public_key, created_at, retired_at"
 WEBHOOK_COLUMNS = (
-    "id, api_key_id, url, events, description, enabled, disabled_reason, created_at, updated_at"
+    "id, api_key_id, url, events, description, enabled, disabled_reason, created_at, updated_at,"
+    " created_by"
 )
 COLUMNS = {
     "message_columns": MESSAGE_COLUMNS,
@@ -230,6 +231,8 @@ def settlement_details(s: Settlement, attempt: int) -> str:
         details["remote_host"] = s.remote_host
     if s.next_attempt_at is not None:
         details["next_attempt_at"] = s.next_attempt_at
+    if s.reason is not None:
+        details["reason"] = s.reason
     return json.dumps(details)
 
 
@@ -335,7 +338,8 @@ def checks_json(checks: dict[str, RecordCheck]) -> str:
 
 
 def webhook_from_row(r: Sequence[Any]) -> Webhook:
-    return Webhook(r[0], r[1], r[2], tuple(json.loads(r[3])), r[4], bool(r[5]), r[6], r[7], r[8])
+    events = tuple(json.loads(r[3]))
+    return Webhook(r[0], r[1], r[2], events, r[4], bool(r[5]), r[6], r[7], r[8], r[9])
 
 
 def webhook_row(hook: Webhook) -> tuple[Any, ...]:

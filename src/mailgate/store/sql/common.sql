@@ -40,7 +40,7 @@ UPDATE recipients SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
     lease_owner = NULL, last_code = ?, last_enhanced = ?, last_text = ?, remote_host = ?,
     updated_at = ?
 WHERE id = ? AND lease_owner = ? AND status IN ('queued', 'deferred')
-RETURNING message_id, attempts
+RETURNING message_id, attempts, address, domain
 
 -- name: recover_leases
 UPDATE recipients SET next_attempt_at = ?
@@ -90,10 +90,11 @@ SELECT {key_columns} FROM api_keys ORDER BY created_at
 UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING 1
 
 -- name: disable_key_webhooks
--- a revoked key's endpoints stop receiving its events (an admin may enable one again)
+-- the endpoints a revoked key made (an admin key's receive every event) stop; an admin
+-- may enable one again
 UPDATE webhook_endpoints SET enabled = 0, disabled_reason = 'its API key was revoked',
     updated_at = ?
-WHERE api_key_id = ? AND enabled = 1
+WHERE created_by = ? AND enabled = 1
 
 -- name: create_migrations
 CREATE TABLE IF NOT EXISTS schema_migrations
@@ -158,8 +159,8 @@ SELECT {domain_columns} FROM domains WHERE sending = 1
 
 -- name: insert_webhook
 INSERT INTO webhook_endpoints (id, api_key_id, url, events, description, secrets, enabled,
-    disabled_reason, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    disabled_reason, created_at, updated_at, created_by)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: get_webhook
 SELECT {webhook_columns}, secrets FROM webhook_endpoints WHERE id = ?
@@ -265,13 +266,11 @@ FROM recipients r JOIN messages m ON m.id = r.message_id
 WHERE r.message_id = ? AND r.address || '' = ?
 
 -- name: suppress_recipient
--- an outcome that condemns the address (hard bounce, complaint); an entry already there
--- is kept as it was (its first reason and message). The sandbox's simulated outcomes
--- never touch the list: the simulator answers alike every time, and test mail cannot
--- suppress a real address.
+-- an outcome that condemns the address (hard bounce, complaint), normalised by the
+-- caller (SQL's lower() folds ASCII only); an entry already there is kept as it was
+-- (its first reason and message)
 INSERT INTO suppressions (address, scope, reason, created_at, message_id)
-SELECT lower(address), '', ?, ?, message_id FROM recipients
-WHERE id = ? AND domain <> '(sandbox)'
+VALUES (?, '', ?, ?, ?)
 ON CONFLICT (address, scope) DO NOTHING
 
 -- name: put_suppression

@@ -136,7 +136,11 @@ class SqliteEngine:
                 drive(state.recover_leases(SqliteTx(self._wconn, self.files), "", time.time()))
             self._rtx = SqliteTx(self._connect(), self.files)
             self._ntx = SqliteTx(self._connect(), self.files)
+            self._ntx.conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
             self._cconn = self._connect()
+        except StoreError:  # a schema newer than this code
+            self._release_lock()
+            raise
         except sqlite3.OperationalError as exc:
             self._release_lock()
             if "locked" in str(exc) or "busy" in str(exc):

@@ -61,7 +61,13 @@ class SqliteStore(EngineStore):
     async def _read_now(self, fn: Work[T]) -> T:
         try:
             return await self.engine.read_now(fn)
+        except sqlite3.OperationalError:  # busy (it never waits on this thread): over there
+            pass
         except sqlite3.Error as exc:  # the door answers "try again", never a crash
+            raise StoreUnavailable(f"store: {exc}") from exc
+        try:
+            return await self._read(fn)
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"store: {exc}") from exc
 
     async def _write(self, fn: Work[T]) -> T:

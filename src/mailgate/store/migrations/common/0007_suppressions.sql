@@ -1,4 +1,5 @@
--- mailgate schema v7: the suppression list, and sandbox keys (both backends as written).
+-- mailgate schema v7: the suppression list, sandbox keys, and who made each webhook
+-- endpoint (revoking that key disables it) (both backends as written).
 -- One row per (address, scope): scope '' stops mail from every sender, a domain only
 -- mail From it. The primary key is the door's lookup (address first): one index probe
 -- per recipient, whatever the list's size.
@@ -12,3 +13,5 @@ CREATE TABLE suppressions (
 );
 CREATE INDEX suppressions_reason ON suppressions (reason, address, scope);
 ALTER TABLE api_keys ADD COLUMN sandbox INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE webhook_endpoints ADD COLUMN created_by TEXT;
+UPDATE webhook_endpoints SET created_by = api_key_id;
