@@ -1,8 +1,9 @@
 """The suppression list over HTTP: list (filter by reason and address prefix, cursor
-paging), add one or many, remove. Reading takes the read scope (a key limited to sender
-domains sees unscoped entries and its own domains'), changing it the send scope. A key limited to sender domains changes only entries scoped to one of its
-domains (an unscoped entry stops every sender's mail); a sandbox key changes nothing
-(test mail must not decide what real mail reaches)."""
+paging), add one or many, remove. Reading takes the read scope, changing it the send
+scope. A key limited to sender domains sees the unscoped entries and its domains', and
+changes only entries scoped to one of its domains (an unscoped entry stops every
+sender's mail); a sandbox key changes nothing (test mail must not decide what real mail
+reaches)."""
 
 from __future__ import annotations
 
