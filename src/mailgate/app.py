@@ -10,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from mailgate import keys
 from mailgate.auth_guard import AuthGuard
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
 from mailgate.domains.sending import SendingDomains
-from mailgate.errors import MailgateError
+from mailgate.errors import MailgateError, StartupError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.events.webhooks import WebhookSender
 from mailgate.http.app import Api
@@ -32,6 +35,7 @@ from mailgate.ingress.accept import Door
 from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
+from mailgate.models import Scope
 from mailgate.resolver import make_resolver
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store, open_store
@@ -139,6 +143,57 @@ class Delivery:
         if not done:  # a stuck remote: cancel; step() releases the leases it held
             self.task.cancel()
             await asyncio.wait({self.task}, timeout=5)
+
+
+def check_data_dir(cfg: Config) -> None:
+    """The data directory exists (made if need be) and takes a file: said in one line
+    before anything else trips over it."""
+    data_dir = Path(cfg.server.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"mailgate: data directory {data_dir} is not usable: {exc.strerror or exc};"
+            " set server.data_dir to a directory this user can write"
+        ) from None
+
+
+def cannot_listen(cfg: Config, smtp: bool, exc: OSError) -> str:
+    """One line for a listener that could not start, naming the setting to change."""
+    section, host, port = (
+        ("smtp", cfg.smtp.host, cfg.smtp.port)
+        if smtp
+        else (
+            "http",
+            cfg.http.host,
+            cfg.http.port,
+        )
+    )
+    why = exc.strerror or str(exc)
+    hint = (
+        f"another program (another mailgate?) listens there: stop it or set {section}.port"
+        if exc.errno == errno.EADDRINUSE
+        else f"check {section}.host and {section}.port"
+    )
+    return f"mailgate: cannot listen on {host}:{port} ({section}): {why}; {hint}"
+
+
+async def first_admin_key(store: Store) -> None:
+    """A store without any key (PostgreSQL named after `init` wrote its key into SQLite,
+    say) gets an admin key on the first serve, printed once on stderr: a server no key
+    can reach is of no use."""
+    if await store.list_keys():
+        return
+    _, secret = await keys.create_key(store, "admin", [Scope.ADMIN, Scope.SEND, Scope.READ])
+    print(
+        "mailgate: the store had no API key; created an admin key (shown once, store it now):"
+        f"\n{secret}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class App:
@@ -296,12 +351,17 @@ class App:
         self.store = make_store(cfg, server=self.role not in children_roles)
         await self.store.open()
         store = self.store
+        if self.role is Role.ALL:
+            await first_admin_key(store)
         via_writer = uses_writer(cfg, self.role, self.supervised)
         if via_writer and self.role is not Role.ALL:
             assert isinstance(store, SqliteStore)
             store.use_writer(socket_path(store.path))
         for component in self._components(self.store):
-            await component.start()
+            try:
+                await component.start()
+            except OSError as exc:  # a port taken, an address not on this machine
+                raise StartupError(cannot_listen(cfg, component is self.smtp, exc)) from None
             if component is self.smtp and self.deliverer is not None:
                 self.deliverer.own_endpoints.add((cfg.smtp.host, self.smtp.port))
         if self.smtp is not None:
@@ -379,7 +439,10 @@ class App:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
         try:
-            await self.start()
+            try:
+                await self.start()
+            except StoreError as exc:  # unreachable, locked, newer schema: one line, exit 2
+                raise StartupError(str(exc)) from None
             if self.on_ready is not None:
                 self.on_ready()
             if self.ready_fd is not None:

@@ -18,10 +18,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from mailgate import keys as api_keys
-from mailgate.app import DNS_TIMEOUT, App, Role, make_store, shared_metrics_dir
+from mailgate.app import DNS_TIMEOUT, App, Role, check_data_dir, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.domains.manage import DomainAdmin, policy_of
-from mailgate.errors import ConfigError, MailgateError, RequestError, StoreError
+from mailgate.errors import ConfigError, MailgateError, RequestError, StartupError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http.domains import domain_out
 from mailgate.models import (
@@ -83,7 +83,7 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
         result: T = uvloop.run(fn())
         return result
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         _say(str(exc))
         raise typer.Exit(2) from None
     except StoreError as exc:
@@ -100,7 +100,7 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def _config(path: Path | None) -> Config:
     try:
         return load_config(path)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         _say(str(exc))
         raise typer.Exit(2) from None
 
@@ -135,6 +135,11 @@ def serve(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tune_interpreter()
+    try:
+        check_data_dir(cfg)
+    except StartupError as exc:
+        _say(str(exc))
+        raise typer.Exit(2) from None
     metrics_dir = shared_metrics_dir(cfg, role)
     if metrics_dir is not None:
         share_metrics(metrics_dir)

@@ -26,6 +26,11 @@ class ConfigError(MailgateError):
     """A setting is unknown or has a bad value; the message names the key."""
 
 
+class StartupError(MailgateError):
+    """serve cannot start for a reason its operator can fix (a port taken, a directory
+    not writable): said in one line, exit status 2, like bad config."""
+
+
 class StoreError(MailgateError):
     """The store could not do what was asked."""
 

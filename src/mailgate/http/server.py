@@ -59,6 +59,8 @@ class HttpServer:
         """New requests get 503 (the lifecycle is draining); those in flight finish for
         up to `grace` seconds."""
         self.api.lifecycle.drain()
+        if not getattr(self.server, "servers", None):  # it never started (a port taken)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while any(not t.done() for t in self.server.server_state.tasks):
