@@ -115,9 +115,13 @@ def test_every_simulator_address_over_http(mail: Mail, got: Receiver) -> None:
     assert mail.server.call(lambda s: s.count_suppressions()) == 0
 
 
-def test_every_simulator_address_over_smtp_with_dsns_kept_in_the_sandbox(mail: Mail) -> None:
+@pytest.mark.parametrize("mail", [{"webhooks": HOOKS}], indirect=True)
+def test_every_simulator_address_over_smtp_with_dsns_kept_in_the_sandbox(
+    mail: Mail, got: Receiver
+) -> None:
     before = tripwires(mail)
     key = make_key(mail, "printer", sandbox=True)
+    secret = hook(mail, key, got, EVERY_TYPE)
     ctx = ssl.create_default_context()
     mail.server.ca.configure_trust(ctx)
     with smtplib.SMTP("127.0.0.1", mail.server.smtp_port, timeout=30) as s:
@@ -143,6 +147,14 @@ def test_every_simulator_address_over_smtp_with_dsns_kept_in_the_sandbox(mail: M
         time.sleep(0.05)
     [original] = done
     assert {r["address"]: r["status"] for r in original["recipients"]} == EXPECTED
+    timeline = call(mail, key, "GET", f"/v1/messages/{original['id']}").json()["events"]
+    kinds = [e["kind"] for e in timeline]
+    for kind in ("accepted", "suppressed", "bounced", "deferred", "expired", "complained"):
+        assert kind in kinds, kinds
+    # the key's own message's events reach its endpoint, signed (the DSN has no owner)
+    bodies = [Webhook(secret).verify(p.body, p.headers) for p in got.wait(10)]
+    assert {b["type"] for b in bodies} == set(EVERY_TYPE)
+    assert {b["data"]["message_id"] for b in bodies} == {original["id"]}
     # one DSN reports the bounce and the expiry, to the sender, captured: never sent
     [dsn] = dsns
     assert [(r["address"], r["status"]) for r in dsn["recipients"]] == [
