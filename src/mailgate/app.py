@@ -26,7 +26,7 @@ from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
 from mailgate.domains.sending import SendingDomains
-from mailgate.errors import MailgateError, StartupError, StoreError
+from mailgate.errors import ConfigError, MailgateError, StartupError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.events.webhooks import WebhookSender
 from mailgate.http.app import Api
@@ -37,6 +37,7 @@ from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.metrics import Metrics
 from mailgate.models import Scope
 from mailgate.resolver import make_resolver
+from mailgate.retention import Retention
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store, open_store
 from mailgate.store.sqlite.store import SqliteStore
@@ -317,7 +318,10 @@ class App:
                 admin,
                 hooks,
             )
-            self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports)
+            tls = (cfg.smtp.tls_cert, cfg.smtp.tls_key) if cfg.http.tls else None
+            if tls is not None and not all(tls):
+                raise ConfigError("config: http.tls needs smtp.tls_cert and smtp.tls_key")
+            self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports, tls=tls)
             out.append(self.http)
         if self.wants(Role.WORKER) and cfg.delivery.enabled:
             own = set()  # never deliver to ourselves (a loop)
@@ -339,8 +343,9 @@ class App:
         if self.wants(Role.WORKER):  # where delivery runs, or would (it may be off)
             checks = DomainChecks(admin)  # re-checks the domains' DNS
             sender = WebhookSender(store, hooks, cfg.webhooks)  # sends webhooks
-            self.background += [checks, sender]
-            out += [checks, sender]
+            purge = Retention(store, cfg.retention)  # purges what is kept no longer
+            self.background += [checks, sender, purge]
+            out += [checks, sender, purge]
         return out
 
     async def start(self) -> None:

@@ -218,6 +218,21 @@ class HttpConfig(_Section):
         0.0, ge=0, description="Requests per second per API key (429 beyond); 0 turns it off."
     )
     rate_limit_burst: int = Field(100, ge=1, description="Burst size of the per-key rate limit.")
+    tls: bool = Field(
+        False,
+        description="Serve HTTPS on http.port with the SMTP certificate (smtp.tls_cert and"
+        " smtp.tls_key); or leave it off behind a reverse proxy that terminates TLS.",
+    )
+    plain_keys_from: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Networks whose clients may send an API key over plain HTTP (a reverse"
+        " proxy on this machine, local tools); any other client must use HTTPS (403).",
+    )
+
+    @field_validator("plain_keys_from")
+    @classmethod
+    def _plain_networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
 
 
 class AcceptConfig(_Section):
@@ -415,6 +430,52 @@ class WebhooksConfig(_Section):
         return _check_networks(value)
 
 
+class RetentionConfig(_Section):
+    body_days: float = Field(
+        30.0,
+        ge=0,
+        description="Days a finished message's body (its bytes) is kept after its last change;"
+        " then it is purged, GET /v1/messages/{id}/raw answers 410 Gone, and its status,"
+        " recipients and events stay. Finished: every recipient delivered, bounced, expired,"
+        " cancelled or suppressed. Fractions allowed; 0 keeps bodies for ever.",
+    )
+    message_days: float = Field(
+        90.0,
+        ge=0,
+        description="Days a finished message's row, recipients and events are kept after its"
+        " last change (its body goes with them if still there); 0 keeps them for ever.",
+    )
+    webhook_days: float = Field(
+        90.0,
+        ge=0,
+        description="Days settled webhook deliveries and their attempt log are kept; 0 keeps"
+        " them for ever.",
+    )
+    expired_idempotency: bool = Field(
+        True,
+        description="Delete idempotency records once expired (they answer nothing after"
+        " that either way); off keeps them.",
+    )
+    interval: float = Field(
+        60.0, gt=0, description="Seconds between purge runs (in the process that delivers)."
+    )
+    batch_size: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="Messages (or rows) purged per transaction: small, so taking mail in never"
+        " waits long behind a purge.",
+    )
+    compact_below: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="SQLite: a body segment file no process appends to any more is rewritten"
+        " (its live bodies copied out, then deleted) when live bodies fill less than this"
+        " share of it; one with none is deleted. 0: only delete empty ones.",
+    )
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
@@ -425,6 +486,7 @@ class Config(_Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     domains: DomainsConfig = Field(default_factory=DomainsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
 
@@ -477,6 +539,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "delivery": DeliveryConfig,
     "domains": DomainsConfig,
     "webhooks": WebhooksConfig,
+    "retention": RetentionConfig,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import time
 
 from starlette.requests import Request
@@ -54,6 +55,24 @@ class Auth:
         self.store, self.guard, self.lifecycle = store, guard, lifecycle
         self.rate = RateLimit(cfg.rate_limit_per_second, cfg.rate_limit_burst)
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}  # secret -> (key, until)
+        self._plain = [ipaddress.ip_network(n, strict=False) for n in cfg.plain_keys_from]
+        self._plain_ok: dict[str, bool] = {}  # client address -> allowed (a bounded memo)
+
+    def _plain_allowed(self, ip: str) -> bool:
+        """May this client send a key over plain HTTP (http.plain_keys_from)?"""
+        allowed = self._plain_ok.get(ip)
+        if allowed is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:  # a Unix socket or a test client: not a network address
+                return False
+            if address.version == 6 and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            allowed = any(address in net for net in self._plain)
+            if len(self._plain_ok) > 10_000:
+                self._plain_ok.clear()
+            self._plain_ok[ip] = allowed
+        return allowed
 
     async def key_for(self, request: Request, scope: Scope) -> ApiKey:
         if self.lifecycle.draining:
@@ -68,6 +87,13 @@ class Auth:
                 BEARER,
             )
         ip = request.client.host if request.client else "unknown"
+        if request.url.scheme == "http" and not self._plain_allowed(ip):
+            raise ApiError(
+                403,
+                "https_required",
+                "API keys are accepted over HTTPS only from your address (http.tls, or"
+                " http.plain_keys_from for a proxy)",
+            )
         if self.guard.ip_locked(ip):
             raise ApiError(
                 429,

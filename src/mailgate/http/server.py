@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 import uvicorn
 
@@ -17,8 +18,17 @@ BACKLOG = 2048
 
 
 class HttpServer:
-    def __init__(self, api: Api, cfg: HttpConfig, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        api: Api,
+        cfg: HttpConfig,
+        *,
+        reuse_port: bool = False,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """tls: the (certificate, key) files to serve HTTPS with (http.tls)."""
         self.api, self.cfg, self.reuse_port = api, cfg, reuse_port
+        cert, key = tls or (None, None)
         config = uvicorn.Config(
             create_api(api),
             host=cfg.host,
@@ -28,8 +38,15 @@ class HttpServer:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=cert,
+            ssl_keyfile=key,
         )
-        config.load()
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"config: http.tls: cannot load smtp.tls_cert / tls_key: {exc}"
+            ) from None
         self.server = uvicorn.Server(config)
         self.server.lifespan = config.lifespan_class(config)
         self._ticks: asyncio.Task[None] | None = None
