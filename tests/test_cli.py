@@ -100,7 +100,7 @@ def test_second_server_on_one_database_exits_1_but_commands_still_work(tmp_path:
         listed = mailgate("queue", "list", cwd=tmp_path, env=env)
     finally:
         os.close(fd)
-    assert second.returncode == 1
+    assert second.returncode == 2  # a start-up failure (issue 17): one line, exit 2
     assert "in use by another mailgate server" in second.stderr
     assert second.stderr.strip().count("\n") == 0
     assert listed.returncode == 0 and "queued: 0" in listed.stdout

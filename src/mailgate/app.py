@@ -254,11 +254,14 @@ class App:
     def _components(self, store: Store) -> list[Component]:
         """This process's components, in the order they start."""
         cfg = self.config
+        # limits held for the whole server, not per process: its processes share these
+        limits = Path(cfg.server.data_dir) / "shared"
         guard = AuthGuard(
             cfg.auth.failures_per_ip,
             cfg.auth.failures_per_key,
             cfg.auth.failure_window,
             first_delay=cfg.auth.first_failure_delay,
+            directory=limits,
         )
         if self.role is Role.WRITER:
             assert isinstance(store, SqliteStore), "the writer process is SQLite's"
@@ -304,6 +307,7 @@ class App:
                 guard=guard,
                 lifecycle=self.lifecycle,
                 reuse_port=self.shares_ports,
+                shared=limits,
             )
             out.append(self.smtp)
         if self.wants(Role.API) and cfg.http.enabled:
@@ -317,6 +321,7 @@ class App:
                 door,
                 admin,
                 hooks,
+                limits,
             )
             tls = (cfg.smtp.tls_cert, cfg.smtp.tls_key) if cfg.http.tls else None
             if tls is not None and not all(tls):

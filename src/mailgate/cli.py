@@ -661,6 +661,114 @@ def suppressions_export(
     _say(f"exported {written}")
 
 
+# -- backup and restore (SQLite; on PostgreSQL pg_dump and pg_restore, docs/operations.md) --
+
+
+class _Bar:
+    """backup.py's progress reports as a rich bar on stderr, one line per step; shown
+    from the first report, so a refusal before any copying stays one line."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(console=err)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if not self.tasks:
+            self.bar.start()
+        if step not in self.tasks:
+            self.tasks[step] = self.bar.add_task(step, total=total)
+        self.bar.update(self.tasks[step], completed=done, total=total)
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tasks:
+            self.bar.stop()
+
+
+def _sqlite_db(cfg: Config, command: str, tool: str) -> Path:
+    from mailgate.backup import sqlite_path
+
+    db = sqlite_path(cfg.store_url)
+    if db is None:
+        _say(
+            f"{command}: the store is PostgreSQL, where message bodies are in the database:"
+            f" use {tool} (see docs/operations.md)"
+        )
+        raise typer.Exit(2)
+    return db
+
+
+def _key_file(cfg: Config) -> Path | None:
+    """The data directory's secret.key when it is the key that seals stored secrets."""
+    return None if cfg.server.secret_key else cfg.data_dir / "secret.key"
+
+
+@app.command("backup")
+def backup_command(
+    dest: Annotated[Path, typer.Argument(help="A new (or empty) directory for the backup.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Copy the SQLite database and the message bodies it references to DEST, while the
+    server runs; restore it with `mailgate restore DEST`."""
+    from mailgate import backup as backups
+
+    cfg = _config(config)
+    db = _sqlite_db(cfg, "backup", "pg_dump")
+    problem = backups.dest_problem(dest)
+    if problem:
+        _say(problem)
+        raise typer.Exit(1)
+    # Called directly, not through _run: a blocking copy that Ctrl-C must stop at once
+    # (the partial copy is then removed), where a coroutine would only be cancelled after.
+    try:
+        with _Bar() as bar:
+            taken = backups.take_backup(db, dest, _key_file(cfg), bar)
+    except MailgateError as exc:
+        _say(str(exc))
+        raise typer.Exit(1) from None
+    m = taken.manifest
+    print(
+        f"backed up {m.messages} messages ({len(m.segments)} body segments),"
+        f" {backups.megabytes(taken.bytes)} in {taken.seconds:.1f} s to {dest}"
+    )
+
+
+@app.command("restore")
+def restore_command(
+    src: Annotated[Path, typer.Argument(help="A directory `mailgate backup` wrote.")],
+    force: Annotated[
+        bool, typer.Option(help="Move a database already there aside instead of refusing.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Verify a backup, then bring it back as the configured SQLite database (no server
+    may run on it)."""
+    from mailgate import backup as backups
+
+    cfg = _config(config)
+    db = _sqlite_db(cfg, "restore", "pg_restore")
+    try:
+        with _Bar() as bar:
+            done = backups.restore_backup(src, db, _key_file(cfg), force=force, report=bar)
+    except MailgateError as exc:
+        _say(str(exc))
+        raise typer.Exit(1) from None
+    m = done.manifest
+    if done.aside is not None:
+        _say(f"moved the database that was there to {done.aside}")
+    if m.key_file is not None and cfg.server.secret_key:
+        _say(
+            "note: the backup has a secret.key, not restored because server.secret_key is"
+            f" set; its DKIM keys and webhook secrets need that key ({src / 'secret.key'})"
+        )
+    print(
+        f"restored {m.messages} messages ({done.bodies} bodies in {len(m.segments)} segments),"
+        f" {backups.megabytes(done.bytes)} taken {_time(m.taken_at)} UTC, into {db}"
+    )
+
+
 def main() -> None:
     app()
 

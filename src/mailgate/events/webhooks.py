@@ -23,7 +23,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mailgate.config import WebhooksConfig
@@ -33,6 +32,7 @@ from mailgate.events.endpoints import WebhookAdmin, matches
 from mailgate.events.http_client import HttpClient, ProtocolError
 from mailgate.events.payloads import Context, payload
 from mailgate.models import WebhookAttempt, new_id
+from mailgate.shared import alive
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.webhooks")
@@ -68,16 +68,6 @@ def next_delay(attempts_done: int, rng: random.Random) -> float | None:
     return base * (1 + rng.uniform(-JITTER, JITTER))
 
 
-def _alive(pid: int) -> bool:
-    """A process that runs (a zombie does not: a killed sender's parent may not have
-    reaped it yet, and kill(pid, 0) still finds it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
-
-
 class WebhookSender:
     def __init__(
         self,
@@ -109,7 +99,7 @@ class WebhookSender:
         for owner in await self.store.webhook_lease_owners():
             host, _, rest = owner.partition(":")
             pid = rest.partition(":")[0]
-            if host == node and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if host == node and pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
                 released += await self.store.release_webhook_owner(owner, self.clock())
         if released:
             log.warning("webhooks: %d deliveries of a dead sender are due again", released)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -55,11 +56,12 @@ class Api:
         door: Door | None = None,
         domains: DomainAdmin | None = None,
         hooks: WebhookAdmin | None = None,
+        shared: Path | None = None,  # the server's shared limits (shared.py), if any
     ) -> None:
         self.store, self.cfg, self.metrics, self.lifecycle = store, cfg, metrics, lifecycle
         # without the app's door: one of its own, counting into this process's metrics
         self.door = door or Door(store, hostname, cfg.max_recipients, count=metrics.count_accepted)
-        self.auth = Auth(store, cfg, guard or AuthGuard(), lifecycle)
+        self.auth = Auth(store, cfg, guard or AuthGuard(), lifecycle, shared)
         self.idempotency = Idempotency(store)
         self.domains = domains  # None: no /v1/domains routes (a process without a key box)
         self.hooks = hooks  # None: no /v1/webhooks routes

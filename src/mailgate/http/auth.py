@@ -12,6 +12,7 @@ import base64
 import binascii
 import ipaddress
 import time
+from pathlib import Path
 
 from starlette.requests import Request
 
@@ -21,6 +22,7 @@ from mailgate.config import HttpConfig
 from mailgate.http.errors import BEARER, ApiError, shutting_down
 from mailgate.lifecycle import Lifecycle
 from mailgate.models import ApiKey, Scope
+from mailgate.shared import SharedBuckets
 from mailgate.store import Store
 
 AUTH_CACHE_SECONDS = 5.0  # a revoked key may keep working this long on a busy node
@@ -28,32 +30,35 @@ AUTH_CACHE_MAX = 10_000  # secrets remembered; the cache starts again past this
 
 
 class RateLimit:
-    """A token bucket per API key: `rate` requests a second, up to `burst` at once."""
+    """A token bucket per API key: `rate` requests a second, up to `burst` at once, shared
+    by the server's processes when given a directory (shared.py)."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, directory: Path | None = None) -> None:
         self.rate, self.burst = rate, float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, when)
+        path = directory / "http-rate.shm" if directory is not None else None
+        self._buckets = SharedBuckets(rate, float(burst), path) if rate > 0 else None
 
     def wait(self, key_id: str, now: float) -> int:
         """0 and one token taken, or the whole seconds until a token is free."""
-        if self.rate <= 0:
+        if self._buckets is None:
             return 0
-        tokens, last = self._buckets.get(key_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            return max(1, int((1 - tokens) / self.rate + 0.999))
-        self._buckets[key_id] = (tokens - 1, now)
-        return 0
+        seconds = self._buckets.take(key_id, now)
+        return 0 if seconds <= 0 else max(1, int(seconds + 0.999))
 
 
 class Auth:
     """The key behind each request, looked up at most every AUTH_CACHE_SECONDS."""
 
     def __init__(
-        self, store: Store, cfg: HttpConfig, guard: AuthGuard, lifecycle: Lifecycle
+        self,
+        store: Store,
+        cfg: HttpConfig,
+        guard: AuthGuard,
+        lifecycle: Lifecycle,
+        shared: Path | None = None,
     ) -> None:
         self.store, self.guard, self.lifecycle = store, guard, lifecycle
-        self.rate = RateLimit(cfg.rate_limit_per_second, cfg.rate_limit_burst)
+        self.rate = RateLimit(cfg.rate_limit_per_second, cfg.rate_limit_burst, shared)
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}  # secret -> (key, until)
         self._plain = [ipaddress.ip_network(n, strict=False) for n in cfg.plain_keys_from]
         self._plain_ok: dict[str, bool] = {}  # client address -> allowed (a bounded memo)
@@ -110,7 +115,7 @@ class Auth:
             raise ApiError(401, "unauthorized", "Invalid API key", None, BEARER)
         if not key.has(scope):
             raise ApiError(403, "forbidden", f"This key lacks the {scope} scope")
-        wait = self.rate.wait(key.id, time.monotonic())
+        wait = self.rate.wait(key.id, time.time())
         if wait:
             raise ApiError(
                 429,

@@ -65,13 +65,12 @@ class Messages:
     async def get_raw(self, request: Request, message_id: str) -> Response:
         key = await self.auth.key_for(request, Scope.READ)
         message = await visible_message(self.store, message_id, key)
-        raw = await self.store.get_raw(message.id)
-        return Response(raw or b"", media_type="message/rfc822")
+        return Response(await body_of(self.store, message), media_type="message/rfc822")
 
     async def get_parsed(self, request: Request, message_id: str) -> dict[str, Any]:
         key = await self.auth.key_for(request, Scope.READ)
         message = await visible_message(self.store, message_id, key)
-        raw = await self.store.get_raw(message.id) or b""
+        raw = await body_of(self.store, message)
         try:  # a big message takes a while to parse: not on the event loop
             view = await asyncio.to_thread(describe, raw)
         except ParseError as exc:
@@ -81,7 +80,7 @@ class Messages:
     async def get_attachment(self, request: Request, message_id: str, index: int) -> Response:
         key = await self.auth.key_for(request, Scope.READ)
         message = await visible_message(self.store, message_id, key)
-        raw = await self.store.get_raw(message.id) or b""
+        raw = await body_of(self.store, message)
         try:
             found = await asyncio.to_thread(attachment, raw, index)
         except ParseError as exc:
@@ -101,6 +100,30 @@ class Messages:
         message = await visible_message(self.store, message_id, key)
         await self.store.cancel(message.id, time.time())
         return await message_out(self.store, message, with_events=True)
+
+
+async def body_of(store: Store, message: Message) -> bytes:
+    """The message's bytes; 410 Gone once retention has purged them (docs/retention.md):
+    the message itself, its recipients and events still answer until their own cutoff."""
+    raw = await store.get_raw(message.id)
+    if raw is None:
+        raise ApiError(
+            410,
+            "body_purged",
+            f"The body of message {message.id} was purged by retention (retention.body_days);"
+            " its status, recipients and events remain",
+        )
+    return raw
+
+
+# the answers of the routes that read a body: those of every route, and 410 Gone
+BODY_ERRORS = {
+    **ERRORS,
+    410: {"model": m.ErrorOut, "description": "The body was purged by retention"},
+}
+
+
+BODY_PATHS = ("/{message_id}/raw", "/{message_id}/parsed", "/{message_id}/attachments/{index}")
 
 
 def router(messages: Messages) -> APIRouter:
@@ -142,7 +165,7 @@ def router(messages: Messages) -> APIRouter:
             endpoint,
             methods=[method],
             response_model=answer,
-            responses=ERRORS,
+            responses=BODY_ERRORS if path in BODY_PATHS else ERRORS,
             # the raw bytes as they are; every other answer is JSON
             response_class=JSONResponse if answer else Response,
             summary=summary,

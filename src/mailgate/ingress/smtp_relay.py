@@ -24,9 +24,8 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn, cast
 
 from mailgate import keys
@@ -54,6 +53,7 @@ from mailgate.ingress.smtp_rules import (
 )
 from mailgate.lifecycle import Lifecycle, Phase
 from mailgate.models import ApiKey, Reply, Scope, Source
+from mailgate.shared import SharedCounts
 from mailgate.store import Store
 
 log = logging.getLogger("mailgate.smtp")
@@ -67,14 +67,7 @@ MAIL_PARAMS = frozenset({"SIZE", "BODY", "SMTPUTF8", "AUTH"})
 RCPT_PARAMS: frozenset[str] = frozenset()
 # Commands after which a client must wait for our reply (RFC 2920 section 3.1).
 SYNC_VERBS = {"EHLO", "HELO", "STARTTLS", "QUIT"}
-
-
-@dataclass
-class RelayState:
-    """What all connections share: counters for limits and AUTH failures per IP."""
-
-    total: int = 0
-    per_ip: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+ALL_CLIENTS = "*"  # the name the server's total of connections is counted under
 
 
 class Session(asyncio.Protocol):
@@ -333,18 +326,19 @@ class Session(asyncio.Protocol):
                 self.close_with(
                     Reply(421, "4.3.2", "Service shutting down, try later"), enhanced=True
                 )
-            if relay.state.total >= self.cfg.max_connections:
+            # counted over all of the server's processes (shared.py)
+            if not relay.connections.acquire(ALL_CLIENTS, self.cfg.max_connections):
                 self.close_with(
                     Reply(421, "4.3.2", "Too many connections, try later"), enhanced=True
                 )
-            if relay.state.per_ip[self.client_ip] >= self.cfg.max_connections_per_ip:
+            counted = True  # (the total: the address is counted next)
+            if not relay.connections.acquire(self.client_ip, self.cfg.max_connections_per_ip):
+                relay.connections.release(ALL_CLIENTS)
+                counted = False
                 self.close_with(
                     Reply(421, "4.3.2", "Too many connections from your address"),
                     enhanced=True,
                 )
-            relay.state.total += 1
-            relay.state.per_ip[self.client_ip] += 1
-            counted = True
             self.raw_reply(f"220 {relay.hostname} ESMTP mailgate")
             self.deadline = time.monotonic() + self.cfg.session_timeout
             while True:
@@ -364,10 +358,8 @@ class Session(asyncio.Protocol):
                 self._watchdog.cancel()
                 self._watchdog = None
             if counted:
-                relay.state.total -= 1
-                relay.state.per_ip[self.client_ip] -= 1
-                if relay.state.per_ip[self.client_ip] <= 0:
-                    del relay.state.per_ip[self.client_ip]
+                relay.connections.release(self.client_ip)
+                relay.connections.release(ALL_CLIENTS)
             if self.transport is not None and not self.transport.is_closing():
                 self.flush()
                 self.transport.close()
@@ -755,6 +747,7 @@ class SmtpRelay:
         guard: AuthGuard | None = None,
         lifecycle: Lifecycle | None = None,
         reuse_port: bool = False,
+        shared: Path | None = None,  # the server's shared limits (shared.py), if any
     ) -> None:
         self.cfg = cfg
         self.guard = guard or AuthGuard()
@@ -764,7 +757,7 @@ class SmtpRelay:
         self.store = store
         self.hostname = hostname
         self.tls_context = tls_context
-        self.state = RelayState()
+        self.connections = SharedCounts(shared / "smtp-connections.shm" if shared else None)
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.Server] = []
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks]

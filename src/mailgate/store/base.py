@@ -29,7 +29,7 @@ from mailgate.models import (
     WebhookAttempt,
 )
 from mailgate.store import queries, queue
-from mailgate.store.protocols import Dsn, Tx
+from mailgate.store.protocols import Compaction, Dsn, Tx
 from mailgate.store.rows import event_from_row
 
 T = TypeVar("T")
@@ -69,6 +69,10 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "release_webhook_message": queue.release_webhook_message,
     "put_suppressions": queue.put_suppressions,
     "delete_suppression": queue.delete_suppression,
+    "purge_bodies": queue.purge_bodies,
+    "purge_messages": queue.purge_messages,
+    "purge_webhook_deliveries": queue.purge_webhook_deliveries,
+    "purge_idempotency": queue.purge_idempotency,
 }
 
 
@@ -273,3 +277,24 @@ class EngineStore:
 
     async def delete_suppression(self, address: str, scope: str | None) -> int:
         return cast("int", await self._change("delete_suppression", address, scope))
+
+    # -- retention (src/mailgate/retention.py) ----------------------------------------
+    async def purge_bodies(
+        self, cutoff: float, after: str, limit: int, now: float
+    ) -> tuple[int, str]:
+        return cast(
+            "tuple[int, str]", await self._change("purge_bodies", cutoff, after, limit, now)
+        )
+
+    async def purge_messages(self, cutoff: float, after: str, limit: int) -> tuple[int, str]:
+        return cast("tuple[int, str]", await self._change("purge_messages", cutoff, after, limit))
+
+    async def purge_webhook_deliveries(self, cutoff: float, limit: int) -> int:
+        return cast("int", await self._change("purge_webhook_deliveries", cutoff, limit))
+
+    async def purge_idempotency(self, now: float, limit: int) -> int:
+        return cast("int", await self._change("purge_idempotency", now, limit))
+
+    async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
+        """Nothing to compact: this backend keeps bodies in their rows."""
+        return Compaction()

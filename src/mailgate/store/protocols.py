@@ -42,6 +42,22 @@ class Dsn:
     recipient_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What one compaction of SQLite's body segments did (store/sqlite/compaction.py)."""
+
+    deleted: int = 0  # segments removed: no live body left in them (rewritten ones too)
+    rewritten: int = 0  # mostly dead segments whose live bodies were copied out
+    moved_bytes: int = 0  # live bytes copied into new segments
+    freed_bytes: int = 0  # segment bytes given back to the file system
+    busy: bool = False  # skipped: a backup (or another compaction) holds the lock
+
+
+class BodyMoved(Exception):
+    """Tx.body: the segment a row named is gone, because compaction moved the body and
+    removed the segment between the row's read and the file's: read the row again."""
+
+
 class Store(Protocol):
     """What the rest of mailgate may ask of storage."""
 
@@ -66,7 +82,9 @@ class Store(Protocol):
 
     async def get_message(self, message_id: str) -> Message | None: ...
 
-    async def get_raw(self, message_id: str) -> bytes | None: ...
+    async def get_raw(self, message_id: str) -> bytes | None:
+        """The stored bytes; None when there is no such message or retention purged its
+        body (the message row, recipients and events stay until their own cutoff)."""
 
     async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
         """Messages with their bytes, in one round trip (what a delivery claim needs)."""
@@ -247,6 +265,38 @@ class Store(Protocol):
         """Remove the address's entry of one scope, or of every scope (None)."""
         ...
 
+    # -- retention (src/mailgate/retention.py; docs/retention.md) ------------------------
+    # "Finished": every recipient in a final status; "older than cutoff": the recipients'
+    # last change (updated_at) is. Each call is one small transaction.
+    async def purge_bodies(
+        self, cutoff: float, after: str, limit: int, now: float
+    ) -> tuple[int, str]:
+        """Purge the bodies of up to `limit` finished messages with ids after `after`
+        (oldest first) older than `cutoff`, keeping their rows (get_raw answers None from
+        now on); (how many, the last id: the next batch's `after`)."""
+        ...
+
+    async def purge_messages(self, cutoff: float, after: str, limit: int) -> tuple[int, str]:
+        """Delete up to `limit` finished messages older than `cutoff` with their
+        recipients, events and tags (and events of no message older than `cutoff`);
+        (how many, the last id)."""
+        ...
+
+    async def purge_webhook_deliveries(self, cutoff: float, limit: int) -> int:
+        """Delete up to `limit` settled webhook delivery rows and attempt log lines older
+        than `cutoff`; how many."""
+        ...
+
+    async def purge_idempotency(self, now: float, limit: int) -> int:
+        """Delete up to `limit` idempotency records expired before `now`; how many."""
+        ...
+
+    async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
+        """SQLite: remove body segments with no live body; copy the live bodies of those
+        below `live_ratio` live bytes into a new segment, repoint their rows (`batch` per
+        transaction) and remove them. Other backends: nothing."""
+        ...
+
 
 class Tx(Protocol):
     """One transaction (or, for reads, one connection) of a backend, with statements
@@ -279,7 +329,8 @@ class Tx(Protocol):
         (RECIPIENT_COLUMNS), each with the lease_owner it had before this claim."""
 
     def body(self, raw: bytes, body_file: str | None, body_offset: int | None, size: int) -> bytes:
-        """A message's bytes from what get_raw / load return."""
+        """A message's bytes from what get_raw / load return; BodyMoved when the segment
+        named is gone (compaction moved the body meanwhile: read the row again)."""
 
     def wake_workers(self) -> None:
         """Wake waiting delivery workers once this transaction commits."""

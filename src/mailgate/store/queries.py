@@ -21,7 +21,7 @@ from mailgate.models import (
     Webhook,
     new_id,
 )
-from mailgate.store.protocols import Row, Tx
+from mailgate.store.protocols import BodyMoved, Row, Tx
 from mailgate.store.rows import (
     MESSAGE_COLUMNS,
     domain_from_row,
@@ -41,17 +41,38 @@ async def get_message(tx: Tx, message_id: str) -> Message | None:
     return message_from_row(row) if row else None
 
 
+# Reads of a body again after its segment went away under them (BodyMoved): compaction
+# repoints a row, then removes the old segment; a reader between the two reads once more.
+BODY_READS = 3
+
+
 async def get_raw(tx: Tx, message_id: str) -> bytes | None:
-    row = await tx.fetchrow("get_raw", message_id)
-    return tx.body(*row) if row else None
+    """The message's bytes; None when there is no such message or retention purged its
+    body (the row says when: body_purged_at)."""
+    for attempt in range(BODY_READS):
+        row = await tx.fetchrow("get_raw", message_id)
+        if row is None or row[4] is not None:
+            return None
+        try:
+            return tx.body(row[0], row[1], row[2], row[3])
+        except BodyMoved:
+            if attempt == BODY_READS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def load(tx: Tx, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
-    out: dict[str, tuple[Message, bytes]] = {}
-    for row in await tx.fetch("load", list(message_ids)):
-        message = message_from_row(row)
-        out[message.id] = (message, tx.body(row[-3], row[-2], row[-1], message.size))
-    return out
+    for attempt in range(BODY_READS):
+        out: dict[str, tuple[Message, bytes]] = {}
+        try:
+            for row in await tx.fetch("load", list(message_ids)):
+                message = message_from_row(row)
+                out[message.id] = (message, tx.body(row[-3], row[-2], row[-1], message.size))
+            return out
+        except BodyMoved:
+            if attempt == BODY_READS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def recipients(tx: Tx, message_id: str) -> list[Recipient]:

@@ -27,6 +27,7 @@ from mailgate.models import (
     SuppressionReason,
     Webhook,
     WebhookAttempt,
+    new_id,
 )
 from mailgate.simulator import SIMULATOR_DOMAIN
 from mailgate.store.protocols import Dsn, Row, Tx
@@ -405,3 +406,50 @@ async def delete_suppression(tx: Tx, address: str, scope: str | None) -> int:
     if scope is None:
         return len(await tx.fetch("delete_suppressions", normalize(address)))
     return len(await tx.fetch("delete_suppression", normalize(address), scope))
+
+
+# -- retention (src/mailgate/retention.py runs these, a batch per transaction) -----------
+
+
+async def purge_bodies(
+    tx: Tx, cutoff: float, after: str, limit: int, now: float
+) -> tuple[int, str]:
+    """Empty the bodies of up to `limit` finished messages (after `after`, oldest first)
+    whose last change is older than `cutoff`; the rows stay, marked purged at `now`.
+    Returns how many and the last id, where the next batch starts."""
+    rows = await tx.fetch("body_purgeable", after, new_id(cutoff, floor=True), cutoff, limit)
+    if not rows:
+        return 0, after
+    await tx.executemany("purge_body", [(now, r[0]) for r in rows])
+    return len(rows), rows[-1][0]
+
+
+async def purge_messages(tx: Tx, cutoff: float, after: str, limit: int) -> tuple[int, str]:
+    """Delete up to `limit` finished messages (after `after`, oldest first) whose last
+    change is older than `cutoff`, with their recipients, events and tags; and events of
+    no message older than `cutoff`. Returns how many messages and the last id."""
+    await tx.fetch("purge_system_events", cutoff, limit)
+    rows = await tx.fetch("purgeable_messages", after, new_id(cutoff, floor=True), cutoff, limit)
+    if not rows:
+        return 0, after
+    ids = [(r[0],) for r in rows]
+    tags = [(tag, r[0]) for r in rows for tag in json.loads(r[1])]
+    if tags:
+        await tx.executemany("purge_message_tags", tags)
+    await tx.executemany("purge_message_events", ids)
+    await tx.executemany("purge_message_recipients", ids)
+    await tx.executemany("purge_message", ids)
+    return len(rows), rows[-1][0]
+
+
+async def purge_webhook_deliveries(tx: Tx, cutoff: float, limit: int) -> int:
+    """Up to `limit` settled webhook delivery rows, and as many attempt log lines, older
+    than `cutoff`; how many rows of both went."""
+    gone = await tx.fetch("purge_webhook_messages", cutoff, limit)
+    logged = await tx.fetch("purge_webhook_attempts", cutoff, limit)
+    return len(gone) + len(logged)
+
+
+async def purge_idempotency(tx: Tx, now: float, limit: int) -> int:
+    """Up to `limit` idempotency records expired before `now`."""
+    return len(await tx.fetch("purge_idempotency", now, limit))

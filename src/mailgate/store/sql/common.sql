@@ -297,3 +297,56 @@ ORDER BY address, scope LIMIT ?
 
 -- name: count_suppressions
 SELECT count(*) FROM suppressions
+
+-- Retention (store/queue.py purge_*; docs/retention.md). A message is finished when every
+-- recipient is in a final status; its last change is its recipients' latest updated_at.
+-- Final statuses never change again, so what one of these finds stays purgeable.
+
+-- name: purgeable_messages
+-- oldest first after the caller's cursor, created before the cutoff (ids are ULIDs of
+-- created_at: `id < ?` bounds the walk on the primary key). Messages not finished are
+-- skipped, not stopped at. The message owning the newest event (or recipient) is kept:
+-- SQLite would hand its id out again (INTEGER PRIMARY KEY without AUTOINCREMENT is
+-- max + 1), and an events cursor past it would then skip new events.
+SELECT m.id, m.tags FROM messages m
+WHERE m.id > ? AND m.id < ?
+    AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        AND (r.status NOT IN ('delivered', 'bounced', 'expired', 'cancelled', 'suppressed')
+             OR r.updated_at >= ?))
+    AND m.id <> COALESCE((SELECT message_id FROM events ORDER BY id DESC LIMIT 1), '')
+    AND m.id <> COALESCE((SELECT message_id FROM recipients ORDER BY id DESC LIMIT 1), '')
+ORDER BY m.id LIMIT ?
+
+-- name: purge_message_tags
+-- by the tags the message row lists: the table's key is (tag, message_id)
+DELETE FROM message_tags WHERE tag = ? AND message_id = ?
+
+-- name: purge_message_events
+DELETE FROM events WHERE message_id = ?
+
+-- name: purge_message_recipients
+DELETE FROM recipients WHERE message_id = ?
+
+-- name: purge_message
+DELETE FROM messages WHERE id = ?
+
+-- name: purge_system_events
+-- events of no message (a domain verified, ...); never the newest event (see above)
+DELETE FROM events WHERE id IN (
+    SELECT id FROM events WHERE message_id = '' AND at < ?
+        AND id < (SELECT max(id) FROM events)
+    ORDER BY id LIMIT ?)
+RETURNING 1
+
+-- name: purge_idempotency
+-- records past their expiry answer nothing any more (claim_idempotency takes them over)
+DELETE FROM idempotency WHERE (api_key_id, key) IN (
+    SELECT api_key_id, key FROM idempotency WHERE expires_at < ? ORDER BY expires_at LIMIT ?)
+RETURNING 1
+
+-- name: purge_webhook_messages
+-- a settled row's next_attempt_at is its last attempt's time (settle_webhook_message)
+DELETE FROM webhook_messages WHERE id IN (
+    SELECT id FROM webhook_messages
+    WHERE status IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)
+RETURNING 1

@@ -7,7 +7,7 @@ INSERT INTO messages (id, created_at, sender, source, api_key_id, tags, metadata
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: get_raw
-SELECT raw, NULL, NULL, size FROM messages WHERE id = ?
+SELECT raw, NULL, NULL, size, body_purged_at FROM messages WHERE id = ?
 
 -- name: load
 SELECT {message_columns}, raw, NULL, NULL FROM messages WHERE id = ANY(?::text[])
@@ -66,3 +66,21 @@ SELECT id, address FROM recipients WHERE id = ANY(?::bigint[])
 
 -- name: suppressed_among
 SELECT address, scope, reason FROM suppressions WHERE address = ANY(?::text[])
+
+-- name: body_purgeable
+-- the finished messages whose body is still kept (see purgeable_messages in common.sql)
+SELECT m.id FROM messages m
+WHERE m.body_purged_at IS NULL AND m.id > ? AND m.id < ?
+    AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        AND (r.status NOT IN ('delivered', 'bounced', 'expired', 'cancelled', 'suppressed')
+             OR r.updated_at >= ?))
+ORDER BY m.id LIMIT ?
+
+-- name: purge_body
+-- the row's bytes go (autovacuum reclaims the TOAST space)
+UPDATE messages SET raw = ''::bytea, body_purged_at = ? WHERE id = ? AND body_purged_at IS NULL
+
+-- name: purge_webhook_attempts
+DELETE FROM webhook_attempts WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM webhook_attempts WHERE at < ? ORDER BY at LIMIT ?))
+RETURNING 1

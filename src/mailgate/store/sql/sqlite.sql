@@ -8,7 +8,7 @@ INSERT INTO messages (id, created_at, sender, source, api_key_id, tags, metadata
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: get_raw
-SELECT raw, body_file, body_offset, size FROM messages WHERE id = ?
+SELECT raw, body_file, body_offset, size, body_purged_at FROM messages WHERE id = ?
 
 -- name: load
 SELECT {message_columns}, raw, body_file, body_offset FROM messages
@@ -54,3 +54,35 @@ SELECT id, address FROM recipients WHERE id IN (SELECT value FROM json_each(?))
 -- name: suppressed_among
 SELECT address, scope, reason FROM suppressions
 WHERE address IN (SELECT value FROM json_each(?))
+
+-- name: body_purgeable
+-- the finished messages whose body is still kept (see purgeable_messages), found through
+-- the partial index of kept bodies: the purged ones before them are never read
+SELECT m.id FROM messages m INDEXED BY messages_body_kept
+WHERE m.body_purged_at IS NULL AND m.id > ? AND m.id < ?
+    AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        AND (r.status NOT IN ('delivered', 'bounced', 'expired', 'cancelled', 'suppressed')
+             OR r.updated_at >= ?))
+ORDER BY m.id LIMIT ?
+
+-- name: purge_body
+-- the bytes go (inline, or the place in a segment: compaction reclaims it later)
+UPDATE messages SET raw = x'', body_file = NULL, body_offset = NULL, body_purged_at = ?
+WHERE id = ? AND body_purged_at IS NULL
+
+-- name: purge_webhook_attempts
+DELETE FROM webhook_attempts WHERE rowid IN (
+    SELECT rowid FROM webhook_attempts WHERE at < ? ORDER BY at LIMIT ?)
+RETURNING 1
+
+-- name: segment_bodies
+-- the live bodies of one segment, in file order (from messages_segment alone)
+SELECT id, body_offset, size FROM messages WHERE body_file = ? ORDER BY body_offset
+
+-- name: segment_in_use
+SELECT 1 FROM messages WHERE body_file = ? LIMIT 1
+
+-- name: repoint_body
+-- fenced by the old place: a body purged meanwhile (body_file NULL) stays purged
+UPDATE messages SET body_file = ?, body_offset = ?
+WHERE id = ? AND body_file = ? AND body_offset = ?

@@ -7,19 +7,36 @@ thread appends a whole commit group's bodies with one write and one fdatasync be
 commit that references them, so a committed row always points at bytes on disk. Bytes
 appended by a commit that then failed are never referenced. Each process writes its own
 segments (named by a new id), so the server's children never share one.
+
+Retention empties bodies; compaction (compaction.py) then removes or rewrites segments
+no process appends to any more. Which those are, every process can tell: a segment is
+born under a hidden name, locked (a shared flock, held while it is this process's
+segment to append to) and only then renamed to its own name, so a visible segment
+nobody holds a lock on will never be appended to again, whoever wrote it and whether or
+not that process is still alive (the kernel drops a dead process's locks).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.models import new_id
+from mailgate.store.protocols import BodyMoved
 from mailgate.store.rows import INLINE_COLUMNS, MessageRow
 
-SEGMENT_MAX = 1 << 30  # bytes before the next body opens a new segment
+# Bytes, and seconds, before the next body opens a new segment. Only a segment no longer
+# appended to can be compacted: 64 MiB (at 2 KB messages, about 30 s of a busy server's
+# intake) and an hour (a quiet server's) bound what retention cannot give back yet, where
+# 1 GiB held a whole gigabyte of dead bodies for as long as the process ran.
+SEGMENT_MAX = 64 << 20
+SEGMENT_MAX_AGE = 3600.0
+SUFFIX = ".seg"
+NEW = ".new"  # a segment being born: `.<name>.new`, never read, never compacted
 # Bodies go to body files from this size, when a commit group carries at least
 # BODY_FILE_GROUP_MIN bytes of them; else they stay in the row.
 BODY_FILE_MIN = 512
@@ -32,11 +49,19 @@ class BodyFiles:
         self.fsync = fsync
         self._name: str | None = None
         self._fd: int | None = None
+        self._opened = 0.0  # monotonic time the current segment was opened
+        # segments moved on from inside a transaction not yet ended: still locked, as a
+        # row naming them may yet commit (release_retired, after the transaction)
+        self._retired: list[int] = []
 
     def append(self, bodies: Sequence[bytes]) -> list[tuple[str, int]]:
         """Write the bodies, durably; (segment name, offset) of each. Writer thread only."""
         try:
-            if self._fd is None or os.fstat(self._fd).st_size > SEGMENT_MAX:
+            if (
+                self._fd is None
+                or os.fstat(self._fd).st_size > SEGMENT_MAX
+                or time.monotonic() - self._opened > SEGMENT_MAX_AGE
+            ):
                 self._open_segment()
             assert self._fd is not None and self._name is not None
             offset = os.lseek(self._fd, 0, os.SEEK_END)  # after any failed write's bytes
@@ -56,7 +81,10 @@ class BodyFiles:
     def read(self, name: str, offset: int, size: int) -> bytes:
         if "/" in name or name.startswith("."):
             raise ValueError(f"bad segment name {name!r}")
-        fd = os.open(self.directory / name, os.O_RDONLY)
+        try:
+            fd = os.open(self.directory / name, os.O_RDONLY)
+        except FileNotFoundError:  # compaction moved it since the row was read
+            raise BodyMoved(name) from None
         try:
             body = os.pread(fd, size, offset)
         finally:
@@ -66,15 +94,26 @@ class BodyFiles:
         return body
 
     def _open_segment(self) -> None:
-        self.close()
+        if self._fd is not None:
+            self._retired.append(self._fd)
+            self._fd = self._name = None
         if not self.directory.exists():
             # exist_ok: another process of the server may create it between the two calls
             # (two ingress processes' first large bodies once got 451 "File exists")
             self.directory.mkdir(parents=True, exist_ok=True)
             self._sync_dir(self.directory.parent)
-        name = f"{new_id()}.seg"
-        self._fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._name = name
+        name = f"{new_id()}{SUFFIX}"
+        hidden = self.directory / f".{name}{NEW}"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            # held until this process moves on to another segment (or dies): "still
+            # appended to" for compaction, before the segment is seen under its name
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.rename(hidden, self.directory / name)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._name, self._opened = fd, name, time.monotonic()
         self._sync_dir(self.directory)  # the new name itself must survive a crash
 
     def _sync_dir(self, directory: Path) -> None:
@@ -85,7 +124,14 @@ class BodyFiles:
             finally:
                 os.close(fd)
 
+    def release_retired(self) -> None:
+        """After each transaction: segments this process has moved on from are let go
+        (their lock with them), every row naming them committed or rolled back."""
+        while self._retired:
+            os.close(self._retired.pop())
+
     def close(self) -> None:
+        self.release_retired()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = self._name = None

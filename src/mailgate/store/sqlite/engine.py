@@ -358,6 +358,7 @@ class SqliteEngine:
             tx.woken = False
         finally:
             self._end_turn()
+            self.files.release_retired()  # rows naming them are committed or never will be
         self._hand_back(batch, results, tx.woken)
 
     def _hand_back(self, batch: list[_Op], results: list[Result], woken: bool) -> None:

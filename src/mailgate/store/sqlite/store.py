@@ -14,7 +14,10 @@ from mailgate.errors import StoreUnavailable
 from mailgate.models import Claim, Event, NewMessage
 from mailgate.store import queries, queue
 from mailgate.store.base import EngineStore, Work
+from mailgate.store.protocols import Compaction
 from mailgate.store.rows import event_from_row, message_rows
+from mailgate.store.sqlite import compaction
+from mailgate.store.sqlite.compaction import Live, Move
 from mailgate.store.sqlite.engine import SqliteEngine
 from mailgate.store.sqlite.writer import WriterClient
 
@@ -138,3 +141,22 @@ class SqliteStore(EngineStore):
         row = await self._read(lambda tx: tx.fetchrow("data_version"))
         assert row is not None
         return int(row[0])
+
+    async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
+        """See sqlite/compaction.py; the repoint commits through this process's write
+        path (serve's writer process, when it has one)."""
+
+        async def live(name: str) -> Live:
+            rows = await self._read(lambda tx: tx.fetch("segment_bodies", name))
+            return [(r[0], r[1], r[2]) for r in rows]
+
+        async def repoint(moves: list[Move]) -> None:
+            if self.writer is not None:
+                await self._remote("repoint_bodies", moves)
+            else:
+                await self._write(lambda tx: compaction.repoint_bodies(tx, moves))
+
+        async def in_use(name: str) -> bool:
+            return await self._read(lambda tx: tx.fetchrow("segment_in_use", name)) is not None
+
+        return await compaction.compact(self.engine.files, live_ratio, batch, live, repoint, in_use)

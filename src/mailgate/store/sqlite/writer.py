@@ -10,9 +10,9 @@ processes into one group commit and holds the turn only for SQLite's own work.
 
 The protocol is length-prefixed pickles over a Unix socket beside the database (mode
 0600: only serve's processes, running as the same user, may connect). A request is
-(id, name, args), name being "enqueue", "enqueue_many" or one of store.base.CHANGES;
-the reply (id, ok, value or exception) is sent once the commit is on disk. Replies and
-requests made in one turn of a loop go out in one write.
+(id, name, args), name being "enqueue", "enqueue_many" or one of store.base.CHANGES (or
+SQLITE_CHANGES); the reply (id, ok, value or exception) is sent once the commit is on
+disk. Replies and requests made in one turn of a loop go out in one write.
 
 If the writer dies, its clients fail the writes in flight with StoreUnavailable (SMTP
 451, HTTP 503: nothing acknowledged; a write it had committed may then be made again by
@@ -36,10 +36,13 @@ from typing import Any
 from mailgate.errors import MailgateError, StoreError, StoreUnavailable
 from mailgate.store import queue
 from mailgate.store.base import CHANGES
+from mailgate.store.sqlite.compaction import repoint_bodies
 from mailgate.store.sqlite.engine import SqliteEngine
 
 log = logging.getLogger("mailgate.store")
 HEADER = struct.Struct("!I")
+# The changes only SQLite makes, beside store.base.CHANGES
+SQLITE_CHANGES = {"repoint_bodies": repoint_bodies}
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes; longer paths go through /proc/self/fd
 
 
@@ -178,7 +181,7 @@ class WriterServer:
         if name == "enqueue_many":
             messages, rows = args
             return engine.submit(lambda tx: queue.enqueue_many(tx, messages, rows), None, rows)
-        change = CHANGES.get(name)
+        change = CHANGES.get(name) or SQLITE_CHANGES.get(name)
         if change is None:
             raise StoreError(f"store writer: no such change {name!r}")
         return engine.submit(lambda tx: change(tx, *args), None, None)

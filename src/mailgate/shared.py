@@ -1,0 +1,234 @@
+"""Small fixed-size tables that every process of one server reads and changes: the
+limits (rate buckets, failed logins) must hold for the server, not for each of its
+ingress processes (two processes had given a client twice its rate and twice the login
+attempts).
+
+A table is a file in the data directory mapped into each process (`mmap`), a run of
+fixed-size slots found by open addressing on a 64-bit hash of the name; every operation
+runs under an exclusive `flock` of the file (a few microseconds: no round trip to the
+database on every request). A slot not touched for `ttl` seconds is free again, so the
+table never fills with names seen once. With no path the table is private to the
+process (an anonymous map, no lock): the same code for tests and single processes.
+
+Not across nodes: each node of a PostgreSQL cluster keeps its own tables.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+_SLOT_HEAD = struct.Struct("<Qd")  # name hash (0: empty), last use (Unix time)
+_FILE_HEAD = struct.Struct("<8sII")  # magic, slots, payload size
+MAGIC = b"mgshare1"
+PROBES = 32  # slots looked at for one name before the least recently used is taken
+
+
+class SharedTable:
+    def __init__(
+        self,
+        payload: int,
+        slots: int = 8192,
+        path: Path | None = None,
+        ttl: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.payload, self.slots, self.ttl, self.clock = payload, slots, ttl, clock
+        self.slot_size = _SLOT_HEAD.size + payload
+        size = _FILE_HEAD.size + slots * self.slot_size
+        self._fd: int | None = None
+        if path is None:
+            self._map = mmap.mmap(-1, size)
+            _FILE_HEAD.pack_into(self._map, 0, MAGIC, slots, payload)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with self._locked():
+            head = os.pread(self._fd, _FILE_HEAD.size, 0)
+            if head != _FILE_HEAD.pack(MAGIC, slots, payload):  # new, or another layout
+                os.ftruncate(self._fd, 0)
+                os.ftruncate(self._fd, size)
+                os.pwrite(self._fd, _FILE_HEAD.pack(MAGIC, slots, payload), 0)
+        self._map = mmap.mmap(self._fd, size)
+
+    def close(self) -> None:
+        self._map.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _locked(self) -> _Lock:
+        return _Lock(self._fd)
+
+    def update(self, name: str, change: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
+        """Run `change` on the name's payload (None: not there) under the lock; it returns
+        the payload to keep (None: leave the slot as it was) and a result for the caller."""
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest()) or 1
+        with self._locked():
+            now = self.clock()
+            offset = self._find(key, now)
+            stored_key, used = _SLOT_HEAD.unpack_from(self._map, offset)
+            current = None
+            if stored_key == key and used >= now - self.ttl:
+                start = offset + _SLOT_HEAD.size
+                current = bytes(self._map[start : start + self.payload])
+            new, result = change(current)
+            if new is not None:
+                assert len(new) == self.payload
+                _SLOT_HEAD.pack_into(self._map, offset, key, now)
+                self._map[offset + _SLOT_HEAD.size : offset + self.slot_size] = new
+            return result
+
+    def _find(self, key: int, now: float) -> int:
+        """The slot holding `key`, else the first free (empty or stale) one probed, else
+        the least recently used of those probed."""
+        first = key % self.slots
+        free = oldest = -1
+        oldest_used = float("inf")
+        for i in range(PROBES):
+            offset = _FILE_HEAD.size + ((first + i) % self.slots) * self.slot_size
+            stored_key, used = _SLOT_HEAD.unpack_from(self._map, offset)
+            if stored_key == key:
+                return offset
+            if free < 0 and (stored_key == 0 or used < now - self.ttl):
+                free = offset
+            if used < oldest_used:
+                oldest, oldest_used = offset, used
+        return free if free >= 0 else oldest
+
+
+class _Lock:
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+# -- what the limits keep ------------------------------------------------------------------
+
+_BUCKET = struct.Struct("<dd")  # tokens, when
+
+
+class SharedBuckets:
+    """Token buckets by name in a SharedTable: `rate` a second, up to `burst` at once."""
+
+    def __init__(self, rate: float, burst: float, path: Path | None = None) -> None:
+        self.rate, self.burst = rate, burst
+        self.table = SharedTable(_BUCKET.size, path=path, ttl=max(60.0, burst / max(rate, 1e-9)))
+
+    def take(self, name: str, now: float) -> float:
+        """0.0 and one token taken, or the seconds until a token is free."""
+
+        def change(payload: bytes | None) -> tuple[bytes | None, float]:
+            tokens, last = _BUCKET.unpack(payload) if payload else (self.burst, now)
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            if tokens < 1:
+                return None, (1 - tokens) / self.rate
+            return _BUCKET.pack(tokens - 1, now), 0.0
+
+        return self.table.update(name, change)
+
+
+class SharedEvents:
+    """The times of recent events (failed logins) by name, the newest `keep` of them, in a
+    SharedTable: how many fell within `window`, and the oldest of those."""
+
+    def __init__(self, keep: int, window: float, path: Path | None = None) -> None:
+        self.keep, self.window = keep, window
+        self._times = struct.Struct(f"<I{keep}d")  # count kept, then the times (a ring)
+        self.table = SharedTable(self._times.size, path=path, ttl=window)
+
+    def _recent(self, payload: bytes | None, now: float) -> list[float]:
+        if payload is None:
+            return []
+        count, *times = self._times.unpack(payload)
+        return sorted(t for t in times[: min(count, self.keep)] if t >= now - self.window)
+
+    def add(self, name: str, now: float) -> int:
+        """Record one event; how many fall within the window now (this one included)."""
+
+        def change(payload: bytes | None) -> tuple[bytes | None, int]:
+            times = [*self._recent(payload, now), now][-self.keep :]
+            padded = times + [0.0] * (self.keep - len(times))
+            return self._times.pack(len(times), *padded), len(times)
+
+        return self.table.update(name, change)
+
+    def recent(self, name: str, now: float) -> list[float]:
+        """The times within the window, oldest first."""
+        return self.table.update(name, lambda payload: (None, self._recent(payload, now)))
+
+
+def alive(pid: int) -> bool:
+    """A process that runs (a zombie does not: a killed child's parent may not have
+    reaped it yet, and kill(pid, 0) still finds it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :][:1] not in ("Z", "X")
+
+
+class SharedCounts:
+    """Things held open by name (connections from one address) summed over the server's
+    processes: each process counts its own in the name's slot, and the counts of a
+    process that died (its connections went with it) are dropped when next seen."""
+
+    PROCESSES = 16  # processes that can count one name at once
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._entries = struct.Struct(f"<{2 * self.PROCESSES}I")  # (pid, count) pairs
+        # a day: a slot's last use is refreshed on every open and close of its name
+        self.table = SharedTable(self._entries.size, path=path, ttl=86400.0)
+        self.pid = os.getpid()
+
+    def _counts(self, payload: bytes | None) -> dict[int, int]:
+        if payload is None:
+            return {}
+        flat = self._entries.unpack(payload)
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        return {pid: n for pid, n in pairs if pid and n and (pid == self.pid or alive(pid))}
+
+    def _pack(self, counts: dict[int, int]) -> bytes:
+        flat: list[int] = []
+        for pid, n in list(counts.items())[: self.PROCESSES]:
+            flat += [pid, n]
+        return self._entries.pack(*flat, *[0] * (2 * self.PROCESSES - len(flat)))
+
+    def acquire(self, name: str, cap: int) -> bool:
+        """Count one more for this process, unless the server's total is at `cap`."""
+
+        def change(payload: bytes | None) -> tuple[bytes | None, bool]:
+            counts = self._counts(payload)
+            if sum(counts.values()) >= cap:
+                return None, False
+            counts[self.pid] = counts.get(self.pid, 0) + 1
+            return self._pack(counts), True
+
+        return self.table.update(name, change)
+
+    def release(self, name: str) -> None:
+        def change(payload: bytes | None) -> tuple[bytes | None, None]:
+            counts = self._counts(payload)
+            counts[self.pid] = max(0, counts.get(self.pid, 0) - 1)
+            return self._pack({p: n for p, n in counts.items() if n}), None
+
+        self.table.update(name, change)
+
+    def held(self, name: str) -> int:
+        """The server's count for the name now."""
+        return self.table.update(name, lambda payload: (None, sum(self._counts(payload).values())))

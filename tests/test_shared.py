@@ -1,0 +1,60 @@
+"""The shared tables behind the server-wide limits: two maps of one file see one state;
+slots of names not seen for `ttl` are taken again; a dead process's counts drop out;
+the table never fills up (the least recently used slot goes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mailgate.shared import SharedBuckets, SharedCounts, SharedEvents, SharedTable
+
+
+def test_two_maps_of_one_file_share_buckets_and_events(tmp_path: Path) -> None:
+    a, b = SharedBuckets(1.0, 3, tmp_path / "r.shm"), SharedBuckets(1.0, 3, tmp_path / "r.shm")
+    now = 1_700_000_000.0
+    assert [a.take("k", now), b.take("k", now), a.take("k", now)] == [0.0, 0.0, 0.0]
+    assert b.take("k", now) > 0, "the burst of 3 is one for both"
+    assert a.take("k", now + 1.0) == 0.0, "refilled at the rate"
+    assert b.take("other", now) == 0.0
+    e1, e2 = SharedEvents(4, 60.0, tmp_path / "e.shm"), SharedEvents(4, 60.0, tmp_path / "e.shm")
+    assert [e1.add("ip", now), e2.add("ip", now + 1), e1.add("ip", now + 2)] == [1, 2, 3]
+    assert e2.recent("ip", now + 61.5) == [now + 2], "older ones left the window"
+    assert e1.add("ip", now + 200) == 1
+
+
+def test_the_table_never_fills_and_stale_slots_are_reused() -> None:
+    clock = [1000.0]
+    table = SharedTable(8, slots=4, ttl=10.0, clock=lambda: clock[0])
+
+    def put(name: str) -> None:
+        table.update(name, lambda p: (name.encode().ljust(8)[:8], None))
+
+    def get(name: str) -> bytes | None:
+        return table.update(name, lambda p: (None, p))
+
+    for name in ("a", "b", "c", "d", "e"):  # more names than slots
+        put(name)
+        clock[0] += 1
+    assert get("e") == b"e       "
+    assert sum(get(n) is not None for n in "abcd") == 3, "the least recently used went"
+    clock[0] += 100
+    assert get("e") is None, "not seen for ttl: gone"
+
+
+def test_a_dead_processs_counts_drop_out(tmp_path: Path) -> None:
+    path = tmp_path / "c.shm"
+    child = (
+        "import sys; from pathlib import Path; from mailgate.shared import SharedCounts;"
+        f"c = SharedCounts(Path({str(path)!r}));"
+        "assert c.acquire('ip', 5) and c.acquire('ip', 5); print(c.held('ip'))"
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
+    mine = SharedCounts(path)
+    assert mine.held("ip") == 0, "the child exited: its two connections are gone"
+    assert all(mine.acquire("ip", 2) for _ in range(2)) and not mine.acquire("ip", 2)
+    mine.release("ip")
+    assert mine.held("ip") == 1 and os.getpid() == mine.pid
