@@ -92,7 +92,7 @@ class Auth:
                 BEARER,
             )
         ip = request.client.host if request.client else "unknown"
-        if request.url.scheme == "http" and not self._plain_allowed(ip):
+        if request.scope.get("scheme") == "http" and not self._plain_allowed(ip):
             raise ApiError(
                 403,
                 "https_required",
