@@ -28,7 +28,8 @@ from typing import TypeVar
 T = TypeVar("T")
 _SLOT_HEAD = struct.Struct("<Qd")  # name hash (0: empty), last use (Unix time)
 _FILE_HEAD = struct.Struct("<8sII")  # magic, slots, payload size
-MAGIC = b"mgshare1"
+_GENERATION = struct.Struct("<Q")  # after the head: bumped by every change to the table
+MAGIC = b"mgshare2"
 PROBES = 32  # slots looked at for one name before the least recently used is taken
 
 
@@ -43,7 +44,8 @@ class SharedTable:
     ) -> None:
         self.payload, self.slots, self.ttl, self.clock = payload, slots, ttl, clock
         self.slot_size = _SLOT_HEAD.size + payload
-        size = _FILE_HEAD.size + slots * self.slot_size
+        self._first = _FILE_HEAD.size + _GENERATION.size  # where the slots begin
+        size = self._first + slots * self.slot_size
         self._fd: int | None = None
         if path is None:
             self._map = mmap.mmap(-1, size)
@@ -85,7 +87,13 @@ class SharedTable:
                 assert len(new) == self.payload
                 _SLOT_HEAD.pack_into(self._map, offset, key, now)
                 self._map[offset + _SLOT_HEAD.size : offset + self.slot_size] = new
+                _GENERATION.pack_into(self._map, _FILE_HEAD.size, self.generation() + 1)
             return result
+
+    def generation(self) -> int:
+        """How many changes the table has seen (read without the lock: a reader that
+        remembers an answer for a generation knows nothing changed while it is the same)."""
+        return int(_GENERATION.unpack_from(self._map, _FILE_HEAD.size)[0])
 
     def _find(self, key: int, now: float) -> int:
         """The slot holding `key`, else the first free (empty or stale) one probed, else
@@ -94,7 +102,7 @@ class SharedTable:
         free = oldest = -1
         oldest_used = float("inf")
         for i in range(PROBES):
-            offset = _FILE_HEAD.size + ((first + i) % self.slots) * self.slot_size
+            offset = self._first + ((first + i) % self.slots) * self.slot_size
             stored_key, used = _SLOT_HEAD.unpack_from(self._map, offset)
             if stored_key == key:
                 return offset
@@ -151,6 +159,7 @@ class SharedEvents:
         self.keep, self.window = keep, window
         self._times = struct.Struct(f"<I{keep}d")  # count kept, then the times (a ring)
         self.table = SharedTable(self._times.size, path=path, ttl=window)
+        self._none: dict[str, int] = {}  # name -> the generation it was found empty at
 
     def _recent(self, payload: bytes | None, now: float) -> list[float]:
         if payload is None:
@@ -169,8 +178,18 @@ class SharedEvents:
         return self.table.update(name, change)
 
     def recent(self, name: str, now: float) -> list[float]:
-        """The times within the window, oldest first."""
-        return self.table.update(name, lambda payload: (None, self._recent(payload, now)))
+        """The times within the window, oldest first. Asked on every request and nearly
+        always empty: a name found empty is not looked up again (no lock, no probe)
+        until the table changes."""
+        generation = self.table.generation()
+        if self._none.get(name) == generation:
+            return []
+        found = self.table.update(name, lambda payload: (None, self._recent(payload, now)))
+        if not found:
+            if len(self._none) > 10_000:
+                self._none.clear()
+            self._none[name] = generation
+        return found
 
 
 def alive(pid: int) -> bool:
