@@ -58,3 +58,19 @@ def test_a_dead_processs_counts_drop_out(tmp_path: Path) -> None:
     assert all(mine.acquire("ip", 2) for _ in range(2)) and not mine.acquire("ip", 2)
     mine.release("ip")
     assert mine.held("ip") == 1 and os.getpid() == mine.pid
+
+
+def test_a_full_table_never_takes_or_wipes_a_live_count() -> None:
+    """Two slots, three addresses: the third is let in uncounted; closing it frees
+    nobody else's count; a count that reaches zero frees its slot."""
+    counts = SharedCounts(slots=2)
+    assert all(counts.acquire("a", 3) for _ in range(3)) and not counts.acquire("a", 3)
+    assert counts.acquire("b", 3)
+    assert counts.acquire("c", 3), "no free slot: let in, not counted"
+    assert counts.held("c") == 0
+    counts.release("c")
+    assert (counts.held("a"), counts.held("b")) == (3, 1), "nobody's count was touched"
+    assert not counts.acquire("a", 3), "a is still at its cap"
+    counts.release("b")
+    assert counts.held("b") == 0
+    assert counts.acquire("c", 3) and counts.held("c") == 1, "b's freed slot is taken"

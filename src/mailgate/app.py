@@ -182,19 +182,26 @@ def cannot_listen(cfg: Config, smtp: bool, exc: OSError) -> str:
     return f"mailgate: cannot listen on {host}:{port} ({section}): {why}; {hint}"
 
 
-async def first_admin_key(store: Store) -> None:
+async def first_admin_key(store: Store, data_dir: Path) -> Path | None:
     """A store without any key (PostgreSQL named after `init` wrote its key into SQLite,
-    say) gets an admin key on the first serve, printed once on stderr: a server no key
-    can reach is of no use."""
+    say) gets an admin key on the first serve: a server no key can reach is of no use.
+    The secret goes to a file only its owner can read (a log under systemd or Docker
+    is read by many), whose path is said on stderr; the path, None when keys exist."""
     if await store.list_keys():
-        return
-    _, secret = await keys.create_key(store, "admin", [Scope.ADMIN, Scope.SEND, Scope.READ])
+        return None
+    key, secret = await keys.create_key(store, "admin", [Scope.ADMIN, Scope.SEND, Scope.READ])
+    path = data_dir / f"admin-key-{key.id}.txt"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
     print(
-        "mailgate: the store had no API key; created an admin key (shown once, store it now):"
-        f"\n{secret}",
+        f"mailgate: the store had no API key; created admin key {key.id}: its secret is in"
+        f" {path} (read it, keep it elsewhere, delete the file)",
         file=sys.stderr,
         flush=True,
     )
+    return path
 
 
 class App:
@@ -362,7 +369,7 @@ class App:
         await self.store.open()
         store = self.store
         if self.role is Role.ALL:
-            await first_admin_key(store)
+            await first_admin_key(store, Path(cfg.server.data_dir))
         via_writer = uses_writer(cfg, self.role, self.supervised)
         if via_writer and self.role is not Role.ALL:
             assert isinstance(store, SqliteStore)
@@ -371,6 +378,8 @@ class App:
             try:
                 await component.start()
             except OSError as exc:  # a port taken, an address not on this machine
+                if component is not self.smtp and component is not self.http:
+                    raise StartupError(f"mailgate: cannot start: {exc}") from None
                 raise StartupError(cannot_listen(cfg, component is self.smtp, exc)) from None
             if component is self.smtp and self.deliverer is not None:
                 self.deliverer.own_endpoints.add((cfg.smtp.host, self.smtp.port))

@@ -217,7 +217,14 @@ def take_backup(db: Path, dest: Path, key_file: Path | None, report: Report) -> 
             (tmp / BODIES).mkdir(mode=0o700)
             with _compaction_held_off(_bodies_dir(db), db):
                 taken_at = time.time()
-                _copy_database(db, tmp / DATABASE, report)
+                sidecars = [db.with_name(db.name + end) for end in ("-wal", "-shm")]
+                fresh = [p for p in sidecars if not p.exists()]
+                try:
+                    _copy_database(db, tmp / DATABASE, report)
+                finally:  # opened as root with no server running, SQLite made these
+                    for made in fresh:  # as root: the server must still write them
+                        if made.exists():
+                            _owned_like(made, db)
                 messages, needs = read_needs(tmp / DATABASE)
                 segments = _copy_segments(_bodies_dir(db), tmp / BODIES, needs, report)
             key = None
@@ -528,6 +535,7 @@ def _put_in_place(
     def step(n: int) -> None:
         report("restoring", done + n, total)
 
+    moved: list[tuple[Path, Path]] = []  # (where it was, where it went): put back on failure
     try:
         for stale in (tmp_db, tmp_bodies):
             if stale.is_dir():
@@ -554,6 +562,7 @@ def _put_in_place(
             aside.mkdir(mode=0o700)
             for path in there:
                 path.rename(aside / path.name)
+                moved.append((path, aside / path.name))
         if tmp_key is not None and key_file is not None and tmp_key.exists():
             key_file.parent.mkdir(parents=True, exist_ok=True)
             tmp_key.rename(key_file)
@@ -569,6 +578,10 @@ def _put_in_place(
         for tmp in (tmp_db, tmp_key):
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
+        for was, went in reversed(moved):  # the store that was there is there again
+            with contextlib.suppress(OSError):
+                if not was.exists():
+                    went.rename(was)
         raise
     report("restoring", total, total)
     return total, aside

@@ -66,6 +66,7 @@ class Retention:
         self.store, self.config, self.clock, self.pause = store, config, clock, pause
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.compacted_once = False
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self.run())
@@ -82,6 +83,8 @@ class Retention:
                 done = await self.run_once()
             except StoreError as exc:  # the store is down: try again next round
                 log.warning("retention: purge failed: %s", exc)
+            except Exception:  # a full disk in compaction, a missing segment: next round
+                log.exception("retention: a purge round failed; trying again next round")
             else:
                 if done:
                     log.info("retention: %s", done)
@@ -111,7 +114,11 @@ class Retention:
             )
         if cfg.expired_idempotency:
             done.idempotency = await self._repeat(lambda: self.store.purge_idempotency(now, limit))
-        done.compaction = await self.store.compact_bodies(cfg.compact_below, limit)
+        # Compaction reads every segment's bodies: only after a round that freed some
+        # (and once at start, for what an earlier run left)
+        if done.bodies or done.messages or not self.compacted_once:
+            done.compaction = await self.store.compact_bodies(cfg.compact_below, limit)
+            self.compacted_once = True
         return done
 
     async def _walk(self, batch: Callable[[str], Awaitable[tuple[int, str]]]) -> int:

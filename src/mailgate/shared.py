@@ -52,6 +52,9 @@ class SharedTable:
             _FILE_HEAD.pack_into(self._map, 0, MAGIC, slots, payload)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        # named by layout: processes configured differently get files of their own, never
+        # one truncated under another's map
+        path = path.with_name(f"{path.stem}-{slots}x{payload}{path.suffix}")
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         with self._locked():
             head = os.pread(self._fd, _FILE_HEAD.size, 0)
@@ -70,19 +73,33 @@ class SharedTable:
     def _locked(self) -> _Lock:
         return _Lock(self._fd)
 
-    def update(self, name: str, change: Callable[[bytes | None], tuple[bytes | None, T]]) -> T:
+    def update(
+        self,
+        name: str,
+        change: Callable[[bytes | None], tuple[bytes | None, T]],
+        evict: bool = True,
+    ) -> T:
         """Run `change` on the name's payload (None: not there) under the lock; it returns
-        the payload to keep (None: leave the slot as it was) and a result for the caller."""
+        the payload to keep (None: leave the slot as it was; b"": free the slot) and a
+        result for the caller. evict=False: a name not there takes only a free slot, never
+        another name's (with none free, what `change` returns is not kept)."""
         key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest()) or 1
         with self._locked():
             now = self.clock()
-            offset = self._find(key, now)
+            offset, free = self._find(key, now)
             stored_key, used = _SLOT_HEAD.unpack_from(self._map, offset)
             current = None
             if stored_key == key and used >= now - self.ttl:
                 start = offset + _SLOT_HEAD.size
                 current = bytes(self._map[start : start + self.payload])
             new, result = change(current)
+            if new is not None and stored_key != key and not free and not evict:
+                new = None  # no room without taking a live name's slot: not kept
+            if new == b"":
+                if stored_key == key:
+                    _SLOT_HEAD.pack_into(self._map, offset, 0, 0.0)
+                    _GENERATION.pack_into(self._map, _FILE_HEAD.size, self.generation() + 1)
+                new = None
             if new is not None:
                 assert len(new) == self.payload
                 _SLOT_HEAD.pack_into(self._map, offset, key, now)
@@ -95,9 +112,9 @@ class SharedTable:
         remembers an answer for a generation knows nothing changed while it is the same)."""
         return int(_GENERATION.unpack_from(self._map, _FILE_HEAD.size)[0])
 
-    def _find(self, key: int, now: float) -> int:
+    def _find(self, key: int, now: float) -> tuple[int, bool]:
         """The slot holding `key`, else the first free (empty or stale) one probed, else
-        the least recently used of those probed."""
+        the least recently used of those probed; and whether it is free."""
         first = key % self.slots
         free = oldest = -1
         oldest_used = float("inf")
@@ -105,12 +122,12 @@ class SharedTable:
             offset = self._first + ((first + i) % self.slots) * self.slot_size
             stored_key, used = _SLOT_HEAD.unpack_from(self._map, offset)
             if stored_key == key:
-                return offset
+                return offset, False
             if free < 0 and (stored_key == 0 or used < now - self.ttl):
                 free = offset
             if used < oldest_used:
                 oldest, oldest_used = offset, used
-        return free if free >= 0 else oldest
+        return (free, True) if free >= 0 else (oldest, False)
 
 
 class _Lock:
@@ -207,12 +224,12 @@ class SharedCounts:
     processes: each process counts its own in the name's slot, and the counts of a
     process that died (its connections went with it) are dropped when next seen."""
 
-    PROCESSES = 16  # processes that can count one name at once
+    PROCESSES = 72  # processes that can count one name at once (ingress_processes <= 64)
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, slots: int = 8192) -> None:
         self._entries = struct.Struct(f"<{2 * self.PROCESSES}I")  # (pid, count) pairs
         # a day: a slot's last use is refreshed on every open and close of its name
-        self.table = SharedTable(self._entries.size, path=path, ttl=86400.0)
+        self.table = SharedTable(self._entries.size, slots, path, ttl=86400.0)
         self.pid = os.getpid()
 
     def _counts(self, payload: bytes | None) -> dict[int, int]:
@@ -229,24 +246,32 @@ class SharedCounts:
         return self._entries.pack(*flat, *[0] * (2 * self.PROCESSES - len(flat)))
 
     def acquire(self, name: str, cap: int) -> bool:
-        """Count one more for this process, unless the server's total is at `cap`."""
+        """Count one more for this process, unless the server's total is at `cap`. A
+        name never takes a slot that counts another name's open things (with none free
+        the connection is let in uncounted: a flood of distinct addresses can only make
+        the cap looser, never lock a client out or free another's count)."""
 
         def change(payload: bytes | None) -> tuple[bytes | None, bool]:
             counts = self._counts(payload)
             if sum(counts.values()) >= cap:
                 return None, False
             counts[self.pid] = counts.get(self.pid, 0) + 1
+            if len(counts) > self.PROCESSES:
+                return None, False
             return self._pack(counts), True
 
-        return self.table.update(name, change)
+        return self.table.update(name, change, evict=False)
 
     def release(self, name: str) -> None:
         def change(payload: bytes | None) -> tuple[bytes | None, None]:
+            if payload is None:  # not counted (or not found): nothing of ours to give back
+                return None, None
             counts = self._counts(payload)
             counts[self.pid] = max(0, counts.get(self.pid, 0) - 1)
-            return self._pack({p: n for p, n in counts.items() if n}), None
+            left = {p: n for p, n in counts.items() if n}
+            return (self._pack(left) if left else b""), None  # at zero the slot is free
 
-        self.table.update(name, change)
+        self.table.update(name, change, evict=False)
 
     def held(self, name: str) -> int:
         """The server's count for the name now."""

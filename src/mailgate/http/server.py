@@ -40,6 +40,9 @@ class HttpServer:
             timeout_graceful_shutdown=10,
             ssl_certfile=cert,
             ssl_keyfile=key,
+            # the peer is who the socket says: X-Forwarded-For/-Proto would let a client
+            # behind a local proxy claim another address or that it came over HTTPS
+            proxy_headers=False,
         )
         try:
             config.load()

@@ -358,8 +358,10 @@ class Session(asyncio.Protocol):
                 self._watchdog.cancel()
                 self._watchdog = None
             if counted:
-                relay.connections.release(self.client_ip)
-                relay.connections.release(ALL_CLIENTS)
+                try:
+                    relay.connections.release(self.client_ip)
+                finally:
+                    relay.connections.release(ALL_CLIENTS)
             if self.transport is not None and not self.transport.is_closing():
                 self.flush()
                 self.transport.close()
