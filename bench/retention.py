@@ -4,9 +4,10 @@ with a retention of minutes, the data directory's disk use sampled after each ch
 printed as a curve; then the same load with retention off. Printed: both curves, the
 ingest rates (target: with the purge >= 0.9x without), and whether disk use levelled off.
 
-How messages finish: every message goes to an address on the suppression list (delivery
-is on, as deployed, so the purge runs in the delivery child, not beside the doors), so the door stores each recipient `suppressed` (a final status) with
-its event at once; the purge then treats them as it treats delivered mail. (Delivering
+How messages finish: every message goes to an address on the suppression list, so the
+door stores each recipient `suppressed` (a final status) with its event at once; the
+purge then treats them as it treats delivered mail. Delivery is on, as deployed, so the
+purge runs in the delivery child, not beside the doors. (Delivering
 to a sink instead measures the delivery loop as much as retention: at full ingest speed
 the queue, not the purge, would set the disk curve.)
 
