@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import mmap
 import os
 import struct
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("mailgate.shared")
 _SLOT_HEAD = struct.Struct("<Qd")  # name hash (0: empty), last use (Unix time)
 _FILE_HEAD = struct.Struct("<8sII")  # magic, slots, payload size
 _GENERATION = struct.Struct("<Q")  # after the head: bumped by every change to the table
@@ -47,22 +49,39 @@ class SharedTable:
         self._first = _FILE_HEAD.size + _GENERATION.size  # where the slots begin
         size = self._first + slots * self.slot_size
         self._fd: int | None = None
-        if path is None:
+        if path is not None:
+            try:
+                self._fd = self._open(path, size)
+            except OSError as exc:  # a full disk: limits per process rather than none
+                log.warning(
+                    "shared limits: %s unusable (%s); this process keeps its own", path, exc
+                )
+        if self._fd is None:
             self._map = mmap.mmap(-1, size)
             _FILE_HEAD.pack_into(self._map, 0, MAGIC, slots, payload)
-            return
+        else:
+            self._map = mmap.mmap(self._fd, size)
+
+    def _open(self, path: Path, size: int) -> int:
+        """The table's file, made whole if new. Its blocks are allocated up front: a
+        page of a sparse map that cannot be given a block on a full disk is SIGBUS, a
+        crash, where a failed allocation here is an error this process can live with."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # named by layout: processes configured differently get files of their own, never
-        # one truncated under another's map
-        path = path.with_name(f"{path.stem}-{slots}x{payload}{path.suffix}")
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        with self._locked():
-            head = os.pread(self._fd, _FILE_HEAD.size, 0)
-            if head != _FILE_HEAD.pack(MAGIC, slots, payload):  # new, or another layout
-                os.ftruncate(self._fd, 0)
-                os.ftruncate(self._fd, size)
-                os.pwrite(self._fd, _FILE_HEAD.pack(MAGIC, slots, payload), 0)
-        self._map = mmap.mmap(self._fd, size)
+        # one resized under another's map
+        path = path.with_name(f"{path.stem}-{self.slots}x{self.payload}{path.suffix}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            with _Lock(fd):
+                head = os.pread(fd, _FILE_HEAD.size, 0)
+                if head != _FILE_HEAD.pack(MAGIC, self.slots, self.payload):  # new
+                    os.ftruncate(fd, 0)
+                    os.posix_fallocate(fd, 0, size)
+                    os.pwrite(fd, _FILE_HEAD.pack(MAGIC, self.slots, self.payload), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def close(self) -> None:
         self._map.close()
