@@ -20,6 +20,8 @@ DELIVERY_BOUND = 120.0
 
 
 def two_nodes(url: str, tmp: Path) -> tuple[set[str], set[str], int, int]:
+    for node in ("a", "b"):
+        (tmp / node).mkdir()
     sink = Sink(tmp / "sink")
     a = Server(tmp / "a", sink.port, lease_seconds=LEASE, store_url=url)
     b = Server(tmp / "b", sink.port, lease_seconds=LEASE, store_url=url)
