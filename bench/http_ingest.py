@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +64,13 @@ def ensure_wrk() -> None:
     )
 
 
-def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_mailgate(
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+    prepare: Callable[[Path], None] | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """serve with the HTTP API only (delivery off unless extra_env says), a send key made
+    first; prepare(database) runs between the two (the schema exists by then)."""
     env = dict(os.environ)
     env.update(
         {
@@ -72,6 +79,7 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
             "MAILGATE_DELIVERY_ENABLED": "false",  # what a 202 costs, nothing else
             "MAILGATE_HTTP_PORT": str(HTTP_PORT),
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
+            **(extra_env or {}),
         }
     )
     made = subprocess.run(
@@ -93,6 +101,8 @@ def start_mailgate(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
         check=True,
     )
     key = made.stdout.strip().splitlines()[-1]
+    if prepare is not None:
+        prepare(tmp / "mailgate" / "mailgate.db")
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
     wait_ready(HTTP_PORT)
     return proc, key

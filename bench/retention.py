@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_ingest import HTTP_PORT, ONE, ensure_wrk, run_wrk
+from http_ingest import ONE, ensure_wrk, run_wrk, start_mailgate
 from machine import header
-from smtp_ingest import stop, wait_ready
+from smtp_ingest import stop
 
 BATCH = 100
 LISTED = "listed@example.com"  # on the suppression list: every recipient final at once
@@ -51,49 +51,21 @@ def disk_use(path: Path) -> int:
 
 
 def start(tmp: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
-            "MAILGATE_SMTP_ENABLED": "false",
-            # on, as deployed: the purge runs where delivery runs, the delivery child (with
-            # every recipient suppressed there is nothing to deliver)
-            "MAILGATE_DELIVERY_ENABLED": "true",
-            "MAILGATE_HTTP_PORT": str(HTTP_PORT),
-            "MAILGATE_SERVER_LOG_LEVEL": "warning",
-            **env_extra,
-        }
-    )
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailgate.cli",
-            "keys",
-            "create",
-            "--name",
-            "bench",
-            "--scope",
-            "send",
-        ],
-        env=env,
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    key = made.stdout.strip().splitlines()[-1]
-    conn = sqlite3.connect(tmp / "mailgate" / "mailgate.db")  # the schema exists by now
-    with conn:
-        conn.execute(
-            "INSERT INTO suppressions (address, scope, reason, created_at)"
-            " VALUES (?, '', 'manual', ?) ON CONFLICT DO NOTHING",
-            (LISTED, time.time()),
-        )
-    conn.close()
-    proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
-    wait_ready(HTTP_PORT)
-    return proc, key
+    """serve (HTTP only) with LISTED on the suppression list; delivery on, as deployed:
+    the purge runs where delivery runs, the delivery child (with every recipient
+    suppressed there is nothing to deliver)."""
+
+    def listed(db: Path) -> None:
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute(
+                "INSERT INTO suppressions (address, scope, reason, created_at)"
+                " VALUES (?, '', 'manual', ?) ON CONFLICT DO NOTHING",
+                (LISTED, time.time()),
+            )
+        conn.close()
+
+    return start_mailgate(tmp, {"MAILGATE_DELIVERY_ENABLED": "true", **env_extra}, listed)
 
 
 @dataclass
