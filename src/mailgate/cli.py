@@ -6,6 +6,7 @@ import csv
 import datetime
 import logging
 import re
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from cryptography import x509
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -33,6 +35,7 @@ from mailgate.models import (
     Suppression,
     SuppressionReason,
     Webhook,
+    id_time,
 )
 from mailgate.process import freeze_heap, share_metrics, tune_interpreter
 from mailgate.resolver import make_resolver
@@ -144,6 +147,68 @@ def serve(
     if metrics_dir is not None:
         share_metrics(metrics_dir)
     _run(App(cfg, role, config, ready_fd, metrics_dir, on_ready=freeze_heap).run)
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """What an operator looks at first: recipients by status, the routes with the most
+    mail waiting (and the oldest), the processes that pinged the store, disk use of the
+    data directory, and the certificate's expiry."""
+    cfg = _config(config)
+
+    async def read(
+        store: Store,
+    ) -> tuple[
+        dict[RecipientStatus, int], list[tuple[str, int, int, str]], list[tuple[str, float]]
+    ]:
+        return (
+            await store.status_counts(),
+            await store.waiting_by_domain(10),
+            await store.nodes_seen(),
+        )
+
+    counts, waiting, nodes = _run(lambda: _with_store(cfg, read))
+    now = time.time()
+    print("recipients: " + ", ".join(f"{s.value} {n:,}" for s, n in counts.items()))
+    table = Table("route", "waiting", "deferred", "oldest waiting")
+    for route, deferred, total, oldest in waiting:
+        table.add_row(route, f"{total:,}", f"{deferred:,}", _age(now - id_time(oldest)))
+    if waiting:
+        out.print(table)
+    for name, seen in nodes[:5]:
+        print(f"process {name}: last seen {_age(now - seen)} ago")
+    data_dir = Path(cfg.server.data_dir)
+    used = (
+        sum(
+            p.stat().st_blocks * 512
+            for p in data_dir.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        )
+        if data_dir.exists()
+        else 0
+    )
+    free = shutil.disk_usage(data_dir).free if data_dir.exists() else 0
+    print(f"disk: {used / 2**20:,.1f} MiB in {data_dir}, {free / 2**30:,.1f} GiB free")
+    if cfg.smtp.tls_cert:
+        print(_certificate_line(Path(cfg.smtp.tls_cert), now))
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _certificate_line(path: Path, now: float) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        return f"certificate {path}: cannot read it: {exc}"
+    left = cert.not_valid_after_utc.timestamp() - now
+    warning = "  EXPIRED" if left < 0 else ("  renew soon" if left < 14 * 86400 else "")
+    return f"certificate {path}: expires in {_age(left)}{warning}"
 
 
 @app.command()

@@ -42,6 +42,14 @@ def new_id(now: float | None = None, *, floor: bool = False) -> str:
     return head + tail
 
 
+def id_time(ulid: str) -> float:
+    """The creation time (seconds) a ULID carries in its first 10 characters."""
+    ms = 0
+    for char in ulid[:10]:
+        ms = ms * 32 + _CROCKFORD.index(char)
+    return ms / 1000
+
+
 class Source(enum.StrEnum):
     """Which door a message came through."""
 

@@ -298,3 +298,15 @@ class EngineStore:
     async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
         """Nothing to compact: this backend keeps bodies in their rows."""
         return Compaction()
+
+    # -- what an operator looks at (`mailgate status`) ---------------------------------
+    async def waiting_by_domain(self, limit: int) -> list[tuple[str, int, int, str]]:
+        """(route, deferred, waiting in all, the oldest waiting message's id), most first."""
+        rows = await self._read(lambda tx: tx.fetch("waiting_by_domain", limit))
+        return [(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    async def nodes_seen(self) -> list[tuple[str, float]]:
+        """Each process that pinged the store (`host:pid`) and when, newest first."""
+        return [
+            (str(r[0]), float(r[1])) for r in await self._read(lambda tx: tx.fetch("nodes_seen"))
+        ]

@@ -297,6 +297,12 @@ class Store(Protocol):
         transaction) and remove them. Other backends: nothing."""
         ...
 
+    async def waiting_by_domain(self, limit: int) -> list[tuple[str, int, int, str]]:
+        """(route, deferred, waiting in all, oldest waiting message id), most first."""
+        ...
+
+    async def nodes_seen(self) -> list[tuple[str, float]]: ...
+
 
 class Tx(Protocol):
     """One transaction (or, for reads, one connection) of a backend, with statements

@@ -350,3 +350,13 @@ DELETE FROM webhook_messages WHERE id IN (
     SELECT id FROM webhook_messages
     WHERE status IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)
 RETURNING 1
+
+-- name: waiting_by_domain
+-- `mailgate status`: the routes with the most recipients waiting (the due index serves it)
+SELECT domain, sum(CASE WHEN status = 'deferred' THEN 1 ELSE 0 END), count(*),
+    min(message_id)
+FROM recipients WHERE status IN ('queued', 'deferred')
+GROUP BY domain ORDER BY count(*) DESC, domain LIMIT ?
+
+-- name: nodes_seen
+SELECT name, seen_at FROM nodes ORDER BY seen_at DESC LIMIT 20
