@@ -68,6 +68,7 @@ def start_mailgate(
     tmp: Path,
     extra_env: dict[str, str] | None = None,
     prepare: Callable[[Path], None] | None = None,
+    port: int = HTTP_PORT,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """serve with the HTTP API only (delivery off unless extra_env says), a send key made
     first; prepare(database) runs between the two (the schema exists by then)."""
@@ -77,7 +78,7 @@ def start_mailgate(
             "MAILGATE_SERVER_DATA_DIR": str(tmp / "mailgate"),
             "MAILGATE_SMTP_ENABLED": "false",
             "MAILGATE_DELIVERY_ENABLED": "false",  # what a 202 costs, nothing else
-            "MAILGATE_HTTP_PORT": str(HTTP_PORT),
+            "MAILGATE_HTTP_PORT": str(port),
             "MAILGATE_SERVER_LOG_LEVEL": "warning",
             **(extra_env or {}),
         }
@@ -104,17 +105,24 @@ def start_mailgate(
     if prepare is not None:
         prepare(tmp / "mailgate" / "mailgate.db")
     proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
-    wait_ready(HTTP_PORT)
+    wait_ready(port)
     return proc, key
 
 
 def run_wrk(
-    tmp: Path, key: str, path: str, body: str, seconds: int, connections: int, per_request: int
+    tmp: Path,
+    key: str,
+    path: str,
+    body: str,
+    seconds: int,
+    connections: int,
+    per_request: int,
+    port: int = HTTP_PORT,
 ) -> tuple[int, float, float, float, int, CpuUse]:
     """requests, requests/s, p50 s, p99 s, errors, and the CPU the server used (wrk, the
     load generator, is a child: its CPU is left out)."""
     quiet_disk()
-    script = tmp / "post.lua"
+    script = tmp / f"post-{port}.lua"
     script.write_text(LUA.replace("{key}", key).replace("{body}", body))
     meter = CpuMeter()
     out = subprocess.run(
@@ -129,7 +137,7 @@ def run_wrk(
             "--latency",
             "-s",
             str(script),
-            f"http://127.0.0.1:{HTTP_PORT}{path}",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,
