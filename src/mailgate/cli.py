@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import logging
 import re
 import shutil
 import sys
@@ -20,6 +19,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from mailgate import keys as api_keys
+from mailgate import logs
 from mailgate.app import DNS_TIMEOUT, App, Role, check_data_dir, make_store, shared_metrics_dir
 from mailgate.config import Config, load_config, render_config_docs
 from mailgate.domains.manage import DomainAdmin, policy_of
@@ -133,10 +133,7 @@ def serve(
 ) -> None:
     """Run mailgate (SMTP relay, HTTP API, delivery) until SIGTERM / SIGINT."""
     cfg = _config(config)
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(cfg.server.log_level, cfg.server.log_format)
     tune_interpreter()
     try:
         check_data_dir(cfg)

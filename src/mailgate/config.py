@@ -59,6 +59,11 @@ class ServerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Logging threshold."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: a line a record; json: one JSON object a line (time, level,"
+        " logger, message, and message_id on every line about one message).",
+    )
     _secret_key = field_validator("secret_key")(_fernet_key)
 
     delivery_process: bool = Field(

@@ -195,6 +195,7 @@ class Deliverer:
                     r.address,
                     r.message_id,
                     r.lease_owner,
+                    extra={"message_id": r.message_id},
                 )
         try:
             await self.deliver(claim)
@@ -484,9 +485,19 @@ class Deliverer:
             # The list cannot be read now: the DSN goes unscreened (to a listed sender it
             # is one more bounce of the null sender) rather than the claim being handed
             # back, which would send its delivered recipients again.
-            log.warning("delivery: DSN to %s not screened: %s", message.sender, screened.reason)
+            log.warning(
+                "delivery: DSN to %s not screened: %s",
+                message.sender,
+                screened.reason,
+                extra={"message_id": message.id},
+            )
             screened = [prepared] if not isinstance(prepared, Refusal) else prepared
         if isinstance(screened, Refusal):
-            log.info("delivery: no DSN to %s: %s", message.sender, screened.reason)
+            log.info(
+                "delivery: no DSN to %s: %s",
+                message.sender,
+                screened.reason,
+                extra={"message_id": message.id},
+            )
             return None
         return Dsn(screened[0], reported)
