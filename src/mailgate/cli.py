@@ -6,6 +6,7 @@ import csv
 import datetime
 import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -206,6 +207,72 @@ def _certificate_line(path: Path, now: float) -> str:
     left = cert.not_valid_after_utc.timestamp() - now
     warning = "  EXPIRED" if left < 0 else ("  renew soon" if left < 14 * 86400 else "")
     return f"certificate {path}: expires in {_age(left)}{warning}"
+
+
+@app.command()
+def doctor(config: ConfigOpt = None) -> None:
+    """Checks an operator runs before trusting the server: its ports answer, the
+    certificate is valid for a while yet, every sending domain's DNS records are in
+    place, the disk has room, the clock has not gone back behind stored mail. Each check
+    one line, ok or a problem; exit status 1 when any found a problem."""
+    cfg = _config(config)
+    now = time.time()
+    lines: list[tuple[bool, str]] = []
+    for name, host, port, on in (
+        ("smtp", cfg.smtp.host, cfg.smtp.port, cfg.smtp.enabled),
+        ("http", cfg.http.host, cfg.http.port, cfg.http.enabled),
+    ):
+        if on:
+            lines.append(_port_check(name, host, port))
+    if cfg.smtp.tls_cert:
+        cert_line = _certificate_line(Path(cfg.smtp.tls_cert), now)
+        ok = "expires in" in cert_line and "EXPIRED" not in cert_line and "soon" not in cert_line
+        lines.append((ok, cert_line))
+    data_dir = Path(cfg.server.data_dir)
+    if data_dir.exists():
+        free = shutil.disk_usage(data_dir).free
+        lines.append((free > DOCTOR_MIN_FREE, f"disk: {free / 2**30:,.1f} GiB free in {data_dir}"))
+
+    async def from_store(store: Store) -> list[tuple[bool, str]]:
+        found: list[tuple[bool, str]] = []
+        admin = _admin(store, cfg)
+        for domain in await store.list_domains():
+            checked = await admin.verify(domain.name)
+            shown = domain_out(checked, policy_of(cfg))
+            bad = [r.id for r in shown.records if r.status.value != "verified" and not r.retired]
+            what = "every record verified" if not bad else "not verified: " + ", ".join(bad)
+            found.append((not bad, f"domain {shown.name}: {what}"))
+        newest = await store.list_messages(MessageQuery(limit=1))
+        if newest:
+            ahead = newest[0].created_at - time.time()
+            found.append(
+                (
+                    ahead < 60,
+                    f"clock: the newest message is {_age(abs(ahead))}"
+                    + (" in the future: this clock went back" if ahead >= 60 else " old"),
+                )
+            )
+        return found
+
+    lines += _run(lambda: _with_store(cfg, from_store))
+    for ok, line in lines:
+        print(("ok       " if ok else "PROBLEM  ") + line)
+    if not all(ok for ok, _ in lines):
+        raise typer.Exit(1)
+
+
+DOCTOR_MIN_FREE = 1 << 30  # bytes free below which the disk is a problem
+
+
+def _port_check(name: str, host: str, port: int) -> tuple[bool, str]:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return True, f"{name}: {host}:{port} answers"
+    except OSError as exc:
+        return (
+            False,
+            f"{name}: {host}:{port} does not answer ({exc.strerror or exc}): is serve running?",
+        )
 
 
 @app.command()
