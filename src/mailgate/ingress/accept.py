@@ -124,6 +124,7 @@ class Accepted:
 
 
 Answer = Accepted | Refusal
+LIST_EMPTY_SECONDS = 1.0  # an empty suppression list is looked at again after this
 # returns the bytes signed (DKIM-Signature fields added), given the message's first From
 Signer = Callable[[bytes, str | None], bytes]
 IsSending = Callable[[str], bool]  # is this From address's domain a sending domain?
@@ -230,6 +231,16 @@ class Door:
     require_sending: IsSending | None = None  # set when domains.require_verified is on
     clock: Callable[[], float] = time.time
 
+    _list_seen: tuple[float, bool] = (-1.0, False)  # (when, was it empty), monotonic
+
+    async def _list_empty(self) -> bool:
+        now = time.monotonic()
+        seen_at, empty = self._list_seen
+        if now - seen_at >= LIST_EMPTY_SECONDS:
+            empty = not await self.store.any_suppression()
+            self._list_seen = (now, empty)
+        return empty
+
     def prepare(self, sub: Submission) -> NewMessage | Refusal:
         """Every rule before commit, in order; pure (no I/O). A DSN path can use this."""
         facts = sub.facts or facts_of(sub.content)
@@ -278,9 +289,17 @@ class Door:
 
     async def screen(self, messages: Sequence[NewMessage]) -> list[NewMessage] | Refusal:
         """The messages with their suppressed recipients marked (one read for them all);
-        a sandbox message's simulator address for suppression is marked as listed."""
+        a sandbox message's simulator address for suppression is marked as listed.
+
+        While the list is empty (looked at once a second, not once a message: on
+        PostgreSQL a read is a round trip) nothing is read. An entry added within that
+        second may be answered `queued` here; delivery looks again before sending
+        (worker._unlisted), so it is never sent."""
         try:
-            found = await self.store.suppressed_among(addresses_of(messages))
+            if await self._list_empty():
+                found: dict[str, list[tuple[str, str]]] = {}
+            else:
+                found = await self.store.suppressed_among(addresses_of(messages))
         except StoreUnavailable:
             return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
         screened = []

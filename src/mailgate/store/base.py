@@ -268,6 +268,9 @@ class EngineStore:
             lambda tx: queries.list_suppressions(tx, reason, prefix, cursor, limit)
         )
 
+    async def any_suppression(self) -> bool:
+        return await self._read(lambda tx: tx.fetchrow("any_suppression")) is not None
+
     async def count_suppressions(self) -> int:
         row = await self._read(lambda tx: tx.fetchrow("count_suppressions"))
         return int(row[0]) if row else 0

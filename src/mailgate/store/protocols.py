@@ -257,6 +257,10 @@ class Store(Protocol):
 
     async def count_suppressions(self) -> int: ...
 
+    async def any_suppression(self) -> bool:
+        """Is the list empty? (a read of one row, whatever its size)"""
+        ...
+
     async def put_suppressions(self, entries: Sequence[Suppression]) -> None:
         """Add or replace entries, in one transaction."""
         ...

@@ -360,3 +360,6 @@ GROUP BY domain ORDER BY count(*) DESC, domain LIMIT ?
 
 -- name: nodes_seen
 SELECT name, seen_at FROM nodes ORDER BY seen_at DESC LIMIT 20
+
+-- name: any_suppression
+SELECT 1 FROM suppressions LIMIT 1
