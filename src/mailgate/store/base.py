@@ -77,6 +77,8 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
 
 
 class EngineStore:
+    point_reads_cheap = False  # a read of a few keys costs less than a round trip
+
     async def _read(self, fn: Work[T]) -> T:
         raise NotImplementedError
 

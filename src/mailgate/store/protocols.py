@@ -257,6 +257,8 @@ class Store(Protocol):
 
     async def count_suppressions(self) -> int: ...
 
+    point_reads_cheap: bool  # SQLite: a point read is local; PostgreSQL: a round trip
+
     async def any_suppression(self) -> bool:
         """Is the list empty? (a read of one row, whatever its size)"""
         ...

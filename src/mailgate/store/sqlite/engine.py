@@ -66,9 +66,6 @@ def _resolve(results: list[Result]) -> None:
             fut.set_result(value)
 
 
-READ_NOW_MMAP = 256 << 20  # bytes of the database read_now's connection maps
-
-
 class SqliteEngine:
     def __init__(
         self, path: Path, *, unsafe_no_fsync: bool, batch_max: int, exclusive: bool
@@ -140,9 +137,6 @@ class SqliteEngine:
             self._rtx = SqliteTx(self._connect(), self.files)
             self._ntx = SqliteTx(self._connect(), self.files)
             self._ntx.conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
-            # Every commit of another process empties this connection's page cache; pages
-            # read through a map cost no system call each (the lookup's index walk).
-            self._ntx.conn.execute(f"PRAGMA mmap_size = {READ_NOW_MMAP}")
             self._cconn = self._connect()
         except StoreError:  # a schema newer than this code
             self._release_lock()

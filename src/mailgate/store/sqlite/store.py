@@ -31,6 +31,8 @@ WAKES = frozenset({"enqueue", "enqueue_many", "release", "recover_leases", "retr
 class SqliteStore(EngineStore):
     """Store on one SQLite file; see sqlite/engine.py for the commit model."""
 
+    point_reads_cheap = True  # read_now: on the caller's thread, no round trip
+
     def __init__(
         self,
         path: str,
