@@ -23,10 +23,13 @@ def two_nodes(url: str, tmp: Path) -> tuple[set[str], set[str], int, int]:
     for node in ("a", "b"):
         (tmp / node).mkdir()
     sink = Sink(tmp / "sink")
-    a = Server(tmp / "a", sink.port, lease_seconds=LEASE, store_url=url)
-    b = Server(tmp / "b", sink.port, lease_seconds=LEASE, store_url=url)
+    servers: list[Server] = []
     tally_a, tally_b = Tally(), Tally()
     try:
+        a = Server(tmp / "a", sink.port, lease_seconds=LEASE, store_url=url)
+        servers.append(a)
+        b = Server(tmp / "b", sink.port, lease_seconds=LEASE, store_url=url)
+        servers.append(b)
         key = a.make_key()
         a.start()
         b.start()
@@ -57,7 +60,7 @@ def two_nodes(url: str, tmp: Path) -> tuple[set[str], set[str], int, int]:
             time.sleep(0.2)
         return acked, set(sink.delivered()), len(tally_a.acked), b.terminate()
     finally:
-        for server in (a, b):
+        for server in servers:
             if server.proc is not None and server.proc.poll() is None:
                 server.kill()
         sink.stop()
