@@ -7,11 +7,13 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
     events.py    GET /v1/events: the outbox in commit order, after a cursor
     webhooks.py  /v1/webhooks: endpoints events are sent to, their secrets
     health.py    /healthz, /readyz, /metrics
+    vendors/     Resend, Postmark, SendGrid and Mailgun's send routes, for their SDKs
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +30,17 @@ from mailgate.config import HttpConfig
 from mailgate.domains.manage import DomainAdmin
 from mailgate.errors import RequestError, StoreError
 from mailgate.events.endpoints import WebhookAdmin
-from mailgate.http import domains, events, health, keys, messages, send, suppressions, webhooks
+from mailgate.http import (
+    domains,
+    events,
+    health,
+    keys,
+    messages,
+    send,
+    suppressions,
+    vendors,
+    webhooks,
+)
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
@@ -40,6 +52,7 @@ from mailgate.store import Store
 
 log = logging.getLogger("mailgate.http")
 Handler = Callable[[Request], Awaitable[Response]]
+REPEATED_SLASHES = re.compile("/{2,}")
 
 
 class Api:
@@ -96,6 +109,8 @@ def create_api(api: Api) -> Direct:
     if api.domains is not None:
         app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))
+    for router in vendors.routers(sends, api.store):
+        app.include_router(router)
     with_bodies(app)
     app.add_middleware(Timing, histogram=api.metrics.latency)
     hot: dict[tuple[str, str], Handler] = {
@@ -135,6 +150,8 @@ class Direct:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         handler = None
         if scope["type"] == "http":
+            if "//" in scope["path"]:  # an SDK's base URL with a trailing slash: "//emails"
+                scope = {**scope, "path": REPEATED_SLASHES.sub("/", scope["path"])}
             handler = self.routes.get((scope["method"], scope["path"]))
         if handler is None:
             await self.app(scope, receive, send)

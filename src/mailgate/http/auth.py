@@ -79,11 +79,14 @@ class Auth:
             self._plain_ok[ip] = allowed
         return allowed
 
-    async def key_for(self, request: Request, scope: Scope) -> ApiKey:
+    async def key_for(self, request: Request, scope: Scope, secret: str | None = None) -> ApiKey:
+        """The request's key with `scope`: from Authorization (Bearer, or Basic's password)
+        unless a vendor surface found it elsewhere (`secret`, e.g. a Postmark token)."""
         if self.lifecycle.draining:
             raise shutting_down()
-        secret = secret_from(request.headers.get("authorization", ""))
         if secret is None:
+            secret = secret_from(request.headers.get("authorization", ""))
+        if not secret:
             raise ApiError(
                 401,
                 "unauthorized",

@@ -25,9 +25,10 @@ class Idempotency:
         self.store = store
 
     async def begin(
-        self, request: Request, key: ApiKey, body: bytes, media_type: str
+        self, request: Request, key: ApiKey, body: bytes, media_type: str, status: int = 202
     ) -> tuple[IdempotencyRequest | None, Response | None]:
-        """(what the door should record, or None; the stored answer to a repeat, or None)."""
+        """(what the door should record, or None; the stored answer to a repeat, or None,
+        with `status`: the route's success status)."""
         idem_key = request.headers.get("idempotency-key")
         if idem_key is None:
             return None, None
@@ -41,18 +42,18 @@ class Idempotency:
         found = await self.store.idempotent_response(key.id, idem.key)
         if found is None:
             return idem, None
-        return idem, replayed(found, idem)
+        return idem, replayed(found, idem, status)
 
-    async def replay(self, idem: IdempotencyRequest) -> Response:
+    async def replay(self, idem: IdempotencyRequest, status: int = 202) -> Response:
         """Answer a request that lost the race for its idempotency key: the winner's row
         is committed (the conflict was found inside a later transaction), so read it."""
         found = await self.store.idempotent_response(idem.key.split(":", 1)[0], idem.key)
         if found is None:  # it expired in between: let the client retry
             raise unavailable()
-        return replayed(found, idem)
+        return replayed(found, idem, status)
 
 
-def replayed(found: tuple[str, str], idem: IdempotencyRequest) -> Response:
+def replayed(found: tuple[str, str], idem: IdempotencyRequest, status: int = 202) -> Response:
     """The stored (request hash, response) as the answer to this request, or 409."""
     if found[0] != idem.request_hash:
         raise ApiError(
@@ -63,7 +64,7 @@ def replayed(found: tuple[str, str], idem: IdempotencyRequest) -> Response:
         )
     return Response(
         found[1],
-        status_code=202,
+        status_code=status,
         media_type="application/json",
         headers={"Idempotent-Replayed": "true"},
     )

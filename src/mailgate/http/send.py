@@ -56,15 +56,15 @@ class Send:
         self.cfg = cfg
 
     async def send(self, request: Request) -> Response:
-        key, body, idem, replay = await self._begin(request, JSON_TYPES)
+        key, body, idem, replay = await self.begin(request, JSON_TYPES)
         if replay is not None:
             return replay
         req = parse_json(m.SendRequest, body)
-        submission = await self._draft(req, key, client_of(request))
+        submission = await self.draft(req, key, client_of(request))
         return await self._commit_one(submission, idem)
 
     async def batch(self, request: Request) -> Response:
-        key, body, idem, replay = await self._begin(request, JSON_TYPES)
+        key, body, idem, replay = await self.begin(request, JSON_TYPES)
         if replay is not None:
             return replay
         req = parse_json(m.BatchRequest, body)
@@ -101,7 +101,7 @@ class Send:
         return await self._commit(accepted, json.dumps({**counts, "results": results}), idem)
 
     async def send_raw(self, request: Request) -> Response:
-        key, body, idem, replay = await self._begin(request, RAW_TYPES)
+        key, body, idem, replay = await self.begin(request, RAW_TYPES)
         if replay is not None:
             return replay
         if request.headers.get("content-type", "").startswith("message/rfc822"):
@@ -120,14 +120,59 @@ class Send:
         )
         return await self._commit_one(submission, idem)
 
-    async def _begin(
-        self, request: Request, types: tuple[str, ...]
+    async def begin(
+        self,
+        request: Request,
+        types: tuple[str, ...],
+        secret: str | None = None,
+        status: int = 202,
     ) -> tuple[ApiKey, bytes, IdempotencyRequest | None, Response | None]:
-        """Key (send scope), body, what idempotency records and a replay if there is one."""
-        key = await self.auth.key_for(request, Scope.SEND)
+        """Key (send scope), body, what idempotency records and a replay if there is one
+        (answered with `status`)."""
+        key = await self.auth.key_for(request, Scope.SEND, secret)
         body, media_type = await read_body(request, types, self.cfg.max_body_bytes)
-        idem, replay = await self.idempotency.begin(request, key, body, media_type)
+        idem, replay = await self.idempotency.begin(request, key, body, media_type, status)
         return key, body, idem, replay
+
+    # -- the seam for the vendor surfaces (http/vendors/): their request as submissions,
+    # the door's answer in their words, committed with the body they answer
+
+    async def prepare(self, items: list[Submission | ApiError]) -> list[NewMessage | ApiError]:
+        """Each submission through every rule but the commit (a refusal as the ApiError
+        mailgate would answer), the accepted ones screened against the suppression list
+        in one lookup; in the order given."""
+        prepared: list[NewMessage | ApiError] = []
+        for i, item in enumerate(items):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            if isinstance(item, ApiError):
+                prepared.append(item)
+                continue
+            message = self.door.prepare(item)
+            prepared.append(
+                refusal_error(message, raw=isinstance(item.content, bytes))
+                if isinstance(message, Refusal)
+                else message
+            )
+        screened = iter(await self._screen([p for p in prepared if isinstance(p, NewMessage)]))
+        return [p if isinstance(p, ApiError) else next(screened) for p in prepared]
+
+    async def commit(
+        self,
+        messages: list[NewMessage],
+        body: str,
+        idem: IdempotencyRequest | None,
+        status: int = 202,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Commit the messages (and the idempotency record answering `body`); the answer
+        only once they are on disk."""
+        answer = await self.door.commit(messages, idem, body)
+        if isinstance(answer, Refusal):
+            raise refusal_error(answer)
+        if answer.replayed and idem is not None:
+            return await self.idempotency.replay(idem, status)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     async def _batch_item(
         self, i: int, item: dict[str, Any], key: ApiKey, client: Client
@@ -136,7 +181,7 @@ class Send:
         prefix = f"messages[{i}]"
         try:
             one = m.SendRequest.model_validate(item)
-            submission = await self._draft(one, key, client, prefix)
+            submission = await self.draft(one, key, client, prefix)
         except pydantic.ValidationError as exc:
             return validation_error(exc, prefix)
         except ApiError as err:
@@ -164,14 +209,9 @@ class Send:
     async def _commit(
         self, messages: list[NewMessage], body: str, idem: IdempotencyRequest | None
     ) -> Response:
-        answer = await self.door.commit(messages, idem, body)
-        if isinstance(answer, Refusal):
-            raise refusal_error(answer)
-        if answer.replayed and idem is not None:
-            return await self.idempotency.replay(idem)
-        return Response(body, status_code=202, media_type="application/json")
+        return await self.commit(messages, body, idem)
 
-    async def _draft(
+    async def draft(
         self, req: m.SendRequest, key: ApiKey, client: Client, prefix: str = ""
     ) -> Submission:
         """The JSON request as a submission with a draft; the door composes it."""

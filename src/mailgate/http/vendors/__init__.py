@@ -1,0 +1,22 @@
+"""The big email APIs' send routes, so their official SDKs work unchanged against
+mailgate with one base-URL change (docs/vendors/). Each module only translates: the
+vendor's request into Submissions for the one door (through `Send`'s seam: begin,
+draft, prepare, commit), and the door's answer, or an ApiError, into the vendor's words.
+
+    resend.py     /emails, /emails/batch, /emails/{id}[/cancel]       Bearer
+    postmark.py   /email, /email/batch, /messages/outbound/{id}/details  X-Postmark-Server-Token
+    sendgrid.py   /v3/mail/send                                         Bearer
+    mailgun.py    /v3/{domain}/messages[.mime]                          Basic api:<key>
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mailgate.http.send import Send
+from mailgate.http.vendors import mailgun, postmark, resend, sendgrid
+from mailgate.store import Store
+
+
+def routers(send: Send, store: Store) -> list[APIRouter]:
+    return [m.router(send, store) for m in (resend, postmark, sendgrid, mailgun)]
