@@ -1,4 +1,8 @@
-"""The vendor SDK tests talk to the same in-process server (SMTP relay and HTTP API) as
-the SMTP and HTTP tests: its fixtures, shared. Each SDK is pointed at `server.http_url`."""
+"""The vendor SDK tests run the real server of the domain tests (HTTP, SMTP relay,
+delivery to a scripted SMTP sink that stands for the recipients' mail server, DNS on
+loopback): each SDK is pointed at `mail.server.http_url`, and what it sent is read back
+from `mail.received(n)`. Recipients at `INBOX` (inbox.test) are delivered to the sink."""
 
-from tests.ingress.conftest import ca, server  # noqa: F401 (fixtures by name)
+from tests.domains.conftest import INBOX, Mail, ca, dns_zone, mail
+
+__all__ = ["INBOX", "Mail", "ca", "dns_zone", "mail"]
