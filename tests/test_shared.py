@@ -74,3 +74,33 @@ def test_a_full_table_never_takes_or_wipes_a_live_count() -> None:
     counts.release("b")
     assert counts.held("b") == 0
     assert counts.acquire("c", 3) and counts.held("c") == 1, "b's freed slot is taken"
+
+
+def test_what_other_nodes_did_counts_here() -> None:
+    """The three ways cluster_limits.py applies another node's use, and the journal of
+    this process's own use it tells them."""
+    buckets = SharedBuckets(rate=1.0, burst=4.0)
+    assert buckets.take("key", 100.0) == 0.0
+    assert buckets.taken == {"key": 1}
+    buckets.debit("key", 10, 100.0)  # below empty, down to DEBT_SECONDS of the rate
+    assert buckets.take("key", 100.0) == 6.0  # 5 owed and the one token asked for
+    assert buckets.taken == {"key": 1}  # a refusal takes nothing
+
+    events = SharedEvents(keep=4, window=60.0)
+    events.add("1.2.3.4", 100.0, count=3, at=95.0)  # another node's, earlier
+    assert events.recent("1.2.3.4", 100.0) == [95.0, 95.0, 95.0]
+    assert events.added == {}  # not this process's own: not told again
+    assert events.add("1.2.3.4", 101.0) == 4
+    assert events.added == {"1.2.3.4": (1, 101.0)}
+    events.add("5.6.7.8", 200.0, count=2, at=100.0)  # out of the window: nothing kept
+    assert events.recent("5.6.7.8", 200.0) == []
+
+    counts = SharedCounts()
+    assert counts.acquire("ip", 3)
+    counts.set_other_nodes("ip", 2)
+    assert counts.held("ip") == 3
+    assert not counts.acquire("ip", 3)
+    assert counts.mine == {"ip": 1} and counts.changed == {"ip"}
+    counts.set_other_nodes("ip", 0)
+    counts.release("ip")
+    assert counts.held("ip") == 0 and counts.mine == {}

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from mailgate import keys
 from mailgate.auth_guard import AuthGuard
+from mailgate.cluster_limits import ClusterLimits, Tables
 from mailgate.config import Config
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
@@ -40,6 +41,7 @@ from mailgate.resolver import make_resolver
 from mailgate.retention import Retention
 from mailgate.secretbox import SecretBox
 from mailgate.store import Store, open_store
+from mailgate.store.postgres import PostgresStore
 from mailgate.store.sqlite.store import SqliteStore
 from mailgate.store.sqlite.writer import WriterServer, socket_path
 from mailgate.supervisor import Supervisor
@@ -335,6 +337,13 @@ class App:
                 raise ConfigError("config: http.tls needs smtp.tls_cert and smtp.tls_key")
             self.http = HttpServer(api, cfg.http, reuse_port=self.shares_ports, tls=tls)
             out.append(self.http)
+        if isinstance(store, PostgresStore) and (self.smtp or self.http):
+            tables = Tables(events=guard.tables())  # shared with the other nodes
+            if self.http is not None and self.http.api.auth.rate.buckets is not None:
+                tables.buckets["http-rate"] = self.http.api.auth.rate.buckets
+            if self.smtp is not None:
+                tables.counts["smtp-connections"] = self.smtp.connections
+            out.append(ClusterLimits(store, limits, tables))
         if self.wants(Role.WORKER) and cfg.delivery.enabled:
             own = set()  # never deliver to ourselves (a loop)
             if cfg.smtp.enabled and cfg.smtp.port:

@@ -53,6 +53,10 @@ class AuthGuard:
         self._by_key = table("key", per_key)
         self._by_key_ip = table("key-ip", 1)  # "key_id ip": has this address failed on it?
 
+    def tables(self) -> dict[str, SharedEvents]:
+        """The failure tables by the name the cluster knows them under (cluster_limits.py)."""
+        return {"auth-ip": self._by_ip, "auth-key": self._by_key, "auth-key-ip": self._by_key_ip}
+
     def ip_locked(self, ip: str) -> bool:
         return len(self._by_ip.recent(ip, self.clock())) >= min(self.per_ip, MAX_KEPT)
 

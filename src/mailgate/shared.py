@@ -10,7 +10,9 @@ database on every request). A slot not touched for `ttl` seconds is free again, 
 table never fills with names seen once. With no path the table is private to the
 process (an anonymous map, no lock): the same code for tests and single processes.
 
-Not across nodes: each node of a PostgreSQL cluster keeps its own tables.
+Across the nodes of a PostgreSQL cluster, cluster_limits.py carries each process's own
+changes (its journal below) to the others once a second and applies the other nodes'
+changes here: a second node does not double a limit either, within a second's lag.
 """
 
 from __future__ import annotations
@@ -167,12 +169,18 @@ class _Lock:
 _BUCKET = struct.Struct("<dd")  # tokens, when
 
 
+# How far other nodes' use can put a bucket below empty (in seconds of its rate): what
+# they took while this node could not yet know is paid back, not forgiven.
+DEBT_SECONDS = 5.0
+
+
 class SharedBuckets:
     """Token buckets by name in a SharedTable: `rate` a second, up to `burst` at once."""
 
     def __init__(self, rate: float, burst: float, path: Path | None = None) -> None:
         self.rate, self.burst = rate, burst
         self.table = SharedTable(_BUCKET.size, path=path, ttl=max(60.0, burst / max(rate, 1e-9)))
+        self.taken: dict[str, int] = {}  # this process's takes by name, ever (for the cluster)
 
     def take(self, name: str, now: float) -> float:
         """0.0 and one token taken, or the seconds until a token is free."""
@@ -184,7 +192,21 @@ class SharedBuckets:
                 return None, (1 - tokens) / self.rate
             return _BUCKET.pack(tokens - 1, now), 0.0
 
-        return self.table.update(name, change)
+        wait = self.table.update(name, change)
+        if not wait:
+            self.taken[name] = self.taken.get(name, 0) + 1
+        return wait
+
+    def debit(self, name: str, tokens: float, now: float) -> None:
+        """Take what another node took (cluster_limits.py): the bucket may go below
+        empty, down to DEBT_SECONDS of its rate."""
+
+        def change(payload: bytes | None) -> tuple[bytes, None]:
+            have, last = _BUCKET.unpack(payload) if payload else (self.burst, now)
+            have = min(self.burst, have + max(0.0, now - last) * self.rate)
+            return _BUCKET.pack(max(-DEBT_SECONDS * self.rate, have - tokens), now), None
+
+        self.table.update(name, change)
 
 
 class SharedEvents:
@@ -196,6 +218,7 @@ class SharedEvents:
         self._times = struct.Struct(f"<I{keep}d")  # count kept, then the times (a ring)
         self.table = SharedTable(self._times.size, path=path, ttl=window)
         self._none: dict[str, int] = {}  # name -> the generation it was found empty at
+        self.added: dict[str, tuple[int, float]] = {}  # this process's: name -> (ever, last)
 
     def _recent(self, payload: bytes | None, now: float) -> list[float]:
         if payload is None:
@@ -203,14 +226,20 @@ class SharedEvents:
         count, *times = self._times.unpack(payload)
         return sorted(t for t in times[: min(count, self.keep)] if t >= now - self.window)
 
-    def add(self, name: str, now: float) -> int:
-        """Record one event; how many fall within the window now (this one included)."""
+    def add(self, name: str, now: float, count: int = 1, at: float | None = None) -> int:
+        """Record `count` events at `at` (default now; another node's are older); how
+        many fall within the window now (these included)."""
+        when = now if at is None else at
 
         def change(payload: bytes | None) -> tuple[bytes | None, int]:
-            times = [*self._recent(payload, now), now][-self.keep :]
+            times = sorted([*self._recent(payload, now), *[when] * count])[-self.keep :]
+            times = [t for t in times if t >= now - self.window]
             padded = times + [0.0] * (self.keep - len(times))
             return self._times.pack(len(times), *padded), len(times)
 
+        if at is None:  # this process's own: the cluster hears of it
+            ever = self.added.get(name, (0, 0.0))[0]
+            self.added[name] = (ever + count, now)
         return self.table.update(name, change)
 
     def recent(self, name: str, now: float) -> list[float]:
@@ -244,19 +273,26 @@ class SharedCounts:
     process that died (its connections went with it) are dropped when next seen."""
 
     PROCESSES = 72  # processes that can count one name at once (ingress_processes <= 64)
+    OTHER_NODES = 0xFFFFFFFF  # the pid the other nodes' count is kept under (no real pid)
 
     def __init__(self, path: Path | None = None, slots: int = 8192) -> None:
         self._entries = struct.Struct(f"<{2 * self.PROCESSES}I")  # (pid, count) pairs
         # a day: a slot's last use is refreshed on every open and close of its name
         self.table = SharedTable(self._entries.size, slots, path, ttl=86400.0)
         self.pid = os.getpid()
+        self.mine: dict[str, int] = {}  # this process's open things by name (for the cluster)
+        self.changed: set[str] = set()  # names whose count here changed since last told
 
     def _counts(self, payload: bytes | None) -> dict[int, int]:
         if payload is None:
             return {}
         flat = self._entries.unpack(payload)
         pairs = zip(flat[::2], flat[1::2], strict=True)
-        return {pid: n for pid, n in pairs if pid and n and (pid == self.pid or alive(pid))}
+        return {
+            pid: n
+            for pid, n in pairs
+            if pid and n and (pid in (self.pid, self.OTHER_NODES) or alive(pid))
+        }
 
     def _pack(self, counts: dict[int, int]) -> bytes:
         flat: list[int] = []
@@ -279,9 +315,36 @@ class SharedCounts:
                 return None, False
             return self._pack(counts), True
 
-        return self.table.update(name, change, evict=False)
+        taken = self.table.update(name, change, evict=False)
+        if taken:
+            self._mine(name, +1)
+        return taken
+
+    def _mine(self, name: str, step: int) -> None:
+        n = self.mine.get(name, 0) + step
+        if n > 0:
+            self.mine[name] = n
+        else:
+            self.mine.pop(name, None)
+        self.changed.add(name)
+
+    def set_other_nodes(self, name: str, count: int) -> None:
+        """What the other nodes hold under the name now (cluster_limits.py)."""
+
+        def change(payload: bytes | None) -> tuple[bytes | None, None]:
+            counts = self._counts(payload)
+            if counts.get(self.OTHER_NODES, 0) == count:
+                return None, None
+            counts[self.OTHER_NODES] = count
+            left = {p: n for p, n in counts.items() if n}
+            return (self._pack(left) if left else b""), None
+
+        self.table.update(name, change, evict=False)
 
     def release(self, name: str) -> None:
+        if name in self.mine:
+            self._mine(name, -1)
+
         def change(payload: bytes | None) -> tuple[bytes | None, None]:
             if payload is None:  # not counted (or not found): nothing of ours to give back
                 return None, None

@@ -36,13 +36,13 @@ class RateLimit:
     def __init__(self, rate: float, burst: int, directory: Path | None = None) -> None:
         self.rate, self.burst = rate, float(burst)
         path = directory / "http-rate.shm" if directory is not None else None
-        self._buckets = SharedBuckets(rate, float(burst), path) if rate > 0 else None
+        self.buckets = SharedBuckets(rate, float(burst), path) if rate > 0 else None
 
     def wait(self, key_id: str, now: float) -> int:
         """0 and one token taken, or the whole seconds until a token is free."""
-        if self._buckets is None:
+        if self.buckets is None:
             return 0
-        seconds = self._buckets.take(key_id, now)
+        seconds = self.buckets.take(key_id, now)
         return 0 if seconds <= 0 else max(1, int(seconds + 0.999))
 
 

@@ -93,6 +93,9 @@ class PgTx:
         self.woken = True
 
 
+LimitRow = tuple[str, str, int, float, int]  # table, name, total, last at, held
+
+
 class PostgresStore(EngineStore):
     """Store on PostgreSQL; see the module docstring."""
 
@@ -253,6 +256,29 @@ class PostgresStore(EngineStore):
         if not rows:
             return [], cursor or "0:0"
         return [event_from_row(r) for r in rows], f"{rows[-1][-1]}:{rows[-1][0]}"
+
+    # -- limits shared by the nodes (cluster_limits.py) ----------------------------
+    async def publish_limits(self, node: str, proc: str, rows: Sequence[LimitRow]) -> None:
+        """This process's changed limits: (table, name, total, last at, held) each."""
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        await self._write(lambda tx: tx.execute("publish_limits", node, proc, *columns))
+
+    async def other_nodes_limits(
+        self, node: str, since: float
+    ) -> tuple[list[tuple[Any, ...]], float]:
+        """Rows of every other node changed after `since` (the database's clock), and
+        that clock now."""
+
+        async def read(tx: Tx) -> tuple[list[tuple[Any, ...]], float]:
+            now = await tx.fetchrow("database_clock")
+            rows = await tx.fetch("other_nodes_limits", node, since)
+            assert now is not None
+            return [tuple(r) for r in rows], float(now[0])
+
+        return await self._read(read)
+
+    async def forget_limits(self, older_than: float) -> None:
+        await self._write(lambda tx: tx.execute("forget_limits", older_than))
 
     async def wait_for_work(self, timeout: float) -> None:
         async with self._listener_lock:  # many workers wait; one LISTEN connection serves all

@@ -84,3 +84,22 @@ UPDATE messages SET raw = ''::bytea, body_purged_at = ? WHERE id = ? AND body_pu
 DELETE FROM webhook_attempts WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM webhook_attempts WHERE at < ? ORDER BY at LIMIT ?))
 RETURNING 1
+
+-- name: publish_limits
+-- One process's changed limits (cluster_limits.py), as parallel arrays.
+INSERT INTO shared_limits (node, proc, tab, name, total, last_at, held, changed)
+SELECT ?, ?, t, n, c, a, h, extract(epoch FROM clock_timestamp())
+FROM unnest(?::text[], ?::text[], ?::bigint[], ?::float8[], ?::int[]) AS u(t, n, c, a, h)
+ON CONFLICT (node, proc, tab, name) DO UPDATE
+SET total = excluded.total, last_at = excluded.last_at, held = excluded.held,
+    changed = excluded.changed
+
+-- name: other_nodes_limits
+SELECT node, proc, tab, name, total, last_at, held, changed FROM shared_limits
+WHERE node <> ? AND changed > ?
+
+-- name: database_clock
+SELECT extract(epoch FROM clock_timestamp())::float8
+
+-- name: forget_limits
+DELETE FROM shared_limits WHERE changed < extract(epoch FROM clock_timestamp()) - ?
