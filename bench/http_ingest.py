@@ -42,8 +42,7 @@ ONE = {"from": "bench@example.org", "to": "sink@example.com", "subject": "bench"
 
 LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer {key}"
+{headers}
 wrk.body = [[{body}]]
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %d %d %f %f %d\\n", summary.requests, summary.duration,
@@ -118,12 +117,16 @@ def run_wrk(
     connections: int,
     per_request: int,
     port: int = HTTP_PORT,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, float, float, float, int, CpuUse]:
     """requests, requests/s, p50 s, p99 s, errors, and the CPU the server used (wrk, the
-    load generator, is a child: its CPU is left out)."""
+    load generator, is a child: its CPU is left out). `headers`: instead of a JSON body
+    with `Authorization: Bearer <key>`."""
     quiet_disk()
     script = tmp / f"post-{port}.lua"
-    script.write_text(LUA.replace("{key}", key).replace("{body}", body))
+    sent = headers or {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in sent.items())
+    script.write_text(LUA.replace("{headers}", lines).replace("{body}", body))
     meter = CpuMeter()
     out = subprocess.run(
         [

@@ -1,0 +1,118 @@
+"""The vendor surfaces' cost (issue 18): each vendor's single send (Resend, Postmark,
+SendGrid, Mailgun, as its SDK sends it) against mailgate's own `POST /v1/messages`, the
+same 2 KB message, wrk at 50 connections, delivery off; rounds alternate (native, each
+vendor, native, each vendor) so drift in the machine's speed falls on all. Target: each
+vendor >= 0.9x native. Beside each rate: the server's CPU per message and the idle share.
+
+    python bench/vendors.py [--seconds 10] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from http_ingest import ONE, ensure_wrk, run_wrk, start_mailgate
+from machine import header
+from smtp_ingest import stop
+
+SENDER, TO, SUBJECT, TEXT = ONE["from"], ONE["to"], ONE["subject"], ONE["text"]
+JSON = "application/json"
+
+
+def routes(key: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """name -> (path, body, headers): one message as each SDK sends it."""
+    bearer = {"Content-Type": JSON, "Authorization": f"Bearer {key}"}
+    basic = base64.b64encode(f"api:{key}".encode()).decode()
+    return {
+        "native": ("/v1/messages", json.dumps(ONE), bearer),
+        "resend": (
+            "/emails",
+            json.dumps({"from": SENDER, "to": [TO], "subject": SUBJECT, "text": TEXT}),
+            bearer,
+        ),
+        "postmark": (
+            "/email",
+            json.dumps(
+                {
+                    "From": SENDER,
+                    "To": TO,
+                    "Cc": None,
+                    "Bcc": None,
+                    "Subject": SUBJECT,
+                    "TextBody": TEXT,
+                    "Headers": [],
+                    "Attachments": [],
+                    "TrackLinks": "None",
+                    "MessageStream": "outbound",
+                }
+            ),
+            {"Content-Type": JSON, "X-Postmark-Server-Token": key, "Accept": JSON},
+        ),
+        "sendgrid": (
+            "/v3/mail/send",
+            json.dumps(
+                {
+                    "personalizations": [{"to": [{"email": TO}]}],
+                    "from": {"email": SENDER},
+                    "subject": SUBJECT,
+                    "content": [{"type": "text/plain", "value": TEXT}],
+                }
+            ),
+            bearer,
+        ),
+        "mailgun": (
+            f"/v3/{SENDER.split('@')[1]}/messages",
+            urlencode({"from": SENDER, "to": TO, "subject": SUBJECT, "text": TEXT}),
+            {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Authorization": f"Basic {basic}",
+            },
+        ),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    ensure_wrk()
+    header(20, 20_000)
+    tmp = Path(tempfile.mkdtemp(prefix="mailgate-vendors-"))
+    rates: dict[str, list[float]] = {}
+    proc, key = start_mailgate(tmp)
+    try:
+        for r in range(args.rounds):
+            for name, (path, body, headers) in routes(key).items():
+                _, rate, p50, p99, errors, cpu = run_wrk(
+                    tmp, key, path, body, args.seconds, 50, 1, headers=headers
+                )
+                if errors:
+                    print(f"{name}: {errors} errors (not 2xx): check the route", flush=True)
+                rates.setdefault(name, []).append(rate)
+                print(
+                    f"round {r + 1} {name:9} {rate:8,.0f} messages/s  p50 {p50 * 1000:5.1f} ms"
+                    f"  p99 {p99 * 1000:5.1f} ms  {cpu.describe()}",
+                    flush=True,
+                )
+    finally:
+        stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    native = sum(rates["native"]) / len(rates["native"])
+    for name, got in rates.items():
+        if name != "native":
+            ratio = sum(got) / len(got) / native
+            verdict = "ok" if ratio >= 0.9 else "BELOW"
+            print(f"{name:9} {ratio:.2f}x native (target >= 0.9x) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
