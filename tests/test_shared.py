@@ -81,10 +81,10 @@ def test_what_other_nodes_did_counts_here() -> None:
     this process's own use it tells them."""
     buckets = SharedBuckets(rate=1.0, burst=4.0)
     assert buckets.take("key", 100.0) == 0.0
-    assert buckets.taken == {"key": 1}
+    assert buckets.taken == {"key": (1, 100.0)}
     buckets.debit("key", 10, 100.0)  # below empty, down to DEBT_SECONDS of the rate
     assert buckets.take("key", 100.0) == 6.0  # 5 owed and the one token asked for
-    assert buckets.taken == {"key": 1}  # a refusal takes nothing
+    assert buckets.taken == {"key": (1, 100.0)}  # a refusal takes nothing
 
     events = SharedEvents(keep=4, window=60.0)
     events.add("1.2.3.4", 100.0, count=3, at=95.0)  # another node's, earlier

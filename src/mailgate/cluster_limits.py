@@ -84,20 +84,23 @@ class Journal:
         beat = now - self.heartbeat >= HEARTBEAT
         if beat:
             self.heartbeat = now
-        for tab, buckets in tables.buckets.items():
-            for name, total in list(buckets.taken.items()):
-                self._row(rows, tab, name, total, now, 0, False)
+        for tab, buckets in tables.buckets.items():  # names: API key ids, a bounded set
+            for name, (total, last) in list(buckets.taken.items()):
+                self._row(rows, tab, name, total, last, 0, False)
         for tab, events in tables.events.items():
             for name, (total, last) in list(events.added.items()):
                 self._row(rows, tab, name, total, last, 0, False)
                 if last < now - events.window:  # nothing of it counts any more anywhere
-                    events.added.pop(name, None)
+                    events.added.pop(name, None)  # (a later failure starts a new count)
+                    self.told.pop((tab, name), None)
         for tab, counts in tables.counts.items():
             names = set(counts.changed) | (set(counts.mine) if beat else set())
             counts.changed.clear()
             for name in names - LOCAL_ONLY:
                 held = counts.mine.get(name, 0)
                 self._row(rows, tab, name, 0, now, held, beat and held > 0)
+                if not held:
+                    self.told.pop((tab, name), None)
         return rows
 
     def _row(
@@ -110,38 +113,50 @@ class Journal:
         held: int,
         again: bool,
     ) -> None:
-        if not again and self.told.get((tab, name)) == (total, held):
+        before = self.told.get((tab, name))
+        if not again and before == (total, held):
             return
         self.told[(tab, name)] = (total, held)
-        rows.append((tab, name, total, at, held))
+        step = total - before[0] if before is not None and total >= before[0] else total
+        rows.append((tab, name, total, step, at, held))
+
+
+def taken_since(seen: tuple[int, float] | None, total: int, step: int, changed: float) -> int:
+    """How much of a row is new to the reader. `seen`: its total and change time when last
+    read (None: never: a new process, or one whose count started again)."""
+    if seen is None:
+        return step
+    if changed == seen[1]:  # read again, unchanged (the margin re-reads rows)
+        return 0
+    if total > seen[0]:
+        return total - seen[0]
+    return step  # its count started again (a failure after the window had passed)
 
 
 @dataclass
 class Seen:
     """What the applying process has read of the other nodes' rows."""
 
-    totals: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    # (node, proc, table, name) -> (its total when last read, its change time)
+    totals: dict[tuple[str, str, str, str], tuple[int, float]] = field(default_factory=dict)
     held: dict[tuple[str, str, str, str], tuple[int, float]] = field(default_factory=dict)
     applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (tab, name) -> held
     since: float = 0.0  # the database clock of the last read
     first: bool = True
+    pruned: float = 0.0
 
     def apply(self, rows: list[tuple[Any, ...]], clock: float, tables: Tables, now: float) -> None:
-        for node, proc, tab, name, total, last_at, held, changed in rows:
+        for node, proc, tab, name, total, step, last_at, held, changed in rows:
             key = (node, proc, tab, name)
             if tab in tables.counts:
                 self.held[key] = (int(held), float(changed))
                 continue
-            before = self.totals.get(key)
-            self.totals[key] = int(total)
-            # a process seen for the first time after our first read is new: all of its
-            # takes count; on our first read, only failures (still in their window) do
-            if before is None:
-                taken = int(total) if not self.first or tab in tables.events else 0
-            elif total >= before:
-                taken = int(total) - before
-            else:  # that process started again: its count did too
-                taken = int(total)
+            seen = self.totals.get(key)
+            if self.first and seen is None:  # from before this process listened: failures
+                taken = int(total) if tab in tables.events else 0  # in their window count
+            else:
+                taken = taken_since(seen, int(total), int(step), float(changed))
+            self.totals[key] = (int(total), float(changed))
             if taken <= 0:
                 continue
             if tab in tables.buckets:
@@ -150,8 +165,11 @@ class Seen:
                 tables.events[tab].add(name, now, count=taken, at=float(last_at))
         self._apply_held(clock, tables)
         self.since, self.first = clock, False
-        if len(self.totals) > 100_000:  # a flood of names: start again from what is read next
-            self.totals.clear()
+        if clock - self.pruned > KEEP / 10:  # forget what the database forgets too
+            self.pruned = clock
+            for key, (_, changed) in list(self.totals.items()):
+                if changed < clock - KEEP:
+                    del self.totals[key]
 
     def _apply_held(self, clock: float, tables: Tables) -> None:
         sums: dict[tuple[str, str], int] = {}

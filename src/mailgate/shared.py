@@ -180,7 +180,8 @@ class SharedBuckets:
     def __init__(self, rate: float, burst: float, path: Path | None = None) -> None:
         self.rate, self.burst = rate, burst
         self.table = SharedTable(_BUCKET.size, path=path, ttl=max(60.0, burst / max(rate, 1e-9)))
-        self.taken: dict[str, int] = {}  # this process's takes by name, ever (for the cluster)
+        # this process's takes by name (for the cluster): (how many ever, the last one)
+        self.taken: dict[str, tuple[int, float]] = {}
 
     def take(self, name: str, now: float) -> float:
         """0.0 and one token taken, or the seconds until a token is free."""
@@ -194,7 +195,7 @@ class SharedBuckets:
 
         wait = self.table.update(name, change)
         if not wait:
-            self.taken[name] = self.taken.get(name, 0) + 1
+            self.taken[name] = (self.taken.get(name, (0, 0.0))[0] + 1, now)
         return wait
 
     def debit(self, name: str, tokens: float, now: float) -> None:

@@ -93,7 +93,7 @@ class PgTx:
         self.woken = True
 
 
-LimitRow = tuple[str, str, int, float, int]  # table, name, total, last at, held
+LimitRow = tuple[str, str, int, int, float, int]  # table, name, total, step, last at, held
 
 
 class PostgresStore(EngineStore):
@@ -259,7 +259,7 @@ class PostgresStore(EngineStore):
 
     # -- limits shared by the nodes (cluster_limits.py) ----------------------------
     async def publish_limits(self, node: str, proc: str, rows: Sequence[LimitRow]) -> None:
-        """This process's changed limits: (table, name, total, last at, held) each."""
+        """This process's changed limits: (table, name, total, step, last at, held) each."""
         columns = [list(c) for c in zip(*rows, strict=True)]
         await self._write(lambda tx: tx.execute("publish_limits", node, proc, *columns))
 

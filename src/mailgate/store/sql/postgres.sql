@@ -80,6 +80,31 @@ ORDER BY m.id LIMIT ?
 -- the row's bytes go (autovacuum reclaims the TOAST space)
 UPDATE messages SET raw = ''::bytea, body_purged_at = ? WHERE id = ? AND body_purged_at IS NULL
 
+-- name: purge_bodies_of
+-- a batch's bodies in one statement (see sqlite.sql)
+UPDATE messages SET raw = ''::bytea, body_purged_at = ?
+WHERE id = ANY(?::text[]) AND body_purged_at IS NULL
+
+-- name: body_purgeable_staying
+-- `purge --dry-run`: body_purgeable less the messages the rows' step takes whole first
+SELECT m.id FROM messages m
+WHERE m.body_purged_at IS NULL AND m.id > ? AND m.id < ?
+    AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        AND (r.status NOT IN ('delivered', 'bounced', 'expired', 'cancelled', 'suppressed')
+             OR r.updated_at >= ?))
+    AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.updated_at >= ?)
+ORDER BY m.id LIMIT ?
+
+-- name: purge_events_of
+-- a batch of purged messages' events, recipients, rows: one statement per table
+DELETE FROM events WHERE message_id = ANY(?::text[])
+
+-- name: purge_recipients_of
+DELETE FROM recipients WHERE message_id = ANY(?::text[])
+
+-- name: purge_messages_of
+DELETE FROM messages WHERE id = ANY(?::text[])
+
 -- name: purge_webhook_attempts
 DELETE FROM webhook_attempts WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM webhook_attempts WHERE at < ? ORDER BY at LIMIT ?))
@@ -87,15 +112,16 @@ RETURNING 1
 
 -- name: publish_limits
 -- One process's changed limits (cluster_limits.py), as parallel arrays.
-INSERT INTO shared_limits (node, proc, tab, name, total, last_at, held, changed)
-SELECT ?, ?, t, n, c, a, h, extract(epoch FROM clock_timestamp())
-FROM unnest(?::text[], ?::text[], ?::bigint[], ?::float8[], ?::int[]) AS u(t, n, c, a, h)
+INSERT INTO shared_limits (node, proc, tab, name, total, step, last_at, held, changed)
+SELECT ?, ?, t, n, c, s, a, h, extract(epoch FROM clock_timestamp())
+FROM unnest(?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::float8[], ?::int[])
+    AS u(t, n, c, s, a, h)
 ON CONFLICT (node, proc, tab, name) DO UPDATE
-SET total = excluded.total, last_at = excluded.last_at, held = excluded.held,
-    changed = excluded.changed
+SET total = excluded.total, step = excluded.step, last_at = excluded.last_at,
+    held = excluded.held, changed = excluded.changed
 
 -- name: other_nodes_limits
-SELECT node, proc, tab, name, total, last_at, held, changed FROM shared_limits
+SELECT node, proc, tab, name, total, step, last_at, held, changed FROM shared_limits
 WHERE node <> ? AND changed > ?
 
 -- name: database_clock
