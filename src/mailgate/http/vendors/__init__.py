@@ -3,10 +3,11 @@ mailgate with one base-URL change (docs/vendors/). Each module only translates: 
 vendor's request into Submissions for the one door (through `Send`'s seam: begin,
 draft, prepare, commit), and the door's answer, or an ApiError, into the vendor's words.
 
-    resend.py     /emails, /emails/batch, /emails/{id}[/cancel]       Bearer
-    postmark.py   /email, /email/batch, /messages/outbound/{id}/details  X-Postmark-Server-Token
-    sendgrid.py   /v3/mail/send                                         Bearer
-    mailgun.py    /v3/{domain}/messages[.mime]                          Basic api:<key>
+    resend.py     /emails[/batch], GET /emails[/{id}], /emails/{id}/cancel       Bearer
+    postmark.py   /email[/batch], /messages/outbound/{id}/details   X-Postmark-Server-Token
+    sendgrid.py   /v3/mail/send, /v3/mail/batch[/{id}], /v3/user/scheduled_sends,
+                  /v3/messages/{id}                                                Bearer
+    mailgun.py    /v3/{domain}/messages[.mime]                            Basic api:<key>
 """
 
 from __future__ import annotations
