@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -109,7 +110,8 @@ def create_api(api: Api) -> Direct:
     if api.domains is not None:
         app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))
-    for router in vendors.routers(sends, api.store):
+    vendor_routers = vendors.routers(sends, api.store)
+    for router in vendor_routers:
         app.include_router(router)
     with_bodies(app)
     app.add_middleware(Timing, histogram=api.metrics.latency)
@@ -117,7 +119,19 @@ def create_api(api: Api) -> Direct:
         ("POST", "/v1/messages"): sends.send,
         ("POST", "/v1/messages/batch"): sends.batch,
     }
-    return Direct(app, hot, api.metrics)
+    patterned: list[tuple[str, re.Pattern[str], str, Callable[..., Awaitable[Response]]]] = []
+    taken: set[str] = set()
+    for route in (r for router in vendor_routers for r in router.routes):
+        if not isinstance(route, APIRoute) or route.path not in vendors.SENDS - taken:
+            continue
+        if "POST" not in (route.methods or ()):
+            continue
+        taken.add(route.path)  # the first route for a path answers it, as in FastAPI
+        if route.param_convertors:  # Mailgun's /v3/{domain}/messages
+            patterned.append(("POST", route.path_regex, route.path, route.endpoint))
+        else:
+            hot[("POST", route.path)] = route.endpoint
+    return Direct(app, hot, api.metrics, patterned)
 
 
 def with_bodies(app: FastAPI) -> None:
@@ -140,32 +154,47 @@ class Direct:
     FastAPI app still documents them and serves everything else."""
 
     def __init__(
-        self, app: FastAPI, routes: dict[tuple[str, str], Handler], metrics: Metrics
+        self,
+        app: FastAPI,
+        routes: dict[tuple[str, str], Handler],
+        metrics: Metrics,
+        patterned: Sequence[
+            tuple[str, re.Pattern[str], str, Callable[..., Awaitable[Response]]]
+        ] = (),
     ) -> None:
         self.app, self.routes, self.metrics = app, routes, metrics
+        # (method, path pattern, route template, handler taking the path's parameters)
+        self.patterned = patterned
 
     def __getattr__(self, name: str) -> Any:  # openapi(), routes, state: the FastAPI app's
         return getattr(self.app, name)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        handler = None
+        handler: Callable[..., Awaitable[Response]] | None = None
+        params: dict[str, str] = {}
         if scope["type"] == "http":
             if "//" in scope["path"]:  # an SDK's base URL with a trailing slash: "//emails"
                 scope = {**scope, "path": REPEATED_SLASHES.sub("/", scope["path"])}
-            handler = self.routes.get((scope["method"], scope["path"]))
+            label = scope["path"]
+            handler = self.routes.get((scope["method"], label))
+            if handler is None and scope["method"] == "POST":
+                for method, pattern, template, endpoint in self.patterned:
+                    if (found := pattern.match(scope["path"])) and method == scope["method"]:
+                        handler, params, label = endpoint, found.groupdict(), template
+                        break
         if handler is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         try:
-            response = await handler(Request(scope, receive))
+            response = await handler(Request(scope, receive), **params)
         except (ApiError, StoreError) as exc:
             response = rejected(self.metrics, exc)
         except Exception:  # a bug: say so in JSON, keep the details for the log
             log.exception("http: %s %s failed", scope["method"], scope["path"])
             response = error_response(ApiError(500, "internal", "Internal error"))
         await response(scope, receive, send)
-        self.metrics.latency.labels(scope["path"]).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
 class Timing:

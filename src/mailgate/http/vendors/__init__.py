@@ -18,6 +18,19 @@ from mailgate.http.send import Send
 from mailgate.http.vendors import mailgun, postmark, resend, sendgrid
 from mailgate.store import Store
 
+# The send routes: called straight from ASGI like mailgate's own (http/app.py Direct)
+SENDS = frozenset(
+    {
+        "/emails",
+        "/emails/batch",
+        "/email",
+        "/email/batch",
+        "/v3/mail/send",
+        "/v3/{domain}/messages",
+        "/v3/{domain}/messages.mime",
+    }
+)
+
 
 def routers(send: Send, store: Store) -> list[APIRouter]:
     return [m.router(send, store) for m in (resend, postmark, sendgrid, mailgun)]
