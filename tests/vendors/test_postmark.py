@@ -530,3 +530,17 @@ def test_details_say_postmarks_status_and_satisfy_the_official_model(
     assert answer["Status"] == word and answer["Subject"] == "" and answer["Bcc"] == []
     model = MessageDetails.model_validate(answer)
     assert model.status == MessageStatus(word) and len(model.recipients) == len(statuses)
+
+
+def test_a_draining_server_answers_503_before_asking_for_the_token(mail: Mail) -> None:
+    """Postmark's token was looked for before the draining check: 401 while draining."""
+    one = {"From": SENDER, "To": f"a@{INBOX}", "TextBody": "x"}
+    missing = mail.http.post("/email", json=one)
+    assert missing.status_code == 401 and "X-Postmark-Server-Token" in missing.json()["Message"]
+    mail.server.app.lifecycle.drain()
+    for path, body in (("/email", one), ("/email/batch", [one])):
+        draining = mail.http.post(path, json=body)
+        assert draining.status_code == 503 and draining.headers["Retry-After"] == "5"
+        assert draining.json()["ErrorCode"] == 100
+    details = mail.http.get("/messages/outbound/00000000000000000000000000/details")
+    assert details.status_code == 503 and details.json()["ErrorCode"] == 100

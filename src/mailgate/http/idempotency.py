@@ -1,8 +1,9 @@
 """`Idempotency-Key`: a repeat of a request is answered with the first one's response.
 
 The key is kept per API key with a SHA-256 of the path and body (and, for a
-message/rfc822 body, the query string holding its envelope); the door stores it in the
-same transaction as the message. The same key with another request is 409.
+message/rfc822 body, the query string holding its envelope; and any header a route says
+changes the request's meaning, e.g. Resend's x-batch-validation); the door stores it in
+the same transaction as the message. The same key with another request is 409.
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ class Idempotency:
         self.store = store
 
     async def begin(
-        self, request: Request, key: ApiKey, body: bytes, media_type: str, status: int = 202
+        self,
+        request: Request,
+        key: ApiKey,
+        body: bytes,
+        media_type: str,
+        status: int = 202,
+        variant: str = "",
     ) -> tuple[IdempotencyRequest | None, Response | None]:
         """(what the door should record, or None; the stored answer to a repeat, or None,
-        with `status`: the route's success status)."""
+        with `status`: the route's success status). `variant`: what else, outside the
+        body, makes this request another one (a header that changes its meaning)."""
         idem_key = request.headers.get("idempotency-key")
         if idem_key is None:
             return None, None
@@ -37,6 +45,8 @@ class Idempotency:
         shape = request.url.path
         if media_type == "message/rfc822":  # its envelope is in the query string
             shape += "?" + request.url.query
+        if variant:
+            shape += "\0" + variant
         digest = hashlib.sha256(shape.encode() + b"\0" + body).hexdigest()
         idem = IdempotencyRequest(f"{key.id}:{idem_key}", digest, IDEMPOTENCY_TTL)
         found = await self.store.idempotent_response(key.id, idem.key)

@@ -4,6 +4,12 @@ Unknown fields are refused, and every string that ends up in a header (subject, 
 header values, display names, filenames) is refused with 422 naming the field when it
 holds a control character (C0 but TAB, DEL, C1) or a Unicode line or paragraph separator:
 header injection and the characters readers and relays mangle differently.
+
+No text field (addresses, subject, bodies, headers, tags, metadata keys and values,
+filenames) may hold a lone surrogate (U+D800-U+DFFF): a JSON `"\\ud800"` escape or a
+Python str can carry one, UTF-8 cannot, so stored it would break every read that encodes
+it. The JSON parsers (pydantic's) refuse them already; these types refuse them for the
+doors that build a request from other input (the vendor surfaces' forms and JSON).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from mailgate.models import RecordStatus, Scope, SuppressionReason
 
 _FIELD_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 ftext
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
+# type/subtype and parameters (RFC 2045 5.1: `; charset=iso-8859-1`, a value a token or a
+# quoted-string without escapes); `name` is not one of them: mailgate writes it from the
+# filename.
+_PARAMETER = (
+    r'[A-Za-z0-9!#$&^_.+-]{1,64}=(?:[A-Za-z0-9!#$%&\'*+.^_`{|}~-]{1,200}|"[ !#-\[\]-~]{0,200}")'
+)
+_CONTENT_TYPE = re.compile(rf"^{_TOKEN.pattern[1:-1]}(?:[ \t]*;[ \t]*{_PARAMETER})*$")
 RESERVED_HEADERS = frozenset(
     h.lower()
     for h in (
@@ -53,30 +66,86 @@ RESERVED_HEADERS = frozenset(
 )
 
 
+MAX_BODY_TEXT = 40 * 1024 * 1024  # characters of text or html: http.max_body_bytes' default
+MAX_METADATA_KEY = 256  # characters of a metadata key (Resend's tag names are 256 at most)
+MAX_REPLY_TO = 50  # Reply-To mailboxes: a header, not a recipient list
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LINE_BAD = re.compile("[\r\n\x00\ud800-\udfff]")
+# C0 controls but TAB (RFC 5322 WSP), DEL, C1 controls (NEL among them), U+2028, U+2029,
+# and lone surrogates (no UTF-8 for them).
+_HEADER_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def _surrogate(char: str) -> ValueError:
+    return ValueError(
+        f"must not contain a lone surrogate (U+{ord(char):04X}): it is not Unicode text"
+    )
+
+
 def _no_controls(value: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
-        raise ValueError("must not contain CR, LF or NUL")
+    found = _LINE_BAD.search(value)
+    if found is not None:
+        if found[0] in "\r\n\x00":
+            raise ValueError("must not contain CR, LF or NUL")
+        raise _surrogate(found[0])
     return value
-
-
-# C0 controls but TAB (RFC 5322 WSP), DEL, C1 controls (NEL among them), U+2028, U+2029.
-_HEADER_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _header_text(value: str) -> str:
     found = _HEADER_CONTROL.search(value)
     if found is not None:
+        if _SURROGATE.match(found[0]):
+            raise _surrogate(found[0])
         raise ValueError(
             f"must not contain control characters or line separators (U+{ord(found[0]):04X})"
         )
     return value
 
 
+def _body_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    if not value.isascii() and (found := _SURROGATE.search(value)) is not None:
+        raise _surrogate(found[0])
+    return value
+
+
+def _unicode(value: str) -> str:
+    if not value.isascii() and (found := _SURROGATE.search(value)) is not None:
+        raise _surrogate(found[0])
+    return value
+
+
 def _mailbox(value: str) -> str:
+    _header_text(value)  # first: the address parser cannot take a lone surrogate
     parsed = parse_mailbox(value)
     if isinstance(parsed, str):
         raise ValueError(parsed)
-    return _header_text(value)
+    return value
+
+
+def _text_keys(value: Any) -> Any:
+    """The keys of a JSON object of text (headers, metadata) checked before the values,
+    so that no error names a key that cannot be written back as UTF-8 (or a long one)."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                continue
+            found = _LINE_BAD.search(key)
+            if found is not None:
+                what = "CR, LF or NUL" if found[0] in "\r\n\x00" else "a lone surrogate"
+                raise ValueError(f"key {key[:40]!r} must not contain {what}")
+            if len(key) > MAX_METADATA_KEY:
+                raise ValueError(f"key {key[:40]!r}... is over {MAX_METADATA_KEY} characters")
+    return value
+
+
+def _content_type(value: str) -> str:
+    params = value.split(";")[1:]
+    if any(p.split("=")[0].strip().lower() == "name" for p in params):
+        raise ValueError("must not carry a name parameter: mailgate writes it from the filename")
+    return value
 
 
 def _one_or_many(value: Any) -> Any:
@@ -93,6 +162,7 @@ def _base64(value: str) -> str:
 
 Line = Annotated[str, AfterValidator(_no_controls)]
 HeaderText = Annotated[str, AfterValidator(_header_text)]
+BodyText = Annotated[str, Field(max_length=MAX_BODY_TEXT), AfterValidator(_body_text)]
 Base64 = Annotated[str, AfterValidator(_base64)]
 Mailbox = Annotated[str, Field(max_length=320), AfterValidator(_mailbox)]
 Mailboxes = Annotated[list[Mailbox], BeforeValidator(_one_or_many)]
@@ -103,7 +173,9 @@ class Attachment(BaseModel):
 
     filename: Annotated[HeaderText, Field(min_length=1, max_length=255)]
     content: Base64 = Field(description="The file, base64-encoded.")
-    content_type: Annotated[str, Field(pattern=_TOKEN.pattern)] = "application/octet-stream"
+    content_type: Annotated[
+        str, Field(max_length=255, pattern=_CONTENT_TYPE.pattern), AfterValidator(_content_type)
+    ] = "application/octet-stream"
     content_id: Annotated[str, Field(max_length=200, pattern=r"^[!-;=?-~]+$")] | None = None
     disposition: Literal["attachment", "inline"] | None = None
 
@@ -126,21 +198,21 @@ class SendRequest(BaseModel):
     to: Mailboxes = Field(default_factory=list)
     cc: Mailboxes = Field(default_factory=list)
     bcc: Mailboxes = Field(default_factory=list)
-    reply_to: Mailboxes = Field(default_factory=list)
+    reply_to: Mailboxes = Field(default_factory=list, max_length=MAX_REPLY_TO)
     subject: Annotated[HeaderText, Field(max_length=998)] | None = None
-    text: str | None = None
-    html: str | None = None
+    text: BodyText | None = None
+    html: BodyText | None = None
     attachments: list[Attachment] = Field(default_factory=list, max_length=100)
     # At most 16384 characters a value: a header line, folded or encoded, not a body.
-    headers: dict[str, Annotated[HeaderText, Field(max_length=16384)]] = Field(
-        default_factory=dict, max_length=50
-    )
+    headers: Annotated[
+        dict[str, Annotated[HeaderText, Field(max_length=16384)]], BeforeValidator(_text_keys)
+    ] = Field(default_factory=dict, max_length=50)
     tags: list[Annotated[Line, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=20
     )
-    metadata: dict[str, Annotated[Line, Field(max_length=1000)]] = Field(
-        default_factory=dict, max_length=50
-    )
+    metadata: Annotated[
+        dict[str, Annotated[Line, Field(max_length=1000)]], BeforeValidator(_text_keys)
+    ] = Field(default_factory=dict, max_length=50)
     scheduled_at: datetime.datetime | None = None
     reply_to_message_id: Annotated[str, Field(pattern=r"^[0-9A-Z]{26}$")] | None = None
 
@@ -152,13 +224,6 @@ class SendRequest(BaseModel):
                 raise ValueError(f"header name {name[:40]!r} is not a valid field name")
             if name.lower() in RESERVED_HEADERS or name.lower().startswith("resent-"):
                 raise ValueError(f"header {name} is set by mailgate; use the matching field")
-        return value
-
-    @field_validator("text", "html")
-    @classmethod
-    def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL")
         return value
 
     @field_validator("scheduled_at")
@@ -188,7 +253,7 @@ class RawRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     raw: Base64 = Field(description="The complete RFC 5322 message, base64-encoded.")
-    from_: Annotated[str, Field(max_length=320)] = Field(
+    from_: Annotated[str, Field(max_length=320), AfterValidator(_unicode)] = Field(
         alias="from", description="Envelope sender (MAIL FROM); empty for <>."
     )
     to: Annotated[list[Mailbox], BeforeValidator(_one_or_many)] = Field(min_length=1)

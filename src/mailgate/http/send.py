@@ -126,12 +126,14 @@ class Send:
         types: tuple[str, ...],
         secret: str | None = None,
         status: int = 202,
+        variant: str = "",
     ) -> tuple[ApiKey, bytes, IdempotencyRequest | None, Response | None]:
         """Key (send scope), body, what idempotency records and a replay if there is one
-        (answered with `status`)."""
+        (answered with `status`); `variant`: a header that changes the request's meaning,
+        so that a repeat with another one is not answered the first answer."""
         key = await self.auth.key_for(request, Scope.SEND, secret)
         body, media_type = await read_body(request, types, self.cfg.max_body_bytes)
-        idem, replay = await self.idempotency.begin(request, key, body, media_type, status)
+        idem, replay = await self.idempotency.begin(request, key, body, media_type, status, variant)
         return key, body, idem, replay
 
     # -- the seam for the vendor surfaces (http/vendors/): their request as submissions,

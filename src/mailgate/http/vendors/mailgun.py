@@ -4,12 +4,13 @@
     POST /v3/{domain}/messages       form-urlencoded or multipart/form-data (mailgun_fields.py)
     POST /v3/{domain}/messages.mime  multipart: `to` and the `message` part, o: and v: options
 
-Auth is Basic with the user `api` and a send key as the password, as Mailgun's. The From
-address must be at {domain}, a subdomain or a parent of it (Mailgun sends as {domain}).
-Once committed: 200 {"id": "<Message-ID>", "message": "Queued. Thank you."}; the ULID in
-mailgate's own Message-IDs is the message's id in /v1/messages. Every refusal is JSON
-{"message": ...} with Mailgun's status: 400 naming the parameter, 401 "Forbidden", 404 for
-a domain that is not one.
+Auth is Basic with the user `api` and a send key as the password, as Mailgun's. Every
+From address must be at {domain} or a subdomain of it, or at a parent of it that is one of
+mailgate's domains (Mailgun sends as {domain}). Once committed: 200 {"id": "<Message-ID>",
+"message": "Queued. Thank you."}; the ULID in mailgate's own Message-IDs is the message's
+id in /v1/messages. Every refusal is JSON {"message": ...} with Mailgun's status: 400
+naming the parameter, 401 "Forbidden", 404 for a domain that is not one, 405 for another
+method, 500 (logged) for a bug.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from email.utils import getaddresses
 
 import pydantic
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -35,7 +36,6 @@ from mailgate.http.send import (
     Send,
     client_of,
     draft_submission,
-    header_value,
     mailbox,
     raw_submission,
     read_body,
@@ -51,9 +51,12 @@ from mailgate.http.vendors.mailgun_fields import (
 )
 from mailgate.http.vendors.mailgun_form import MULTIPART, URLENCODED, Form, FormError, parse_form
 from mailgate.ingress.accept import Client, IdempotencyRequest, Submission
+from mailgate.ingress.smtp_rules import header_fields
 from mailgate.models import ApiKey, NewMessage, Scope
 from mailgate.store import Store
 
+log = logging.getLogger("mailgate.http")
+ORIGINATORS = ("from", "sender", "reply-to")  # RFC 5322 3.6.2: must be readable text
 FORM_TYPES = (URLENCODED, MULTIPART)
 QUEUED = "Queued. Thank you."
 BASIC = {"WWW-Authenticate": 'Basic realm="MG API"'}
@@ -62,8 +65,8 @@ Handler = Callable[[Request, str], Awaitable[Response]]
 
 
 class Mailgun:
-    def __init__(self, send: Send) -> None:
-        self.send = send
+    def __init__(self, send: Send, store: Store) -> None:
+        self.send, self.store = send, store
 
     async def messages(self, request: Request, domain: str) -> Response:
         return await answered(self._messages, request, domain)
@@ -79,7 +82,8 @@ class Mailgun:
         cfg = self.send.cfg
         outgoing = read_message(form, key.sandbox, cfg.batch_max, cfg.max_body_bytes)
         client = client_of(request)
-        items = [drafted(one, key, client, target) for one in outgoing]
+        items = [drafted(one, key, client) for one in outgoing]
+        await self._check_sender(items[0].sender, target, "from")  # one From for all
         return await self._commit(items, idem)
 
     async def _mime(self, request: Request, domain: str) -> Response:
@@ -87,8 +91,24 @@ class Mailgun:
         if replay is not None:
             return replay
         target = sending_domain(domain)
-        item = mime_submission(read_mime(form, key.sandbox), key, client_of(request), target)
+        item, senders = mime_submission(read_mime(form, key.sandbox), key, client_of(request))
+        for sender in senders:  # every From address, not the envelope's alone
+            await self._check_sender(sender, target, "message")
         return await self._commit([item], idem)
+
+    async def _check_sender(self, address: str, target: str, param: str) -> None:
+        """The From address is at the URL's domain or a subdomain of it; or at a parent
+        of it that is one of mailgate's domains (not a public suffix such as co.uk)."""
+        domain = ascii_domain(address.rpartition("@")[2]).lower()
+        if domain == target or domain.endswith(f".{target}"):
+            return
+        if target.endswith(f".{domain}") and await self.store.get_domain(domain) is not None:
+            return
+        raise bad(
+            param,
+            f"holds {address[:320]!r}, not an address at {target} (the domain in the URL),"
+            " at a subdomain of it, or at a parent of it that is a mailgate domain",
+        )
 
     async def _begin(
         self, request: Request
@@ -119,7 +139,8 @@ class Mailgun:
 
 
 async def answered(handler: Handler, request: Request, domain: str) -> Response:
-    """The handler's answer, or its refusal in Mailgun's shape."""
+    """The handler's answer, or its refusal in Mailgun's shape (a bug too: logged, and
+    answered 500 in JSON, never a text/plain page)."""
     try:
         return await handler(request, domain)
     except Refused as refused:
@@ -130,10 +151,15 @@ async def answered(handler: Handler, request: Request, domain: str) -> Response:
         return refusal_response(
             Refused(503, "Storage unavailable; retry later", {"Retry-After": "5"})
         )
+    except Exception:
+        log.exception("mailgun: %s %s failed", request.method, request.url.path)
+        return refusal_response(Refused(500, "Internal error"))
 
 
-def refusal_response(refused: Refused) -> JSONResponse:
-    return JSONResponse({"message": refused.message}, refused.status, refused.headers)
+def refusal_response(refused: Refused) -> Response:
+    """{"message": ...} as ASCII JSON: whatever a message quotes, it can be written."""
+    body = json.dumps({"message": refused.message})
+    return Response(body, refused.status, refused.headers, media_type="application/json")
 
 
 def from_api_error(err: ApiError, domain: str) -> Refused:
@@ -175,53 +201,57 @@ def api_password(header: str | None) -> str | None:
 
 
 def sending_domain(domain: str) -> str:
-    """The URL's {domain} in A-labels, lower case; 404 when it cannot be a domain."""
-    if "." not in domain or domain_problem(domain) is not None:
+    """The URL's {domain} in A-labels, lower case; 404 when it cannot be a domain name (an
+    address literal such as [127.0.0.1] is not one)."""
+    if "." not in domain or domain.startswith("[") or domain_problem(domain) is not None:
         raise Refused(404, f"Domain not found: {domain[:253]}")
     return ascii_domain(domain).lower()
 
 
-def check_sender(address: str, target: str, param: str) -> None:
-    """The From address is at the URL's domain, a subdomain or a parent of it."""
-    domain = ascii_domain(address.rpartition("@")[2]).lower()
-    if not (domain == target or domain.endswith(f".{target}") or target.endswith(f".{domain}")):
-        raise bad(
-            param,
-            f"is not an address at {target}, the domain in the URL, nor at a subdomain or"
-            " parent of it",
-        )
-
-
-def drafted(one: Outgoing, key: ApiKey, client: Client, target: str) -> Submission:
+def drafted(one: Outgoing, key: ApiKey, client: Client) -> Submission:
     """One message's fields validated by mailgate's own model, as a draft submission."""
     try:
         req = m.SendRequest.model_validate(one.request)
     except pydantic.ValidationError as exc:
         raise validation_refusal(exc, one.files) from None
-    check_sender(mailbox(req.from_)[1], target, "from")
     return draft_submission(req, key, client, req.subject, one.in_reply_to, one.references)
 
 
-def mime_submission(mime: Mime, key: ApiKey, client: Client, target: str) -> Submission:
-    """The MIME as given (send.py's raw rules: Bcc removed, one From), its From address
-    the envelope sender, `to` the envelope recipients."""
+def mime_submission(mime: Mime, key: ApiKey, client: Client) -> tuple[Submission, list[str]]:
+    """The MIME as given (send.py's raw rules: Bcc removed, one From), its first From
+    address the envelope sender, `to` the envelope recipients; and every From address."""
     raw = raw_submission(mime.raw, "", [], key, client)
     assert isinstance(raw.content, bytes)
-    sender = next((a for _, a in getaddresses([header_value(raw.content, b"from")]) if a), "")
-    fields = {"from": sender, "to": mime.to, **mime.options}
+    senders = from_addresses(raw.content)
+    fields = {"from": senders[0] if senders else "", "to": mime.to, **mime.options}
     try:
         req = m.SendRequest.model_validate(fields)  # mailgate's rules for the envelope too
     except pydantic.ValidationError as exc:
         raise validation_refusal(exc, (), sender="message") from None
-    check_sender(sender, target, "message")
-    return dataclasses.replace(
+    sub = dataclasses.replace(
         raw,
-        sender=sender,
+        sender=mailbox(req.from_)[1],
         recipients=tuple(dict.fromkeys(mailbox(to)[1] for to in req.to)),
         tags=tuple(req.tags),
         metadata=dict(req.metadata),
         scheduled_at=req.scheduled_at.timestamp() if req.scheduled_at else None,
     )
+    return sub, senders
+
+
+def from_addresses(raw: bytes) -> list[str]:
+    """Every address in the message's From header (raw_submission made sure there is one
+    From). The originator headers must be UTF-8: read with replacement characters, a
+    sender would be another address than the one written."""
+    fields, _ = header_fields(raw)
+    for f in fields:
+        if f.name in ORIGINATORS:
+            try:
+                f.raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad("message", f"has a {f.name.title()} header that is not UTF-8") from None
+    value = next(f.value for f in fields if f.name == "from")
+    return [a for _, a in getaddresses([value]) if a]
 
 
 def validation_refusal(
@@ -232,15 +262,23 @@ def validation_refusal(
     loc = tuple(first["loc"])
     param = param_of(loc, files, sender)
     msg = str(first["msg"]).removeprefix("Value error, ")
-    if param in ("from", "to", "cc", "bcc", "h:Reply-To") and len(loc) <= 2:
+    is_list = first["type"] == "too_long"  # too many addresses, not a wrong one
+    if param in ("from", "to", "cc", "bcc", "h:Reply-To") and len(loc) <= 2 and not is_list:
         return bad(param, f"is not a valid address: {msg}")
     detail = f" ({loc[2]})" if loc[:1] == ("attachments",) and len(loc) > 2 else ""
     return bad(param, f"is invalid{detail}: {msg}")
 
 
 def router(send: Send, store: Store) -> APIRouter:
-    mailgun = Mailgun(send)
+    mailgun = Mailgun(send, store)
     r = APIRouter(include_in_schema=False)
     r.add_api_route("/v3/{domain}/messages", mailgun.messages, methods=["POST"])
     r.add_api_route("/v3/{domain}/messages.mime", mailgun.mime, methods=["POST"])
+    others = ["GET", "PUT", "PATCH", "DELETE"]  # Mailgun's 405, not FastAPI's {"detail"}
+    r.add_api_route("/v3/{domain}/messages", not_allowed, methods=others)
+    r.add_api_route("/v3/{domain}/messages.mime", not_allowed, methods=others)
     return r
+
+
+async def not_allowed(request: Request, domain: str) -> Response:
+    return refusal_response(Refused(405, "Method not allowed", {"Allow": "POST"}))

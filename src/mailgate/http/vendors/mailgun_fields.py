@@ -5,13 +5,15 @@ naming it, never dropped.
 
     from, to, cc, bcc, subject, text, html     the same fields (addresses may be comma-joined)
     attachment, inline (files)                 attachments; an inline one's cid is its filename
+                                               (percent-encoded past RFC 5322's atext)
     h:Reply-To, h:In-Reply-To, h:References    reply_to and the threading headers
-    h:X-Mailgun-Variables (JSON), v:NAME       metadata
-    h:NAME                                     a custom header
+    h:X-Mailgun-Variables (JSON), v:NAME       metadata (a name in both is refused)
+    h:NAME                                     a custom header (names case-insensitive: once)
     o:tag (repeated)                           tags
     o:deliverytime (RFC 2822 date)             scheduled_at
     recipient-variables (JSON)                 one message per `to` recipient, %recipient.NAME%
-                                               replaced in subject, text, html, h: and v: values
+                                               replaced in subject, text, html, h: and v: values;
+                                               every copy counted while it is filled in
     o:testmode yes                             only with a sandbox key (its mail is simulated)
     o:dkim no, o:tracking* / o:require-tls / o:skip-verification yes, templates, amp-html,
     send-time optimisation, IP pools ...       refused: 400 naming the parameter
@@ -27,6 +29,9 @@ import re
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
+
+import pydantic_core
 
 from mailgate.addresses import parse_mailbox
 from mailgate.http.models import RESERVED_HEADERS
@@ -91,7 +96,11 @@ UNSUPPORTED = {
 _TRUE = frozenset({"yes", "true", "1", "on"})
 _FALSE = frozenset({"no", "false", "0", "off", ""})
 _PLACEHOLDER = re.compile(r"%recipient\.([^%\s]{1,100})%")
-_MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,996}>$")
+# "In-Reply-To: " and the id on one line of at most 998 octets (RFC 5322 2.1.1)
+_MESSAGE_ID = re.compile(r"^<[!-;=?-~]{1,983}>$")
+# what a Content-ID may hold as it is (RFC 5322 atext and specials but < > and %, which
+# quote() encodes): an inline file's cid is its filename, percent-encoded past these
+_CID_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "<>%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +165,32 @@ def read_message(form: Form, sandbox: bool, batch_max: int, max_bytes: int) -> l
             f"would make {len(to)} messages of about {size} bytes, over {max_bytes} in all",
         )
     per_recipient = recipient_variables(values["recipient-variables"][0])
+    budget = Budget(max_bytes - size * len(to), len(to), max_bytes)
     return [
-        Outgoing(personalized(request, one, per_recipient), in_reply_to, references, sources)
+        Outgoing(
+            personalized(request, one, per_recipient, budget), in_reply_to, references, sources
+        )
         for one in to
     ]
+
+
+class Budget:
+    """The characters the values filled into recipient-variables copies may still add:
+    counted as each placeholder is replaced, so a small request cannot fill memory
+    (5 recipients x 2000 placeholders x a 10 KB value is 100 MB)."""
+
+    def __init__(self, left: int, copies: int, limit: int) -> None:
+        self.left, self.copies, self.limit = left, copies, limit
+
+    def take(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise bad(
+                "recipient-variables",
+                f"would make {self.copies} messages of over {self.limit} characters in all"
+                " once their %recipient.NAME% placeholders are filled in: send fewer"
+                " recipients a request, or shorter values",
+            )
 
 
 def read_mime(form: Form, sandbox: bool) -> Mime:
@@ -248,15 +279,19 @@ def read_headers(
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     variables: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for key, (value, *_) in values.items():
         if not key.startswith("h:"):
             continue
         name = key[2:]
         lower = name.lower()
+        if lower in seen:  # one header either way: which one would win is a guess
+            raise bad(key, f"names the same header as '{seen[lower]}' (names ignore case)")
+        seen[lower] = key
         if lower == "reply-to":
             reply_to = addresses(key, [value])
         elif lower == "in-reply-to":
-            in_reply_to = message_ids(key, value)[0] if value.strip() else None
+            in_reply_to = one_message_id(key, value) if value.strip() else None
         elif lower == "references":
             references = message_ids(key, value)[-20:]
         elif lower == "x-mailgun-variables":
@@ -271,16 +306,31 @@ def read_headers(
 def message_ids(key: str, value: str) -> tuple[str, ...]:
     ids = tuple(value.split())
     if not ids or not all(_MESSAGE_ID.match(i) for i in ids):
-        raise bad(key, "must hold message ids like <id@example.org>")
+        raise bad(key, "must hold message ids like <id@example.org>, each at most 985 characters")
     return ids
+
+
+def one_message_id(key: str, value: str) -> str:
+    """In-Reply-To: the one message replied to (mailgate writes one id there)."""
+    ids = message_ids(key, value)
+    if len(ids) > 1:
+        raise bad(key, "must hold one message id: put the thread's others in h:References")
+    return ids[0]
+
+
+def loads(param: str, value: str) -> Any:
+    """JSON text as Python, or 400 naming the parameter. pydantic's parser, which refuses
+    what UTF-8 cannot carry (a lone surrogate escape, "\\ud800"): json.loads keeps it,
+    and stored it breaks every read that writes the message back as JSON."""
+    try:
+        return pydantic_core.from_json(value)
+    except ValueError as exc:
+        raise bad(param, f"is not valid JSON: {exc}") from None
 
 
 def json_variables(param: str, value: str) -> dict[str, str]:
     """A JSON object of variables, its values as text (JSON for non-strings)."""
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):
-        parsed = None
+    parsed = loads(param, value)
     if not isinstance(parsed, dict):
         raise bad(param, "must be a JSON object")
     return {str(k): text_of(v) for k, v in parsed.items()}
@@ -313,6 +363,8 @@ def read_options(
         if key.startswith("v:"):
             if len(key) == 2:
                 raise bad(key, "needs a variable name after v:")
+            if key[2:] in variables:
+                raise bad(key, "is also in h:X-Mailgun-Variables: give each variable once")
             metadata[key[2:]] = value
     options: dict[str, Any] = {"tags": values.get("o:tag", []), "metadata": metadata}
     if "o:deliverytime" in values:
@@ -355,29 +407,35 @@ def read_attachments(files: list[File]) -> tuple[list[dict[str, Any]], tuple[str
             {
                 "filename": f.filename,
                 "content": base64.b64encode(f.data).decode("ascii"),
-                "content_type": (f.content_type or guessed).split(";")[0].strip().lower(),
-                "content_id": f.filename if inline else None,  # html refers to cid:<filename>
+                "content_type": media_type(f.content_type or guessed),
+                # html refers to cid:<filename>, as a URL: "my logo.png" is my%20logo.png
+                "content_id": quote(f.filename, safe=_CID_SAFE) if inline else None,
                 "disposition": "inline" if inline else "attachment",
             }
         )
     return attachments, tuple(f.name for f in files)
 
 
+def media_type(content_type: str) -> str:
+    """A part's Content-Type: type/subtype in lower case, its parameters (charset) kept."""
+    main, _, params = content_type.partition(";")
+    params = params.strip()
+    return main.strip().lower() + (f"; {params}" if params else "")
+
+
 def recipient_variables(value: str) -> dict[str, dict[str, Any]]:
     """{address: {name: value}}, the addresses in lower case."""
-    try:
-        parsed = json.loads(value)
-    except (ValueError, RecursionError):
-        parsed = None
+    parsed = loads("recipient-variables", value)
     if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
         raise bad("recipient-variables", "must be a JSON object of objects, one per address")
     return {str(k).strip().lower(): v for k, v in parsed.items()}
 
 
 def personalized(
-    request: dict[str, Any], to: str, per_recipient: dict[str, dict[str, Any]]
+    request: dict[str, Any], to: str, per_recipient: dict[str, dict[str, Any]], budget: Budget
 ) -> dict[str, Any]:
-    """The request for one `to` recipient, its %recipient.NAME% placeholders replaced."""
+    """The request for one `to` recipient, its %recipient.NAME% placeholders replaced,
+    each value taken from the budget as it goes in."""
     parsed = parse_mailbox(to)
     if isinstance(parsed, str):
         raise bad("to", f"is not a valid address: {parsed}")
@@ -390,7 +448,9 @@ def personalized(
                 "recipient-variables",
                 f"has no '{match[1]}' for {address} (used as %recipient.{match[1]}%)",
             )
-        return text_of(variables[match[1]])
+        filled = text_of(variables[match[1]])
+        budget.take(len(filled))
+        return filled
 
     def fill(text: str | None) -> str | None:
         return None if text is None else _PLACEHOLDER.sub(value, text)

@@ -34,7 +34,7 @@ from mailgate.http.messages import visible_message
 from mailgate.http.send import Send, client_of
 from mailgate.http.vendors import postmark_request as pm
 from mailgate.http.vendors.postmark_details import details
-from mailgate.ingress.accept import Client, Submission
+from mailgate.ingress.accept import Client, IdempotencyRequest, Submission
 from mailgate.models import ApiKey, NewMessage, Scope
 from mailgate.parsed import ParseError, describe
 from mailgate.store import Store
@@ -52,9 +52,7 @@ class Postmark:
         self.send, self.store = send, store
 
     async def email(self, request: Request) -> Response:
-        key, body, idem, replay = await self.send.begin(
-            request, JSON_TYPES, token_of(request), status=200
-        )
+        key, body, idem, replay = await self._begin(request)
         if replay is not None:
             return replay
         data = load_json(body)
@@ -70,9 +68,7 @@ class Postmark:
         return await self.send.commit([prepared], json.dumps(answer), idem, status=200)
 
     async def batch(self, request: Request) -> Response:
-        key, body, idem, replay = await self.send.begin(
-            request, JSON_TYPES, token_of(request), status=200
-        )
+        key, body, idem, replay = await self._begin(request)
         if replay is not None:
             return replay
         data = load_json(body)
@@ -106,7 +102,11 @@ class Postmark:
         return await self.send.commit(commit, answer, idem, status=200)
 
     async def message_details(self, request: Request) -> Response:
-        key = await self.send.auth.key_for(request, Scope.READ, token_of(request))
+        token = token_of(request)
+        try:
+            key = await self.send.auth.key_for(request, Scope.READ, token)
+        except ApiError as err:
+            raise missing_token(err, token) from None
         message_id = request.path_params["message_id"]
         if not MESSAGE_ID.match(message_id):
             raise ApiError(404, "not_found", f"No message {message_id[:100]}")
@@ -119,6 +119,17 @@ class Postmark:
             if raw is not None:  # a big message takes a while to parse: not on the loop
                 view = await asyncio.to_thread(describe, raw)
         return JSONResponse(details(message, recipients, events, view, time.time()))
+
+    async def _begin(
+        self, request: Request
+    ) -> tuple[ApiKey, bytes, IdempotencyRequest | None, Response | None]:
+        """Send.begin with the key from X-Postmark-Server-Token (and the draining check
+        first, as everywhere: 503 while draining, then 401 without a token)."""
+        token = token_of(request)
+        try:
+            return await self.send.begin(request, JSON_TYPES, token, status=200)
+        except ApiError as err:
+            raise missing_token(err, token) from None
 
     async def _submission(
         self, item: dict[str, Any], key: ApiKey, client: Client
@@ -156,13 +167,18 @@ def accepted(to: str, message: NewMessage) -> dict[str, Any]:
 
 def token_of(request: Request) -> str:
     """The Postmark server token; "" when absent (never Authorization's: these routes
-    take the key where Postmark's SDKs put it)."""
-    token = request.headers.get(TOKEN, "").strip()
-    if not token:
-        raise ApiError(
+    take the key where Postmark's SDKs put it), which Auth answers 401 once it has
+    answered 503 while draining."""
+    return request.headers.get(TOKEN, "").strip()
+
+
+def missing_token(err: ApiError, token: str) -> ApiError:
+    """Auth's 401 for no key, told where Postmark's key goes."""
+    if err.status == 401 and not token:
+        return ApiError(
             401, "unauthorized", "Missing API key: send it in the X-Postmark-Server-Token header"
         )
-    return token
+    return err
 
 
 def load_json(body: bytes) -> Any:
@@ -190,9 +206,11 @@ def answered(handler: Handler) -> Handler:
     return answer
 
 
-def error_response(e: ApiError) -> JSONResponse:
+def error_response(e: ApiError) -> Response:
+    """Postmark's error as ASCII JSON: whatever its message quotes, it can be written."""
     retry = {"Retry-After": e.headers["Retry-After"]} if "Retry-After" in e.headers else None
-    return JSONResponse(pm.error_body(e), status_code=pm.postmark_codes(e)[0], headers=retry)
+    body = json.dumps(pm.error_body(e))
+    return Response(body, pm.postmark_codes(e)[0], retry, media_type="application/json")
 
 
 def router(send: Send, store: Store) -> APIRouter:

@@ -8,9 +8,10 @@
     GET  /v3/messages/{msg_id}      Email Activity's view of a message (sendgrid_read.py)
 
 A send is answered 202 with an empty body and `X-Message-Id`: the first
-personalization's message id; `X-Mailgate-Message-Ids` lists every personalization's
-message, in order. Errors are SendGrid's {"errors": [{"message", "field", "help"}]}, the
-field in SendGrid's names, every refused field listed.
+personalization's message id; `X-Mailgate-Message-Ids` lists the first 50
+personalizations' messages, in order, and `X-Mailgate-Message-Count` counts them all.
+Errors are SendGrid's {"errors": [{"message", "field", "help"}]}, the field in SendGrid's
+names, every refused field listed; a bug is a logged 500 in the same shape.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import logging
 import re
 import secrets
 import time
@@ -40,6 +42,7 @@ from mailgate.http.vendors.sendgrid_body import (
     BATCH_TAG,
     Refused,
     SgMail,
+    address_problems,
     bodies,
     door_field,
     model_problems,
@@ -49,6 +52,7 @@ from mailgate.http.vendors.sendgrid_body import (
     request_fields,
     sandboxed,
     shape_problems,
+    shared_addresses,
     shared_fields,
     unsupported,
 )
@@ -57,8 +61,13 @@ from mailgate.ingress.accept import Client, Submission
 from mailgate.models import ApiKey, MessageQuery, NewMessage, Scope
 from mailgate.store import Store
 
+log = logging.getLogger("mailgate.http")
 JSON_TYPES = ("application/json",)
-MESSAGE_IDS = "X-Mailgate-Message-Ids"  # every personalization's message id, in order
+MESSAGE_IDS = "X-Mailgate-Message-Ids"  # the personalizations' message ids, in order
+MESSAGE_COUNT = "X-Mailgate-Message-Count"  # how many messages the request made
+# ids in MESSAGE_IDS at most: 500 of them are 14 KB, past the 4-8 KB of response headers
+# proxies buffer (nginx answers 502 after the commit); 50 are 1.4 KB
+MESSAGE_IDS_MAX = 50
 BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_ERRORS = 20  # refusals listed in one answer
 YIELD_EVERY = 16  # personalizations translated between turns of the event loop
@@ -66,13 +75,14 @@ CANCEL_PAGE = 500
 P = ParamSpec("P")
 
 
-def errors_answer(errors: list[ApiError]) -> JSONResponse:
+def errors_answer(errors: list[ApiError]) -> Response:
     """SendGrid's error body; the status of the first error (mailgate's 422 is SendGrid's
     400), with its headers (Retry-After, WWW-Authenticate)."""
     first = errors[0]
     status = 400 if first.status == 422 else first.status
     body = {"errors": [{"message": e.message, "field": e.field, "help": None} for e in errors]}
-    return JSONResponse(body, status_code=status, headers=first.headers)
+    # ASCII JSON: whatever a message quotes, it can be written
+    return Response(json.dumps(body), status, first.headers, media_type="application/json")
 
 
 def answered(
@@ -90,16 +100,25 @@ def answered(
             return errors_answer([err])
         except StoreError:  # the store could not read or commit: retry later
             return errors_answer([unavailable()])
+        except Exception:  # a bug: say so in SendGrid's JSON, keep the details for the log
+            log.exception("sendgrid: %s failed", handler.__name__)
+            return errors_answer([ApiError(500, "internal", "Internal error")])
 
     return run
 
 
-def accepted(stored: bytes | memoryview) -> Response:
+def accepted(stored: bytes | memoryview, replayed: bool = False) -> Response:
     """The answer to a committed send (or its idempotent repeat): no body, the ids in
     headers. `stored` is what the commit recorded: {"ids", "status"}."""
     record = json.loads(bytes(stored))
     ids: list[str] = record["ids"]
-    headers = {"X-Message-Id": ids[0], MESSAGE_IDS: ", ".join(ids)}
+    headers = {
+        "X-Message-Id": ids[0],
+        MESSAGE_IDS: ", ".join(ids[:MESSAGE_IDS_MAX]),
+        MESSAGE_COUNT: str(len(ids)),
+    }
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(status_code=record["status"], headers=headers)
 
 
@@ -125,13 +144,13 @@ class SendGrid:
     @answered
     async def mail_send(self, request: Request) -> Response:
         key, body, idem, replay = await self.send.begin(request, JSON_TYPES)
-        if replay is not None:
-            return accepted(replay.body)
-        if request.headers.get("on-behalf-of"):
+        if request.headers.get("on-behalf-of"):  # before a replay: it changes the request
             raise problem("mailgate has no subusers: use that account's own key", "On-Behalf-Of")
+        if replay is not None:
+            return accepted(replay.body, replayed=True)
         mail = parse(body)
         self._check_size(mail)
-        refused = unsupported(mail) + bodies(mail)[1]
+        refused = unsupported(mail) + bodies(mail)[1] + address_problems(shared_addresses(mail))
         if refused:
             raise Refused(unique(refused))
         items = await self._submissions(mail, key, client_of(request))
@@ -145,19 +164,32 @@ class SendGrid:
         status = 200 if sandboxed(mail) else 202  # SendGrid's sandbox answers 200
         stored = json.dumps({"ids": [x.id for x in messages], "status": status})
         answer = await self.send.commit(messages, stored, idem, status)
-        return accepted(answer.body)
+        return accepted(answer.body, "idempotent-replayed" in answer.headers)
 
     def _check_size(self, mail: SgMail) -> None:
-        limit = self.send.cfg.batch_max
-        if len(mail.personalizations) > limit:
-            raise problem(f"At most {limit} personalizations a request", "personalizations")
-        most = self.send.cfg.max_body_bytes
-        if multiplied_size(mail) > most:
+        """http.batch_max personalizations; accept.max_recipients addresses each, as
+        given (the door's cap on the envelope, checked here before any address is parsed);
+        and the copies of the shared fields within http.max_body_bytes."""
+        cfg = self.send.cfg
+        if len(mail.personalizations) > cfg.batch_max:
+            raise problem(
+                f"At most {cfg.batch_max} personalizations a request (http.batch_max)",
+                "personalizations",
+            )
+        for n, p in enumerate(mail.personalizations):
+            if len(p.to) + len(p.cc) + len(p.bcc) > cfg.max_recipients:
+                raise problem(
+                    f"At most {cfg.max_recipients} recipients a personalization"
+                    " (accept.max_recipients)",
+                    f"personalizations.{n}.to",
+                )
+        if multiplied_size(mail) > cfg.max_body_bytes:
             raise ApiError(
                 413,
                 "too_large",
-                f"Content and attachments, copied into each personalization's message, come"
-                f" to over {most} bytes: send fewer personalizations a request",
+                "Content, attachments, headers and the other shared fields, copied into each"
+                f" personalization's message, come to over {cfg.max_body_bytes} bytes: send"
+                " fewer personalizations a request",
                 "personalizations",
             )
 

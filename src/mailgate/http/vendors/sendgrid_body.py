@@ -5,7 +5,8 @@ SendGrid's. Pure: no I/O, no door.
 
 Each personalization is its own message: its to/cc/bcc, and its subject, from, headers,
 custom_args and send_at over the top-level ones; content, attachments, reply_to and
-categories are shared.
+categories are shared. What is shared is counted once a personalization (each message
+gets its own copy: `multiplied_size`) and its addresses are checked once a request.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
 
 from mailgate.addresses import address_problem
 from mailgate.http.errors import ApiError
+from mailgate.http.models import MAX_REPLY_TO
 
 BATCH_TAG = "sendgrid-batch:"  # + batch_id: the tag a scheduled-send cancel looks up
+# personalizations a request at most: the largest http.batch_max the config takes (the
+# configured one is checked next, naming it); recipients a personalization: the door's
+# accept.max_recipients, checked before any address is parsed (sendgrid.py)
+MAX_PERSONALIZATIONS = 10_000
 MAX_SEND_AT = 253402300799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 
 StrictInt = Annotated[int, Strict()]
@@ -56,9 +62,9 @@ class Toggle(BaseModel):
 
 
 class SgPersonalization(_Shape):
-    to: list[SgEmail] = Field(default_factory=list, max_length=1000)
-    cc: list[SgEmail] = Field(default_factory=list, max_length=1000)
-    bcc: list[SgEmail] = Field(default_factory=list, max_length=1000)
+    to: list[SgEmail] = Field(default_factory=list)
+    cc: list[SgEmail] = Field(default_factory=list)
+    bcc: list[SgEmail] = Field(default_factory=list)
     from_: SgEmail | None = Field(None, alias="from")
     subject: str | None = None
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
@@ -71,10 +77,10 @@ class SgPersonalization(_Shape):
 class SgMail(_Shape):
     """POST /v3/mail/send. Unknown keys are refused (never silently dropped)."""
 
-    personalizations: list[SgPersonalization] = Field(min_length=1, max_length=1000)
+    personalizations: list[SgPersonalization] = Field(min_length=1, max_length=MAX_PERSONALIZATIONS)
     from_: SgEmail = Field(alias="from")
     reply_to: SgEmail | None = None
-    reply_to_list: list[SgEmail] = Field(default_factory=list, max_length=1000)
+    reply_to_list: list[SgEmail] = Field(default_factory=list, max_length=MAX_REPLY_TO)
     subject: str | None = None
     content: list[SgContent] = Field(default_factory=list, max_length=10)
     # mailgate's own caps, early: each is copied into every personalization's message
@@ -202,11 +208,29 @@ def unsupported(mail: SgMail) -> list[ApiError]:
 
 
 def multiplied_size(mail: SgMail) -> int:
-    """The characters of content and attachments summed over every personalization's
-    message: each gets its own copy, so a small body can ask for a lot of memory."""
+    """The characters of every personalization's message: the shared fields (content,
+    attachments, headers, custom_args, categories, subject, from, reply-to) once for
+    each, as each message gets its own copy, so a small body can ask for a lot of
+    memory; and each personalization's own fields."""
     shared = sum(len(c.value) for c in mail.content)
-    shared += sum(len(a.content) for a in mail.attachments)
-    return shared * len(mail.personalizations)
+    shared += sum(len(a.content) + len(a.filename) for a in mail.attachments)
+    shared += texts_size(mail.headers) + texts_size(mail.custom_args)
+    shared += sum(map(len, mail.categories)) + len(mail.subject or "")
+    shared += sum(map(email_size, (mail.from_, *filter(None, [mail.reply_to]))))
+    shared += sum(map(email_size, mail.reply_to_list))
+    own = 0
+    for p in mail.personalizations:
+        own += texts_size(p.headers) + texts_size(p.custom_args) + len(p.subject or "")
+        own += sum(map(email_size, (*p.to, *p.cc, *p.bcc, *filter(None, [p.from_]))))
+    return shared * len(mail.personalizations) + own
+
+
+def texts_size(texts: dict[str, str]) -> int:
+    return sum(len(k) + len(v) for k, v in texts.items())
+
+
+def email_size(e: SgEmail) -> int:
+    return len(e.email) + len(e.name or "")
 
 
 def sandboxed(mail: SgMail) -> bool:
@@ -230,16 +254,31 @@ def mailbox(e: SgEmail) -> str:
 
 
 def addresses(mail: SgMail, n: int) -> list[tuple[str, SgEmail]]:
-    """(SendGrid field, email object) of every address personalization n uses."""
+    """(SendGrid field, email object) of every address of personalization n's own (the
+    shared ones are `shared_addresses`)."""
     p = mail.personalizations[n]
     here = f"personalizations.{n}"
-    found = [(f"{here}.from" if p.from_ else "from", p.from_ or mail.from_)]
+    found = [(f"{here}.from", p.from_)] if p.from_ else []
     for kind in ("to", "cc", "bcc"):
         found += [(f"{here}.{kind}.{i}", e) for i, e in enumerate(getattr(p, kind))]
+    return found
+
+
+def shared_addresses(mail: SgMail) -> list[tuple[str, SgEmail]]:
+    """(SendGrid field, email object) of the addresses personalizations share: the
+    top-level from (when one uses it), reply_to or reply_to_list."""
+    found = [("from", mail.from_)] if any(not p.from_ for p in mail.personalizations) else []
     if mail.reply_to is not None:
         found.append(("reply_to", mail.reply_to))
-    found += [(f"reply_to_list.{i}", e) for i, e in enumerate(mail.reply_to_list)]
-    return found
+    return found + [(f"reply_to_list.{i}", e) for i, e in enumerate(mail.reply_to_list)]
+
+
+def address_problems(found: list[tuple[str, SgEmail]]) -> list[ApiError]:
+    return [
+        problem(f"Invalid email address {e.email[:80]!r}: {why}", f"{field}.email")
+        for field, e in found
+        if (why := address_problem(e.email)) is not None
+    ]
 
 
 def bodies(mail: SgMail) -> tuple[dict[str, str], list[ApiError]]:
@@ -309,11 +348,7 @@ def request_fields(
     model next), or the SendGrid fields at fault."""
     p = mail.personalizations[n]
     here = f"personalizations.{n}"
-    errors = [
-        problem(f"Invalid email address {e.email[:80]!r}: {why}", f"{field}.email")
-        for field, e in addresses(mail, n)
-        if (why := address_problem(e.email)) is not None
-    ]
+    errors = address_problems(addresses(mail, n))
     own = p.send_at is not None
     scheduled = schedule(
         p.send_at if own else mail.send_at, f"{here}.send_at" if own else "send_at"
