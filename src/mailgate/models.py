@@ -332,6 +332,8 @@ class MessageQuery:
     api_key_id: str | None = None  # None: every key's messages (admin)
     cursor: str | None = None
     limit: int = 50
+    sender: str | None = None  # the envelope sender, exactly
+    subject: str | None = None  # a part of the subject, in any case
 
 
 def domain_of(address: str) -> str:

@@ -8,6 +8,7 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
     webhooks.py  /v1/webhooks: endpoints events are sent to, their secrets
     health.py    /healthz, /readyz, /metrics
     vendors/     Resend, Postmark, SendGrid and Mailgun's send routes, for their SDKs
+    ../ui/       /ui, the dashboard (its own Starlette app), and /docs without a CDN
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from mailgate.ingress.accept import Door
 from mailgate.lifecycle import Lifecycle
 from mailgate.metrics import Metrics
 from mailgate.store import Store
+from mailgate.ui.apidocs import add_docs
+from mailgate.ui.routes import dashboard
 
 log = logging.getLogger("mailgate.http")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -86,6 +89,8 @@ def create_api(api: Api) -> Direct:
         title="mailgate",
         version="0.1.0",
         description="Send mail with one HTTP request; every 202 means committed to disk.",
+        docs_url=None,  # ours below: Swagger UI from mailgate's own copy, not a CDN
+        redoc_url=None,  # ReDoc would load from a CDN too
     )
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:
@@ -113,6 +118,10 @@ def create_api(api: Api) -> Direct:
     vendor_routers = vendors.routers(sends, api.store)
     for router in vendor_routers:
         app.include_router(router)
+    add_docs(app)
+    # the dashboard; its sessions sealed with the server's secret box (the domains')
+    box = api.domains.box if api.domains is not None else None
+    app.mount("/ui", dashboard(api.store, api.auth, api.lifecycle, box))
     with_bodies(app)
     app.add_middleware(Timing, histogram=api.metrics.latency)
     hot: dict[tuple[str, str], Handler] = {

@@ -6,6 +6,7 @@ webhook endpoints are disabled in the same transaction."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter
@@ -38,6 +39,30 @@ def key_out(key: ApiKey, secret: str | None = None) -> m.KeyOut:
     )
 
 
+def new_key_problem(
+    scopes: Sequence[Scope], sandbox: bool, sender_domains: Sequence[str]
+) -> tuple[str, str] | None:
+    """Why a key cannot be made so: (the problem, the field at fault), or None. The
+    API's create and the dashboard's ask this."""
+    problem = keys.sandbox_problem(scopes, sandbox)
+    if problem is not None:
+        return problem, "scopes"
+    for i, domain in enumerate(sender_domains):
+        problem = domain_problem(domain.strip().lower())
+        if problem is not None or domain.strip().startswith("["):
+            return problem or "Not a domain", f"sender_domains[{i}]"
+    return None
+
+
+async def revoke(auth: Auth, store: Store, key_id: str) -> bool:
+    """Revoke an active key (False: no such active key) and forget it in this process
+    at once (the API's revoke and the dashboard's)."""
+    if not await store.revoke_key(key_id, time.time()):
+        return False
+    auth.forget(key_id)
+    return True
+
+
 class Keys:
     def __init__(self, auth: Auth, store: Store) -> None:
         self.auth, self.store = auth, store
@@ -46,13 +71,9 @@ class Keys:
         await self.auth.key_for(request, Scope.ADMIN)
         body, _ = await read_body(request, JSON_TYPES, 8192)
         req = parse_json(m.KeyRequest, body)
-        problem = keys.sandbox_problem(req.scopes, req.sandbox)
+        problem = new_key_problem(req.scopes, req.sandbox, req.sender_domains)
         if problem is not None:
-            raise invalid(problem, "scopes")
-        for i, domain in enumerate(req.sender_domains):
-            problem = domain_problem(domain.strip().lower())
-            if problem is not None or domain.strip().startswith("["):
-                raise invalid(problem or "Not a domain", f"sender_domains[{i}]")
+            raise invalid(*problem)
         key, secret = await keys.create_key(
             self.store, req.name, req.scopes, req.sender_domains, req.sandbox
         )
@@ -64,9 +85,8 @@ class Keys:
 
     async def revoke(self, request: Request, key_id: str) -> dict[str, Any]:
         await self.auth.key_for(request, Scope.ADMIN)
-        if not await self.store.revoke_key(key_id, time.time()):
+        if not await revoke(self.auth, self.store, key_id):
             raise ApiError(404, "not_found", f"No active key {key_id}", "key_id")
-        self.auth.forget(key_id)
         return {"id": key_id, "revoked": True}
 
 

@@ -27,9 +27,10 @@ from mailgate.models import (
     Suppression,
     Webhook,
     WebhookAttempt,
+    new_id,
 )
 from mailgate.store import queries, queue
-from mailgate.store.protocols import Compaction, Dsn, Tx
+from mailgate.store.protocols import Compaction, Dsn, MessagePage, Tx
 from mailgate.store.rows import event_from_row
 
 T = TypeVar("T")
@@ -73,6 +74,8 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "purge_messages": queue.purge_messages,
     "purge_webhook_deliveries": queue.purge_webhook_deliveries,
     "purge_idempotency": queue.purge_idempotency,
+    "purge_finished": queue.purge_finished,
+    "purge_finished_bodies": queue.purge_finished_bodies,
 }
 
 
@@ -300,6 +303,53 @@ class EngineStore:
     async def purge_idempotency(self, now: float, limit: int) -> int:
         return cast("int", await self._change("purge_idempotency", now, limit))
 
+    async def purge_finished(self, cutoff: float, after: str, limit: int) -> tuple[int, str, float]:
+        return cast(
+            "tuple[int, str, float]", await self._change("purge_finished", cutoff, after, limit)
+        )
+
+    async def purge_finished_bodies(
+        self, cutoff: float, after: str, limit: int, now: float
+    ) -> tuple[int, str, float]:
+        return cast(
+            "tuple[int, str, float]",
+            await self._change("purge_finished_bodies", cutoff, after, limit, now),
+        )
+
+    async def purgeable_messages(self, cutoff: float, after: str, limit: int) -> tuple[int, str]:
+        """`purge --dry-run`: the batch purge_finished would take, only read."""
+        rows = await self._read(
+            lambda tx: tx.fetch(
+                "purgeable_messages", after, new_id(cutoff, floor=True), cutoff, limit
+            )
+        )
+        return len(rows), str(rows[-1][0]) if rows else after
+
+    async def purgeable_bodies(
+        self, cutoff: float, rows_cutoff: float, after: str, limit: int
+    ) -> tuple[int, str]:
+        """`purge --dry-run`: the batch purge_finished_bodies would take once the rows'
+        step (cutoff `rows_cutoff`) has run, only read."""
+        rows = await self._read(
+            lambda tx: tx.fetch(
+                "body_purgeable_staying",
+                after,
+                new_id(cutoff, floor=True),
+                cutoff,
+                rows_cutoff,
+                limit,
+            )
+        )
+        return len(rows), str(rows[-1][0]) if rows else after
+
+    async def purgeable_webhook_rows(self, cutoff: float) -> int:
+        row = await self._read(lambda tx: tx.fetchrow("count_purgeable_webhooks", cutoff, cutoff))
+        return int(row[0]) + int(row[1]) if row else 0
+
+    async def expired_idempotency(self, now: float) -> int:
+        row = await self._read(lambda tx: tx.fetchrow("count_expired_idempotency", now))
+        return int(row[0]) if row else 0
+
     async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
         """Nothing to compact: this backend keeps bodies in their rows."""
         return Compaction()
@@ -315,3 +365,14 @@ class EngineStore:
         return [
             (str(r[0]), float(r[1])) for r in await self._read(lambda tx: tx.fetch("nodes_seen"))
         ]
+
+    # -- the dashboard (src/mailgate/ui/) ---------------------------------------------
+    async def search_messages(self, query: MessageQuery, budget: int) -> MessagePage:
+        return await self._read(lambda tx: queries.search_messages(tx, query, budget))
+
+    async def waiting_routes(self, limit: int) -> list[tuple[str, int]]:
+        rows = await self._read(lambda tx: tx.fetch("waiting_routes", limit))
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    async def waiting_at(self, route: str, limit: int) -> list[Recipient]:
+        return await self._read(lambda tx: queries.waiting_at(tx, route, limit))

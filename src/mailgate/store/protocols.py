@@ -53,6 +53,15 @@ class Compaction:
     busy: bool = False  # skipped: a backup (or another compaction) holds the lock
 
 
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """A page of a message search (Store.search_messages)."""
+
+    messages: list[Message]
+    next_cursor: str | None  # the next page's cursor; None: nothing older matches
+    searched_to: str | None = None  # the page ran out of budget: looked back to this id
+
+
 class BodyMoved(Exception):
     """Tx.body: the segment a row named is gone, because compaction moved the body and
     removed the segment between the row's read and the file's: read the row again."""
@@ -297,6 +306,38 @@ class Store(Protocol):
         """Delete up to `limit` idempotency records expired before `now`; how many."""
         ...
 
+    async def purge_finished(self, cutoff: float, after: str, limit: int) -> tuple[int, str, float]:
+        """purge_messages, one statement per table for the whole batch (what retention
+        runs); also the seconds its statements held the transaction (the write turn, on
+        SQLite), which sizes the next batch."""
+        ...
+
+    async def purge_finished_bodies(
+        self, cutoff: float, after: str, limit: int, now: float
+    ) -> tuple[int, str, float]:
+        """purge_bodies, one statement for the whole batch (what retention runs); also the
+        seconds its statements took, as purge_finished."""
+        ...
+
+    async def purgeable_messages(self, cutoff: float, after: str, limit: int) -> tuple[int, str]:
+        """Read only: how many of the batch purge_finished would delete, and its last id."""
+        ...
+
+    async def purgeable_bodies(
+        self, cutoff: float, rows_cutoff: float, after: str, limit: int
+    ) -> tuple[int, str]:
+        """Read only: how many of the batch purge_finished_bodies would purge once the
+        messages older than `rows_cutoff` are gone, and its last id."""
+        ...
+
+    async def purgeable_webhook_rows(self, cutoff: float) -> int:
+        """Read only: settled webhook delivery rows and attempt lines older than `cutoff`."""
+        ...
+
+    async def expired_idempotency(self, now: float) -> int:
+        """Read only: idempotency records expired before `now`."""
+        ...
+
     async def compact_bodies(self, live_ratio: float, batch: int) -> Compaction:
         """SQLite: remove body segments with no live body; copy the live bodies of those
         below `live_ratio` live bytes into a new segment, repoint their rows (`batch` per
@@ -308,6 +349,21 @@ class Store(Protocol):
         ...
 
     async def nodes_seen(self) -> list[tuple[str, float]]: ...
+
+    # the dashboard (src/mailgate/ui/) -----------------------------------------------
+    async def search_messages(self, query: MessageQuery, budget: int) -> MessagePage:
+        """list_messages for people: at most about `budget` candidates read per page
+        (queries.search_messages), so every page is quick whatever the store holds."""
+        ...
+
+    async def waiting_routes(self, limit: int) -> list[tuple[str, int]]:
+        """(route, recipients waiting), most first: waiting_by_domain without the counts
+        that need each row read, so it stays quick with a big backlog."""
+        ...
+
+    async def waiting_at(self, route: str, limit: int) -> list[Recipient]:
+        """One route's queued and deferred recipients, soonest due first."""
+        ...
 
 
 class Tx(Protocol):

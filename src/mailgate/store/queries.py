@@ -21,7 +21,7 @@ from mailgate.models import (
     Webhook,
     new_id,
 )
-from mailgate.store.protocols import BodyMoved, Row, Tx
+from mailgate.store.protocols import BodyMoved, MessagePage, Row, Tx
 from mailgate.store.rows import (
     MESSAGE_COLUMNS,
     domain_from_row,
@@ -116,6 +116,10 @@ def list_sql(query: MessageQuery) -> tuple[str, list[Any]]:
             "EXISTS (SELECT 1 FROM message_tags t WHERE t.message_id = m.id AND t.tag = ?)",
             query.tag,
         )
+    if query.sender is not None:
+        add("m.sender = ?", query.sender)
+    if query.subject is not None:
+        add("lower(m.subject) LIKE ? ESCAPE '\\'", contains_pattern(query.subject))
     if query.status is not None or query.recipient is not None:
         sub = "SELECT 1 FROM recipients r WHERE r.message_id = m.id"
         if query.status is not None:
@@ -237,3 +241,111 @@ async def list_suppressions(
         "list_suppressions", after, after, scope, prefix, len(prefix), prefix, reason, reason, limit
     )
     return [Suppression(r[0], SuppressionReason(r[2]), r[3], r[1], r[4]) for r in rows]
+
+
+# -- the dashboard's reads (src/mailgate/ui/) ---------------------------------------------
+
+SEARCH_BATCH_MAX = 2000  # candidates read at once (the batch doubles from the page's size)
+
+
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') matching `text` anywhere, lower case."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _candidates(query: MessageQuery) -> tuple[str, str, list[Any]]:
+    """The search's driving read: (SQL before its bounds, the id column, its arguments),
+    from the most selective index a filter has: the recipient's (address, message_id),
+    the tag's (tag, message_id), the key's (api_key_id, id), else the primary key."""
+    if query.recipient is not None:
+        return (
+            "SELECT message_id FROM recipients WHERE address = ?",
+            "message_id",
+            [query.recipient],
+        )
+    if query.tag is not None:
+        return "SELECT message_id FROM message_tags WHERE tag = ?", "message_id", [query.tag]
+    if query.api_key_id is not None:
+        return "SELECT id FROM messages WHERE api_key_id = ?", "id", [query.api_key_id]
+    return "SELECT id FROM messages WHERE 1 = 1", "id", []
+
+
+def _checks(query: MessageQuery) -> tuple[str, list[Any]]:
+    """The filters the driving index does not answer, checked on each candidate."""
+    where: list[str] = []
+    args: list[Any] = []
+    if query.api_key_id is not None and (query.recipient or query.tag) is not None:
+        where.append("m.api_key_id = ?")
+        args.append(query.api_key_id)
+    if query.sender is not None:
+        where.append("m.sender = ?")
+        args.append(query.sender)
+    if query.subject is not None:
+        where.append("lower(m.subject) LIKE ? ESCAPE '\\'")
+        args.append(contains_pattern(query.subject))
+    if query.tag is not None and query.recipient is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM message_tags t WHERE t.tag = ? AND t.message_id = m.id)"
+        )
+        args.append(query.tag)
+    if query.status is not None:  # with a recipient: that recipient has the status
+        sub = "SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.status = ?"
+        args.append(query.status.value)
+        if query.recipient is not None:
+            sub += " AND r.address = ?"
+            args.append(query.recipient)
+        where.append(f"EXISTS ({sub})")
+    return "".join(f" AND {w}" for w in where), args
+
+
+async def search_messages(tx: Tx, query: MessageQuery, budget: int) -> MessagePage:
+    """Messages newest first, as list_messages, reading at most about `budget` candidate
+    messages per page: candidates come in id order from the driving index (_candidates)
+    and the other filters are checked on them, so a page costs the same with a million
+    messages stored as with a thousand. A page that used up its budget before it was
+    full says how far it looked (`searched_to`); the next page goes on from there."""
+    driver, column, driver_args = _candidates(query)
+    checks, check_args = _checks(query)
+    upper = query.cursor
+    if query.until is not None:
+        until = new_id(query.until, floor=True)
+        upper = until if upper is None else min(upper, until)
+    lower = new_id(query.since, floor=True) if query.since is not None else None
+    found: list[Message] = []
+    examined = 0
+    batch = query.limit if not checks else max(query.limit * 2, 100)
+    while True:
+        sql, args = driver, list(driver_args)
+        if upper is not None:
+            sql += f" AND {column} < ?"
+            args.append(upper)
+        if lower is not None:
+            sql += f" AND {column} >= ?"
+            args.append(lower)
+        rows = await tx.query(f"{sql} ORDER BY {column} DESC LIMIT ?", *args, batch)
+        ids = list(dict.fromkeys(r[0] for r in rows))  # an address twice in one message
+        if ids:
+            marks = ", ".join("?" * len(ids))
+            listed = await tx.query(
+                f"SELECT {_LISTED} FROM messages m WHERE m.id IN ({marks}){checks}"
+                " ORDER BY m.id DESC",
+                *ids,
+                *check_args,
+            )
+            found.extend(message_from_row(r) for r in listed)
+            examined += len(rows)
+            upper = ids[-1]
+        if len(found) >= query.limit:
+            page = found[: query.limit]
+            return MessagePage(page, page[-1].id)
+        if len(rows) < batch:  # nothing older matches
+            return MessagePage(found, None)
+        if examined >= budget:
+            return MessagePage(found, upper, searched_to=upper)
+        batch = min(batch * 2, SEARCH_BATCH_MAX)
+
+
+async def waiting_at(tx: Tx, route: str, limit: int) -> list[Recipient]:
+    """One route's waiting (queued and deferred) recipients, soonest due first."""
+    return [recipient_from_row(r) for r in await tx.fetch("waiting_at", route, limit)]

