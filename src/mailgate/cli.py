@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from cryptography import x509
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from mailgate import keys as api_keys
@@ -788,6 +788,72 @@ def suppressions_export(
 
     written = _run(lambda: _with_store(cfg, export))
     _say(f"exported {written}")
+
+
+# -- retention by hand (the server purges every retention.interval; docs/retention.md) ----
+
+
+class _StepBars:
+    """Retention's reports (a step, how many so far) as rich bars on stderr, one per step;
+    `totals` (a count made first) gives each bar its end, else it runs without one."""
+
+    def __init__(self, verb: str, totals: dict[str, int] | None = None) -> None:
+        self.verb, self.totals = verb, totals or {}
+        self.bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=err)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, step: str, done: int) -> None:
+        if step not in self.tasks:
+            self.tasks[step] = self.bar.add_task(f"{self.verb} {step}", total=self.totals.get(step))
+        total = self.totals.get(step)
+        self.bar.update(self.tasks[step], completed=done, total=max(total, done) if total else None)
+
+    def __enter__(self) -> _StepBars:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for task in self.bar.tasks:  # a step ends where it ended, whatever the count said
+            self.bar.update(task.id, total=task.completed)
+        self.bar.stop()
+
+
+@app.command("purge")
+def purge_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would go (reads, no changes).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run one retention purge round now, by the [retention] settings, with a bar per step:
+    counted first, then purged (oldest first, in the server's small transactions). Safe
+    while the server runs: every step is idempotent."""
+    from mailgate.retention import Retention, Round
+
+    cfg = _config(config)
+    kept = cfg.retention
+    if not (kept.message_days or kept.body_days or kept.webhook_days or kept.expired_idempotency):
+        _say("retention keeps everything (retention.*_days = 0): nothing to purge")
+        return
+    now = time.time()  # one cutoff for the count and the purge
+
+    async def run(store: Store) -> tuple[Round, Round | None, float]:
+        with _StepBars("counting") as bars:
+            found = await Retention(store, kept, clock=lambda: now, report=bars).dry_run()
+        if dry_run:
+            return found, None, 0.0
+        totals = {"messages": found.messages, "bodies": found.bodies}
+        totals |= {"webhooks": found.webhook_rows, "idempotency": found.idempotency}
+        began = time.monotonic()
+        with _StepBars("purging", totals) as bars:
+            done = await Retention(store, kept, clock=lambda: now, report=bars).run_once()
+        return found, done, time.monotonic() - began
+
+    found, done, seconds = _run(lambda: _with_store(cfg, run))
+    if done is None:
+        print(f"would purge {found.describe()} (compaction not counted)")
+    else:
+        print(f"purged {done.describe()} in {seconds:.1f} s")
 
 
 # -- backup and restore (SQLite; on PostgreSQL pg_dump and pg_restore, docs/operations.md) --

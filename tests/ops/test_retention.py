@@ -16,7 +16,7 @@ from mailgate.models import (
     Settlement,
     Source,
 )
-from mailgate.retention import DAY, Retention
+from mailgate.retention import BATCH_BUDGET, DAY, Batches, Retention
 from mailgate.store import Store
 
 RAW = b"From: a@example.org\r\nTo: b@x.test\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -132,3 +132,37 @@ async def test_zero_keeps_for_ever(store: Store) -> None:
     config = RetentionConfig(body_days=0, message_days=0, webhook_days=0)
     assert not await Retention(store, config, clock=lambda: t0 + 1000 * DAY).run_once()
     assert await store.get_raw(m.id) == RAW
+
+
+async def test_a_dry_run_counts_what_the_round_then_purges(store: Store) -> None:
+    """`mailgate purge --dry-run`: the same counts, nothing changed; a body past its cutoff
+    is counted only when its message stays (rows go before bodies)."""
+    t0 = time.time()
+    finished = [message(created_at=t0 - (100 + i) * DAY) for i in range(3)]
+    aging = message(created_at=t0 - 40 * DAY)
+    live = message(created_at=t0 - 200 * DAY)
+    keyed = message(idempotency=Idempotency("k1", "hash", "{}", t0 - 1), api_key_id="key")
+    for m in (*finished, aging, live, keyed):
+        await store.enqueue(m)
+    for m in (*finished, aging):
+        await store.cancel(m.id, m.created_at)  # finished when it was created
+    await store.enqueue(message())  # owns the newest event
+    config = RetentionConfig(body_days=30, message_days=90, batch_size=2)
+
+    found = await Retention(store, config, clock=lambda: t0).dry_run()
+    assert (found.messages, found.bodies, found.idempotency) == (3, 1, 1)
+    assert await store.get_message(finished[0].id) is not None
+
+    done = await Retention(store, config, clock=lambda: t0, pause=0).run_once()
+    assert (done.messages, done.bodies, done.idempotency) == (3, 1, 1)
+    assert await store.get_raw(live.id) == RAW
+
+
+def test_a_backlog_grows_the_batch_while_each_stays_short() -> None:
+    """Doubling under half the budget, halving over it, between batch_size and 8x."""
+    size, sizes = Batches(500), []
+    for seconds in (0.01, 0.01, 0.01, 0.01, 0.05, 0.03, 0.05, 0.05, 0.05):
+        size.took(seconds)
+        sizes.append(size.size)
+    assert BATCH_BUDGET == 0.04
+    assert sizes == [1000, 2000, 4000, 4000, 2000, 2000, 1000, 500, 500]

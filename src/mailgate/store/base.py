@@ -376,3 +376,18 @@ class EngineStore:
 
     async def waiting_at(self, route: str, limit: int) -> list[Recipient]:
         return await self._read(lambda tx: queries.waiting_at(tx, route, limit))
+
+    async def event_ids_at(self, times: Sequence[float]) -> list[int]:
+        return await self._read(lambda tx: queries.event_ids_at(tx, times))
+
+    async def event_counts(self, ranges: Sequence[tuple[int, int]]) -> list[dict[str, int]]:
+        return await self._read(lambda tx: queries.event_counts(tx, ranges))
+
+    async def waiting_count(self) -> int:
+        row = await self._read(lambda tx: tx.fetchrow("waiting_count"))
+        return int(row[0]) if row is not None else 0
+
+    async def latest_deferrals(
+        self, routes: Sequence[str]
+    ) -> dict[str, tuple[int, str | None, str, float]]:
+        return await self._read(lambda tx: queries.latest_deferrals(tx, routes))

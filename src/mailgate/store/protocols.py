@@ -365,6 +365,25 @@ class Store(Protocol):
         """One route's queued and deferred recipients, soonest due first."""
         ...
 
+    async def event_ids_at(self, times: Sequence[float]) -> list[int]:
+        """For each time (ascending), the id of the first event at or after it (a search
+        of the events' primary key): the bounds of the overview's time buckets."""
+        ...
+
+    async def event_counts(self, ranges: Sequence[tuple[int, int]]) -> list[dict[str, int]]:
+        """The events of each id range [first, end) counted by kind."""
+        ...
+
+    async def waiting_count(self) -> int:
+        """Recipients waiting (queued or deferred), from the due index alone."""
+        ...
+
+    async def latest_deferrals(
+        self, routes: Sequence[str]
+    ) -> dict[str, tuple[int, str | None, str, float]]:
+        """Each route's latest deferral (code, enhanced, text, time), where it has one."""
+        ...
+
 
 class Tx(Protocol):
     """One transaction (or, for reads, one connection) of a backend, with statements

@@ -349,3 +349,46 @@ async def search_messages(tx: Tx, query: MessageQuery, budget: int) -> MessagePa
 async def waiting_at(tx: Tx, route: str, limit: int) -> list[Recipient]:
     """One route's waiting (queued and deferred) recipients, soonest due first."""
     return [recipient_from_row(r) for r in await tx.fetch("waiting_at", route, limit)]
+
+
+async def event_ids_at(tx: Tx, times: Sequence[float]) -> list[int]:
+    """For each time (ascending), the id of the first event at or after it: a search of
+    the primary key (events are written in time order, so their ids and times rise
+    together), about 20 point reads a time however many events are stored. An event
+    written a moment out of order counts in the neighbouring bucket. Past the last event:
+    the last id + 1."""
+    last = await tx.fetchrow("last_event_id")
+    top = int(last[0]) + 1 if last is not None else 1
+    found, lo = [], 0
+    for t in times:
+        hi = top
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = await tx.fetchrow("first_event_from", mid)
+            if row is None or float(row[1]) >= t:
+                hi = mid
+            else:
+                lo = int(row[0]) + 1
+        found.append(lo)
+    return found
+
+
+async def event_counts(tx: Tx, ranges: Sequence[tuple[int, int]]) -> list[dict[str, int]]:
+    """The events of each id range [first, end) by kind (a range of the primary key)."""
+    counts = []
+    for first, end in ranges:
+        rows = await tx.fetch("event_kinds_between", first, end) if end > first else []
+        counts.append({str(r[0]): int(r[1]) for r in rows})
+    return counts
+
+
+async def latest_deferrals(
+    tx: Tx, routes: Sequence[str]
+) -> dict[str, tuple[int, str | None, str, float]]:
+    """Each route's latest deferral reply (code, enhanced, text, when), where it has one."""
+    found = {}
+    for route in routes:
+        row = await tx.fetchrow("latest_deferral", route)
+        if row is not None:
+            found[route] = (int(row[0]), row[1], str(row[2] or ""), float(row[3]))
+    return found

@@ -453,3 +453,38 @@ async def purge_webhook_deliveries(tx: Tx, cutoff: float, limit: int) -> int:
 async def purge_idempotency(tx: Tx, now: float, limit: int) -> int:
     """Up to `limit` idempotency records expired before `now`."""
     return len(await tx.fetch("purge_idempotency", now, limit))
+
+
+async def purge_finished(tx: Tx, cutoff: float, after: str, limit: int) -> tuple[int, str, float]:
+    """purge_messages in one statement per table for the whole batch (its ids as one list
+    parameter) instead of one per message: 10-30% less time in the write turn, measured
+    on 100,000 messages (docs/retention.md). Returns how many messages, the last id, and
+    the seconds its statements took: how long it held the write turn, less the commit
+    (retention.py sizes the next batch by it)."""
+    began = time.perf_counter()
+    await tx.fetch("purge_system_events", cutoff, limit)
+    rows = await tx.fetch("purgeable_messages", after, new_id(cutoff, floor=True), cutoff, limit)
+    if not rows:
+        return 0, after, time.perf_counter() - began
+    ids = [r[0] for r in rows]
+    tags = [(tag, r[0]) for r in rows for tag in json.loads(r[1])]
+    if tags:
+        await tx.executemany("purge_message_tags", tags)
+    await tx.execute("purge_events_of", ids)
+    await tx.execute("purge_recipients_of", ids)
+    await tx.execute("purge_messages_of", ids)
+    return len(ids), ids[-1], time.perf_counter() - began
+
+
+async def purge_finished_bodies(
+    tx: Tx, cutoff: float, after: str, limit: int, now: float
+) -> tuple[int, str, float]:
+    """purge_bodies in one statement for the whole batch; how many, the last id and the
+    seconds its statements took (see purge_finished)."""
+    began = time.perf_counter()
+    rows = await tx.fetch("body_purgeable", after, new_id(cutoff, floor=True), cutoff, limit)
+    if not rows:
+        return 0, after, time.perf_counter() - began
+    ids = [r[0] for r in rows]
+    await tx.execute("purge_bodies_of", now, ids)
+    return len(ids), ids[-1], time.perf_counter() - began

@@ -385,3 +385,30 @@ WHERE domain = ? AND status IN ('queued', 'deferred') ORDER BY next_attempt_at, 
 
 -- name: any_suppression
 SELECT 1 FROM suppressions LIMIT 1
+
+-- name: first_event_from
+-- the dashboard's overview: the first event at or after an id (a primary-key probe of
+-- the search for the event ids that bound a time bucket)
+SELECT id, at FROM events WHERE id >= ? ORDER BY id LIMIT 1
+
+-- name: last_event_id
+SELECT id FROM events ORDER BY id DESC LIMIT 1
+
+-- name: event_kinds_between
+-- the dashboard's overview: the events of one id range (one time bucket) by kind, a range
+-- of the primary key
+SELECT kind, count(*) FROM events WHERE id >= ? AND id < ? GROUP BY kind
+
+-- name: waiting_count
+-- the dashboard's overview: the queue's depth, from the partial index recipients_due
+SELECT count(*) FROM recipients WHERE status IN ('queued', 'deferred')
+
+-- name: latest_deferral
+-- the dashboard's overview: a route's latest deferral reply among its 500 waiting
+-- recipients due last (recipients_domain_due, read backwards: bounded however long the
+-- backlog)
+SELECT last_code, last_enhanced, last_text, updated_at FROM (
+    SELECT status, last_code, last_enhanced, last_text, updated_at FROM recipients
+    WHERE domain = ? AND status IN ('queued', 'deferred')
+    ORDER BY next_attempt_at DESC LIMIT 500) AS late
+WHERE status = 'deferred' AND last_code IS NOT NULL ORDER BY updated_at DESC LIMIT 1

@@ -70,6 +70,34 @@ ORDER BY m.id LIMIT ?
 UPDATE messages SET raw = x'', body_file = NULL, body_offset = NULL, body_purged_at = ?
 WHERE id = ? AND body_purged_at IS NULL
 
+-- name: purge_bodies_of
+-- a batch's bodies in one statement, its ids a JSON list: one statement per batch, not one
+-- per message (each statement lets go of the GIL and takes it back, inside the write turn)
+UPDATE messages SET raw = x'', body_file = NULL, body_offset = NULL, body_purged_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND body_purged_at IS NULL
+
+-- name: body_purgeable_staying
+-- `purge --dry-run`: body_purgeable less the messages the rows' step takes whole first (a
+-- recipient changed at or after the rows' cutoff, the last parameter but one)
+SELECT m.id FROM messages m INDEXED BY messages_body_kept
+WHERE m.body_purged_at IS NULL AND m.id > ? AND m.id < ?
+    AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id
+        AND (r.status NOT IN ('delivered', 'bounced', 'expired', 'cancelled', 'suppressed')
+             OR r.updated_at >= ?))
+    AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.updated_at >= ?)
+ORDER BY m.id LIMIT ?
+
+-- name: purge_events_of
+-- a batch of purged messages' events, recipients, rows: one statement per table (by the
+-- indexes events_message, recipients_message and the primary key, EXPLAIN QUERY PLAN)
+DELETE FROM events WHERE message_id IN (SELECT value FROM json_each(?))
+
+-- name: purge_recipients_of
+DELETE FROM recipients WHERE message_id IN (SELECT value FROM json_each(?))
+
+-- name: purge_messages_of
+DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))
+
 -- name: purge_webhook_attempts
 DELETE FROM webhook_attempts WHERE rowid IN (
     SELECT rowid FROM webhook_attempts WHERE at < ? ORDER BY at LIMIT ?)
