@@ -331,6 +331,7 @@ class App:
                 admin,
                 hooks,
                 limits,
+                capture=cfg.delivery.mode == "capture",
             )
             tls = (cfg.smtp.tls_cert, cfg.smtp.tls_key) if cfg.http.tls else None
             if tls is not None and not all(tls):

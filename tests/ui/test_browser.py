@@ -31,7 +31,7 @@ from mailgate.models import Scope
 from tests.delivery.conftest import free_port
 from tests.delivery.peers import Script, SinkController, start_dns
 from tests.domains.conftest import INBOX, mail_config
-from tests.ingress.conftest import RunningServer, start_server
+from tests.ingress.conftest import RunningServer, make_config, start_server
 
 pytestmark = pytest.mark.slow  # a browser and a delivering server
 
@@ -64,6 +64,7 @@ class World:
     script: Script
     listener: Listener
     driver: WebDriver
+    zone: Any = None  # the DNS the server asks (tests.delivery.peers)
 
     @property
     def url(self) -> str:
@@ -178,12 +179,17 @@ def world(
     zone.add(f"mx.{INBOX}", "A", "127.0.0.1")
     # a deferred recipient waits ten minutes: only "retry now" brings it back in the test
     config = mail_config(
-        tmp_path_factory.mktemp("browser"), ca, dns_port, sink_port, delivery={"retry_first": 600}
+        tmp_path_factory.mktemp("browser"),
+        ca,
+        dns_port,
+        sink_port,
+        delivery={"retry_first": 600},
+        webhooks={"allow_http": True, "allow_private_networks": ["127.0.0.0/8"], "timeout": 5.0},
     )
     try:
         for server in start_server(config, ca):
             _, admin = server.call(lambda s: keys.create_key(s, "ops", [Scope.ADMIN, Scope.SEND]))
-            world = World(server, admin, script, listener, driver)
+            world = World(server, admin, script, listener, driver, zone)
             sign_in(world)
             yield world
     finally:
@@ -346,3 +352,152 @@ def test_docs_show_swagger_ui_with_nothing_from_elsewhere(world: World) -> None:
     )
     assert loaded and all(str(u).startswith(world.url) for u in loaded), loaded
     world.shot("docs")
+
+
+def test_the_overview_draws_its_charts(world: World) -> None:
+    message_id = world.send(f"dora@{INBOX}", text="Counted")
+    world.until(lambda: world.status(message_id) == "delivered")
+    d = world.driver
+    world.open("/ui/")  # the landing page
+    world.wait().until(ec.presence_of_element_located((By.ID, "period-week")))
+    assert d.current_url.endswith("/ui/overview")
+    charts = d.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 3 and all(c.size["height"] > 50 for c in charts)
+    assert d.find_elements(By.CSS_SELECTOR, "#period-hour rect.bar.delivered")
+    totals = d.find_element(By.CSS_SELECTOR, "#period-day ul.totals").text
+    assert "accepted" in totals and "delivered" in totals
+    assert "%" in d.find_element(By.ID, "rate-day").text
+    world.shot("overview")
+
+
+def test_add_then_remove_a_suppression(world: World) -> None:
+    d = world.driver
+    world.open("/ui/suppressions")
+    box = world.wait().until(ec.presence_of_element_located((By.NAME, "address")))
+    box.send_keys(f"<script>window.pwned=1</script>@{INBOX}")  # refused, shown as text
+    d.find_element(By.XPATH, "//button[text()='Add']").click()
+    problem = world.wait().until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.problem")))
+    assert "address" in problem.text
+    assert d.execute_script("return window.pwned") is None
+    box = d.find_element(By.NAME, "address")
+    box.clear()
+    box.send_keys(f"erin@{INBOX}")
+    d.find_element(By.XPATH, "//button[text()='Add']").click()
+    world.wait().until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "p.notice"), "Added"))
+    row = d.find_element(
+        By.XPATH, f"//table[contains(@class,'suppressions')]//tr[td='erin@{INBOX}']"
+    )
+    assert "manual" in row.text
+    world.shot("suppressions")
+    message_id = world.send(f"erin@{INBOX}", text="Stopped")
+    world.until(lambda: world.status(message_id) == "suppressed")
+    row.find_element(By.XPATH, ".//button[text()='Remove']").click()
+    world.wait().until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "p.notice"), "Removed"))
+    assert f"erin@{INBOX}" not in d.find_element(By.TAG_NAME, "main").text
+
+
+def test_webhook_attempts_and_replay(world: World) -> None:
+    listener, d = world.listener, world.driver
+    made = httpx.post(
+        f"{world.url}/v1/webhooks",
+        headers={"Authorization": f"Bearer {world.admin_key}"},
+        json={
+            "url": listener.url("hook"),
+            "events": ["message.delivered"],
+            "description": "ops <script>window.pwned=1</script>",
+        },
+    )
+    assert made.status_code in (200, 201), made.text
+    hook_id = made.json()["id"]
+    message_id = world.send(f"frank@{INBOX}", text="Hooked")
+    world.until(lambda: world.status(message_id) == "delivered")
+    world.until(lambda: listener.hits.count("/hook") == 1)
+    world.open("/ui/webhooks")
+    row = world.wait().until(ec.presence_of_element_located((By.ID, f"hook-{hook_id}")))
+    assert "ops <script>window.pwned=1</script>" in row.text  # shown as text, not run
+    assert d.execute_script("return window.pwned") is None
+    row.find_element(By.TAG_NAME, "a").click()
+    attempt = world.wait().until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "table.attempts tbody tr"))
+    )
+    assert "204" in attempt.text and "evt_" in attempt.text
+    world.shot("webhooks")
+    attempt.find_element(By.XPATH, ".//button[text()='Replay']").click()
+    notice = world.wait().until(ec.presence_of_element_located((By.CSS_SELECTOR, "p.notice")))
+    assert "queued again for 1 endpoint" in notice.text
+    world.until(lambda: listener.hits.count("/hook") == 2)
+
+
+def test_verify_a_sending_domain(world: World) -> None:
+    d = world.driver
+    world.open("/ui/domains")
+    box = world.wait().until(ec.presence_of_element_located((By.NAME, "name")))
+    box.send_keys("brand.example")
+    d.find_element(By.XPATH, "//button[text()='Add domain']").click()
+    section = world.wait().until(ec.presence_of_element_located((By.ID, "d-brand.example")))
+    assert "pending" in section.text and "never checked" in section.text
+    added = httpx.get(
+        f"{world.url}/v1/domains/brand.example",
+        headers={"Authorization": f"Bearer {world.admin_key}"},
+    ).json()
+    for r in added["records"]:  # publish what the page says to publish
+        value: Any = r["value"]
+        if r["type"] == "MX":
+            pref, host = value.split()
+            value = (int(pref), host)
+        world.zone.add(r["name"], r["type"], value)
+    section.find_element(By.XPATH, ".//button[text()='Verify']").click()
+    world.wait().until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "p.notice"), "Checked"))
+    section = d.find_element(By.ID, "d-brand.example")
+    assert section.find_element(By.CSS_SELECTOR, "h2 .status").text == "verified"
+    assert "its mail is signed" in section.text
+    world.shot("domains")
+
+
+@pytest.fixture(scope="module")
+def capturing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """A second server, in capture mode, reached as `localhost` (its own cookies: the
+    other server's session at 127.0.0.1 stays)."""
+    ca = trustme.CA()
+    base = make_config(tmp_path_factory.mktemp("capture"), ca)
+    data = base.model_dump()
+    for section in ("smtp", "http"):  # the deprecated spellings of accept.max_recipients
+        del data[section]["max_recipients"]
+    data["server"]["delivery_process"] = False
+    data["delivery"] = {"enabled": True, "mode": "capture", "retry_first": 1}
+    for server in start_server(type(base).model_validate(data), ca):
+        _, admin = server.call(lambda s: keys.create_key(s, "ops", [Scope.ADMIN, Scope.SEND]))
+        yield World(server, admin, Script(), Listener(), None)  # type: ignore[arg-type]
+
+
+def test_captured_mail(world: World, capturing: World) -> None:
+    d = world.driver
+    base = capturing.url.replace("127.0.0.1", "localhost")
+    message_id = capturing.send(
+        "grace@example.com",
+        subject="<script>window.pwned=1</script> Welcome",
+        html="<p id='visible'>Hello Grace</p>",
+    )
+    capturing.until(lambda: capturing.status(message_id) == "delivered")
+    d.get(base + "/ui/captured")
+    world.wait().until(ec.presence_of_element_located((By.ID, "key"))).send_keys(
+        capturing.admin_key
+    )
+    d.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    row = world.wait().until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "table.captured tbody tr"))
+    )
+    assert d.current_url.endswith("/ui/captured")
+    assert "<script>window.pwned=1</script> Welcome" in row.text  # as text
+    assert "grace@example.com" in row.text
+    assert d.execute_script("return window.pwned") is None
+    assert d.find_element(By.LINK_TEXT, "Captured mail").get_attribute("aria-current") == "page"
+    world.shot("captured")
+    row.find_element(By.CSS_SELECTOR, "td.subject a").click()
+    world.wait().until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe.email")))
+    recipient = d.find_element(By.CSS_SELECTOR, "table.recipients tbody tr").text
+    assert "delivered" in recipient and "Captured" in recipient
+    # the first server's session is untouched (127.0.0.1 and localhost keep apart cookies)
+    world.open("/ui/overview")
+    world.wait().until(ec.presence_of_element_located((By.ID, "period-week")))
+    assert "Captured mail" not in d.find_element(By.CSS_SELECTOR, "header.top nav").text

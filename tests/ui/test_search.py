@@ -105,3 +105,17 @@ async def test_the_queue_by_route_and_one_routes_waiting_recipients(store: Store
     assert [r.address for r in await store.waiting_at("slow.test", 10)] == ["r@slow.test"]
     assert [r.address for r in await store.waiting_at("fast.test", 10)] == ["s@fast.test"]
     assert await store.waiting_at("nowhere.test", 10) == []
+
+
+async def test_the_overviews_counts_by_event_ids(store: Store) -> None:
+    before = T0 - 1  # the accepted events are at the messages' times
+    for n in range(3):
+        await store.enqueue(message(n, f"o{n}@slow.test"))
+    after = time.time() + 1
+    start, end, future = await store.event_ids_at([before, after, after + 3600])
+    assert end == future and end > start  # nothing after now: the same bound
+    [counts, none] = await store.event_counts([(start, end), (end, future)])
+    assert counts == {"accepted": 3} and none == {}
+    assert (await store.event_ids_at([0.0]))[0] <= start
+    assert await store.waiting_count() == 3
+    assert await store.latest_deferrals(["slow.test", "nowhere.test"]) == {}  # none deferred

@@ -40,11 +40,13 @@ def test_without_a_session_every_page_leads_to_sign_in(dash: Dashboard) -> None:
             f"/ui/messages/{message_id}/raw",
             "/ui/queue",
             "/ui/keys",
+            "/ui/overview",
+            "/ui/suppressions",
         ):
             answer = client.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"].startswith("/ui/signin?next=/ui/"), path
-        assert client.get("/ui/").headers["location"] == "/ui/messages"
+        assert client.get("/ui/").headers["location"] == "/ui/overview"
         # a change without a session is refused outright, not redirected
         refused = client.post(f"/ui/messages/{message_id}/cancel", data={"csrf": "x"})
         assert refused.status_code == 403
@@ -61,7 +63,7 @@ def test_a_good_key_becomes_a_strict_session_cookie(dash: Dashboard) -> None:
     with dash.client() as client:
         answer = sign_in(client, dash.admin_key)
         assert answer.status_code == 303
-        assert answer.headers["location"] == "/ui/messages"
+        assert answer.headers["location"] == "/ui/overview"
         cookie = next(
             c for c in answer.headers.get_list("set-cookie") if c.startswith("mailgate_session=")
         )

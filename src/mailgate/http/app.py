@@ -74,6 +74,7 @@ class Api:
         domains: DomainAdmin | None = None,
         hooks: WebhookAdmin | None = None,
         shared: Path | None = None,  # the server's shared limits (shared.py), if any
+        capture: bool = False,  # delivery.mode = "capture": the dashboard lists captured mail
     ) -> None:
         self.store, self.cfg, self.metrics, self.lifecycle = store, cfg, metrics, lifecycle
         # without the app's door: one of its own, counting into this process's metrics
@@ -82,6 +83,7 @@ class Api:
         self.idempotency = Idempotency(store)
         self.domains = domains  # None: no /v1/domains routes (a process without a key box)
         self.hooks = hooks  # None: no /v1/webhooks routes
+        self.capture = capture
 
 
 def create_api(api: Api) -> Direct:
@@ -121,7 +123,10 @@ def create_api(api: Api) -> Direct:
     add_docs(app)
     # the dashboard; its sessions sealed with the server's secret box (the domains')
     box = api.domains.box if api.domains is not None else None
-    app.mount("/ui", dashboard(api.store, api.auth, api.lifecycle, box))
+    app.mount(
+        "/ui",
+        dashboard(api.store, api.auth, api.lifecycle, box, api.hooks, api.domains, api.capture),
+    )
     with_bodies(app)
     app.add_middleware(Timing, histogram=api.metrics.latency)
     hot: dict[tuple[str, str], Handler] = {

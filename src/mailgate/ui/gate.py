@@ -115,7 +115,7 @@ def same_origin(request: Request) -> bool:
     return origin == f"{request.url.scheme}://{request.url.netloc}"
 
 
-def local_path(path: str | None, default: str = f"{PREFIX}/messages") -> str:
+def local_path(path: str | None, default: str = f"{PREFIX}/overview") -> str:
     """A place in the dashboard to go back to; anything else (another host, a scheme,
     `//`, a backslash) is the default, so no link leads off the dashboard."""
     if not path or not path.startswith(f"{PREFIX}/") or "\\" in path or path.startswith("//"):

@@ -102,7 +102,7 @@ class SignIn:
         status: int,
         error: str | None,
         retry_after: str | None = None,
-        back: str = f"{PREFIX}/messages",
+        back: str = f"{PREFIX}/overview",
     ) -> Response:
         """The sign-in page with a fresh token, and the cookie that vouches for it."""
         token, cookie = self.gate.sessions.signin_token()
