@@ -99,8 +99,8 @@ def main() -> None:
                     print(f"{name}: {errors} errors (not 2xx): check the route", flush=True)
                 rates.setdefault(name, []).append(rate)
                 print(
-                    f"round {r + 1} {name:9} {rate:8,.0f} messages/s  p50 {p50 * 1000:5.1f} ms"
-                    f"  p99 {p99 * 1000:5.1f} ms  {cpu.describe()}",
+                    f"round {r + 1} {name:9} {rate:8,.0f} messages/s  p50 {p50:5.1f} ms"
+                    f"  p99 {p99:5.1f} ms  {cpu.describe()}",
                     flush=True,
                 )
     finally:
