@@ -5,7 +5,9 @@ token and cookie, then the form."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from mailgate import keys
 from mailgate.models import Scope
 from tests.ingress.conftest import RunningServer, make_config, start_server
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -84,3 +90,31 @@ def dash(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[D
 def fresh(tmp_path: Path, ca: trustme.CA) -> Iterator[Dashboard]:
     """A server of the test's own (the guard's lockout must not reach the others)."""
     yield from start(tmp_path, ca)
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[WebDriver]:
+    """Debian's Chromium, headless, through its chromedriver (one for each module)."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("CI needs Debian's chromium and chromium-driver (.ci/run)")
+        pytest.skip("chromium and chromium-driver are not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    chrome.set_page_load_timeout(30)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()  # ends chromedriver and its Chromium

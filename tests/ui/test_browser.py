@@ -19,8 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import trustme
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -32,10 +30,10 @@ from tests.delivery.conftest import free_port
 from tests.delivery.peers import Script, SinkController, start_dns
 from tests.domains.conftest import INBOX, mail_config
 from tests.ingress.conftest import RunningServer, make_config, start_server
+from tests.ui.conftest import CHROMEDRIVER, CHROMIUM
 
 pytestmark = pytest.mark.slow  # a browser and a delivering server
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 WAIT = 30  # seconds for any one thing to appear: generous on a loaded machine
 
@@ -140,29 +138,6 @@ def listener() -> Iterator[Listener]:
     yield found
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # as root
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-        "--disable-extensions",
-        "--no-first-run",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    chrome.set_page_load_timeout(WAIT)
-    try:
-        yield chrome
-    finally:
-        chrome.quit()  # ends chromedriver and its Chromium
 
 
 @pytest.fixture(scope="module")

@@ -151,8 +151,7 @@ def test_webhooks_list_escaped_and_replay_with_csrf(dash: Dashboard) -> None:
         shown = client.get(replayed.headers["location"])
         assert f"Event {ref} queued again for" in shown.text
         unknown = client.post("/ui/webhooks/replay", data={"csrf": csrf, "event": "evt_999999999"})
-        assert "problem=" in unknown.headers["location"]
-        assert "No event" in client.get(unknown.headers["location"]).text
+        assert unknown.status_code == 404 and "No event" in unknown.text  # in place
         # a next= off the dashboard is not followed
         away = client.post(
             "/ui/webhooks/replay", data={"csrf": csrf, "event": ref, "next": "//evil.example/"}

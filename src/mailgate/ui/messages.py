@@ -59,7 +59,7 @@ def read_search(params: dict[str, str]) -> Search:
         try:
             status = RecipientStatus(values["status"])
         except ValueError:
-            problem = f"No status {values['status']!r}"
+            problem = "No such status"  # not echoed: see named()
     times: dict[str, float | None] = {}
     for name in ("since", "until"):
         times[name] = parse_time(values[name]) if values[name] else None
@@ -78,6 +78,12 @@ def read_search(params: dict[str, str]) -> Search:
         subject=values["subject"] or None,
     )
     return Search(values, query, problem)
+
+
+def named(message_id: str) -> str:
+    """A message id for an error page: echoed only when it is one (a link's path is
+    anyone's to write, and must not put words of its choosing on the page)."""
+    return message_id if ULID.match(message_id) else "(not a message id)"
 
 
 def summary(recipients: list[Recipient]) -> list[tuple[str, int]]:
@@ -123,7 +129,7 @@ class MessagePages:
         message_id = request.path_params["message_id"]
         message = await self.store.get_message(message_id) if ULID.match(message_id) else None
         if message is None:
-            return self.gate.error(404, f"No message {message_id}", visitor)
+            return self.gate.error(404, f"No message {named(message_id)}", visitor)
         recipients = await self.store.recipients(message.id)
         events = await self.store.events(message.id)
         raw = await self.store.get_raw(message.id)
@@ -170,7 +176,9 @@ class MessagePages:
         message_id = request.path_params["message_id"]
         raw = await self.store.get_raw(message_id) if ULID.match(message_id) else None
         if raw is None:
-            return self.gate.error(404, f"No message {message_id}, or its body was purged", visitor)
+            return self.gate.error(
+                404, f"No message {named(message_id)}, or its body was purged", visitor
+            )
         headers = {"content-security-policy": INERT_POLICY}
         return Response(raw, media_type="text/plain; charset=utf-8", headers=headers)
 
@@ -185,7 +193,9 @@ class MessagePages:
             except ParseError:
                 found = None
         if found is None:
-            return self.gate.error(404, f"No attachment {index} of message {message_id}", visitor)
+            return self.gate.error(
+                404, f"No attachment {index} of message {named(message_id)}", visitor
+            )
         filename, _, data = found
         headers = {
             "content-disposition": content_disposition(filename or f"attachment-{index}"),

@@ -1,12 +1,18 @@
 """The webhooks page: every endpoint (its URL, event types, state), one endpoint's
 attempt log (newest first), and replay of an event (by its id, from the log or typed
 in): carried out by the API's own WebhookAdmin (events/endpoints.py), which checks
-ownership, builds the event's payload and queues it for every endpoint that takes it."""
+ownership, builds the event's payload and queues it for every endpoint that takes it.
+
+Nothing a URL says is shown as the page's own words: a replay's success comes back as
+an event id and a count (checked), and its failure is answered on the POST itself, so a
+link (kept through sign-in by its next=) cannot put text of its choosing into the
+dashboard's notices."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -16,6 +22,8 @@ from mailgate.events.endpoints import WebhookAdmin
 from mailgate.ui.gate import PREFIX, Gate, Visitor, field, local_path, read_form
 
 ATTEMPTS_SHOWN = 100
+EVENT_ID = re.compile(r"^evt_[0-9]{1,18}$")  # a published event's id (events/payloads.py)
+COUNT = re.compile(r"^[0-9]{1,6}$")
 
 
 class WebhooksPage:
@@ -23,32 +31,12 @@ class WebhooksPage:
         self.gate, self.admin = gate, admin
 
     async def show(self, request: Request, visitor: Visitor) -> Response:
-        hook_id = request.query_params.get("endpoint", "")[:64]
-        if self.admin is None:
-            return self._render(visitor, enabled=False)
-        hooks = await self.admin.list_for(visitor.key)
-        current, attempts, problem = None, [], request.query_params.get("problem", "")[:300]
-        if hook_id:
-            try:
-                current = await self.admin.get(visitor.key, hook_id)
-                attempts = await self.admin.attempts(visitor.key, hook_id, ATTEMPTS_SHOWN)
-            except RequestError as exc:
-                problem = exc.message
-        replayed = request.query_params.get("replayed", "")[:40]
-        count = request.query_params.get("endpoints", "")
+        params = request.query_params
+        replayed, count = params.get("replayed", ""), params.get("endpoints", "")
         notice = None
-        if replayed and count.isdigit():
-            notice = f"Event {replayed} queued again for {count} endpoint(s)."
-        here = f"{PREFIX}/webhooks" + (f"?{urlencode({'endpoint': hook_id})}" if hook_id else "")
-        return self._render(
-            visitor,
-            hooks=hooks,
-            current=current,
-            attempts=attempts,
-            notice=notice,
-            problem=problem or None,
-            here=here,
-        )
+        if EVENT_ID.match(replayed) and COUNT.match(count):  # "²".isdigit(), int("²") fails
+            notice = f"Event {replayed} queued again for {int(count)} endpoint(s)."
+        return await self._page(visitor, params.get("endpoint", ""), notice=notice)
 
     async def replay(self, request: Request, visitor: Visitor) -> Response:
         form = await read_form(request)
@@ -60,16 +48,58 @@ class WebhooksPage:
         event_ref = (field(form, "event") or "").strip()[:40]
         try:
             sent_id, endpoints = await self.admin.replay(visitor.key, event_ref)
-        except RequestError as exc:
-            return RedirectResponse(f"{back}{glue}{urlencode({'problem': exc.message})}", 303)
+        except RequestError as exc:  # answered here: the message never rides in a URL
+            hook_id = dict(parse_qsl(urlsplit(back).query)).get("endpoint", "")
+            status = 404 if exc.code == "not_found" else 422
+            return await self._page(visitor, hook_id, problem=exc.message, status=status)
         done = urlencode({"replayed": sent_id, "endpoints": endpoints})
         return RedirectResponse(f"{back}{glue}{done}", 303)
 
-    def _render(self, visitor: Visitor, enabled: bool = True, **context: Any) -> Response:
+    async def _page(
+        self,
+        visitor: Visitor,
+        hook_id: str,
+        notice: str | None = None,
+        problem: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        hook_id = hook_id[:64]
+        if self.admin is None:
+            return self._render(visitor, enabled=False)
+        hooks = await self.admin.list_for(visitor.key)
+        current, attempts = None, []
+        if hook_id:
+            try:
+                current = await self.admin.get(visitor.key, hook_id)
+                attempts = await self.admin.attempts(visitor.key, hook_id, ATTEMPTS_SHOWN)
+            except RequestError:  # its id is not echoed: the URL is anyone's to write
+                problem = problem or "No such endpoint: it may have been deleted."
+        here = f"{PREFIX}/webhooks"
+        if current is not None:
+            here += f"?{urlencode({'endpoint': current.id})}"
+        return self._render(
+            visitor,
+            status=status,
+            hooks=hooks,
+            current=current,
+            attempts=attempts,
+            notice=notice,
+            problem=problem,
+            here=here,
+        )
+
+    def _render(
+        self, visitor: Visitor, enabled: bool = True, status: int = 200, **context: Any
+    ) -> Response:
         defaults: dict[str, Any] = dict(
             hooks=[], current=None, attempts=[], notice=None, problem=None, here=""
         )
         defaults.update(context)
         return self.gate.pages.render(
-            "webhooks.html", visitor=visitor, nav="webhooks", enabled=enabled, **defaults
+            "webhooks.html",
+            status=status,
+            visitor=visitor,
+            nav="webhooks",
+            enabled=enabled,
+            **defaults,
         )
