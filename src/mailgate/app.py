@@ -35,6 +35,11 @@ from mailgate.http.server import HttpServer
 from mailgate.ingress.accept import Door
 from mailgate.ingress.smtp_relay import SmtpRelay
 from mailgate.lifecycle import Lifecycle, Phase
+from mailgate.mailboxes import submission
+from mailgate.mailboxes.grants import GrantAdmin
+from mailgate.mailboxes.models import Credentials, Grant
+from mailgate.mailboxes.runner import MailboxSync
+from mailgate.mailboxes.service import Mailboxes
 from mailgate.metrics import Metrics
 from mailgate.models import Scope
 from mailgate.resolver import make_resolver
@@ -304,6 +309,15 @@ class App:
             (cfg.domains.check_interval, cfg.domains.pending_check_interval),
             on_change=sending.refresh,
         )
+        # connected mailboxes: one Mailboxes a process (the API reads through it, delivery
+        # files Sent copies with it); grants checked on both servers before they are kept
+        mailboxes = Mailboxes(store, box, cfg.mailboxes)
+        ehlo = cfg.delivery.ehlo_hostname or cfg.server.hostname
+
+        async def smtp_check(grant: Grant, creds: Credentials) -> str | None:
+            return await submission.check(grant, creds, cfg.delivery, cfg.mailboxes, ehlo)
+
+        grants = GrantAdmin(store, box, smtp_check, mailboxes.check)
         self.background = [sending]  # loaded before the doors open, stopped last
         out: list[Component] = [sending]
         if self.wants(Role.SMTP) and cfg.smtp.enabled:
@@ -332,6 +346,8 @@ class App:
                 hooks,
                 limits,
                 capture=cfg.delivery.mode == "capture",
+                grants=grants,
+                mailboxes=mailboxes,
             )
             tls = (cfg.smtp.tls_cert, cfg.smtp.tls_key) if cfg.http.tls else None
             if tls is not None and not all(tls):
@@ -359,6 +375,9 @@ class App:
                 door,
                 own_endpoints=own,
                 lease_seconds=cfg.store.lease_seconds,
+                mailboxes=submission.GrantRoutes(
+                    store, box, cfg.delivery, cfg.mailboxes, ehlo, mailboxes
+                ),
             )
             self.delivery = Delivery(self.deliverer, self._delivery_died)
             out.append(self.delivery)
@@ -368,6 +387,10 @@ class App:
             purge = Retention(store, cfg.retention)  # purges what is kept no longer
             self.background += [checks, sender, purge]
             out += [checks, sender, purge]
+            if cfg.mailboxes.enabled:  # syncs every valid grant's mailbox over IMAP
+                reader = MailboxSync(mailboxes)
+                self.background.append(reader)
+                out.append(reader)
         return out
 
     async def start(self) -> None:

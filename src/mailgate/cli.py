@@ -65,6 +65,10 @@ suppressions_app = typer.Typer(
     no_args_is_help=True, help="The suppression list: addresses mail is not sent to."
 )
 app.add_typer(suppressions_app, name="suppressions")
+grants_app = typer.Typer(
+    no_args_is_help=True, help="Connected mailboxes (grants): list, delete (made over HTTP)."
+)
+app.add_typer(grants_app, name="grants")
 out = Console()
 err = Console(stderr=True)
 
@@ -411,6 +415,35 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
         _say(f"no active key {key_id}")
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")
+
+
+@grants_app.command("list")
+def grants_list(config: ConfigOpt = None) -> None:
+    """List every grant (never its credentials)."""
+    cfg = _config(config)
+    found = _run(lambda: _with_store(cfg, lambda s: s.grants()))
+    table = Table("id", "email", "key", "imap", "smtp", "status", "created")
+    for g in found:
+        table.add_row(
+            g.id,
+            g.email,
+            g.api_key_id or "-",
+            f"{g.imap.host}:{g.imap.port} ({g.imap.tls})",
+            f"{g.smtp.host}:{g.smtp.port} ({g.smtp.tls})",
+            g.status.value + (f": {g.error}" if g.error else ""),
+            _time(g.created_at),
+        )
+    out.print(table)
+
+
+@grants_app.command("delete")
+def grants_delete(grant_id: str, config: ConfigOpt = None) -> None:
+    """Delete a grant: its credentials are forgotten, its mailbox no longer read."""
+    cfg = _config(config)
+    if not _run(lambda: _with_store(cfg, lambda s: s.delete_grant(grant_id))):
+        _say(f"no grant {grant_id}")
+        raise typer.Exit(1)
+    out.print(f"deleted {grant_id}")
 
 
 def _now() -> float:

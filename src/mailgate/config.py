@@ -435,6 +435,49 @@ class WebhooksConfig(_Section):
         return _check_networks(value)
 
 
+class MailboxesConfig(_Section):
+    allow_private_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks a grant's IMAP and SMTP servers may be at although not public"
+        " (loopback, private, link-local, ...), e.g. `127.0.0.0/8` for a server on this"
+        " machine; otherwise mailgate connects only to globally reachable addresses.",
+    )
+    tls_ca_file: str = Field(
+        "", description="Extra CA bundle for verifying the certificates of grants' servers."
+    )
+    enabled: bool = Field(
+        True,
+        description="Sync every valid grant's mailbox over IMAP (in the process that delivers);"
+        " false: grants can still send, their mailboxes are not read.",
+    )
+    initial_sync_days: float = Field(
+        90.0,
+        gt=0,
+        description="How far back the first sync of a folder reads (by the server's received"
+        " date); older messages are not synced.",
+    )
+    poll_interval: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between sync passes over every folder of a grant (new mail in"
+        " INBOX arrives at once where the server offers IDLE).",
+    )
+    max_connections: int = Field(
+        20,
+        ge=2,
+        description="IMAP connections open at once for all grants together; half of them at"
+        " most wait in IDLE, the rest run sync passes.",
+    )
+    idle: bool = Field(
+        True, description="Watch INBOX with IMAP IDLE where the server offers it (else poll)."
+    )
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
 class RetentionConfig(_Section):
     body_days: float = Field(
         30.0,
@@ -492,6 +535,7 @@ class Config(_Section):
     domains: DomainsConfig = Field(default_factory=DomainsConfig)
     webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    mailboxes: MailboxesConfig = Field(default_factory=MailboxesConfig)
 
     _recipient_cap = model_validator(mode="before")(_one_recipient_cap)
 
@@ -545,6 +589,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "domains": DomainsConfig,
     "webhooks": WebhooksConfig,
     "retention": RetentionConfig,
+    "mailboxes": MailboxesConfig,
 }
 
 

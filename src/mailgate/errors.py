@@ -8,6 +8,9 @@ MailgateError                  base of everything mailgate raises on purpose
 │   └── DuplicateIdempotencyKey  an idempotency key was already used by that API key
 ├── NotFound                   a named message, key or recipient does not exist
 ├── SessionClosed              the SMTP relay or its client ended the session: stop quietly
+├── MailboxError               a grant's IMAP server could not do what was asked
+│   ├── MailboxUnreachable     no connection: refused, timed out, TLS failed (try again later)
+│   └── MailboxAuthRefused     the server refused the grant's credentials (grant invalid)
 └── ConnectionLost             delivery: the connection broke or timed out
     ├── ProtocolError          the peer sent what SMTP does not allow here
     └── PlaintextRetry         opportunistic STARTTLS failed: start over without TLS
@@ -56,6 +59,21 @@ class DuplicateIdempotencyKey(StoreError):
 
 class NotFound(MailgateError):
     """A named object does not exist (or is not visible to the caller)."""
+
+
+class MailboxError(MailgateError):
+    """A connected mailbox's IMAP server could not do what was asked; the message is one
+    sentence that can be shown (it never holds a secret)."""
+
+
+class MailboxUnreachable(MailboxError):
+    """No usable connection to the grant's IMAP server (refused, timed out, TLS failed,
+    dropped mid-command): temporary, the sync tries again."""
+
+
+class MailboxAuthRefused(MailboxError):
+    """The server refused the grant's credentials: the grant is invalid until
+    re-authenticated."""
 
 
 class SessionClosed(MailgateError):

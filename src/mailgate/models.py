@@ -89,6 +89,11 @@ class EventKind(enum.StrEnum):
     DOMAIN_VERIFIED = "domain_verified"  # its DKIM records were found: it signs and sends
     DOMAIN_UNVERIFIED = "domain_unverified"  # a verified domain's DKIM records went missing
     COMPLAINED = "complained"  # the recipient reported the delivered message as spam
+    # A connected mailbox's message (mailboxes/): message_id is the mailbox message's id,
+    # details name its grant, folder and thread.
+    MAILBOX_CREATED = "mailbox_created"  # a new message was synced from the mailbox
+    MAILBOX_UPDATED = "mailbox_updated"  # its flags or folder changed
+    MAILBOX_DELETED = "mailbox_deleted"  # it is gone from the mailbox
 
 
 class SuppressionReason(enum.StrEnum):
@@ -103,6 +108,16 @@ class SuppressionReason(enum.StrEnum):
 # The route (recipients.domain) of a sandbox key's recipients: not a domain any address can
 # have, so they are claimed apart from real mail and handed to the simulator, never to MX.
 SANDBOX_ROUTE = "(sandbox)"
+# The route of mail sent from a connected mailbox (a grant): "(grant:<id>)". Its recipients
+# are claimed apart and handed to that mailbox's own SMTP submission server, never to MX.
+GRANT_ROUTE = "(grant:{})"
+
+
+def grant_of_route(route: str) -> str | None:
+    """The grant id a route names, or None for any other route."""
+    if route.startswith("(grant:") and route.endswith(")"):
+        return route[len("(grant:") : -1]
+    return None
 
 
 class RecordStatus(enum.StrEnum):
@@ -171,6 +186,7 @@ class NewMessage:
     from_domain: str = ""  # of the first From address: what a suppression's scope names
     sandbox: bool = False  # a sandbox key's: recipients go to the simulator, never out
     suppressed: dict[str, str] = field(default_factory=dict)  # recipient -> reason (door)
+    route: str | None = None  # every recipient's route (GRANT_ROUTE); None: its domain
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -27,7 +27,9 @@ def test_numbered_turns_marks_into_postgres_parameters() -> None:
 
 def test_every_name_the_shared_code_uses_exists_for_both_backends() -> None:
     used = set()
-    for path in (STORE / m for m in ("queue.py", "queries.py", "migrate.py", "base.py")):
+    for path in (
+        STORE / m for m in ("queue.py", "queries.py", "migrate.py", "base.py", "grants.py")
+    ):
         used |= set(re.findall(r'tx\.\w+\(\s*"(\w+)"', path.read_text()))
     assert used, "the pattern found no statement names"
     for dialect in ("sqlite", "postgres"):

@@ -7,7 +7,9 @@ with their events. DSNs for bounces are queued like any other message.
 
 A sandbox key's recipients (route SANDBOX_ROUTE), and every recipient in capture mode,
 are answered by the simulator instead (simulator.py): the same decide and record, no DNS
-lookup and no connection.
+lookup and no connection. Mail sent from a connected mailbox (route "(grant:<id>)") goes
+to that mailbox's own submission server with its credentials instead of MX (`MailboxRoutes`,
+made by mailboxes/submission.py), then is filed in its Sent folder.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from mailgate.config import DeliveryConfig
 from mailgate.delivery.bounces import Failure, build_dsn
@@ -41,6 +44,7 @@ from mailgate.models import (
     Source,
     SuppressionReason,
     domain_of,
+    grant_of_route,
 )
 from mailgate.simulator import CAPTURED, simulate
 from mailgate.store import Dsn, Store
@@ -70,6 +74,32 @@ class Pacer:
             await asyncio.sleep(at - now)
 
 
+# a session to one target: (target, port, on_close) -> an unopened Session
+OpenSession = Callable[[Target, int, Callable[[], None]], Session]
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a route that is not a domain goes: its hosts and how a session logs in."""
+
+    targets: list[Target]
+    open_session: OpenSession
+
+
+class MailboxRoutes(Protocol):
+    """Connected mailboxes' side of delivery (mailboxes/submission.py)."""
+
+    async def destination(self, grant_id: str) -> Destination | Outcome:
+        """The grant's submission server, or why its mail cannot go now (deleted grant:
+        permanent; an unreachable host: temporary)."""
+        ...
+
+    async def delivered(self, grant_id: str, sent: list[tuple[Message, bytes, int]]) -> None:
+        """File messages just delivered (each with how many of its recipients this claim
+        delivered) in the grant's Sent folder, once a message; never raises."""
+        ...
+
+
 def owner_prefix(pid: int) -> str:
     """The start of every lease owner name a process on this host with this pid uses."""
     return f"{os.uname().nodename}:{pid}:"
@@ -95,7 +125,9 @@ class Deliverer:
         rng: random.Random | None = None,
         own_endpoints: set[tuple[str, int]] | None = None,
         lease_seconds: float = 900.0,
+        mailboxes: MailboxRoutes | None = None,
     ) -> None:
+        self.mailboxes = mailboxes  # None: a grant's mail waits (deferred) for a process with it
         self.store, self.cfg, self.clock = store, cfg, clock
         self.lease_seconds = lease_seconds
         self.door = door  # DSNs pass its rules, as every other way in does
@@ -235,10 +267,19 @@ class Deliverer:
             answers = [self.simulated(r, messages[r.message_id][0]) for r in claim.recipients]
             await self.record(answers, list(claim.recipients), messages)
             return
-        targets = await self.resolve(claim.domain)
+        grant_id = grant_of_route(claim.domain)
+        opener: OpenSession | None = None
+        if grant_id is not None:
+            found = await self._destination(grant_id)
+            targets, opener = (
+                (found, None) if isinstance(found, Outcome) else (found.targets, found.open_session)
+            )
+        else:
+            targets = await self.resolve(claim.domain)
         records: list[asyncio.Task[None]] = []
         settled: list[Settlement] = []
         finished: list[Recipient] = []
+        delivered: dict[str, tuple[Message, bytes, int]] = {}  # a grant's, to file in Sent
 
         def flush() -> None:
             if settled:
@@ -253,6 +294,10 @@ class Deliverer:
             message = messages[rcpts[0].message_id][0]
             settled.extend(self.decide(r, outcomes[r.id], message) for r in rcpts)
             finished.extend(rcpts)
+            if grant_id is not None:
+                count = sum(outcomes[r.id].verdict is Verdict.DELIVERED for r in rcpts)
+                if count:
+                    delivered[message.id] = (message, messages[message.id][1], count)
             if len(finished) >= RECORD_EVERY:
                 flush()
 
@@ -262,10 +307,19 @@ class Deliverer:
                     done(rcpts, dict.fromkeys((r.id for r in rcpts), targets))
             else:
                 async with self.slots[claim.domain]:
-                    await self.send(claim, targets, messages, done)
+                    await self.send(claim, targets, messages, done, opener)
         finally:
             flush()
             await asyncio.gather(*records)
+        if delivered and grant_id is not None and self.mailboxes is not None:
+            # Filed only once the delivery is recorded: a crash between the two leaves the
+            # message delivered (never sent twice) but missing from the mailbox's Sent.
+            await self.mailboxes.delivered(grant_id, list(delivered.values()))
+
+    async def _destination(self, grant_id: str) -> Destination | Outcome:
+        if self.mailboxes is None:  # this process cannot open the grant's credentials
+            return temporary("Mailbox delivery is not available in this process", enhanced="4.3.0")
+        return await self.mailboxes.destination(grant_id)
 
     # -- steps ------------------------------------------------------------------------------
     async def _unlisted(self, claim: Claim, messages: dict[str, tuple[Message, bytes]]) -> Claim:
@@ -321,9 +375,11 @@ class Deliverer:
         targets: list[Target],
         messages: dict[str, tuple[Message, bytes]],
         done: Callable[[list[Recipient], dict[int, Outcome]], None],
+        opener: OpenSession | None = None,
     ) -> None:
         """One transaction per message, one connection reused, the next MX on connection
-        failure; `done` gets each message's outcomes per recipient id as they come."""
+        failure; `done` gets each message's outcomes per recipient id as they come.
+        `opener` makes the sessions of a route with its own login (a grant's)."""
         outcomes: dict[int, Outcome] = {}
         session: Session | None = None
         index = 0
@@ -350,13 +406,16 @@ class Deliverer:
                             continue
                         host_slot = self.host_slots[target.address]
                         await host_slot.acquire()
-                        session = Session(
-                            target,
-                            self._port(target),
-                            self.cfg,
-                            self.ehlo,
-                            on_close=host_slot.release,
-                        )
+                        if opener is not None:
+                            session = opener(target, self._port(target), host_slot.release)
+                        else:
+                            session = Session(
+                                target,
+                                self._port(target),
+                                self.cfg,
+                                self.ehlo,
+                                on_close=host_slot.release,
+                            )
                         problem = await session.open()
                         if problem is not None:
                             await session.close()

@@ -11,6 +11,9 @@ same for the events API and webhooks (Standard Webhooks' `{type, timestamp, data
     message.suppressed  data: as message.cancelled, and reason (a suppression reason)
     domain.verified     data: domain
     domain.unverified
+    message.created     a connected mailbox's message (mailboxes/) synced, changed or gone;
+    message.updated     data: message_id, grant_id, folder_id, thread_id (Nylas' names)
+    message.deleted
 
 `retry_now` and `lease_expired` are operational: they stay in a message's timeline and
 are not published. Pure: events and what the store read around them in, dicts out."""
@@ -35,7 +38,11 @@ PUBLIC_TYPES: dict[EventKind, str] = {
     EventKind.COMPLAINED: "message.complained",
     EventKind.DOMAIN_VERIFIED: "domain.verified",
     EventKind.DOMAIN_UNVERIFIED: "domain.unverified",
+    EventKind.MAILBOX_CREATED: "message.created",
+    EventKind.MAILBOX_UPDATED: "message.updated",
+    EventKind.MAILBOX_DELETED: "message.deleted",
 }
+_MAILBOX = {EventKind.MAILBOX_CREATED, EventKind.MAILBOX_UPDATED, EventKind.MAILBOX_DELETED}
 KIND_OF_TYPE = {public: kind for kind, public in PUBLIC_TYPES.items()}
 _OUTCOMES = {EventKind.DELIVERED, EventKind.DEFERRED, EventKind.BOUNCED, EventKind.EXPIRED}
 
@@ -65,6 +72,11 @@ def payload(event: Event, context: Context) -> dict[str, Any] | None:
     d = event.details
     if public.startswith("domain."):
         data: dict[str, Any] = {"domain": d.get("domain")}
+    elif event.kind in _MAILBOX:
+        data = {"message_id": event.message_id}
+        data.update({k: d.get(k) for k in ("grant_id", "folder_id", "thread_id")})
+        at = timestamp(event.at)
+        return {"id": event_id(event), "type": public, "timestamp": at, "data": data}
     elif event.kind is EventKind.ACCEPTED:
         data = {
             "message_id": event.message_id,

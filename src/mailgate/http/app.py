@@ -8,6 +8,7 @@ handlers, latency timing and the `Direct` fast path for the two hot routes.
     webhooks.py  /v1/webhooks: endpoints events are sent to, their secrets
     health.py    /healthz, /readyz, /metrics
     vendors/     Resend, Postmark, SendGrid and Mailgun's send routes, for their SDKs
+    nylas/       Nylas v3's grants, mailbox and send routes, for the `nylas` SDK
     ../ui/       /ui, the dashboard (its own Starlette app), and /docs without a CDN
 """
 
@@ -38,6 +39,7 @@ from mailgate.http import (
     health,
     keys,
     messages,
+    nylas,
     send,
     suppressions,
     vendors,
@@ -46,9 +48,11 @@ from mailgate.http import (
 from mailgate.http.auth import Auth
 from mailgate.http.errors import ApiError, error_response, query_error, rejected
 from mailgate.http.idempotency import Idempotency
+from mailgate.http.nylas.reading import MailboxReader
 from mailgate.http.openapi import body_schemas
 from mailgate.ingress.accept import Door
 from mailgate.lifecycle import Lifecycle
+from mailgate.mailboxes.grants import GrantAdmin
 from mailgate.metrics import Metrics
 from mailgate.store import Store
 from mailgate.ui.apidocs import add_docs
@@ -75,6 +79,8 @@ class Api:
         hooks: WebhookAdmin | None = None,
         shared: Path | None = None,  # the server's shared limits (shared.py), if any
         capture: bool = False,  # delivery.mode = "capture": the dashboard lists captured mail
+        grants: GrantAdmin | None = None,  # None: no Nylas routes (/v3/grants...)
+        mailboxes: MailboxReader | None = None,  # the synced mailboxes the Nylas routes read
     ) -> None:
         self.store, self.cfg, self.metrics, self.lifecycle = store, cfg, metrics, lifecycle
         # without the app's door: one of its own, counting into this process's metrics
@@ -84,6 +90,7 @@ class Api:
         self.domains = domains  # None: no /v1/domains routes (a process without a key box)
         self.hooks = hooks  # None: no /v1/webhooks routes
         self.capture = capture
+        self.grants, self.mailboxes = grants, mailboxes
 
 
 def create_api(api: Api) -> Direct:
@@ -117,6 +124,8 @@ def create_api(api: Api) -> Direct:
     if api.domains is not None:
         app.include_router(domains.router(domains.Domains(api.auth, api.domains)))
     app.include_router(health.router(health.Health(api.lifecycle, api.store, api.metrics)))
+    if api.grants is not None:  # before the vendors: /v3/grants/... is Nylas'
+        app.include_router(nylas.router(nylas.Nylas(sends, api.store, api.grants, api.mailboxes)))
     vendor_routers = vendors.routers(sends, api.store)
     for router in vendor_routers:
         app.include_router(router)

@@ -79,9 +79,12 @@ class Auth:
             self._plain_ok[ip] = allowed
         return allowed
 
-    async def key_for(self, request: Request, scope: Scope, secret: str | None = None) -> ApiKey:
-        """The request's key with `scope`: from Authorization (Bearer, or Basic's password)
-        unless a vendor surface found it elsewhere (`secret`, e.g. a Postmark token)."""
+    async def key_for(
+        self, request: Request, scope: Scope | tuple[Scope, ...], secret: str | None = None
+    ) -> ApiKey:
+        """The request's key with `scope` (or one of several): from Authorization (Bearer,
+        or Basic's password) unless a vendor surface found it elsewhere (`secret`, e.g. a
+        Postmark token)."""
         if self.lifecycle.draining:
             raise shutting_down()
         if secret is None:
@@ -116,8 +119,9 @@ class Auth:
             # the same answer and a growing delay for unknown, wrong and locked keys
             await asyncio.sleep(self.guard.failed(ip, keys.key_id_of(secret)))
             raise ApiError(401, "unauthorized", "Invalid API key", None, BEARER)
-        if not key.has(scope):
-            raise ApiError(403, "forbidden", f"This key lacks the {scope} scope")
+        scopes = scope if isinstance(scope, tuple) else (scope,)
+        if not any(key.has(s) for s in scopes):
+            raise ApiError(403, "forbidden", f"This key lacks the {' or '.join(scopes)} scope")
         wait = self.rate.wait(key.id, time.time())
         if wait:
             raise ApiError(

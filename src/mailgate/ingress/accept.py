@@ -91,6 +91,10 @@ class Submission:
     scheduled_at: float | None = None
     facts: HeaderFacts | None = None  # of `content`, when the ingress parsed them already
     sandbox: bool = False  # mail made here about sandbox mail (its DSNs) stays in the sandbox
+    # sent from a connected mailbox (models.GRANT_ROUTE): the HTTP layer checked that the key
+    # owns the grant and forced From to its address; its own server is the judge of the
+    # sender, so the key's sender domains and domains.require_verified do not apply
+    route: str | None = None
 
 
 class Rule(enum.StrEnum):
@@ -246,8 +250,8 @@ class Door:
     def prepare(self, sub: Submission) -> NewMessage | Refusal:
         """Every rule before commit, in order; pure (no I/O). A DSN path can use this."""
         facts = sub.facts or facts_of(sub.content)
-        refusal = authorise(sub, facts)
-        if refusal is None and self.require_sending is not None:
+        refusal = authorise(sub, facts) if sub.route is None else None
+        if refusal is None and self.require_sending is not None and sub.route is None:
             refusal = require_sending(sub, facts, self.require_sending)
         refusal = refusal or cap_recipients(sub, self.max_recipients)
         if refusal is not None:
@@ -273,6 +277,7 @@ class Door:
             created_at=now,
             from_domain=domain_of(first_from) if first_from else "",
             sandbox=sub.sandbox or (sub.key is not None and sub.key.sandbox),
+            route=sub.route,
         )
 
     def _with_headers(self, sub: Submission, facts: HeaderFacts, qid: str, now: float) -> bytes:

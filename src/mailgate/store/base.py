@@ -12,6 +12,16 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar, cast
 
+from mailgate.mailboxes.models import (
+    Folder,
+    FolderState,
+    Grant,
+    GrantStatus,
+    MailboxMessage,
+    MessageFilter,
+    Thread,
+    ThreadFilter,
+)
 from mailgate.models import (
     ApiKey,
     Claim,
@@ -29,7 +39,8 @@ from mailgate.models import (
     WebhookAttempt,
     new_id,
 )
-from mailgate.store import queries, queue
+from mailgate.store import grants, mailbox, mailbox_reads, queries, queue
+from mailgate.store.mailbox import Applied, FolderChanges, Owner
 from mailgate.store.protocols import Compaction, Dsn, MessagePage, Tx
 from mailgate.store.rows import event_from_row
 
@@ -76,6 +87,18 @@ CHANGES: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {
     "purge_idempotency": queue.purge_idempotency,
     "purge_finished": queue.purge_finished,
     "purge_finished_bodies": queue.purge_finished_bodies,
+    "add_grant": grants.add_grant,
+    "update_grant": grants.update_grant,
+    "set_grant_status": grants.set_grant_status,
+    "delete_grant": grants.delete_grant,
+    "put_mailbox_folders": mailbox.put_folders,
+    "apply_mailbox_changes": mailbox.apply,
+    "finish_mailbox_pass": mailbox.finish_pass,
+    "set_mailbox_flags": mailbox.set_flags,
+    "move_mailbox_message": mailbox.move,
+    "delete_mailbox_message": mailbox.delete,
+    "claim_mailbox_lease": mailbox.claim_lease,
+    "release_mailbox_lease": mailbox.release_lease,
 }
 
 
@@ -365,6 +388,111 @@ class EngineStore:
         return [
             (str(r[0]), float(r[1])) for r in await self._read(lambda tx: tx.fetch("nodes_seen"))
         ]
+
+    # -- grants, the connected mailboxes (store/grants.py) ----------------------------
+    async def add_grant(self, grant: Grant, sealed: str) -> None:
+        await self._change("add_grant", grant, sealed)
+
+    async def get_grant(self, grant_id: str) -> Grant | None:
+        return await self._read(lambda tx: grants.get_grant(tx, grant_id))
+
+    async def grants(self, api_key_id: str | None = None) -> list[Grant]:
+        return await self._read(lambda tx: grants.grants(tx, api_key_id))
+
+    async def grant_credentials(self, grant_id: str) -> str | None:
+        return await self._read(lambda tx: grants.grant_credentials(tx, grant_id))
+
+    async def grant_scheduled(self, grant_id: str, limit: int) -> list[Message]:
+        return await self._read(lambda tx: grants.grant_scheduled(tx, grant_id, limit))
+
+    async def update_grant(self, grant: Grant, sealed: str | None) -> bool:
+        return cast("bool", await self._change("update_grant", grant, sealed))
+
+    async def set_grant_status(self, grant_id: str, status: GrantStatus, error: str | None) -> bool:
+        return cast(
+            "bool",
+            await self._change("set_grant_status", grant_id, status.value, error, time.time()),
+        )
+
+    async def delete_grant(self, grant_id: str) -> bool:
+        return cast("bool", await self._change("delete_grant", grant_id))
+
+    # -- connected mailboxes' sync (store/mailbox.py, mailbox_reads.py) ----------------
+    async def mailbox_folders(self, grant_id: str) -> list[FolderState]:
+        return await self._read(lambda tx: mailbox_reads.folders(tx, grant_id))
+
+    async def put_mailbox_folders(
+        self, grant_id: str, listed: Sequence[tuple[str, str | None]], now: float
+    ) -> list[FolderState]:
+        return cast(
+            "list[FolderState]", await self._change("put_mailbox_folders", grant_id, listed, now)
+        )
+
+    async def mailbox_folder_index(
+        self, folder_id: str, uids: Sequence[int] | None = None
+    ) -> dict[int, tuple[str, bool, bool]]:
+        return await self._read(lambda tx: mailbox_reads.folder_index(tx, folder_id, uids))
+
+    async def mailbox_folder_count(self, folder_id: str, below: int) -> int:
+        return await self._read(lambda tx: mailbox_reads.folder_count(tx, folder_id, below))
+
+    async def mailbox_folder_list(self, grant_id: str) -> list[Folder]:
+        return await self._read(lambda tx: mailbox_reads.folder_list(tx, grant_id))
+
+    async def apply_mailbox_changes(self, owner: Owner, changes: FolderChanges) -> Applied:
+        return cast("Applied", await self._change("apply_mailbox_changes", owner, changes))
+
+    async def finish_mailbox_pass(self, owner: Owner, started: float, now: float) -> int:
+        return cast("int", await self._change("finish_mailbox_pass", owner, started, now))
+
+    async def set_mailbox_flags(
+        self, owner: Owner, message_id: str, unread: bool, starred: bool, now: float
+    ) -> None:
+        await self._change("set_mailbox_flags", owner, message_id, unread, starred, now)
+
+    async def move_mailbox_message(
+        self, owner: Owner, message_id: str, folder_id: str, uid: int, now: float
+    ) -> None:
+        await self._change("move_mailbox_message", owner, message_id, folder_id, uid, now)
+
+    async def delete_mailbox_message(self, owner: Owner, message_id: str, now: float) -> None:
+        await self._change("delete_mailbox_message", owner, message_id, now)
+
+    async def claim_mailbox_lease(
+        self, grant_id: str, owner: str, now: float, until: float
+    ) -> bool:
+        return cast("bool", await self._change("claim_mailbox_lease", grant_id, owner, now, until))
+
+    async def release_mailbox_lease(self, grant_id: str, owner: str) -> None:
+        await self._change("release_mailbox_lease", grant_id, owner)
+
+    async def mailbox_message(self, grant_id: str, message_id: str) -> MailboxMessage | None:
+        return await self._read(lambda tx: mailbox_reads.get(tx, grant_id, message_id))
+
+    async def mailbox_messages(
+        self,
+        grant_id: str,
+        f: MessageFilter,
+        folder_id: str | None,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[MailboxMessage], str | None]:
+        return await self._read(
+            lambda tx: mailbox_reads.list_messages(tx, grant_id, f, folder_id, after)
+        )
+
+    async def mailbox_threads(
+        self,
+        grant_id: str,
+        f: ThreadFilter,
+        folder_id: str | None,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[Thread], str | None]:
+        return await self._read(
+            lambda tx: mailbox_reads.list_threads(tx, grant_id, f, folder_id, after)
+        )
+
+    async def mailbox_thread(self, grant_id: str, thread_id: str) -> Thread | None:
+        return await self._read(lambda tx: mailbox_reads.thread(tx, grant_id, thread_id))
 
     # -- the dashboard (src/mailgate/ui/) ---------------------------------------------
     async def search_messages(self, query: MessageQuery, budget: int) -> MessagePage:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mailgate.mailboxes.models import Grant, GrantStatus
 from mailgate.models import (
     ApiKey,
     Claim,
@@ -25,6 +26,17 @@ from mailgate.models import (
     WebhookAttempt,
 )
 from mailgate.store.rows import MessageRow
+
+if TYPE_CHECKING:  # store/mailbox.py builds on this module's Tx
+    from mailgate.mailboxes.models import (
+        Folder,
+        FolderState,
+        MailboxMessage,
+        MessageFilter,
+        Thread,
+        ThreadFilter,
+    )
+    from mailgate.store.mailbox import Applied, FolderChanges, Owner
 
 Row = Sequence[Any]
 
@@ -383,6 +395,105 @@ class Store(Protocol):
     ) -> dict[str, tuple[int, str | None, str, float]]:
         """Each route's latest deferral (code, enhanced, text, time), where it has one."""
         ...
+
+    # grants, the connected mailboxes (store/grants.py): `sealed` is the credentials'
+    # secretbox token (mailboxes/grants.py); a Grant never carries it
+    async def add_grant(self, grant: Grant, sealed: str) -> None: ...
+
+    async def get_grant(self, grant_id: str) -> Grant | None: ...
+
+    async def grants(self, api_key_id: str | None = None) -> list[Grant]:
+        """The grants of one key; None: every grant (an admin's view)."""
+        ...
+
+    async def grant_credentials(self, grant_id: str) -> str | None:
+        """The sealed credentials; None when the grant is gone."""
+        ...
+
+    async def grant_scheduled(self, grant_id: str, limit: int) -> list[Message]:
+        """The grant's scheduled messages (sent from it with a send time), newest first."""
+        ...
+
+    async def update_grant(self, grant: Grant, sealed: str | None) -> bool:
+        """Everything but id, owner and created_at; the credentials too unless None."""
+        ...
+
+    async def set_grant_status(
+        self, grant_id: str, status: GrantStatus, error: str | None
+    ) -> bool: ...
+
+    async def delete_grant(self, grant_id: str) -> bool: ...
+
+    # connected mailboxes' sync (store/mailbox.py): each change writes its events
+    async def mailbox_folders(self, grant_id: str) -> list[FolderState]: ...
+
+    async def put_mailbox_folders(
+        self, grant_id: str, listed: Sequence[tuple[str, str | None]], now: float
+    ) -> list[FolderState]:
+        """The server's folders (name, role): new ones added, gone ones removed."""
+        ...
+
+    async def mailbox_folder_index(
+        self, folder_id: str, uids: Sequence[int] | None = None
+    ) -> dict[int, tuple[str, bool, bool]]:
+        """The folder's stored messages (of `uids` only, when given): UID -> (id, unread,
+        starred)."""
+        ...
+
+    async def mailbox_folder_count(self, folder_id: str, below: int) -> int:
+        """How many of the folder's stored messages have a UID below `below`."""
+        ...
+
+    async def mailbox_folder_list(self, grant_id: str) -> list[Folder]: ...
+
+    async def apply_mailbox_changes(self, owner: Owner, changes: FolderChanges) -> Applied:
+        """One step of a folder's sync, with its events, in one transaction."""
+        ...
+
+    async def finish_mailbox_pass(self, owner: Owner, started: float, now: float) -> int:
+        """Delete what vanished before the pass began and was not found since."""
+        ...
+
+    async def set_mailbox_flags(
+        self, owner: Owner, message_id: str, unread: bool, starred: bool, now: float
+    ) -> None: ...
+
+    async def move_mailbox_message(
+        self, owner: Owner, message_id: str, folder_id: str, uid: int, now: float
+    ) -> None: ...
+
+    async def delete_mailbox_message(self, owner: Owner, message_id: str, now: float) -> None: ...
+
+    async def claim_mailbox_lease(
+        self, grant_id: str, owner: str, now: float, until: float
+    ) -> bool:
+        """Take or renew the grant's sync lease (free, expired or owner's own): one
+        process syncs a grant at a time."""
+        ...
+
+    async def release_mailbox_lease(self, grant_id: str, owner: str) -> None: ...
+
+    async def mailbox_message(self, grant_id: str, message_id: str) -> MailboxMessage | None: ...
+
+    async def mailbox_messages(
+        self,
+        grant_id: str,
+        f: MessageFilter,
+        folder_id: str | None,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[MailboxMessage], str | None]:
+        """Newest first, after the (date, id) of the previous page's last."""
+        ...
+
+    async def mailbox_threads(
+        self,
+        grant_id: str,
+        f: ThreadFilter,
+        folder_id: str | None,
+        after: tuple[float, str] | None,
+    ) -> tuple[list[Thread], str | None]: ...
+
+    async def mailbox_thread(self, grant_id: str, thread_id: str) -> Thread | None: ...
 
 
 class Tx(Protocol):

@@ -174,6 +174,8 @@ def message_rows(m: NewMessage) -> NewRows:
         rcpts = [
             _new(RecipientRow, (mid, a, SANDBOX_ROUTE, _QUEUED, due, created)) for a in m.recipients
         ]
+    elif m.route is not None:  # a grant's: its submission server, whatever the domain
+        rcpts = [_new(RecipientRow, (mid, a, m.route, _QUEUED, due, created)) for a in m.recipients]
     else:
         rcpts = [
             _new(RecipientRow, (mid, a, a.rpartition("@")[2].lower(), _QUEUED, due, created))

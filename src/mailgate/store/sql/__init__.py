@@ -49,6 +49,11 @@ def numbered(sql: str) -> str:
 def statements(dialect: Dialect) -> dict[str, str]:
     """Every statement one backend runs, by name."""
     found = parse((HERE / "common.sql").read_text())
+    for path in sorted(HERE.glob("*.sql")):  # a feature's own file (grants.sql): common too
+        if path.stem not in ("common", "sqlite", "postgres"):
+            if twice := found.keys() & (more := parse(path.read_text())).keys():
+                raise ValueError(f"store SQL: {sorted(twice)} named again in {path.name}")
+            found.update(more)
     own = parse((HERE / f"{dialect}.sql").read_text())
     if twice := found.keys() & own.keys():  # one name, one statement: no silent override
         raise ValueError(f"store SQL: {sorted(twice)} in both common.sql and {dialect}.sql")

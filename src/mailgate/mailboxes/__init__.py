@@ -1,0 +1,1 @@
+"""Connected mailboxes: grants, IMAP sync, threads (docs/mailboxes.md)."""
