@@ -96,6 +96,7 @@ def test_endpoints_are_their_owners_and_their_secret_is_shown_once(mail: Mail) -
         },
     )
     assert made.status_code == 201, made.text
+    assert made.headers["cache-control"] == "no-store", "a shown-once secret is never cached"
     hook = made.json()
     secret = hook["secret"]
     assert secret.startswith("whsec_") and hook["id"].startswith("wh_") and hook["enabled"]
@@ -119,7 +120,9 @@ def test_endpoints_are_their_owners_and_their_secret_is_shown_once(mail: Mail) -
     on = call(mail, mine, "PATCH", f"/v1/webhooks/{hook['id']}", json={"enabled": True})
     assert on.json()["enabled"] is True and on.json()["disabled_reason"] is None
 
-    rotated = call(mail, mine, "POST", f"/v1/webhooks/{hook['id']}/rotate-secret").json()
+    rotation = call(mail, mine, "POST", f"/v1/webhooks/{hook['id']}/rotate-secret")
+    assert rotation.headers["cache-control"] == "no-store"
+    rotated = rotation.json()
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != secret
     store = mail.server.app.store
     assert store is not None
@@ -170,6 +173,7 @@ def test_endpoints_per_key_are_capped_and_a_revoked_keys_are_disabled(mail: Mail
 
     # an admin key's endpoint gets every event: revoking that key stops it too
     made_admin = mail.admin("POST", "/v1/keys", json={"name": "ops", "scopes": ["admin"]})
+    assert made_admin.headers["cache-control"] == "no-store"
     assert made_admin.status_code == 201, made_admin.text
     ops = made_admin.json()["secret"]
     hook_id = call(mail, ops, "POST", "/v1/webhooks", json=body).json()["id"]

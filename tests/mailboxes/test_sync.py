@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mailgate.events.payloads import Context, payload
 from mailgate.mailboxes.models import FolderRole, MessageFilter
+from mailgate.mailboxes.sync import FETCH, READ_AT_MOST
 from mailgate.models import EventKind
 from tests.mailboxes.conftest import Box, wired
 from tests.mailboxes.dovecot import Dovecot, message
@@ -213,3 +214,32 @@ async def test_a_plain_server_is_synced_without_its_extensions(
         assert ours.folder_id == archive.id and ours.uid > 0  # COPY's COPYUID
         counts = await b.mailboxes.sync_now(b.grant)
         assert (counts.created, counts.deleted) == (0, 0)
+
+
+async def test_a_large_message_is_read_from_its_start_only(any_box: Box) -> None:
+    """The sync reads at most READ_AT_MOST of a message: its envelope, snippet and first
+    attachment's headers are there; the size is the server's, of the whole."""
+    b = any_box
+    boundary = "b0undary"
+    blob = ("QUJD" * 19 + "\r\n") * (3 * READ_AT_MOST // 78)  # base64 lines, 1.5x the bound
+    raw = (
+        "From: Bob <bob@example.net>\r\nTo: alice@example.test\r\nSubject: Big one\r\n"
+        "Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <big@example.net>\r\n"
+        f'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\nThe photos, as promised.\r\n"
+        f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        'Content-Disposition: attachment; filename="photos.zip"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\n{blob}--{boundary}--\r\n"
+    ).encode()
+    assert len(raw) > READ_AT_MOST
+    b.server.append(b.user, raw)
+    await b.mailboxes.sync_now(b.grant)
+    (m,), _ = await b.mailboxes.messages(b.grant, MessageFilter(subject="Big one"))
+    assert m.snippet == "The photos, as promised."
+    assert m.has_attachments and m.message_id_header == "<big@example.net>"
+    assert m.size == len(raw)
+    async with b.mailboxes.connection(b.grant) as conn:  # what the sync's FETCH reads
+        await conn.run(conn.client.select_folder, "INBOX", readonly=True)
+        got = await conn.run(conn.client.fetch, [m.uid], FETCH)
+    (body,) = (v for k, v in got[m.uid].items() if k.startswith(b"BODY[]"))
+    assert len(body) == READ_AT_MOST

@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailgate.errors import StoreError
 from mailgate.models import (
@@ -18,7 +20,7 @@ from mailgate.models import (
     Suppression,
     SuppressionReason,
 )
-from mailgate.store import Store, open_store
+from mailgate.store import Store, open_store, queries
 from mailgate.store.migrate import versions
 from mailgate.store.sql import statements
 
@@ -97,3 +99,29 @@ async def test_a_database_with_a_newer_schema_is_refused(tmp_path: Path) -> None
     newer = open_store(url)
     with pytest.raises(StoreError, match="schema version 9999, newer than this mailgate"):
         await newer.open()
+
+
+async def test_a_prefix_lists_exactly_the_addresses_that_start_with_it(store: Store) -> None:
+    """The prefix bounds the index scan from both sides; each answer is the plain filter."""
+    letters = ["a", "b", "z", "~", "\u00e9", "\ud7ff", "\uffff", "\U0010ffff"]
+    addresses = sorted({f"{x}{y}@x.test" for x in letters for y in letters} | {"@x.test"})
+    await store.put_suppressions([Suppression(a, SuppressionReason.MANUAL, NOW) for a in addresses])
+    for prefix in ["", *letters, *(x + y for x in letters[:4] for y in letters)]:
+        listed = await store.list_suppressions("", prefix, None, 1000)
+        want = [a for a in addresses if a.startswith(prefix)]
+        assert [e.address for e in listed] == want, prefix
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=6), st.text(max_size=6))
+def test_the_next_prefix_is_above_every_string_that_starts_with_the_prefix(
+    prefix: str, rest: str
+) -> None:
+    upper = queries.next_prefix(prefix)
+    text = prefix + rest
+    assert prefix <= text
+    if upper:
+        assert text < upper and prefix < upper
+        assert not 0xD800 <= ord(upper[-1]) <= 0xDFFF, "a surrogate cannot be stored"
+    else:  # only a prefix of U+10FFFF alone has no string above it
+        assert set(prefix) <= {"\U0010ffff"}

@@ -21,6 +21,9 @@ from mailgate.ingress.accept import Refusal, Rule
 from mailgate.metrics import Metrics
 
 BEARER = {"WWW-Authenticate": 'Bearer realm="mailgate"'}
+# on answers that show a secret once (a new API key, a webhook signing secret): no cache
+# or proxy on the way may keep a copy
+NO_STORE = "no-store"
 
 
 class ApiError(MailgateError):

@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
+from starlette.responses import Response
 
 from mailgate import keys
 from mailgate.addresses import domain_problem
 from mailgate.http import models as m
 from mailgate.http.auth import Auth
-from mailgate.http.errors import ApiError, invalid
+from mailgate.http.errors import NO_STORE, ApiError, invalid
 from mailgate.http.messages import utc
 from mailgate.http.openapi import ERRORS, request_body
 from mailgate.http.send import parse_json, read_body
@@ -67,7 +68,7 @@ class Keys:
     def __init__(self, auth: Auth, store: Store) -> None:
         self.auth, self.store = auth, store
 
-    async def create(self, request: Request) -> m.KeyOut:
+    async def create(self, request: Request, response: Response) -> m.KeyOut:
         await self.auth.key_for(request, Scope.ADMIN)
         body, _ = await read_body(request, JSON_TYPES, 8192)
         req = parse_json(m.KeyRequest, body)
@@ -77,6 +78,7 @@ class Keys:
         key, secret = await keys.create_key(
             self.store, req.name, req.scopes, req.sender_domains, req.sandbox
         )
+        response.headers["Cache-Control"] = NO_STORE
         return key_out(key, secret)
 
     async def list_keys(self, request: Request) -> m.KeyList:

@@ -9,10 +9,12 @@ from typing import Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
+from starlette.responses import Response
 
 from mailgate.events.endpoints import WebhookAdmin
 from mailgate.http import models as m
 from mailgate.http.auth import Auth
+from mailgate.http.errors import NO_STORE
 from mailgate.http.messages import utc
 from mailgate.http.openapi import ERRORS, request_body
 from mailgate.http.send import parse_json, read_body
@@ -40,11 +42,12 @@ class Webhooks:
     def __init__(self, auth: Auth, admin: WebhookAdmin) -> None:
         self.auth, self.admin = auth, admin
 
-    async def create(self, request: Request) -> m.WebhookOut:
+    async def create(self, request: Request, response: Response) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
         body, _ = await read_body(request, JSON_TYPES, MAX_BODY)
         req = parse_json(m.WebhookRequest, body)
         hook, secret = await self.admin.create(key, req.url, req.events, req.description)
+        response.headers["Cache-Control"] = NO_STORE
         return webhook_out(hook, secret)
 
     async def list_webhooks(self, request: Request) -> m.WebhookList:
@@ -64,9 +67,10 @@ class Webhooks:
         )
         return webhook_out(hook)
 
-    async def rotate(self, request: Request, hook_id: str) -> m.WebhookOut:
+    async def rotate(self, request: Request, response: Response, hook_id: str) -> m.WebhookOut:
         key = await self.auth.key_for(request, Scope.READ)
         hook, secret = await self.admin.rotate_secret(key, hook_id)
+        response.headers["Cache-Control"] = NO_STORE
         return webhook_out(hook, secret)
 
     async def attempts(

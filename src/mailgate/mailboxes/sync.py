@@ -46,7 +46,13 @@ from mailgate.store import Store
 from mailgate.store.mailbox import FolderChanges, Owner
 
 BATCH = 250  # messages fetched and committed together (RFC822 of ~2 KB: ~0.5 MB a batch)
-FETCH = [b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", b"BODY.PEEK[]"]
+# What the sync keeps of a message (envelope, snippet, whether it has attachments) is near
+# its start: at most this much of each is read, so a mailbox of large messages (or a
+# server sending huge ones) costs bounded memory and time. Attachments are read from the
+# server whole when asked for.
+READ_AT_MOST = 2 * 1024 * 1024
+FETCH = [b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", b"BODY.PEEK[]<0.%d>" % READ_AT_MOST]
+BODY_KEYS = (b"BODY[]<0>", b"BODY[]")  # a partial answer's name (a server may omit the <0>)
 IDLE_RENEW = 25 * 60  # RFC 2177: re-issue IDLE before the server's 30-minute timeout
 
 
@@ -220,7 +226,7 @@ def _fetch(
     """FETCH and parse in the connection's thread (the parse is the costly part)."""
     out = []
     for uid, data in sorted(c.fetch(uids, FETCH).items()):
-        raw = data.get(b"BODY[]")
+        raw = next((data[k] for k in BODY_KEYS if k in data), None)
         if not isinstance(raw, bytes):
             continue  # expunged meanwhile: the next pass sees it gone
         out.append(
@@ -230,7 +236,7 @@ def _fetch(
                 folder_id=folder_id,
                 uid=int(uid),
                 flags=tuple(data.get(b"FLAGS", ())),
-                size=int(data.get(b"RFC822.SIZE", 0)),
+                size=int(data.get(b"RFC822.SIZE", 0)) or len(raw),
                 received=envelope.received_time(data.get(b"INTERNALDATE")),
             )
         )

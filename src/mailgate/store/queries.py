@@ -232,13 +232,26 @@ async def suppressed_among(tx: Tx, addresses: Sequence[str]) -> dict[str, list[t
     return found
 
 
+def next_prefix(prefix: str) -> str:
+    """The least string above every string that starts with `prefix` ("" for none): its
+    last character that can grow, grown by one, and what followed it dropped."""
+    for i in range(len(prefix) - 1, -1, -1):
+        code = ord(prefix[i]) + 1
+        if code <= 0x10FFFF:
+            return prefix[:i] + chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)
+    return ""
+
+
 async def list_suppressions(
     tx: Tx, reason: str, prefix: str, cursor: tuple[str, str] | None, limit: int
 ) -> list[Suppression]:
     """A page in (address, scope) order after `cursor`; reason "" for every reason."""
     after, scope = cursor or ("", "")
+    upto = next_prefix(prefix)
     rows = await tx.fetch(
-        "list_suppressions", after, after, scope, prefix, len(prefix), prefix, reason, reason, limit
+        "list_suppressions",
+        *(after, after, scope, prefix, upto, upto),
+        *(len(prefix), prefix, reason, reason, limit),
     )
     return [Suppression(r[0], SuppressionReason(r[2]), r[3], r[1], r[4]) for r in rows]
 

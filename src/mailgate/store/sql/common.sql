@@ -288,10 +288,12 @@ DELETE FROM suppressions WHERE address = ? AND scope = ? RETURNING address
 DELETE FROM suppressions WHERE address = ? RETURNING address
 
 -- name: list_suppressions
--- a page in (address, scope) order after the cursor; the prefix as a lower bound (for the
--- index) and a test (an upper bound would depend on the database's collation)
+-- a page in (address, scope) order after the cursor; the prefix as bounds for the index
+-- (from the prefix to the next one: a short answer never scans the rest of the table)
+-- and as a test, which keeps the answer exact whatever the database's collation
 SELECT address, scope, reason, created_at, message_id FROM suppressions
 WHERE (address > ? OR (address = ? AND scope > ?)) AND address >= ?
+    AND (? = '' OR address < ?)
     AND substr(address, 1, ?) = ? AND (? = '' OR reason = ?)
 ORDER BY address, scope LIMIT ?
 
