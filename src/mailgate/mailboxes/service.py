@@ -124,25 +124,31 @@ class Mailboxes:
     async def messages(
         self, grant: Grant, f: MessageFilter
     ) -> tuple[list[MailboxMessage], str | None]:
-        folder_id = None
-        if f.in_folder is not None:
-            folder = await self._folder(grant, f.in_folder)
-            if folder is None:
-                return [], None
-            folder_id = folder.id
-        return await self.store.mailbox_messages(grant.id, f, folder_id, _after(f.page_token))
+        folder_id = await self._folder_id(grant, f.in_folder)
+        if folder_id is None:
+            return [], None
+        return await self.store.mailbox_messages(
+            grant.id, f, folder_id or None, _after(f.page_token)
+        )
+
+    async def _folder_id(self, grant: Grant, wanted: str | None) -> str | None:
+        """The id of the folder a list is limited to: "" for every folder, None when the
+        folder named does not exist (an empty list)."""
+        if wanted is None:
+            return ""
+        folder = await self._folder(grant, wanted)
+        return None if folder is None else folder.id
 
     async def message(self, grant: Grant, message_id: str) -> MailboxMessage | None:
         return await self.store.mailbox_message(grant.id, message_id)
 
     async def threads(self, grant: Grant, f: ThreadFilter) -> tuple[list[Thread], str | None]:
-        folder_id = None
-        if f.in_folder is not None:
-            folder = await self._folder(grant, f.in_folder)
-            if folder is None:
-                return [], None
-            folder_id = folder.id
-        return await self.store.mailbox_threads(grant.id, f, folder_id, _after(f.page_token))
+        folder_id = await self._folder_id(grant, f.in_folder)
+        if folder_id is None:
+            return [], None
+        return await self.store.mailbox_threads(
+            grant.id, f, folder_id or None, _after(f.page_token)
+        )
 
     async def thread(self, grant: Grant, thread_id: str) -> Thread | None:
         return await self.store.mailbox_thread(grant.id, thread_id)

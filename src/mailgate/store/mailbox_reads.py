@@ -122,16 +122,11 @@ def _like(address: str) -> str:
 
 
 def _where(
-    grant_id: str,
-    folder_id: str | None,
-    unread: bool | None,
-    starred: bool | None,
-    from_: str | None,
-    to: str | None,
-    any_email: Sequence[str],
-    subject: str | None,
-    has_attachment: bool | None,
+    grant_id: str, folder_id: str | None, f: MessageFilter | ThreadFilter
 ) -> tuple[list[str], list[Any]]:
+    """The conditions messages and threads are filtered by alike."""
+    unread, starred, has_attachment = f.unread, f.starred, f.has_attachment
+    from_, to, any_email, subject = f.from_, f.to, f.any_email, f.subject
     where: list[str] = ["grant_id = ?", "vanished_at IS NULL"]
     args: list[Any] = [grant_id]
     if folder_id is not None:
@@ -178,17 +173,7 @@ def untoken(text: str) -> tuple[float, str] | None:
 async def list_messages(
     tx: Tx, grant_id: str, f: MessageFilter, folder_id: str | None, after: tuple[float, str] | None
 ) -> tuple[list[MailboxMessage], str | None]:
-    where, args = _where(
-        grant_id,
-        folder_id,
-        f.unread,
-        f.starred,
-        f.from_,
-        f.to,
-        f.any_email,
-        f.subject,
-        f.has_attachment,
-    )
+    where, args = _where(grant_id, folder_id, f)
     if f.thread_id is not None:
         where.append("thread_id = ?")
         args.append(f.thread_id)
@@ -214,17 +199,7 @@ async def list_messages(
 async def list_threads(
     tx: Tx, grant_id: str, f: ThreadFilter, folder_id: str | None, after: tuple[float, str] | None
 ) -> tuple[list[Thread], str | None]:
-    where, args = _where(
-        grant_id,
-        folder_id,
-        f.unread,
-        f.starred,
-        f.from_,
-        f.to,
-        f.any_email,
-        f.subject,
-        f.has_attachment,
-    )
+    where, args = _where(grant_id, folder_id, f)
     having: list[str] = []
     hargs: list[Any] = []
     if f.latest_message_after is not None:
