@@ -96,38 +96,36 @@ def one(params: QueryParams, name: str) -> str | None:
     return values[0] if values else None
 
 
+def _shared(params: QueryParams) -> dict[str, Any]:
+    """The query parameters messages and threads are listed by alike."""
+    return {
+        "in_folder": one(params, "in"),
+        "unread": flag(params, "unread"),
+        "starred": flag(params, "starred"),
+        "from_": one(params, "from"),
+        "to": one(params, "to"),
+        "any_email": tuple(texts(params, "any_email")),
+        "subject": params.get("subject") or None,
+        "has_attachment": flag(params, "has_attachment"),
+        "limit": number(params, "limit", 1, LIST_MAX) or 50,
+        "page_token": params.get("page_token") or None,
+    }
+
+
 def message_filter(params: QueryParams) -> MessageFilter:
     return MessageFilter(
-        in_folder=one(params, "in"),
-        unread=flag(params, "unread"),
-        starred=flag(params, "starred"),
-        from_=one(params, "from"),
-        to=one(params, "to"),
-        any_email=tuple(texts(params, "any_email")),
-        subject=params.get("subject") or None,
+        **_shared(params),
         received_after=seconds(params, "received_after"),
         received_before=seconds(params, "received_before"),
-        has_attachment=flag(params, "has_attachment"),
         thread_id=params.get("thread_id") or None,
-        limit=number(params, "limit", 1, LIST_MAX) or 50,
-        page_token=params.get("page_token") or None,
     )
 
 
 def thread_filter(params: QueryParams) -> ThreadFilter:
     return ThreadFilter(
-        in_folder=one(params, "in"),
-        unread=flag(params, "unread"),
-        starred=flag(params, "starred"),
-        from_=one(params, "from"),
-        to=one(params, "to"),
-        any_email=tuple(texts(params, "any_email")),
-        subject=params.get("subject") or None,
+        **_shared(params),
         latest_message_after=seconds(params, "latest_message_after"),
         latest_message_before=seconds(params, "latest_message_before"),
-        has_attachment=flag(params, "has_attachment"),
-        limit=number(params, "limit", 1, LIST_MAX) or 50,
-        page_token=params.get("page_token") or None,
     )
 
 
