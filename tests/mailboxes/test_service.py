@@ -4,6 +4,10 @@ is wrong in one sentence."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -148,3 +152,42 @@ async def test_an_oauth2_token_logs_in_with_xoauth2(box: Box) -> None:
     assert await b.mailboxes.check(oauth, token) is None
     b.server.append(b.user, message("Via token"))
     assert (await b.mailboxes.sync_now(await b.refresh())).created == 1
+
+
+class HostileImap:
+    """An IMAP server on loopback that greets, then answers LOGIN with a line announcing
+    a literal of a terabyte and starts sending it as fast as the client reads."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sent = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.sock:
+            conn, _ = self.sock.accept()
+        with conn:
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hostile ready\r\n")
+            line = conn.makefile("rb").readline()
+            tag = line.split(b" ", 1)[0]
+            conn.sendall(b"* CAPABILITY IMAP4rev1 {1000000000000}\r\n")
+            chunk = b"\0" * 65536
+            with contextlib.suppress(OSError):
+                while self.sent < 300 * 1024 * 1024:  # the client stops reading, or this
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+                conn.sendall(tag + b" OK done\r\n")
+
+
+async def test_a_server_announcing_a_huge_literal_is_dropped_at_once(
+    dovecot: Dovecot, tmp_path: Path
+) -> None:
+    hostile = HostileImap()
+    async with wired(dovecot, f"sqlite:///{tmp_path / 'm.db'}", tmp_path) as b:
+        grant = replace(b.grant, imap=Server("127.0.0.1", hostile.port, TlsMode.NONE))
+        began = time.monotonic()
+        said = await b.mailboxes.check(grant, Credentials(AuthMethod.PASSWORD, "x"))
+        assert said is not None and "literal of 1000000000000 bytes" in said, said
+        assert time.monotonic() - began < 10  # not read until a timeout
+        assert hostile.sent < 64 * 1024 * 1024, "the client stopped reading at the size"

@@ -23,10 +23,12 @@ import ssl
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import imapclient
 import imapclient.exceptions
+import imapclient.imap4
+import imapclient.tls
 from imapclient.imapclient import seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
 
@@ -36,6 +38,9 @@ from mailgate.reachable import Network, forbidden
 
 T = TypeVar("T")
 TIMEOUT = 30.0  # seconds for connect and each command (an IDLE wait sets its own)
+# The largest literal (a message, a header block) read from a server: imaplib reads
+# whatever size a server announces into memory, so a hostile one could ask for any.
+MAX_LITERAL = 100 * 1024 * 1024
 
 SPECIAL_USE: dict[bytes, FolderRole] = {
     b"\\sent": FolderRole.SENT,
@@ -54,6 +59,35 @@ BROKEN = (OSError, EOFError, imaplib.IMAP4.abort, imapclient.exceptions.IMAPClie
 class Listed:
     name: str  # decoded
     role: FolderRole | None
+
+
+def _read_capped(imap: imaplib.IMAP4, size: int) -> bytes:
+    """imaplib's literal read, refusing a size over MAX_LITERAL before reading any of it
+    (the connection is dropped: MailboxUnreachable)."""
+    if size > MAX_LITERAL:
+        raise imaplib.IMAP4.abort(
+            f"the server sent a literal of {size} bytes (at most {MAX_LITERAL} are read)"
+        )
+    return cast(bytes, imap.file.read(size))
+
+
+class _Plain(imapclient.imap4.IMAP4WithTimeout):  # type: ignore[misc]
+    read = _read_capped
+
+
+class _Tls(imapclient.tls.IMAP4_TLS):  # type: ignore[misc]
+    read = _read_capped
+
+
+class CappedClient(imapclient.IMAPClient):  # type: ignore[misc]
+    """IMAPClient whose imaplib connection reads no literal over MAX_LITERAL, from the
+    first answer on (imaplib asks CAPABILITY while it connects)."""
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        connect_timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _Tls(self.host, self.port, self.ssl_context, connect_timeout)
+        return _Plain(self.host, self.port, connect_timeout)
 
 
 class Connection:
@@ -125,7 +159,7 @@ def connect_blocking(
     check_address(server.host, server.port, allowed)
     where = f"{server.host}:{server.port}"
     try:
-        client = imapclient.IMAPClient(
+        client = CappedClient(
             server.host,
             port=server.port,
             ssl=server.tls is TlsMode.IMPLICIT,
