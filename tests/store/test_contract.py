@@ -354,3 +354,28 @@ async def test_bodies_of_every_size_read_back_exactly(store: Store) -> None:
         assert await store.get_raw(m.id) == m.raw
     loaded = await store.load([m.id for m in together + alone])
     assert {k: v[1] for k, v in loaded.items()} == {m.id: m.raw for m in together + alone}
+
+
+async def test_recipient_glimpses_name_a_few_and_count_every_recipient(store: Store) -> None:
+    now = time.time()
+    many = message(*(f"r{i:03}@x.test" for i in range(120)), created_at=now - 1)
+    one = message("solo@y.test", created_at=now - 1)
+    await store.enqueue(many)
+    await store.enqueue(one)
+    claim = await store.claim("w", now, 5, 60)
+    assert claim is not None and claim.recipients[0].message_id == many.id
+    await store.settle(
+        "w",
+        [
+            Settlement(r.id, RecipientStatus.DELIVERED, Reply(250, "2.0.0", "ok"))
+            for r in claim.recipients[:2]
+        ],
+    )
+    got = await store.recipient_glimpses([many.id, one.id, "01NOSUCHMESSAGE0000000000"], 3)
+    assert [r.address for r in got[many.id].first] == ["r000@x.test", "r001@x.test", "r002@x.test"]
+    counts = got[many.id].counts
+    assert counts[RecipientStatus.DELIVERED] == 2 and got[many.id].total == 120
+    assert sum(n for s, n in counts.items() if s is not RecipientStatus.DELIVERED) == 118
+    assert [r.address for r in got[one.id].first] == ["solo@y.test"]
+    assert got[one.id].counts == {RecipientStatus.QUEUED: 1}
+    assert got["01NOSUCHMESSAGE0000000000"].total == 0

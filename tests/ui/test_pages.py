@@ -183,3 +183,20 @@ def test_captured_mail_says_when_capture_is_off(dash: Dashboard) -> None:
         page = client.get("/ui/captured")
         assert page.status_code == 200 and "Capture mode is off" in page.text
         assert 'href="/ui/captured"' not in page.text.split("<main>")[0]  # not in the menu
+
+
+def test_the_messages_list_names_three_recipients_and_counts_the_rest(dash: Dashboard) -> None:
+    to = [f"m{n:03}@example.com" for n in range(250)]
+    sent = httpx.post(
+        f"{dash.url}/v1/messages",
+        headers=api(dash),
+        json={"from": "app@example.org", "to": to, "subject": "Many", "text": "hi"},
+    )
+    assert sent.status_code == 202, sent.text
+    with signed_in(dash) as (client, _):
+        page = client.get("/ui/messages", params={"subject": "Many"})
+    assert page.status_code == 200
+    at = page.text.index("m000@example.com")
+    row = page.text[page.text.rindex("<tr", 0, at) : page.text.index("</tr>", at)]
+    assert [a for a in to if a in row] == to[:3]
+    assert "+247" in row

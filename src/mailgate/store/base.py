@@ -41,7 +41,7 @@ from mailgate.models import (
 )
 from mailgate.store import grants, mailbox, mailbox_reads, queries, queue
 from mailgate.store.mailbox import Applied, FolderChanges, Owner
-from mailgate.store.protocols import Compaction, Dsn, MessagePage, Tx
+from mailgate.store.protocols import Compaction, Dsn, MessagePage, RecipientGlimpse, Tx
 from mailgate.store.rows import event_from_row
 
 T = TypeVar("T")
@@ -137,6 +137,11 @@ class EngineStore:
 
     async def recipients(self, message_id: str) -> list[Recipient]:
         return await self._read(lambda tx: queries.recipients(tx, message_id))
+
+    async def recipient_glimpses(
+        self, message_ids: Sequence[str], shown: int
+    ) -> dict[str, RecipientGlimpse]:
+        return await self._read(lambda tx: queries.recipient_glimpses(tx, message_ids, shown))
 
     async def events(self, message_id: str) -> list[Event]:
         return await self._read(lambda tx: queries.events(tx, message_id))

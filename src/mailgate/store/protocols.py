@@ -74,6 +74,18 @@ class MessagePage:
     searched_to: str | None = None  # the page ran out of budget: looked back to this id
 
 
+@dataclass(frozen=True, slots=True)
+class RecipientGlimpse:
+    """What a list shows of a message's recipients (Store.recipient_glimpses)."""
+
+    first: list[Recipient]  # the first few, in order
+    counts: dict[RecipientStatus, int]  # every recipient, by status
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
 class BodyMoved(Exception):
     """Tx.body: the segment a row named is gone, because compaction moved the body and
     removed the segment between the row's read and the file's: read the row again."""
@@ -111,6 +123,12 @@ class Store(Protocol):
         """Messages with their bytes, in one round trip (what a delivery claim needs)."""
 
     async def recipients(self, message_id: str) -> list[Recipient]: ...
+
+    async def recipient_glimpses(
+        self, message_ids: Sequence[str], shown: int
+    ) -> dict[str, RecipientGlimpse]:
+        """Each message's first `shown` recipients and its recipients counted by status."""
+        ...
 
     async def events(self, message_id: str) -> list[Event]: ...
 

@@ -21,7 +21,7 @@ from mailgate.models import (
     Webhook,
     new_id,
 )
-from mailgate.store.protocols import BodyMoved, MessagePage, Row, Tx
+from mailgate.store.protocols import BodyMoved, MessagePage, RecipientGlimpse, Row, Tx
 from mailgate.store.rows import (
     MESSAGE_COLUMNS,
     domain_from_row,
@@ -77,6 +77,21 @@ async def load(tx: Tx, message_ids: Sequence[str]) -> dict[str, tuple[Message, b
 
 async def recipients(tx: Tx, message_id: str) -> list[Recipient]:
     return [recipient_from_row(r) for r in await tx.fetch("recipients", message_id)]
+
+
+async def recipient_glimpses(
+    tx: Tx, message_ids: Sequence[str], shown: int
+) -> dict[str, RecipientGlimpse]:
+    """Each message's first `shown` recipients and its recipients counted by status,
+    without reading every recipient of a message sent to thousands."""
+    found: dict[str, RecipientGlimpse] = {}
+    for mid in message_ids:
+        first = [recipient_from_row(r) for r in await tx.fetch("first_recipients", mid, shown)]
+        counts = {
+            RecipientStatus(status): n for status, n in await tx.fetch("message_status_counts", mid)
+        }
+        found[mid] = RecipientGlimpse(first, counts)
+    return found
 
 
 async def events(tx: Tx, message_id: str) -> list[Event]:

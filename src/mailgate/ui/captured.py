@@ -10,10 +10,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from mailgate.models import Message, MessageQuery, Recipient
+from mailgate.models import Message, MessageQuery
 from mailgate.store import Store
+from mailgate.store.protocols import RecipientGlimpse
 from mailgate.ui.gate import PREFIX, Gate, Visitor
-from mailgate.ui.messages import PAGE_SIZE, SEARCH_BUDGET, ULID
+from mailgate.ui.messages import PAGE_SIZE, SEARCH_BUDGET, SHOWN, ULID
 
 
 class CapturedPage:
@@ -21,12 +22,13 @@ class CapturedPage:
         self.gate, self.store, self.capture = gate, store, capture
 
     async def show(self, request: Request, visitor: Visitor) -> Response:
-        rows: list[tuple[Message, list[Recipient]]] = []
+        rows: list[tuple[Message, RecipientGlimpse]] = []
         older, cursor = None, request.query_params.get("cursor", "")
         if self.capture:
             query = MessageQuery(cursor=cursor if ULID.match(cursor) else None, limit=PAGE_SIZE)
             page = await self.store.search_messages(query, SEARCH_BUDGET)
-            rows = [(m, await self.store.recipients(m.id)) for m in page.messages]
+            glimpses = await self.store.recipient_glimpses([m.id for m in page.messages], SHOWN)
+            rows = [(m, glimpses[m.id]) for m in page.messages]
             if page.next_cursor:
                 older = f"{PREFIX}/captured?{urlencode({'cursor': page.next_cursor})}"
         return self.gate.pages.render(

@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from mailgate.http.messages import content_disposition
-from mailgate.models import ACTIVE_STATUSES, Message, MessageQuery, Recipient, RecipientStatus
+from mailgate.models import ACTIVE_STATUSES, Message, MessageQuery, RecipientStatus
 from mailgate.parsed import ParseError, attachment, describe
 from mailgate.store import Store
+from mailgate.store.protocols import RecipientGlimpse
 from mailgate.ui.gate import PREFIX, Gate, Visitor, field, local_path, read_form
 from mailgate.ui.headers import EMAIL_POLICY, INERT_POLICY
 
@@ -86,12 +87,12 @@ def named(message_id: str) -> str:
     return message_id if ULID.match(message_id) else "(not a message id)"
 
 
-def summary(recipients: list[Recipient]) -> list[tuple[str, int]]:
+SHOWN = 3  # recipients named in a list's row (the rest are counted)
+
+
+def summary(counts: dict[RecipientStatus, int]) -> list[tuple[str, int]]:
     """(status, how many) of a message's recipients, in the statuses' order."""
-    counts = {s: 0 for s in RecipientStatus}
-    for r in recipients:
-        counts[r.status] += 1
-    return [(s.value, n) for s, n in counts.items() if n]
+    return [(s.value, counts[s]) for s in RecipientStatus if counts.get(s)]
 
 
 class MessagePages:
@@ -100,12 +101,12 @@ class MessagePages:
 
     async def search(self, request: Request, visitor: Visitor) -> Response:
         search = read_search(dict(request.query_params))
-        rows: list[tuple[Message, list[Recipient]]] = []
+        rows: list[tuple[Message, RecipientGlimpse]] = []
         page = None
         if search.problem is None:
             page = await self.store.search_messages(search.query, SEARCH_BUDGET)
-            for message in page.messages:
-                rows.append((message, await self.store.recipients(message.id)))
+            glimpses = await self.store.recipient_glimpses([m.id for m in page.messages], SHOWN)
+            rows = [(m, glimpses[m.id]) for m in page.messages]
         filters = {k: v for k, v in search.values.items() if v}
         older = None
         if page is not None and page.next_cursor:
@@ -118,7 +119,7 @@ class MessagePages:
             values=search.values,
             statuses=[s.value for s in RecipientStatus],
             problem=search.problem,
-            rows=[(m, rs, summary(rs)) for m, rs in rows],
+            rows=[(m, g, summary(g.counts)) for m, g in rows],
             older=older,
             searched_to=page.searched_to if page else None,
             first=f"{PREFIX}/messages?" + urlencode(filters) if search.query.cursor else None,

@@ -71,6 +71,13 @@ SELECT {event_columns} FROM events WHERE message_id = ? ORDER BY id
 -- name: status_counts
 SELECT status, count(*) FROM recipients GROUP BY status
 
+-- name: message_status_counts
+-- one message's recipients counted by status (the dashboard's lists: no rows made)
+SELECT status, count(*) FROM recipients WHERE message_id = ? GROUP BY status
+
+-- name: first_recipients
+SELECT {recipient_columns} FROM recipients WHERE message_id = ? ORDER BY id LIMIT ?
+
 -- name: ping
 INSERT INTO nodes (name, seen_at) VALUES (?, ?)
 ON CONFLICT (name) DO UPDATE SET seen_at = excluded.seen_at
