@@ -4,7 +4,10 @@ sync keeps; a change (flags, folder, delete, append) is made over IMAP first, th
 store with its event, so the store never says what the mailbox does not.
 
 Connections: sync passes and IDLE share `mailboxes.max_connections` (half of it at most
-for IDLE); an API call opens its own short connection, not queued behind a long sync.
+for IDLE); an API call opens its own short connection, not queued behind a long sync, at
+most API_CONNECTIONS_PER_GRANT of them at once for one mailbox in a process (the rest
+wait): a burst of API calls must not open a connection each to the user's server, which
+counts them (Dovecot allows 10 per user and address by default) and may lock it out.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from mailgate.store.mailbox_reads import untoken
 
 __all__ = ["Mailboxes", "MessageFilter", "ThreadFilter"]
 
+API_CONNECTIONS_PER_GRANT = 3
+
 
 class Mailboxes:
     def __init__(
@@ -67,6 +72,7 @@ class Mailboxes:
         self.slots = asyncio.Semaphore(cfg.max_connections - self.idle_max)
         # one thread per open connection at most: IDLE waits hold theirs
         self.pool = ThreadPoolExecutor(cfg.max_connections + 8, "imap")
+        self.api_slots: dict[str, asyncio.Semaphore] = {}  # grant id -> its API connections
 
     # -- connections -------------------------------------------------------------------
     async def credentials(self, grant: Grant) -> Credentials:
@@ -93,6 +99,13 @@ class Mailboxes:
             yield conn
         finally:
             await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def api_connection(self, grant: Grant) -> AsyncIterator[Connection]:
+        """A connection for one API call, when one of the grant's API slots is free."""
+        slots = self.api_slots.setdefault(grant.id, asyncio.Semaphore(API_CONNECTIONS_PER_GRANT))
+        async with slots, self.connection(grant) as conn:
+            yield conn
 
     async def check(self, grant: Grant, creds: Credentials) -> str | None:
         """Log in and list folders: None when fine, else one sentence saying why not."""
@@ -161,7 +174,7 @@ class Mailboxes:
         folder = await self._folder(grant, m.folder_id)
         if folder is None:
             return None
-        async with self.connection(grant) as conn:
+        async with self.api_connection(grant) as conn:
             await conn.run(conn.client.select_folder, folder.name, readonly=True)
             uid = m.uid or await self._find(conn, m)
             if not uid:
@@ -188,7 +201,7 @@ class Mailboxes:
             if target.id == source.id:
                 target = None
         owner = _owner(grant)
-        async with self.connection(grant) as conn:
+        async with self.api_connection(grant) as conn:
             c = conn.client
             await conn.run(c.select_folder, source.name)
             uid = m.uid or await self._find(conn, m)
@@ -219,7 +232,7 @@ class Mailboxes:
         source = await self._must_folder(grant, m.folder_id)
         trash = await self._folder(grant, FolderRole.TRASH.value)
         owner = _owner(grant)
-        async with self.connection(grant) as conn:
+        async with self.api_connection(grant) as conn:
             c = conn.client
             await conn.run(c.select_folder, source.name)
             uid = m.uid or await self._find(conn, m)
@@ -241,7 +254,7 @@ class Mailboxes:
         """APPEND to the folder of that role (Sent, Drafts), then sync that folder so the
         message is readable (and threaded) when this returns."""
         folder = await self._folder(grant, role.value)
-        async with self.connection(grant) as conn:
+        async with self.api_connection(grant) as conn:
             if folder is None:  # not synced yet: learn the folders first
                 listed = await conn.run(list_folders, conn.client)
                 await self.store.put_mailbox_folders(
