@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 
 from mailgate.config import MailboxesConfig
 from mailgate.mailboxes.grants import seal
+from mailgate.mailboxes.imap import Connection
 from mailgate.mailboxes.models import (
     AuthMethod,
     Credentials,
@@ -145,3 +146,33 @@ async def any_box(
         else:
             url = f"sqlite:///{tmp_path / 'mailgate.db'}"
         yield await stack.enter_async_context(wired(dovecot, url, tmp_path))
+
+
+@dataclass
+class OpenConnections:
+    """IMAP connections of a Mailboxes counted as they are opened and closed."""
+
+    now: int = 0
+    peak: int = 0
+
+
+def count_connections(service: Mailboxes) -> OpenConnections:
+    """Wrap service.open so each connection it opens is counted until it closes."""
+    counted = OpenConnections()
+    opened = service.open
+
+    async def counting(grant: Grant, creds: Credentials | None = None) -> Connection:
+        conn = await opened(grant, creds)
+        counted.now += 1
+        counted.peak = max(counted.peak, counted.now)
+        closing = conn.close
+
+        async def close() -> None:
+            counted.now -= 1
+            await closing()
+
+        conn.close = close  # type: ignore[method-assign]
+        return conn
+
+    service.open = counting  # type: ignore[method-assign]
+    return counted

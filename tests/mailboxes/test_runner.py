@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from mailgate.errors import MailboxUnreachable
-from mailgate.mailboxes.imap import Connection
-from mailgate.mailboxes.models import Credentials, Grant, MessageFilter
+from mailgate.mailboxes.models import MessageFilter
 from mailgate.mailboxes.runner import MailboxSync
 from mailgate.models import EventKind
-from tests.mailboxes.conftest import Box, a_user, add_grant, wired
+from tests.mailboxes.conftest import Box, a_user, add_grant, count_connections, wired
 from tests.mailboxes.dovecot import Dovecot, message
 
 
@@ -143,25 +142,7 @@ async def test_many_grants_within_the_connection_bound(dovecot: Dovecot, tmp_pat
             dovecot.append(user, message(f"for {user}"))
             grants.append(await add_grant(first.store, first.mailboxes.box, dovecot, user))
         service = first.mailboxes
-        open_now, peak = 0, 0
-        opened = service.open
-
-        async def counted(grant: Grant, creds: Credentials | None = None) -> Connection:
-            nonlocal open_now, peak
-            conn = await opened(grant, creds)
-            open_now += 1
-            peak = max(peak, open_now)
-            closing = conn.close
-
-            async def close() -> None:
-                nonlocal open_now
-                open_now -= 1
-                await closing()
-
-            conn.close = close  # type: ignore[method-assign]
-            return conn
-
-        service.open = counted  # type: ignore[method-assign]
+        counted = count_connections(service)
         runner = MailboxSync(service)
         await runner.start()
         try:
@@ -177,5 +158,5 @@ async def test_many_grants_within_the_connection_bound(dovecot: Dovecot, tmp_pat
             assert 1 <= sum(not t.done() for t in runner.watches.values()) <= 2
         finally:
             await runner.stop()
-        assert 2 <= peak <= 4
-        assert open_now == 0  # every connection closed at stop
+        assert 2 <= counted.peak <= 4
+        assert counted.now == 0  # every connection closed at stop

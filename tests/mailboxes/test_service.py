@@ -11,7 +11,6 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,8 +25,9 @@ from mailgate.mailboxes.models import (
     Server,
     TlsMode,
 )
+from mailgate.mailboxes.service import API_CONNECTIONS_PER_GRANT
 from mailgate.models import EventKind
-from tests.mailboxes.conftest import Box, wired
+from tests.mailboxes.conftest import Box, count_connections, wired
 from tests.mailboxes.dovecot import Dovecot, free_port, message
 
 
@@ -198,31 +198,12 @@ async def test_a_server_announcing_a_huge_literal_is_dropped_at_once(
 async def test_a_burst_of_api_reads_holds_few_connections_to_the_server(box: Box) -> None:
     """Twenty reads at once of one mailbox: each answered, never more than
     API_CONNECTIONS_PER_GRANT connections open to its server at a time."""
-    from mailgate.mailboxes.service import API_CONNECTIONS_PER_GRANT
-
     b = box
     b.server.append(b.user, message("Read me", body="The body read over IMAP."))
     await b.mailboxes.sync_now(b.grant)
     (m,), _ = await b.mailboxes.messages(b.grant, MessageFilter(subject="Read me"))
-    opened, most = 0, 0
-    real_open = b.mailboxes.open
-
-    async def counting_open(*args: Any, **kw: Any) -> Any:
-        nonlocal opened, most
-        conn = await real_open(*args, **kw)
-        opened += 1
-        most = max(most, opened)
-        real_close = conn.close
-
-        async def close() -> None:
-            nonlocal opened
-            opened -= 1
-            await real_close()
-
-        conn.close = close  # type: ignore[method-assign]
-        return conn
-
-    b.mailboxes.open = counting_open  # type: ignore[method-assign]
+    counted = count_connections(b.mailboxes)
     bodies = await asyncio.gather(*(b.mailboxes.raw(b.grant, m.id) for _ in range(20)))
     assert all(body is not None and b"The body read over IMAP." in body for body in bodies)
-    assert most <= API_CONNECTIONS_PER_GRANT, most
+    assert counted.peak <= API_CONNECTIONS_PER_GRANT, counted.peak
+    assert counted.now == 0
