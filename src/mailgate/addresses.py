@@ -99,8 +99,19 @@ def needs_smtputf8(address: str) -> bool:
     return not address.rpartition("@")[0].isascii()
 
 
+CACHED_LENGTH = 320  # longer text is never an address: not worth a place in the cache
+
+
 def address_problem(address: str) -> str | None:
-    """Why an envelope address may not be used, or None when it is a plain mailbox."""
+    """Why an envelope address may not be used, or None when it is a plain mailbox.
+    Cached: the same senders and recipients come back request after request, and the
+    vendor surfaces check an address before mailgate's own model checks it again."""
+    if len(address) > CACHED_LENGTH:
+        return _address_problem(address)
+    return _cached_address_problem(address)
+
+
+def _address_problem(address: str) -> str | None:
     if not address:
         return "Empty address"
     if address.startswith("@"):
@@ -120,6 +131,9 @@ def address_problem(address: str) -> str | None:
     if not local.isascii() and any(unicodedata.category(c) in _BAD_CATEGORIES for c in local):
         return "Local part contains control, format or space characters"
     return domain_problem(m.group("domain"))
+
+
+_cached_address_problem = functools.lru_cache(maxsize=8192)(_address_problem)
 
 
 @functools.lru_cache(maxsize=8192)

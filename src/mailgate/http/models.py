@@ -239,6 +239,21 @@ class SendRequest(BaseModel):
         return value
 
 
+_SEND_DEFAULTS = {
+    (f.alias or name): f.get_default(call_default_factory=True)
+    for name, f in SendRequest.model_fields.items()
+    if not f.is_required()
+}
+_ABSENT = object()
+
+
+def without_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """A SendRequest input without the fields that hold their default (None, [], {}): a
+    field left out is not validated, which for a plain message translated by a vendor
+    surface is a third of the validation's time."""
+    return {k: v for k, v in fields.items() if v != _SEND_DEFAULTS.get(k, _ABSENT)}
+
+
 class BatchRequest(BaseModel):
     """POST /v1/messages/batch: each item is validated on its own."""
 

@@ -169,12 +169,26 @@ class Send:
     ) -> Response:
         """Commit the messages (and the idempotency record answering `body`); the answer
         only once they are on disk."""
+        replayed = await self.commit_only(messages, body, idem, status)
+        if replayed is not None:
+            return replayed
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+    async def commit_only(
+        self,
+        messages: list[NewMessage],
+        body: str,
+        idem: IdempotencyRequest | None,
+        status: int = 202,
+    ) -> Response | None:
+        """`commit` for a surface that answers in its own shape: None once the messages
+        are on disk, or the first answer when a repeat of the request committed first."""
         answer = await self.door.commit(messages, idem, body)
         if isinstance(answer, Refusal):
             raise refusal_error(answer)
         if answer.replayed and idem is not None:
             return await self.idempotency.replay(idem, status)
-        return Response(body, status_code=status, media_type="application/json", headers=headers)
+        return None
 
     async def _batch_item(
         self, i: int, item: dict[str, Any], key: ApiKey, client: Client

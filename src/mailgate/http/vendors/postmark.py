@@ -55,16 +55,21 @@ class Postmark:
         key, body, idem, replay = await self._begin(request)
         if replay is not None:
             return replay
-        data = load_json(body)
-        if not isinstance(data, dict):
-            raise invalid("the body must be a JSON object: one message", None)
+        try:  # the common case in one pass; a refusal is read again below, to name it
+            email: pm.PostmarkEmail | ApiError = pm.PostmarkEmail.model_validate_json(body)
+        except pydantic.ValidationError:
+            data = load_json(body)
+            if not isinstance(data, dict):
+                raise invalid("the body must be a JSON object: one message", None) from None
+            email = parse_email(data)
         [prepared] = await self.send.prepare(
-            [await self._submission(data, key, client_of(request))]
+            [await self._submission(email, key, client_of(request))]
         )
         prepared = unless_inactive(prepared)
         if isinstance(prepared, ApiError):
             raise prepared
-        answer = accepted(pm.to_text(data), prepared)
+        assert isinstance(email, pm.PostmarkEmail)  # a refusal was raised just above
+        answer = accepted(email.to or "", prepared)
         return await self.send.commit([prepared], json.dumps(answer), idem, status=200)
 
     async def batch(self, request: Request) -> Response:
@@ -85,7 +90,7 @@ class Postmark:
             if not isinstance(item, dict):
                 items.append(invalid("each batch item must be a JSON object", None))
             else:
-                items.append(await self._submission(item, key, client))
+                items.append(await self._submission(parse_email(item), key, client))
         results: list[dict[str, Any]] = []
         commit: list[NewMessage] = []
         now = time.time()
@@ -132,14 +137,12 @@ class Postmark:
             raise missing_token(err, token) from None
 
     async def _submission(
-        self, item: dict[str, Any], key: ApiKey, client: Client
+        self, email: pm.PostmarkEmail | ApiError, key: ApiKey, client: Client
     ) -> Submission | ApiError:
         """One Postmark message as a submission, or why it cannot be one (named in
         Postmark's fields)."""
-        try:
-            email = pm.PostmarkEmail.model_validate(item)
-        except pydantic.ValidationError as exc:
-            return pm.postmark_error(exc)
+        if isinstance(email, ApiError):
+            return email
         problem = pm.unsupported(email)
         if problem is not None:
             return problem
@@ -152,6 +155,14 @@ class Postmark:
             return await self.send.draft(req, key, client)
         except ApiError as err:
             return err
+
+
+def parse_email(item: dict[str, Any]) -> pm.PostmarkEmail | ApiError:
+    """One message of the body in Postmark's shape, or its first refused field."""
+    try:
+        return pm.PostmarkEmail.model_validate(item)
+    except pydantic.ValidationError as exc:
+        return pm.postmark_error(exc)
 
 
 def unless_inactive(prepared: NewMessage | ApiError) -> NewMessage | ApiError:

@@ -16,6 +16,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailgate.http.errors import ApiError, field_path, invalid
+from mailgate.http.models import without_defaults
 
 # Postmark's own fields of POST /email, exactly (unknown ones are refused, not dropped).
 _STRICT = ConfigDict(strict=True, extra="forbid", populate_by_name=False)
@@ -238,7 +239,7 @@ def unsupported(email: PostmarkEmail) -> ApiError | None:
 
 def send_fields(email: PostmarkEmail) -> dict[str, Any]:
     """The Postmark message as the input of mailgate's SendRequest (which validates it)."""
-    return {
+    fields = {
         "from": email.sender,
         "to": split_addresses(email.to),
         "cc": split_addresses(email.cc),
@@ -252,6 +253,7 @@ def send_fields(email: PostmarkEmail) -> dict[str, Any]:
         "tags": [email.tag] if email.tag else [],  # "" is no tag, as null is
         "metadata": email.metadata or {},
     }
+    return without_defaults(fields)
 
 
 def attachment_fields(a: PostmarkAttachment) -> dict[str, Any]:

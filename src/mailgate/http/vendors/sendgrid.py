@@ -107,11 +107,15 @@ def answered(
     return run
 
 
-def accepted(stored: bytes | memoryview, replayed: bool = False) -> Response:
-    """The answer to a committed send (or its idempotent repeat): no body, the ids in
-    headers. `stored` is what the commit recorded: {"ids", "status"}."""
+def replayed_answer(stored: bytes | memoryview) -> Response:
+    """The answer to an idempotent repeat; `stored` is what the commit recorded:
+    {"ids", "status"}."""
     record = json.loads(bytes(stored))
-    ids: list[str] = record["ids"]
+    return accepted(record["ids"], record["status"], replayed=True)
+
+
+def accepted(ids: list[str], status: int, replayed: bool = False) -> Response:
+    """The answer to a committed send: no body, the ids in headers."""
     headers = {
         "X-Message-Id": ids[0],
         MESSAGE_IDS: ", ".join(ids[:MESSAGE_IDS_MAX]),
@@ -119,7 +123,7 @@ def accepted(stored: bytes | memoryview, replayed: bool = False) -> Response:
     }
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(status_code=record["status"], headers=headers)
+    return Response(status_code=status, headers=headers)
 
 
 def unique(errors: list[ApiError]) -> list[ApiError]:
@@ -147,13 +151,14 @@ class SendGrid:
         if request.headers.get("on-behalf-of"):  # before a replay: it changes the request
             raise problem("mailgate has no subusers: use that account's own key", "On-Behalf-Of")
         if replay is not None:
-            return accepted(replay.body, replayed=True)
+            return replayed_answer(replay.body)
         mail = parse(body)
         self._check_size(mail)
-        refused = unsupported(mail) + bodies(mail)[1] + address_problems(shared_addresses(mail))
+        text, wrong = bodies(mail)
+        refused = unsupported(mail) + wrong + address_problems(shared_addresses(mail))
         if refused:
             raise Refused(unique(refused))
-        items = await self._submissions(mail, key, client_of(request))
+        items = await self._submissions(mail, text, key, client_of(request))
         prepared = await self.send.prepare(list(items))
         refusals = [
             problem_at(e, mail, n) for n, e in enumerate(prepared) if isinstance(e, ApiError)
@@ -162,9 +167,12 @@ class SendGrid:
             raise Refused(unique(refusals))
         messages = [p for p in prepared if isinstance(p, NewMessage)]
         status = 200 if sandboxed(mail) else 202  # SendGrid's sandbox answers 200
-        stored = json.dumps({"ids": [x.id for x in messages], "status": status})
-        answer = await self.send.commit(messages, stored, idem, status)
-        return accepted(answer.body, "idempotent-replayed" in answer.headers)
+        ids = [x.id for x in messages]
+        stored = json.dumps({"ids": ids, "status": status})
+        replayed = await self.send.commit_only(messages, stored, idem, status)
+        if replayed is not None:  # a repeat of this request committed first: its answer
+            return replayed_answer(replayed.body)
+        return accepted(ids, status)
 
     def _check_size(self, mail: SgMail) -> None:
         """http.batch_max personalizations; accept.max_recipients addresses each, as
@@ -183,7 +191,9 @@ class SendGrid:
                     " (accept.max_recipients)",
                     f"personalizations.{n}.to",
                 )
-        if multiplied_size(mail) > cfg.max_body_bytes:
+        # one personalization: one copy of each field, each no longer than its place in
+        # the body, which read_body held to max_body_bytes
+        if len(mail.personalizations) > 1 and multiplied_size(mail) > cfg.max_body_bytes:
             raise ApiError(
                 413,
                 "too_large",
@@ -193,9 +203,12 @@ class SendGrid:
                 "personalizations",
             )
 
-    async def _submissions(self, mail: SgMail, key: ApiKey, client: Client) -> list[Submission]:
-        """Each personalization as a submission with its draft, or every field refused."""
-        shared = shared_fields(mail, bodies(mail)[0])
+    async def _submissions(
+        self, mail: SgMail, text: dict[str, str], key: ApiKey, client: Client
+    ) -> list[Submission]:
+        """Each personalization as a submission with its draft, or every field refused;
+        `text`: the content as text and html."""
+        shared = shared_fields(mail, text)
         sandbox = sandboxed(mail)
         found: list[Submission] = []
         errors: list[ApiError] = []

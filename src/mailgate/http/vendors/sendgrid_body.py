@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool
 
 from mailgate.addresses import address_problem
 from mailgate.http.errors import ApiError
-from mailgate.http.models import MAX_REPLY_TO
+from mailgate.http.models import MAX_REPLY_TO, without_defaults
 
 BATCH_TAG = "sendgrid-batch:"  # + batch_id: the tag a scheduled-send cancel looks up
 # personalizations a request at most: the largest http.batch_max the config takes (the
@@ -181,8 +181,19 @@ def is_set(value: Any) -> bool:
     return value not in (None, "", {}, [])
 
 
+# the fields that may hold something unsupported: a request setting none of them (the
+# common send) skips the scan
+_MAYBE_UNSUPPORTED = frozenset(
+    {*UNSUPPORTED, "reply_to_list", "mail_settings", "tracking_settings"}
+)
+
+
 def unsupported(mail: SgMail) -> list[ApiError]:
     """Every field the caller set that mailgate cannot honour."""
+    if not mail.model_fields_set & _MAYBE_UNSUPPORTED and not any(
+        p.model_fields_set & UNSUPPORTED_PERSONAL.keys() for p in mail.personalizations
+    ):
+        return []
     found = [problem(why, name) for name, why in UNSUPPORTED.items() if is_set(getattr(mail, name))]
     if mail.reply_to is not None and mail.reply_to_list:
         found.append(problem("Give reply_to or reply_to_list, not both", "reply_to_list"))
@@ -333,12 +344,13 @@ def shared_fields(mail: SgMail, text: dict[str, str]) -> dict[str, Any]:
     if mail.batch_id is not None:
         tags.append(BATCH_TAG + mail.batch_id)
     replies = ([mail.reply_to] if mail.reply_to else []) + mail.reply_to_list
-    return {
+    fields = {
         "reply_to": [mailbox(e) for e in replies],
         "attachments": [attachment(a) for a in mail.attachments],
         "tags": tags,
         **text,
     }
+    return without_defaults(fields)
 
 
 def request_fields(
@@ -358,11 +370,15 @@ def request_fields(
     fields: dict[str, Any] = {
         **shared,
         "from": mailbox(p.from_ or mail.from_),
-        "to": [mailbox(e) for e in p.to],
-        "cc": [mailbox(e) for e in p.cc],
-        "bcc": [mailbox(e) for e in p.bcc],
-        "headers": over(mail.headers, p.headers),
-        "metadata": {**mail.custom_args, **p.custom_args},
+        **without_defaults(
+            {
+                "to": [mailbox(e) for e in p.to],
+                "cc": [mailbox(e) for e in p.cc],
+                "bcc": [mailbox(e) for e in p.bcc],
+                "headers": over(mail.headers, p.headers),
+                "metadata": {**mail.custom_args, **p.custom_args},
+            }
+        ),
     }
     subject = p.subject if p.subject is not None else mail.subject
     if subject is not None:
