@@ -15,6 +15,7 @@ import asyncio
 import base64
 import json
 from email.utils import getaddresses
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import pydantic
@@ -139,7 +140,7 @@ class Send:
     # -- the seam for the vendor surfaces (http/vendors/): their request as submissions,
     # the door's answer in their words, committed with the body they answer
 
-    async def prepare(self, items: list[Submission | ApiError]) -> list[NewMessage | ApiError]:
+    async def prepare(self, items: Sequence[Submission | ApiError]) -> list[NewMessage | ApiError]:
         """Each submission through every rule but the commit (a refusal as the ApiError
         mailgate would answer), the accepted ones screened against the suppression list
         in one lookup; in the order given."""

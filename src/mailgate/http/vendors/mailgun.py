@@ -128,7 +128,7 @@ class Mailgun:
 
     async def _commit(self, items: list[Submission], idem: IdempotencyRequest | None) -> Response:
         """All or none: the first refusal answers; else one id (the first message's)."""
-        prepared = await self.send.prepare(list(items))
+        prepared = await self.send.prepare(items)
         for p in prepared:
             if isinstance(p, ApiError):
                 raise p

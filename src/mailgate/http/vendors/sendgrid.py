@@ -159,7 +159,7 @@ class SendGrid:
         if refused:
             raise Refused(unique(refused))
         items = await self._submissions(mail, text, key, client_of(request))
-        prepared = await self.send.prepare(list(items))
+        prepared = await self.send.prepare(items)
         refusals = [
             problem_at(e, mail, n) for n, e in enumerate(prepared) if isinstance(e, ApiError)
         ]
