@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from email.utils import getaddresses
 from collections.abc import Sequence
+from email.utils import getaddresses
 from typing import Any, TypeVar
 
 import pydantic
