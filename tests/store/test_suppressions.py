@@ -5,8 +5,10 @@ records a suppressed recipient's event finds it by its message, not by its addre
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
+import asyncpg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from mailgate.models import (
 from mailgate.store import Store, open_store, queries
 from mailgate.store.migrate import versions
 from mailgate.store.sql import statements
+from tests.conftest import pg_schema
 
 NOW = 1_700_000_000.0
 
@@ -125,3 +128,32 @@ def test_the_next_prefix_is_above_every_string_that_starts_with_the_prefix(
         assert not 0xD800 <= ord(upper[-1]) <= 0xDFFF, "a surrogate cannot be stored"
     else:  # only a prefix of U+10FFFF alone has no string above it
         assert set(prefix) <= {"\U0010ffff"}
+
+
+async def test_a_prefix_lists_exactly_under_a_linguistic_collation() -> None:
+    """A PostgreSQL database whose default collation is ICU en-US (where '{', the bound
+    above 'z', sorts before the letters): a prefix still lists every address with it."""
+    async with pg_schema() as url:  # skips (or fails in CI) without PostgreSQL
+        base = url.partition("?")[0]
+        name = "mg_icu_" + uuid.uuid4().hex[:10]
+        admin = await asyncpg.connect(base)
+        await admin.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8'"
+            " LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )
+        try:
+            store = open_store(f"{base.rpartition('/')[0]}/{name}")
+            await store.open()
+            try:
+                addresses = ["y.b@x.test", "za@x.test", "zz-top@x.test", "z{@x.test"]
+                entries = [Suppression(a, SuppressionReason.MANUAL, NOW) for a in addresses]
+                await store.put_suppressions(entries)
+                listed = await store.list_suppressions("", "z", None, 100)
+                assert [e.address for e in listed] == ["za@x.test", "zz-top@x.test", "z{@x.test"]
+                listed = await store.list_suppressions("", "zz-", None, 100)
+                assert [e.address for e in listed] == ["zz-top@x.test"]
+            finally:
+                await store.close()
+        finally:
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            await admin.close()
