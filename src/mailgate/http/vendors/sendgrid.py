@@ -56,6 +56,7 @@ from mailgate.http.vendors.sendgrid_body import (
     shared_fields,
     unsupported,
 )
+from mailgate.http.vendors.sendgrid_plain import plain_fields
 from mailgate.http.vendors.sendgrid_read import activity
 from mailgate.ingress.accept import Client, Submission
 from mailgate.models import ApiKey, MessageQuery, NewMessage, Scope
@@ -152,27 +153,48 @@ class SendGrid:
             raise problem("mailgate has no subusers: use that account's own key", "On-Behalf-Of")
         if replay is not None:
             return replayed_answer(replay.body)
-        mail = parse(body)
-        self._check_size(mail)
-        text, wrong = bodies(mail)
-        refused = unsupported(mail) + wrong + address_problems(shared_addresses(mail))
-        if refused:
-            raise Refused(unique(refused))
-        items = await self._submissions(mail, text, key, client_of(request))
+        mail: SgMail | None = None
+        items = await self._plain(body, key, client_of(request))
+        if items is None:
+            mail = parse(body)
+            self._check_size(mail)
+            text, wrong = bodies(mail)
+            refused = unsupported(mail) + wrong + address_problems(shared_addresses(mail))
+            if refused:
+                raise Refused(unique(refused))
+            items = await self._submissions(mail, text, key, client_of(request))
         prepared = await self.send.prepare(items)
-        refusals = [
-            problem_at(e, mail, n) for n, e in enumerate(prepared) if isinstance(e, ApiError)
-        ]
-        if refusals:  # all or nothing: one refused personalization refuses the request
+        if any(isinstance(e, ApiError) for e in prepared):
+            mail = mail or parse(body)  # the refusals' fields in SendGrid's names
+            refusals = [
+                problem_at(e, mail, n) for n, e in enumerate(prepared) if isinstance(e, ApiError)
+            ]  # all or nothing: one refused personalization refuses the request
             raise Refused(unique(refusals))
         messages = [p for p in prepared if isinstance(p, NewMessage)]
-        status = 200 if sandboxed(mail) else 202  # SendGrid's sandbox answers 200
+        # SendGrid's sandbox answers 200 (a plain send has no mail_settings)
+        status = 200 if mail is not None and sandboxed(mail) else 202
         ids = [x.id for x in messages]
         stored = json.dumps({"ids": ids, "status": status})
         replayed = await self.send.commit_only(messages, stored, idem, status)
         if replayed is not None:  # a repeat of this request committed first: its answer
             return replayed_answer(replayed.body)
         return accepted(ids, status)
+
+    async def _plain(self, body: bytes, key: ApiKey, client: Client) -> list[Submission] | None:
+        """A plain send's one submission, its request validated once (sendgrid_plain.py);
+        None: read the request the long way, which names a refused field in SendGrid's
+        words."""
+        fields = plain_fields(body, self.send.cfg.max_recipients)
+        if fields is None:
+            return None
+        try:
+            req = m.SendRequest.model_validate(fields)
+        except pydantic.ValidationError:
+            return None
+        try:
+            return [await self.send.draft(req, key, client)]
+        except ApiError as err:
+            raise Refused([problem_at(err, parse(body), 0)]) from None
 
     def _check_size(self, mail: SgMail) -> None:
         """http.batch_max personalizations; accept.max_recipients addresses each, as

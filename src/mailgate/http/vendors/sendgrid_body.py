@@ -258,10 +258,14 @@ CONTENT_TYPES = {"text/plain": "text", "text/html": "html"}
 
 def mailbox(e: SgEmail) -> str:
     """The mailgate mailbox text of a SendGrid email object (the name quoted)."""
-    if not e.name:
-        return e.email
-    quoted = e.name.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{quoted}" <{e.email}>'
+    return mailbox_text(e.email, e.name)
+
+
+def mailbox_text(email: str, name: str | None) -> str:
+    if not name:
+        return email
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{email}>'
 
 
 def addresses(mail: SgMail, n: int) -> list[tuple[str, SgEmail]]:
