@@ -242,7 +242,11 @@ async def suppressed_among(tx: Tx, addresses: Sequence[str]) -> dict[str, list[t
     found: dict[str, list[tuple[str, str]]] = {}
     if not addresses:
         return found
-    for address, scope, reason in await tx.fetch("suppressed_among", list(addresses)):
+    if len(addresses) == 1:
+        rows = await tx.fetch("suppressed_one", addresses[0])
+    else:
+        rows = await tx.fetch("suppressed_among", list(addresses))
+    for address, scope, reason in rows:
         found.setdefault(address, []).append((scope, reason))
     return found
 

@@ -287,6 +287,11 @@ VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (address, scope) DO UPDATE SET reason = excluded.reason,
     created_at = excluded.created_at, message_id = excluded.message_id
 
+-- name: suppressed_one
+-- one address's entries (suppressed_among for the common single recipient: a plain
+-- equality, no array or json_each to unpack)
+SELECT address, scope, reason FROM suppressions WHERE address = ?
+
 -- name: delete_suppression
 DELETE FROM suppressions WHERE address = ? AND scope = ? RETURNING address
 
