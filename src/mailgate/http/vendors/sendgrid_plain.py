@@ -37,24 +37,22 @@ def plain_fields(body: bytes, max_recipients: int) -> dict[str, Any] | None:
     [p] = people
     if type(p) is not dict or not p.keys() <= PERSONAL:
         return None
+    lists = {kind: p[kind] for kind in ("to", "cc", "bcc") if kind in p}
+    if any(type(given) is not list for given in lists.values()):
+        return None
+    # the cap before any address is parsed: refused the long way, naming the field
+    if sum(map(len, lists.values())) > max_recipients:
+        return None
     sender = mailbox(mail.get("from"))
     if sender is None:
         return None
     fields: dict[str, Any] = {"from": sender}
-    count = 0
-    for kind in ("to", "cc", "bcc"):
-        if kind in p:
-            given = p[kind]
-            if type(given) is not list:
-                return None
-            found = [mailbox(e) for e in given]
-            if None in found:
-                return None
-            count += len(found)
-            if found:
-                fields[kind] = found
-    if count > max_recipients:  # refused the long way, naming the personalization
-        return None
+    for kind, given in lists.items():
+        found = [mailbox(e) for e in given]
+        if None in found:
+            return None
+        if found:
+            fields[kind] = found
     own, shared = p.get("subject"), mail.get("subject")
     if not (own is None or type(own) is str) or not (shared is None or type(shared) is str):
         return None
