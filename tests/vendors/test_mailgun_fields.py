@@ -1,5 +1,5 @@
 """Mailgun's plain message (from, to, cc, bcc, subject, text, html and nothing else) is
-read without the h:, o:, v: and file steps: the same request, or the same refusal, as
+read without the h:, o: and v: steps: the same request, or the same refusal, as
 the whole reading makes of it (forced here by an option that changes nothing)."""
 
 from __future__ import annotations

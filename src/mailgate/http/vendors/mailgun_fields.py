@@ -55,7 +55,7 @@ MESSAGE_FIELDS = frozenset(
     {"from", "to", "cc", "bcc", "subject", "text", "html", "recipient-variables"}
 )
 MIME_FIELDS = frozenset({"to", "message"})
-# a message of these alone is read without the h:, o:, v: and file steps (nothing to do)
+# a message of these alone skips the h:, o: and v: steps (they would find nothing)
 PLAIN_FIELDS = MESSAGE_FIELDS - {"recipient-variables"}
 REPEATABLE = frozenset({"to", "cc", "bcc", "o:tag"})
 MAX_ADDRESS_TEXT = 1000 * 330  # Mailgun's 1000 recipients a message, each a long mailbox
@@ -136,12 +136,10 @@ def read_message(form: Form, sandbox: bool, batch_max: int, max_bytes: int) -> l
         raise Refused(400, "'to' parameter is missing")
     if "text" not in values and "html" not in values:
         raise Refused(400, "Need at least one of 'text' or 'html' parameters specified")
-    if not form.files and values.keys() <= PLAIN_FIELDS:  # no h:, o:, v: nor files
-        plain: dict[str, Any] = {"from": values["from"][0]}
-        plain.update((k, v) for k, v in (("to", to), ("cc", cc), ("bcc", bcc)) if v)
-        plain.update((k, values[k][0]) for k in ("subject", "text", "html") if k in values)
-        return [Outgoing(plain)]
-    headers, reply_to, in_reply_to, references, variables = read_headers(values)
+    plain = values.keys() <= PLAIN_FIELDS  # no h:, o: nor v: parameters
+    headers, reply_to, in_reply_to, references, variables = (
+        ({}, [], None, (), {}) if plain else read_headers(values)
+    )
     request: dict[str, Any] = {
         "from": values["from"][0],
         "to": to,
@@ -153,7 +151,7 @@ def read_message(form: Form, sandbox: bool, batch_max: int, max_bytes: int) -> l
         "html": first(values, "html"),
         "attachments": attachments,
         "headers": headers,
-        **read_options(values, sandbox, variables),
+        **({} if plain else read_options(values, sandbox, variables)),
     }
     if "recipient-variables" not in values:
         return [Outgoing(without_defaults(request), in_reply_to, references, sources)]

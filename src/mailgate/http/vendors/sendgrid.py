@@ -154,7 +154,8 @@ class SendGrid:
         if replay is not None:
             return replayed_answer(replay.body)
         mail: SgMail | None = None
-        items = await self._plain(body, key, client_of(request))
+        client = client_of(request)
+        items = await self._plain(body, key, client)
         if items is None:
             mail = parse(body)
             self._check_size(mail)
@@ -162,7 +163,7 @@ class SendGrid:
             refused = unsupported(mail) + wrong + address_problems(shared_addresses(mail))
             if refused:
                 raise Refused(unique(refused))
-            items = await self._submissions(mail, text, key, client_of(request))
+            items = await self._submissions(mail, text, key, client)
         prepared = await self.send.prepare(items)
         if any(isinstance(e, ApiError) for e in prepared):
             mail = mail or parse(body)  # the refusals' fields in SendGrid's names
