@@ -56,7 +56,7 @@ async def _has(b: Box, subject: str) -> bool:
 async def test_a_move_seen_by_idle_keeps_the_id(dovecot: Dovecot, tmp_path: Path) -> None:
     """IDLE sees the message leave INBOX first; the next pass finds it in Archive: the
     same id, one message.updated, never a message.deleted."""
-    async with wired(dovecot, f"sqlite:///{tmp_path / 'm.db'}", tmp_path, poll_interval=1) as b:
+    async with wired(dovecot, f"sqlite:///{tmp_path / 'm.db'}", tmp_path, poll_interval=3) as b:
         b.server.append(b.user, message("Moving", message_id="<moving@example.net>"))
         runner = MailboxSync(b.mailboxes)
         await runner.start()
@@ -64,6 +64,12 @@ async def test_a_move_seen_by_idle_keeps_the_id(dovecot: Dovecot, tmp_path: Path
             await until(lambda: _has(b, "Moving"))
             (m,), _ = await b.mailboxes.messages(b.grant, MessageFilter(subject="Moving"))
             archive = next(f for f in await b.mailboxes.folders(b.grant) if f.name == "Archive")
+            # move just after a pass ends, so that IDLE (not a pass, 3 s away) sees it
+            # leave INBOX first: the order this test is about. A pass that reaches
+            # Archive before IDLE has told of INBOX's loss stores the message anew (a
+            # known defect, closing note of 2026-12-03: what made this test flaky)
+            passes = (await b.refresh()).synced_at
+            await until(lambda: _passed(b, passes))
             other = b.server.client(b.user)
             other.select_folder("INBOX")
             other.move(other.search(["HEADER", "Message-ID", "<moving@example.net>"]), "Archive")
@@ -73,8 +79,7 @@ async def test_a_move_seen_by_idle_keeps_the_id(dovecot: Dovecot, tmp_path: Path
                 now = await b.mailboxes.message(b.grant, m.id)
                 return now is not None and now.folder_id == archive.id
 
-            # a pass a second finds it within ~2 s here; the bound is for a loaded
-            # machine (one CI run took over 10 s)
+            # the next pass finds it within ~4 s here; the bound is for a loaded machine
             await until(in_archive, timeout=30.0)
             passes = (await b.refresh()).synced_at
             await until(lambda: _passed(b, passes))  # one more whole pass: nothing deleted
