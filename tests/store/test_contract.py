@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import time
 
@@ -379,3 +380,63 @@ async def test_recipient_glimpses_name_a_few_and_count_every_recipient(store: St
     assert [r.address for r in got[one.id].first] == ["solo@y.test"]
     assert got[one.id].counts == {RecipientStatus.QUEUED: 1}
     assert got["01NOSUCHMESSAGE0000000000"].total == 0
+
+
+async def test_settle_keeps_any_reply_text_host_and_time_exactly(store: Store) -> None:
+    """Outcomes go to the store as JSON rows read by the SQL: whatever a remote said (any
+    Unicode, quotes, backslashes, JSON-looking text, control characters) and any time
+    comes back exactly as given, on both backends."""
+    rng = random.Random(20261203)
+    alphabet = [
+        '"',
+        "\\",
+        "'",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        "\t",
+        "\x01",
+        "\x7f",
+        "é",
+        "ß",
+        "中",
+        "😀",
+        "\u202e",
+        "\ufeff",
+        "a",
+        "0",
+        "null",
+        "\\u0041",
+        "/*",
+        "--",
+    ]
+    now = time.time()
+    m = message(*(f"r{i}@x.test" for i in range(60)), created_at=now - 1)
+    await store.enqueue(m)
+    claim = await store.claim("w", now, 100, 60)
+    assert claim is not None and len(claim.recipients) == 60
+    wanted = {}
+    settlements = []
+    for i, r in enumerate(claim.recipients):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        host = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8))) or None
+        code = rng.choice([250, 421, 451, 550, 554, 599])
+        enhanced = rng.choice([None, "2.0.0", "4.7.1", "5.1.1"])
+        deferred = i % 3 == 0
+        status = RecipientStatus.DEFERRED if deferred else RecipientStatus.DELIVERED
+        at = now + rng.uniform(0.001, 1e6) if deferred else None
+        settlements.append(Settlement(r.id, status, Reply(code, enhanced, text), host, at))
+        wanted[r.address] = (status, Reply(code, enhanced, text), host, at, 1)
+    assert await store.settle("w", settlements) == 60
+    got = {
+        r.address: (r.status, r.last_reply, r.remote_host, r.next_attempt_at, r.attempts)
+        for r in await store.recipients(m.id)
+    }
+    assert got == wanted
+    events = [e for e in await store.events(m.id) if e.kind is not EventKind.ACCEPTED]
+    assert sorted(e.recipient_id for e in events) == sorted(r.id for r in claim.recipients)
+    assert {e.details["text"] for e in events} == {s.reply.text for s in settlements if s.reply}

@@ -41,7 +41,7 @@ from mailgate.store.rows import (
     lease_expired_details,
     message_rows,
     recipient_from_row,
-    settle_params,
+    settle_values,
     settlement_details,
     webhook_row,
 )
@@ -121,8 +121,7 @@ async def claim(tx: Tx, owner: str, now: float, limit: int, lease_seconds: float
         for r in recipients
         if r.lease_owner is not None
     ]
-    if taken:
-        await tx.executemany("insert_recipient_event", taken)
+    await insert_recipient_events(tx, taken)
     recipients.sort(key=lambda r: (r.message_id, r.id))
     return Claim(recipients[0].domain, owner, lease_until, tuple(recipients))
 
@@ -139,8 +138,13 @@ async def settle(
     report them: in this transaction, so a crash keeps both or neither."""
     settled: set[int] = set()
     events, suppress = [], []
+    # one statement for every outcome (not one each: a statement costs the writer its
+    # GIL back, which the busy delivery loop holds); a row the lease no longer covers
+    # comes back missing
+    params = json.dumps([settle_values(s) for s in settlements])
+    found = {r[0]: r[1:] for r in await tx.fetch("settle", now, params, owner)}
     for s in settlements:
-        row = await tx.fetchrow("settle", *settle_params(s, now, owner))
+        row = found.get(s.recipient_id)
         if row is None:  # the lease passed to another worker
             continue
         settled.add(s.recipient_id)
@@ -154,8 +158,7 @@ async def settle(
         # the simulator's domain (real mail to it would list its addresses for everyone).
         if s.suppress is not None and row[3] not in (SANDBOX_ROUTE, SIMULATOR_DOMAIN):
             suppress.append((normalize(row[2]), s.suppress.value, now, row[0]))
-    if events:
-        await tx.executemany("insert_recipient_event", events)
+    await insert_recipient_events(tx, events)
     if suppress:  # the address is bad (hard bounce) or unwanted (complaint): from now on
         await tx.executemany("suppress_recipient", suppress)
     await insert_rows(tx, [message_rows(m) for m in dsns_to_queue(dsns, settled)])
@@ -184,9 +187,14 @@ async def recover_leases(tx: Tx, owner_prefix: str, now: float) -> int:
 
 async def _record(tx: Tx, rows: Sequence[Row], kind: EventKind, message_id: str, now: float) -> int:
     events = [RecipientEventRow(r[0], kind.value, now, "{}", message_id) for r in rows]
-    if events:
-        await tx.executemany("insert_recipient_event", events)
+    await insert_recipient_events(tx, events)
     return len(events)
+
+
+async def insert_recipient_events(tx: Tx, events: Sequence[RecipientEventRow]) -> None:
+    """Recipients' events in one statement, each with its message's owner."""
+    if events:
+        await tx.execute("insert_recipient_events", json.dumps(events))
 
 
 async def cancel(tx: Tx, message_id: str, now: float) -> int:
@@ -312,13 +320,18 @@ async def fan_out(
     if won is None:
         return False
     if rows:
-        await tx.executemany("insert_webhook_message", rows)
+        await tx.executemany("insert_webhook_message", _pending(rows))
     return True
 
 
 async def queue_webhook_messages(tx: Tx, rows: Sequence[Sequence[Any]]) -> None:
     """Deliveries made outside the fan-out: a test event, a replay."""
-    await tx.executemany("insert_webhook_message", rows)
+    await tx.executemany("insert_webhook_message", _pending(rows))
+
+
+def _pending(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """(id, endpoint, event, body, due, created, updated) -> insert_webhook_message's row."""
+    return [(*r[:4], "pending", *r[4:]) for r in rows]
 
 
 async def claim_webhook_messages(
@@ -330,19 +343,50 @@ async def claim_webhook_messages(
 async def settle_webhook_messages(
     tx: Tx, owner: str, attempts: Sequence[WebhookAttempt], disable_after: float
 ) -> int:
-    """A batch of attempts in one transaction; how many were still this owner's."""
+    """A batch of attempts in one transaction; how many were still this owner's. The
+    failed ones one by one (each may move its endpoint's failing streak or disable it),
+    then the delivered ones a few statements for all: a success clears its endpoint's
+    streak, so within a batch (sent side by side, in no order) one success outweighs."""
     settled = 0
+    by_code: dict[int | None, list[WebhookAttempt]] = {}
     for a in attempts:
-        settled += await _settle_webhook_message(tx, owner, a, disable_after)
-    return settled
+        if a.status == "delivered":
+            by_code.setdefault(a.status_code, []).append(a)
+        else:
+            settled += await _settle_webhook_message(tx, owner, a, disable_after)
+    done: list[WebhookAttempt] = []
+    for code, group in by_code.items():
+        at = max(a.at for a in group)
+        ids = [a.message_id for a in group]
+        kept = {r[0] for r in await tx.fetch("deliver_webhook_messages", at, code, at, ids, owner)}
+        done += [a for a in group if a.message_id in kept]  # the rest: the lease passed on
+    if done:
+        await tx.executemany("insert_webhook_attempt", [_attempt_row(a) for a in done])
+        for endpoint_id in sorted({a.endpoint_id for a in done}):
+            await tx.execute("webhook_succeeded", endpoint_id)
+    return settled + len(done)
+
+
+def _attempt_row(a: WebhookAttempt) -> tuple[Any, ...]:
+    """insert_webhook_attempt's row."""
+    return (
+        a.message_id,
+        a.endpoint_id,
+        a.event_id,
+        a.at,
+        a.status_code,
+        a.latency,
+        a.error,
+        a.next_attempt_at,
+    )
 
 
 async def _settle_webhook_message(
     tx: Tx, owner: str, a: WebhookAttempt, disable_after: float
 ) -> bool:
-    """Record one attempt (fenced by the lease) in the attempt log, and the endpoint's
-    health: a success clears its failing streak; a 410 Gone, or failing for longer than
-    disable_after, disables it with the reason."""
+    """Record one failed attempt (fenced by the lease) in the attempt log, and the
+    endpoint's health: a 410 Gone, or failing for longer than disable_after, disables
+    it with the reason."""
     done = await tx.fetchrow(
         "settle_webhook_message",
         a.status,
@@ -355,20 +399,7 @@ async def _settle_webhook_message(
     )
     if done is None:  # the lease passed to another sender
         return False
-    await tx.execute(
-        "insert_webhook_attempt",
-        a.message_id,
-        a.endpoint_id,
-        a.event_id,
-        a.at,
-        a.status_code,
-        a.latency,
-        a.error,
-        a.next_attempt_at,
-    )
-    if a.status == "delivered":
-        await tx.execute("webhook_succeeded", a.endpoint_id)
-        return True
+    await tx.execute("insert_webhook_attempt", *_attempt_row(a))
     reason = a.disable_reason
     since = await tx.fetchrow("webhook_failing", a.at, a.endpoint_id)
     if reason is None and since is not None and since[0] <= a.at - disable_after:

@@ -208,8 +208,8 @@ EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
 }
 
 
-def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
-    """The settle statement's parameters, in its order."""
+def settle_values(s: Settlement) -> tuple[Any, ...]:
+    """One outcome as the settle statement reads it from its JSON rows, in its order."""
     r = s.reply
     return (
         s.status.value,
@@ -218,9 +218,7 @@ def settle_params(s: Settlement, now: float, owner: str) -> tuple[Any, ...]:
         r.enhanced if r else None,
         r.text if r else None,
         s.remote_host,
-        now,
         s.recipient_id,
-        owner,
     )
 
 

@@ -9,10 +9,6 @@ VALUES (?, ?, ?, ?, ?, ?)
 -- name: insert_event
 INSERT INTO events (message_id, kind, at, details, api_key_id) VALUES (?, ?, ?, ?, ?)
 
--- name: insert_recipient_event
--- the owner (API key) is copied from the message in the same statement
-INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
-SELECT id, ?, ?, ?, ?, api_key_id FROM messages WHERE id = ?
 
 -- name: insert_tag
 INSERT INTO message_tags (tag, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING
@@ -34,13 +30,6 @@ SELECT message_id FROM idempotency WHERE api_key_id = ? AND key = ?
 SELECT request_hash, response FROM idempotency
 WHERE api_key_id = ? AND key = ? AND expires_at > ?
 
--- name: settle
--- fenced: only the lease's owner may record the outcome
-UPDATE recipients SET status = ?, attempts = attempts + 1, next_attempt_at = ?,
-    lease_owner = NULL, last_code = ?, last_enhanced = ?, last_text = ?, remote_host = ?,
-    updated_at = ?
-WHERE id = ? AND lease_owner = ? AND status IN ('queued', 'deferred')
-RETURNING message_id, attempts, address, domain
 
 -- name: recover_leases
 UPDATE recipients SET next_attempt_at = ?
@@ -203,9 +192,10 @@ RETURNING 1
 UPDATE webhook_cursor SET cursor = ? WHERE name = ? AND cursor = ? RETURNING 1
 
 -- name: insert_webhook_message
+-- placeholders only (the status too): rows go in as a few multi-row statements
 INSERT INTO webhook_messages (id, endpoint_id, event_id, body, status, next_attempt_at,
     created_at, updated_at)
-VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 
 -- name: claim_webhook_messages
 -- the outer WHERE repeats the due test: a row another claimer took meanwhile (PostgreSQL

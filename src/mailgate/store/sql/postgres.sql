@@ -129,3 +129,30 @@ SELECT extract(epoch FROM clock_timestamp())::float8
 
 -- name: forget_limits
 DELETE FROM shared_limits WHERE changed < extract(epoch FROM clock_timestamp()) - ?
+
+-- name: deliver_webhook_messages
+-- a batch's delivered attempts with one answer code, fenced by the lease
+UPDATE webhook_messages SET status = 'delivered', attempts = attempts + 1,
+    next_attempt_at = ?, lease_owner = NULL, last_status = ?, last_error = NULL, updated_at = ?
+WHERE id = ANY(?::text[]) AND lease_owner = ?
+RETURNING id
+
+-- name: settle
+-- outcomes as JSON rows [status, next_attempt_at, code, enhanced, text, remote_host, id];
+-- fenced: only the lease's owner may record them
+UPDATE recipients AS r SET status = v ->> 0, attempts = r.attempts + 1,
+    next_attempt_at = (v ->> 1)::double precision, lease_owner = NULL,
+    last_code = (v ->> 2)::integer, last_enhanced = v ->> 3, last_text = v ->> 4,
+    remote_host = v ->> 5, updated_at = ?
+FROM json_array_elements(?::json) AS v
+WHERE r.id = (v ->> 6)::bigint AND r.lease_owner = ? AND r.status IN ('queued', 'deferred')
+RETURNING r.id, r.message_id, r.attempts, r.address, r.domain
+
+-- name: insert_recipient_events
+-- events as JSON rows [recipient_id, kind, at, details, message_id], in their order; the
+-- owner (API key) is copied from the message in the same statement
+INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
+SELECT m.id, (e.v ->> 0)::bigint, e.v ->> 1, (e.v ->> 2)::double precision, e.v ->> 3,
+    m.api_key_id
+FROM json_array_elements(?::json) WITH ORDINALITY AS e(v, n) JOIN messages AS m ON m.id = e.v ->> 4
+ORDER BY e.n

@@ -26,7 +26,8 @@ WHERE status IN ('queued', 'deferred') AND domain = ? AND next_attempt_at <= ?
 ORDER BY next_attempt_at LIMIT ?
 
 -- name: lease
-UPDATE recipients SET next_attempt_at = ?, lease_owner = ?, updated_at = ? WHERE id = ?
+UPDATE recipients SET next_attempt_at = ?, lease_owner = ?, updated_at = ?
+WHERE id IN (SELECT value FROM json_each(?))
 
 -- name: release
 UPDATE recipients SET next_attempt_at = ?, lease_owner = NULL, updated_at = ?
@@ -114,3 +115,29 @@ SELECT 1 FROM messages WHERE body_file = ? LIMIT 1
 -- fenced by the old place: a body purged meanwhile (body_file NULL) stays purged
 UPDATE messages SET body_file = ?, body_offset = ?
 WHERE id = ? AND body_file = ? AND body_offset = ?
+
+-- name: deliver_webhook_messages
+-- a batch's delivered attempts with one answer code, fenced by the lease
+UPDATE webhook_messages SET status = 'delivered', attempts = attempts + 1,
+    next_attempt_at = ?, lease_owner = NULL, last_status = ?, last_error = NULL, updated_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ?
+RETURNING id
+
+-- name: settle
+-- outcomes as JSON rows [status, next_attempt_at, code, enhanced, text, remote_host, id];
+-- fenced: only the lease's owner may record them
+UPDATE recipients SET status = v.value ->> 0, attempts = attempts + 1,
+    next_attempt_at = v.value ->> 1, lease_owner = NULL, last_code = v.value ->> 2,
+    last_enhanced = v.value ->> 3, last_text = v.value ->> 4, remote_host = v.value ->> 5,
+    updated_at = ?
+FROM json_each(?) AS v
+WHERE recipients.id = v.value ->> 6 AND lease_owner = ? AND status IN ('queued', 'deferred')
+RETURNING id, message_id, attempts, address, domain
+
+-- name: insert_recipient_events
+-- events as JSON rows [recipient_id, kind, at, details, message_id], in their order; the
+-- owner (API key) is copied from the message in the same statement
+INSERT INTO events (message_id, recipient_id, kind, at, details, api_key_id)
+SELECT m.id, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, m.api_key_id
+FROM json_each(?) AS v JOIN messages AS m ON m.id = v.value ->> 4
+ORDER BY v.key

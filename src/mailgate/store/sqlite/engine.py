@@ -91,6 +91,13 @@ class SqliteEngine:
         self._turn_fd: int | None = None
         self._queue_fd: int | None = None  # the turnstile in front of the turn
         self._wake_loop: asyncio.AbstractEventLoop | None = None
+        # groups committed but not yet synced (see _sync_loop), and the WAL file's fd
+        self._unsynced: queue.SimpleQueue[tuple[list[_Op], list[Result], bool] | None] = (
+            queue.SimpleQueue()
+        )
+        self._syncer: threading.Thread | None = None
+        self._wal_fd: int | None = None
+        self._sync_error: StoreUnavailable | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
@@ -99,6 +106,9 @@ class SqliteEngine:
         self._wake_loop = asyncio.get_running_loop()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
+        if not self.unsafe_no_fsync:
+            self._syncer = threading.Thread(target=self._sync_loop, name="sqlite-sync", daemon=True)
+            self._syncer.start()
         if self.exclusive:  # one checkpointer is enough; the server's children write too
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
@@ -125,8 +135,8 @@ class SqliteEngine:
             self._release_lock()
             raise StoreError(f"store: cannot open {self.path}.turn: {exc.strerror}") from None
         try:
-            self._wconn = self._connect()
-            self._check_durability(self._wconn)
+            self._wconn = self._connect(writer=True)
+            self._check_durability(self._wconn, 1)
             self._migrate(SqliteTx(self._wconn, self.files))
             # Checkpoints run on their own thread, so the writer never stalls on one.
             self._wconn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -138,6 +148,9 @@ class SqliteEngine:
             self._ntx = SqliteTx(self._connect(), self.files)
             self._ntx.conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
             self._cconn = self._connect()
+            wal = Path(str(self.path) + "-wal")  # the migration's and the recovery's writes
+            if not self.unsafe_no_fsync and wal.exists() and self._sync_wal() is not None:
+                raise StoreError(f"store: cannot sync {wal}")
         except StoreError:  # a schema newer than this code
             self._release_lock()
             raise
@@ -162,7 +175,9 @@ class SqliteEngine:
             ) from None
         self._lock_fd = fd
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, writer: bool = False) -> sqlite3.Connection:
+        """A connection; the writer's commits are synced by the sync thread, not by
+        SQLite (NORMAL), every other connection's by SQLite itself (FULL)."""
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -170,7 +185,8 @@ class SqliteEngine:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise StoreError(f"store: {self.path}: could not switch to WAL (got {mode})")
-        conn.execute("PRAGMA synchronous = " + ("OFF" if self.unsafe_no_fsync else "FULL"))
+        level = "OFF" if self.unsafe_no_fsync else "NORMAL" if writer else "FULL"
+        conn.execute("PRAGMA synchronous = " + level)
         conn.execute("PRAGMA foreign_keys = ON")
         # Statement journals (the savepoints of a commit group) in memory: on disk, each
         # commit group created, wrote and unlinked a file inside the write turn (strace:
@@ -178,9 +194,10 @@ class SqliteEngine:
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
-    def _check_durability(self, conn: sqlite3.Connection) -> None:
+    def _check_durability(self, conn: sqlite3.Connection, least: int = 2) -> None:
+        """least 2 = FULL; 1 = NORMAL, for the writer, whose WAL the sync thread syncs."""
         level = conn.execute("PRAGMA synchronous").fetchone()[0]
-        if level < 2 and not self.unsafe_no_fsync:  # 2 = FULL, 3 = EXTRA
+        if level < least and not self.unsafe_no_fsync:
             raise StoreError("store: SQLite synchronous is below FULL; refusing to start")
 
     def _migrate(self, tx: SqliteTx) -> None:
@@ -214,6 +231,10 @@ class SqliteEngine:
             self._ops.put(None)
             await asyncio.to_thread(self._writer.join)
             self._writer = None
+        if self._syncer is not None:  # after the writer: its last groups are answered
+            self._unsynced.put(None)
+            await asyncio.to_thread(self._syncer.join)
+            self._syncer = None
         self._reader.shutdown(wait=True)
         if self._wconn is not None:
             try:  # leave a small WAL behind on a clean stop
@@ -227,6 +248,9 @@ class SqliteEngine:
             if conn is not None:
                 conn.close()
         self.files.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         self._wconn = self._cconn = None
         self._rtx = self._ntx = None
         self._release_lock()
@@ -268,6 +292,20 @@ class SqliteEngine:
     async def enqueue(self, message: NewMessage, rows: NewRows) -> str:
         result: str = await self.submit(None, message, [rows])
         return result
+
+    def op(
+        self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
+    ) -> _Op:
+        """A write (fn) or an enqueue (message), its future on the running loop."""
+        loop = asyncio.get_running_loop()
+        return _Op(fn, message, loop.create_future(), loop, rows)
+
+    def commit_here(self, batch: list[_Op]) -> None:
+        """Commit a batch on the calling thread, the loop's: the writer process has
+        nothing else to run, and a second thread there would hand the GIL back and forth
+        (a wait for the GIL, or for a core, while holding the write turn) several times a
+        commit. Each op's future resolves once the commit is on disk."""
+        self._commit_batch(batch)
 
     def submit(
         self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
@@ -359,7 +397,59 @@ class SqliteEngine:
         finally:
             self._end_turn()
             self.files.release_retired()  # rows naming them are committed or never will be
-        self._hand_back(batch, results, tx.woken)
+        if self.unsafe_no_fsync:
+            self._hand_back(batch, results, tx.woken)
+        else:  # answered once the WAL is on disk, by the sync thread
+            self._unsynced.put((batch, results, tx.woken))
+
+    # -- the sync thread ----------------------------------------------------------
+    def _sync_loop(self) -> None:
+        """Make committed groups durable, then answer them. The writer's connection runs
+        with synchronous=NORMAL, so COMMIT does not wait for the disk inside the write
+        turn; this thread syncs the WAL file after it (one fdatasync covers every group
+        committed before it started) and only then resolves the groups' futures: a
+        caller still hears of its write only once it is on disk, as with FULL, but the
+        turn is not held through the sync and the writer starts the next group meanwhile."""
+        while True:
+            item = self._unsynced.get()
+            if item is None:
+                return
+            groups, stop = [item], False
+            while True:
+                try:
+                    nxt = self._unsynced.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                groups.append(nxt)
+            error = self._sync_wal()
+            for batch, results, woken in groups:
+                if error is not None:  # committed, but not known to be on disk: refused
+                    results = [(fut, None, error) for fut, _, _ in results]
+                self._hand_back(batch, results, woken and error is None)
+            if stop:
+                return
+
+    def _sync_wal(self) -> StoreUnavailable | None:
+        """fdatasync the WAL file; an error for every write from the first failure on (a
+        failed sync can lose pages that a later one would not report)."""
+        if self._sync_error is not None:
+            return self._sync_error
+        wal = str(self.path) + "-wal"
+        try:
+            if self._wal_fd is not None and os.fstat(self._wal_fd).st_ino != os.stat(wal).st_ino:
+                os.close(self._wal_fd)  # the WAL was made anew (never while we are open)
+                self._wal_fd = None
+            if self._wal_fd is None:
+                self._wal_fd = os.open(wal, os.O_RDONLY)
+            os.fdatasync(self._wal_fd)
+        except OSError as exc:
+            log.critical("store: syncing %s failed (%s); no write is acknowledged now", wal, exc)
+            self._sync_error = StoreUnavailable(f"store: the disk failed a sync: {exc}")
+            return self._sync_error
+        return None
 
     def _hand_back(self, batch: list[_Op], results: list[Result], woken: bool) -> None:
         """Resolve each caller's future on its own loop; wake the workers on new work."""

@@ -127,7 +127,8 @@ class SqliteTx:
         if found is None:
             return []
         rows = self.conn.execute(SQL["due_in_domain"], (found[0], now, limit)).fetchall()
-        self.conn.executemany(SQL["lease"], [(lease_until, owner, now, r[0]) for r in rows])
+        ids = json.dumps([r[0] for r in rows])
+        self.conn.execute(SQL["lease"], (lease_until, owner, now, ids))
         return rows  # as read before the lease: lease_owner is the previous owner
 
     def body(self, raw: bytes, body_file: str | None, body_offset: int | None, size: int) -> bytes:

@@ -37,7 +37,7 @@ from mailgate.errors import MailgateError, StoreError, StoreUnavailable
 from mailgate.store import queue
 from mailgate.store.base import CHANGES
 from mailgate.store.sqlite.compaction import repoint_bodies
-from mailgate.store.sqlite.engine import SqliteEngine
+from mailgate.store.sqlite.engine import SqliteEngine, _Op
 
 log = logging.getLogger("mailgate.store")
 HEADER = struct.Struct("!I")
@@ -171,20 +171,34 @@ class WriterServer:
         self.engine, self.path = engine, path
         self.sessions: set[_Session] = set()
         self.stopping = False
+        self._batch: list[_Op] = []  # requests read since the last commit
         self._server: asyncio.AbstractServer | None = None
 
     def submit(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """The request into the next commit group, made on this loop's thread once the
+        requests read in this turn of the loop are all in."""
         engine = self.engine
         if name == "enqueue":
             message, rows = args
-            return engine.submit(None, message, [rows])
-        if name == "enqueue_many":
+            op = engine.op(None, message, [rows])
+        elif name == "enqueue_many":
             messages, rows = args
-            return engine.submit(lambda tx: queue.enqueue_many(tx, messages, rows), None, rows)
-        change = CHANGES.get(name) or SQLITE_CHANGES.get(name)
-        if change is None:
-            raise StoreError(f"store writer: no such change {name!r}")
-        return engine.submit(lambda tx: change(tx, *args), None, None)
+            op = engine.op(lambda tx: queue.enqueue_many(tx, messages, rows), None, rows)
+        else:
+            change = CHANGES.get(name) or SQLITE_CHANGES.get(name)
+            if change is None:
+                raise StoreError(f"store writer: no such change {name!r}")
+            op = engine.op(lambda tx: change(tx, *args), None, None)
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._commit)
+        self._batch.append(op)
+        return op.future
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, []
+        limit = self.engine.batch_max
+        for at in range(0, len(batch), limit):
+            self.engine.commit_here(batch[at : at + limit])
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
