@@ -30,7 +30,7 @@ from mailgate.errors import MailgateError
 from mailgate.events import signing, urls
 from mailgate.events.endpoints import WebhookAdmin, matches
 from mailgate.events.http_client import HttpClient, ProtocolError
-from mailgate.events.payloads import Context, payload
+from mailgate.events.payloads import PUBLIC_TYPES, Context, payload
 from mailgate.models import WebhookAttempt, new_id
 from mailgate.shared import alive
 from mailgate.store import Store
@@ -150,20 +150,27 @@ class WebhookSender:
         hooks = [h for h in await self.store.list_webhooks(None) if h.enabled]
         self.has_endpoints = bool(hooks)
         rows: list[tuple[Any, ...]] = []
-        if hooks:
-            message_ids = sorted({e.message_id for e in events if e.message_id})
-            rcpt_ids = sorted({e.recipient_id for e in events if e.recipient_id is not None})
+        # which endpoints want which event first: only those events' payloads are built,
+        # and only their messages and recipients read
+        chosen = []
+        for event in events:
+            public = PUBLIC_TYPES.get(event.kind)
+            if public is not None:
+                wanted = [h for h in hooks if matches(h, public, event.api_key_id, event.at)]
+                if wanted:
+                    chosen.append((event, wanted))
+        if chosen:
+            message_ids = sorted({e.message_id for e, _ in chosen if e.message_id})
+            rcpt_ids = sorted({e.recipient_id for e, _ in chosen if e.recipient_id is not None})
             context = Context(*await self.store.event_context(message_ids, rcpt_ids))
             now = self.clock()
-            for event in events:
+            for event, wanted in chosen:
                 body = payload(event, context)
                 if body is None:
                     continue
-                wanted = [h for h in hooks if matches(h, body["type"], event.api_key_id, event.at)]
-                if wanted:
-                    text = json.dumps(body, separators=(",", ":"))
-                    for hook in wanted:
-                        rows.append((new_id(now), hook.id, body["id"], text, now, now, now))
+                text = json.dumps(body, separators=(",", ":"))
+                for hook in wanted:
+                    rows.append((new_id(now), hook.id, body["id"], text, now, now, now))
         await self.store.fan_out(CURSOR, cursor, new, rows)  # lost the race: read again
         return len(events)
 
