@@ -3,6 +3,7 @@ Unix socket, and what a client sees when the writer is gone and when it is back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from mailgate.errors import DuplicateIdempotencyKey, StoreError, StoreUnavailable
 from mailgate.models import Idempotency, NewMessage, Source
 from mailgate.store import open_store
+from mailgate.store.sqlite import bodies
 from mailgate.store.sqlite.store import SqliteStore
 from mailgate.store.sqlite.writer import WriterServer, socket_path
 
@@ -84,3 +86,36 @@ async def test_no_writer_is_unavailable_and_a_new_one_is_used(
     finally:
         await server.stop(1.0)
     assert socket_path(writes.path).exists() is False
+
+
+async def test_a_large_body_is_placed_by_the_client_and_its_old_segment_let_go(
+    pair: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of 64 KB and more is written to the sending process's own body file and
+    crosses the socket as a name and an offset; a segment it moved on from stays locked
+    until the rows naming it are committed, then is let go."""
+    client, writes = pair
+    monkeypatch.setattr(bodies, "SEGMENT_MAX", 1)  # every placement opens a new segment
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        sent = []
+        for i in range(3):
+            raw = RAW + bytes([65 + i]) * (100 * 1024) + b"\r\n"
+            m = NewMessage(
+                raw=raw, sender="a@example.org", recipients=("b@example.com",), source=Source.HTTP
+            )
+            assert await client.enqueue(m) == m.id
+            sent.append((m.id, raw))
+        for message_id, raw in sent:
+            assert await client.get_raw(message_id) == raw
+            assert await writes.get_raw(message_id) == raw
+        # the bodies are in the client's segments (the writer wrote none of its own)
+        assert client.engine.files._name is not None and writes.engine.files._name is None
+        for _ in range(100):  # the release runs on the client's writer thread
+            if not client.engine.files._retired:
+                break
+            await asyncio.sleep(0.01)
+        assert client.engine.files._retired == []
+    finally:
+        await server.stop(1.0)

@@ -54,6 +54,8 @@ class _Op:
     # the enqueue's rows, built by the caller, not the writer; an enqueue_many's fn
     # inserts its own, after _place_early has put their bodies in body files
     rows: list[NewRows] | None = None
+    place_only: bool = False  # only put the rows' bodies in body files (see place)
+    release: bool = False  # and then let go of the segments moved on from (see place)
 
 
 def _resolve(results: list[Result]) -> None:
@@ -307,6 +309,28 @@ class SqliteEngine:
         commit. Each op's future resolves once the commit is on disk."""
         self._commit_batch(batch)
 
+    async def place(self, rows: list[NewRows]) -> list[NewRows]:
+        """The rows with their bodies written to this process's body files, on disk, by
+        the writer thread with whatever else is being placed (one write, one fdatasync).
+        For a process that commits through serve's writer process: a large body then
+        crosses its socket as a file name and an offset, not as bytes.
+
+        A segment this process moved on from stays locked (compaction leaves it alone)
+        until release_placed: the caller calls it once every row it placed has been
+        committed or refused, since a row naming that segment may still commit."""
+        loop = asyncio.get_running_loop()
+        op = _Op(None, None, loop.create_future(), loop, rows, place_only=True)
+        self._ops.put(op)
+        placed: list[NewRows] = await op.future
+        return placed
+
+    def release_placed(self) -> None:
+        """Every row placed so far is committed or refused: the segments moved on from
+        may go. Queued behind those placements, ahead of any later one, whose bodies go
+        to the segment still being appended to."""
+        loop = asyncio.get_running_loop()
+        self._ops.put(_Op(None, None, loop.create_future(), loop, None, True, True))
+
     def submit(
         self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
     ) -> asyncio.Future[Any]:
@@ -376,6 +400,14 @@ class SqliteEngine:
         except StoreUnavailable as exc:  # disk full: nothing of this batch is acknowledged
             self._hand_back(batch, [(op.future, None, exc) for op in batch], False)
             return
+        if any(op.place_only for op in batch):  # placed (and synced) by now: answered
+            placed = [op for op in batch if op.place_only]
+            if any(op.release for op in placed):
+                self.files.release_retired()
+            self._hand_back(placed, [(op.future, op.rows, None) for op in placed], False)
+            batch = [op for op in batch if not op.place_only]
+            if not batch:
+                return
         tx = SqliteTx(conn, self.files)
         self._take_turn()
         try:

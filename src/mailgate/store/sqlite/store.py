@@ -17,6 +17,7 @@ from mailgate.store.base import EngineStore, Work
 from mailgate.store.protocols import Compaction
 from mailgate.store.rows import event_from_row, message_rows
 from mailgate.store.sqlite import compaction
+from mailgate.store.sqlite.bodies import BODY_FILE_GROUP_MIN
 from mailgate.store.sqlite.compaction import Live, Move
 from mailgate.store.sqlite.engine import SqliteEngine
 from mailgate.store.sqlite.writer import WriterClient
@@ -46,6 +47,7 @@ class SqliteStore(EngineStore):
             self.path, unsafe_no_fsync=unsafe_no_fsync, batch_max=batch_max, exclusive=exclusive
         )
         self.writer: WriterClient | None = None  # serve's writer process, when it has one
+        self._placing = 0  # enqueues whose body this process placed, not yet answered
 
     async def open(self) -> None:
         await self.engine.open()
@@ -96,8 +98,21 @@ class SqliteStore(EngineStore):
             # the bytes travel once, in the rows; the writer needs the message's id,
             # owner and idempotency record only
             bare = dataclasses.replace(message, raw=b"")
-            message_id: str = await self._remote("enqueue", bare, rows)
-            return message_id
+            if message.idempotency is not None or len(message.raw) < BODY_FILE_GROUP_MIN:
+                message_id: str = await self._remote("enqueue", bare, rows)
+                return message_id
+            # a large body goes to this process's own body file first, and crosses the
+            # socket as a name and an offset (an idempotent one is placed by the writer:
+            # a duplicate must not write one)
+            self._placing += 1
+            try:
+                [rows] = await self.engine.place([rows])
+                message_id = await self._remote("enqueue", bare, rows)
+                return message_id
+            finally:
+                self._placing -= 1
+                if not self._placing:
+                    self.engine.release_placed()
         return await self.engine.enqueue(message, rows)
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
