@@ -40,3 +40,11 @@ def test_examples() -> None:
     assert data_block(b"") == b".\r\n"
     assert data_block(b".hidden\r\nbody\r\n..two\r\n") == b"..hidden\r\nbody\r\n...two\r\n.\r\n"
     assert data_block(b"bare\nlf\rcr") == b"bare\r\nlf\r\ncr\r\n.\r\n"
+
+
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\r\n.", b"x y"]), max_size=30))
+def test_known_crlf_only_mail_takes_the_same_bytes_unchecked(pieces: list[bytes]) -> None:
+    """What the SMTP relay stores (no bare CR or LF: it refuses those) goes out the same
+    whether or not data_block looks for bare line ends."""
+    raw = b"".join(pieces)
+    assert data_block(raw, crlf_only=True) == reference(raw)

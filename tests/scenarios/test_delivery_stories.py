@@ -194,6 +194,16 @@ async def test_mail_loop_bounces(world: World) -> None:
     assert r.status is RecipientStatus.BOUNCED and r.last_reply.enhanced == "5.4.6"  # type: ignore[union-attr]
 
 
+async def test_received_lines_quoted_in_the_body_are_no_loop(world: World) -> None:
+    """Only the header's Received fields count as hops: a body quoting many (a forwarded
+    bounce, a mail log) is delivered."""
+    quoted = b"Received: from x\r\n" * 60
+    raw = b"Received: from y\r\nSubject: log\r\n\r\n" + quoted + b"\r\n" + quoted
+    mid = await world.queue("a@example.test", raw=raw, sender="")
+    await world.run_until_idle(world.deliverer())
+    assert await statuses(world, mid) == {"a@example.test": RecipientStatus.DELIVERED}
+
+
 async def test_required_tls_when_not_offered_defers(world: World) -> None:
     mid = await world.queue("a@example.test")
     await world.run_until_idle(world.deliverer(tls="required"))

@@ -58,6 +58,9 @@ class Transaction:
     sender: str
     recipients: tuple[str, ...]
     raw: bytes
+    # the door that took it in refused any bare CR or LF (the SMTP relay): data_block
+    # need not look for one (~150 µs a 100 KB message)
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +77,13 @@ def tls_context(cfg: DeliveryConfig) -> ssl.SSLContext:
     return ctx
 
 
-def data_block(raw: bytes) -> bytes:
+def data_block(raw: bytes, crlf_only: bool = False) -> bytes:
     """The DATA payload: CRLF line ends only (never a bare CR or LF), dot-stuffed,
     ending with the terminating line (RFC 5321 sections 2.3.8 and 4.5.2). Byte replaces,
     not regex passes (which cost about 0.5 ms per 100 KB); signed mail is CRLF-only
-    already, so nothing a DKIM signature covers changes here."""
-    body = crlf_lines(raw).replace(b"\r\n.", b"\r\n..")
+    already, so nothing a DKIM signature covers changes here. crlf_only: raw is known
+    to have no bare CR or LF (not checked again)."""
+    body = (raw if crlf_only else crlf_lines(raw)).replace(b"\r\n.", b"\r\n..")
     if body.startswith(b"."):
         body = b"." + body
     if body and not body.endswith(b"\r\n"):
@@ -517,7 +521,7 @@ class Session:
             outcome = from_reply(data_reply.code, data_reply.text, host, Step.DATA)
             await self._abandon(conn, None, in_step=is_failure(data_reply.code))
         else:
-            await conn.send(data_block(tx.raw), cfg.data_timeout, "the message")
+            await conn.send(data_block(tx.raw, tx.crlf_only), cfg.data_timeout, "the message")
             final = await conn.read(cfg.data_timeout)
             outcome = from_reply(final.code, final.text, host, Step.DOT)
             if conn.unread() or not (is_failure(final.code) or Step.DOT.accepts(final.code)):

@@ -30,7 +30,7 @@ from mailgate.delivery.bounces import Failure, build_dsn
 from mailgate.delivery.mx import MxResolver, Target
 from mailgate.delivery.outcome import Outcome, Step, Verdict, permanent, temporary
 from mailgate.delivery.retry_policy import RetryPolicy, after_temporary_failure
-from mailgate.delivery.smtp_client import Session, Transaction
+from mailgate.delivery.smtp_client import Session, Transaction, header_end
 from mailgate.errors import StoreError, StoreUnavailable
 from mailgate.ingress.accept import Client, Door, Refusal, Submission
 from mailgate.ingress.smtp_rules import header_facts
@@ -387,7 +387,8 @@ class Deliverer:
         try:
             for message_id, rcpts in by_message(claim).items():
                 message, raw = messages[message_id]
-                if raw.count(b"\r\nReceived:") + raw.startswith(b"Received:") > MAX_HOPS:
+                head = raw[: header_end(raw)]  # a body quoting Received lines is no loop
+                if head.count(b"\r\nReceived:") + head.startswith(b"Received:") > MAX_HOPS:
                     loop = permanent("Mail loop detected (too many hops)", "5.4.6", 554)
                     done(rcpts, dict.fromkeys((r.id for r in rcpts), loop))
                     continue
@@ -422,7 +423,12 @@ class Deliverer:
                             failure, session, index = problem, None, index + 1
                             continue
                     await self.pacers[claim.domain].wait()
-                    tx = Transaction(message.sender, tuple(r.address for r in pending), raw)
+                    tx = Transaction(
+                        message.sender,
+                        tuple(r.address for r in pending),
+                        raw,
+                        message.source is Source.SMTP,  # its door refused bare CR and LF
+                    )
                     result = await session.send(tx)
                     if isinstance(result, Outcome):  # connection lost: next MX
                         await session.close()
