@@ -119,3 +119,23 @@ async def test_a_large_body_is_placed_by_the_client_and_its_old_segment_let_go(
         assert client.engine.files._retired == []
     finally:
         await server.stop(1.0)
+
+
+async def test_a_batch_goes_as_rows_and_its_keyed_messages_whole(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    client, writes = pair
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        batch = [message(), message(idempotency=Idempotency("b", "h", "{}", 2e9)), message()]
+        assert await client.enqueue_many(batch) == [m.id for m in batch]
+        for m in batch:
+            assert await writes.get_raw(m.id) == RAW
+        again = [message(), message(idempotency=Idempotency("b", "h", "{}", 2e9))]
+        with pytest.raises(DuplicateIdempotencyKey) as dup:
+            await client.enqueue_many(again)
+        assert dup.value.message_id == batch[1].id
+        assert await writes.get_message(again[0].id) is None  # the batch is one transaction
+    finally:
+        await server.stop(1.0)

@@ -118,7 +118,11 @@ class SqliteStore(EngineStore):
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
         rows = [message_rows(m) for m in messages if m.idempotency is None]
         if self.writer is not None:
-            ids: list[str] = await self._remote("enqueue_many", list(messages), rows)
+            # the writer needs only the idempotent messages whole (each is checked
+            # against its key); the others are their rows (a dataclass pickles slowly)
+            keyed = [m for m in messages if m.idempotency is not None]
+            ids: list[str] = [m.id for m in messages]
+            await self._remote("enqueue_many", keyed, rows)
             return ids
         return await self.engine.write(lambda tx: queue.enqueue_many(tx, messages, rows), rows)
 

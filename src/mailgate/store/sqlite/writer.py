@@ -10,7 +10,8 @@ processes into one group commit and holds the turn only for SQLite's own work.
 
 The protocol is length-prefixed pickles over a Unix socket beside the database (mode
 0600: only serve's processes, running as the same user, may connect). A request is
-(id, name, args), name being "enqueue", "enqueue_many" or one of store.base.CHANGES (or
+(id, name, args), name being "enqueue", "enqueue_many" (the idempotent messages whole, every
+plain one as its rows) or one of store.base.CHANGES (or
 SQLITE_CHANGES); the reply (id, ok, value or exception) is sent once the commit is on
 disk. Replies and requests made in one turn of a loop go out in one write.
 
