@@ -48,7 +48,8 @@ class _Op:
     """One write waiting for the writer thread."""
 
     fn: Work[Any] | None  # a general write
-    message: NewMessage | None  # or an enqueue, which the writer may batch
+    message: NewMessage | None  # or an enqueue, which the writer may batch (or with
+    # neither, an enqueue of `rows` alone: a message with no idempotency key)
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     # the enqueue's rows, built by the caller, not the writer; an enqueue_many's fn
@@ -56,6 +57,11 @@ class _Op:
     rows: list[NewRows] | None = None
     place_only: bool = False  # only put the rows' bodies in body files (see place)
     release: bool = False  # and then let go of the segments moved on from (see place)
+
+
+def _plain(op: _Op) -> bool:
+    """An enqueue with no idempotency key: its rows go into the group's bulk insert."""
+    return op.fn is None and (op.message is None or op.message.idempotency is None)
 
 
 def _resolve(results: list[Result]) -> None:
@@ -503,7 +509,7 @@ class SqliteEngine:
         """The batch inside one transaction: plain enqueues in one bulk insert, then each
         other op under its own savepoint, so one op's failure fails only that op."""
         conn = tx.conn
-        plain = [op for op in batch if op.message is not None and op.message.idempotency is None]
+        plain = [op for op in batch if _plain(op)]
         plain_ok = False
         if len(plain) > 1:
             conn.execute("SAVEPOINT bulk")
@@ -516,14 +522,19 @@ class SqliteEngine:
                 conn.execute("RELEASE bulk")
         results: list[Result] = []
         for op in batch:
-            if plain_ok and op.message is not None and op.message.idempotency is None:
-                results.append((op.future, op.message.id, None))
+            if plain_ok and _plain(op):
+                assert op.rows is not None
+                results.append((op.future, op.rows[0].message.id, None))
                 continue
             conn.execute("SAVEPOINT one")
             try:
-                if op.message is not None:
+                if op.fn is None:  # an enqueue
                     assert op.rows is not None
-                    value: Any = drive(state.enqueue(tx, op.message, op.rows[0]))
+                    if op.message is None:  # its rows alone (no idempotency key)
+                        drive(state.insert_rows(tx, op.rows))
+                        value: Any = op.rows[0].message.id
+                    else:
+                        value = drive(state.enqueue(tx, op.message, op.rows[0]))
                 else:
                     assert op.fn is not None
                     value = drive(op.fn(tx))

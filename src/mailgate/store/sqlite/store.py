@@ -26,7 +26,9 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 # Writes after which this process's own workers look for work at once (the others see
 # the commit through data_version, within POLL_INTERVAL).
-WAKES = frozenset({"enqueue", "enqueue_many", "release", "recover_leases", "retry_now"})
+WAKES = frozenset(
+    {"enqueue", "enqueue_rows", "enqueue_many", "release", "recover_leases", "retry_now"}
+)
 
 
 class SqliteStore(EngineStore):
@@ -95,19 +97,22 @@ class SqliteStore(EngineStore):
     async def enqueue(self, message: NewMessage) -> str:
         rows = message_rows(message)  # built here, on the caller's side, either way
         if self.writer is not None:
-            # the bytes travel once, in the rows; the writer needs the message's id,
-            # owner and idempotency record only
-            bare = dataclasses.replace(message, raw=b"")
-            if message.idempotency is not None or len(message.raw) < BODY_FILE_GROUP_MIN:
+            if message.idempotency is not None:
+                # the bytes travel once, in the rows; the writer needs the message's id,
+                # owner and idempotency record only (and places its body: a duplicate
+                # must not write one)
+                bare = dataclasses.replace(message, raw=b"")
                 message_id: str = await self._remote("enqueue", bare, rows)
                 return message_id
+            if len(message.raw) < BODY_FILE_GROUP_MIN:
+                message_id = await self._remote("enqueue_rows", rows)
+                return message_id
             # a large body goes to this process's own body file first, and crosses the
-            # socket as a name and an offset (an idempotent one is placed by the writer:
-            # a duplicate must not write one)
+            # socket as a name and an offset
             self._placing += 1
             try:
                 [rows] = await self.engine.place([rows])
-                message_id = await self._remote("enqueue", bare, rows)
+                message_id = await self._remote("enqueue_rows", rows)
                 return message_id
             finally:
                 self._placing -= 1

@@ -10,8 +10,9 @@ processes into one group commit and holds the turn only for SQLite's own work.
 
 The protocol is length-prefixed pickles over a Unix socket beside the database (mode
 0600: only serve's processes, running as the same user, may connect). A request is
-(id, name, args), name being "enqueue", "enqueue_many" (the idempotent messages whole, every
-plain one as its rows) or one of store.base.CHANGES (or
+(id, name, args), name being "enqueue_rows" (a message with no idempotency key, as its
+rows), "enqueue", "enqueue_many" (the idempotent messages whole, every plain one as its
+rows) or one of store.base.CHANGES (or
 SQLITE_CHANGES); the reply (id, ok, value or exception) is sent once the commit is on
 disk. Replies and requests made in one turn of a loop go out in one write.
 
@@ -179,7 +180,9 @@ class WriterServer:
         """The request into the next commit group, made on this loop's thread once the
         requests read in this turn of the loop are all in."""
         engine = self.engine
-        if name == "enqueue":
+        if name == "enqueue_rows":  # a message with no idempotency key: its rows say all
+            op = engine.op(None, None, list(args))
+        elif name == "enqueue":
             message, rows = args
             op = engine.op(None, message, [rows])
         elif name == "enqueue_many":
