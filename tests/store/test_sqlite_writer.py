@@ -4,6 +4,7 @@ Unix socket, and what a client sees when the writer is gone and when it is back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,6 +40,17 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]
     yield client, writes
     await client.close()
     await writes.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(writes: SqliteStore) -> AsyncIterator[WriterServer]:
+    """A WriterServer for the writer's store, stopped on the way out."""
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(1.0)
 
 
 async def test_writes_go_through_the_writer_and_come_back(
@@ -96,9 +108,7 @@ async def test_a_large_body_is_placed_by_the_client_and_its_old_segment_let_go(
     until the rows naming it are committed, then is let go."""
     client, writes = pair
     monkeypatch.setattr(bodies, "SEGMENT_MAX", 1)  # every placement opens a new segment
-    server = WriterServer(writes.engine, socket_path(writes.path))
-    await server.start()
-    try:
+    async with serving(writes):
         sent = []
         for i in range(3):
             raw = RAW + bytes([65 + i]) * (100 * 1024) + b"\r\n"
@@ -117,17 +127,13 @@ async def test_a_large_body_is_placed_by_the_client_and_its_old_segment_let_go(
                 break
             await asyncio.sleep(0.01)
         assert client.engine.files._retired == []
-    finally:
-        await server.stop(1.0)
 
 
 async def test_a_batch_goes_as_rows_and_its_keyed_messages_whole(
     pair: tuple[SqliteStore, SqliteStore],
 ) -> None:
     client, writes = pair
-    server = WriterServer(writes.engine, socket_path(writes.path))
-    await server.start()
-    try:
+    async with serving(writes):
         batch = [message(), message(idempotency=Idempotency("b", "h", "{}", 2e9)), message()]
         assert await client.enqueue_many(batch) == [m.id for m in batch]
         for m in batch:
@@ -137,5 +143,3 @@ async def test_a_batch_goes_as_rows_and_its_keyed_messages_whole(
             await client.enqueue_many(again)
         assert dup.value.message_id == batch[1].id
         assert await writes.get_message(again[0].id) is None  # the batch is one transaction
-    finally:
-        await server.stop(1.0)
