@@ -44,7 +44,7 @@ Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 @dataclass(slots=True)
-class _Op:
+class WriteOp:
     """One write waiting for the writer thread."""
 
     fn: Work[Any] | None  # a general write
@@ -59,7 +59,7 @@ class _Op:
     release: bool = False  # and then let go of the segments moved on from (see place)
 
 
-def _plain(op: _Op) -> bool:
+def _plain(op: WriteOp) -> bool:
     """An enqueue with no idempotency key: its rows go into the group's bulk insert."""
     return op.fn is None and (op.message is None or op.message.idempotency is None)
 
@@ -84,7 +84,7 @@ class SqliteEngine:
         self.batch_max = batch_max
         self.files = BodyFiles(path.with_name(path.name + ".bodies"), fsync=not unsafe_no_fsync)
         self.work: asyncio.Event | None = None  # set when new work may be due
-        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
@@ -100,7 +100,7 @@ class SqliteEngine:
         self._queue_fd: int | None = None  # the turnstile in front of the turn
         self._wake_loop: asyncio.AbstractEventLoop | None = None
         # groups committed but not yet synced (see _sync_loop), and the WAL file's fd
-        self._unsynced: queue.SimpleQueue[tuple[list[_Op], list[Result], bool] | None] = (
+        self._unsynced: queue.SimpleQueue[tuple[list[WriteOp], list[Result], bool] | None] = (
             queue.SimpleQueue()
         )
         self._syncer: threading.Thread | None = None
@@ -303,16 +303,18 @@ class SqliteEngine:
 
     def op(
         self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
-    ) -> _Op:
+    ) -> WriteOp:
         """A write (fn) or an enqueue (message), its future on the running loop."""
         loop = asyncio.get_running_loop()
-        return _Op(fn, message, loop.create_future(), loop, rows)
+        return WriteOp(fn, message, loop.create_future(), loop, rows)
 
-    def commit_here(self, batch: list[_Op]) -> None:
+    def commit_here(self, batch: list[WriteOp]) -> None:
         """Commit a batch on the calling thread, the loop's: the writer process has
         nothing else to run, and a second thread there would hand the GIL back and forth
         (a wait for the GIL, or for a core, while holding the write turn) several times a
-        commit. Each op's future resolves once the commit is on disk."""
+        commit. Each op's future resolves once the commit is on disk. Only where nothing
+        is written through `write`/`submit` (serve's writer process): both use the one
+        writing connection."""
         self._commit_batch(batch)
 
     async def place(self, rows: list[NewRows]) -> list[NewRows]:
@@ -325,7 +327,7 @@ class SqliteEngine:
         until release_placed: the caller calls it once every row it placed has been
         committed or refused, since a row naming that segment may still commit."""
         loop = asyncio.get_running_loop()
-        op = _Op(None, None, loop.create_future(), loop, rows, place_only=True)
+        op = WriteOp(None, None, loop.create_future(), loop, rows, place_only=True)
         self._ops.put(op)
         placed: list[NewRows] = await op.future
         return placed
@@ -335,7 +337,7 @@ class SqliteEngine:
         may go. Queued behind those placements, ahead of any later one, whose bodies go
         to the segment still being appended to."""
         loop = asyncio.get_running_loop()
-        self._ops.put(_Op(None, None, loop.create_future(), loop, None, True, True))
+        self._ops.put(WriteOp(None, None, loop.create_future(), loop, None, True, True))
 
     def submit(
         self, fn: Work[Any] | None, message: NewMessage | None, rows: list[NewRows] | None
@@ -345,7 +347,7 @@ class SqliteEngine:
         through their futures' callbacks, without a task each.)"""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._ops.put(_Op(fn, message, fut, loop, rows))
+        self._ops.put(WriteOp(fn, message, fut, loop, rows))
         return fut
 
     # -- the writer thread ----------------------------------------------------
@@ -367,7 +369,7 @@ class SqliteEngine:
             if stop:
                 return
 
-    def _drain(self, batch: list[_Op]) -> bool:
+    def _drain(self, batch: list[WriteOp]) -> bool:
         """Move waiting ops into the batch; True when a stop request was found."""
         while len(batch) < self.batch_max:
             try:
@@ -398,7 +400,7 @@ class SqliteEngine:
         if self._turn_fd is not None:
             fcntl.flock(self._turn_fd, fcntl.LOCK_UN)
 
-    def _commit_batch(self, batch: list[_Op]) -> None:
+    def _commit_batch(self, batch: list[WriteOp]) -> None:
         conn = self._wconn
         assert conn is not None
         try:
@@ -489,7 +491,7 @@ class SqliteEngine:
             return self._sync_error
         return None
 
-    def _hand_back(self, batch: list[_Op], results: list[Result], woken: bool) -> None:
+    def _hand_back(self, batch: list[WriteOp], results: list[Result], woken: bool) -> None:
         """Resolve each caller's future on its own loop; wake the workers on new work."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Result]] = {}
         for op, result in zip(batch, results, strict=True):
@@ -505,7 +507,7 @@ class SqliteEngine:
             except RuntimeError:
                 pass
 
-    def _apply(self, tx: SqliteTx, batch: list[_Op]) -> list[Result]:
+    def _apply(self, tx: SqliteTx, batch: list[WriteOp]) -> list[Result]:
         """The batch inside one transaction: plain enqueues in one bulk insert, then each
         other op under its own savepoint, so one op's failure fails only that op."""
         conn = tx.conn
@@ -552,7 +554,7 @@ class SqliteEngine:
                 results.append((op.future, None, err))
         return results
 
-    def _place_early(self, batch: list[_Op]) -> None:
+    def _place_early(self, batch: list[WriteOp]) -> None:
         """Write the enqueues' bodies before the write turn is taken, so that this
         process's fdatasync runs while another process commits. An idempotent enqueue's
         body is placed in its transaction: a duplicate must not write one."""

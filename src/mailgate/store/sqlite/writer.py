@@ -39,7 +39,7 @@ from mailgate.errors import MailgateError, StoreError, StoreUnavailable
 from mailgate.store import queue
 from mailgate.store.base import CHANGES
 from mailgate.store.sqlite.compaction import repoint_bodies
-from mailgate.store.sqlite.engine import SqliteEngine, _Op
+from mailgate.store.sqlite.engine import SqliteEngine, WriteOp
 
 log = logging.getLogger("mailgate.store")
 HEADER = struct.Struct("!I")
@@ -173,7 +173,7 @@ class WriterServer:
         self.engine, self.path = engine, path
         self.sessions: set[_Session] = set()
         self.stopping = False
-        self._batch: list[_Op] = []  # requests read since the last commit
+        self._batch: list[WriteOp] = []  # requests read since the last commit
         self._server: asyncio.AbstractServer | None = None
 
     def submit(self, name: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
