@@ -98,8 +98,8 @@ class StoreConfig(_Section):
         True,
         description="SQLite: when `serve` runs child processes, one more child makes every"
         " commit for all of them (store/sqlite/writer.py) instead of each process taking"
-        " the write turn in turn: 12-13% faster end to end, about 4% slower taking mail in"
-        " alone (docs/benchmarks.md).",
+        " the write turn in turn: 12-13% faster end to end; taking mail in alone, about 3%"
+        " slower at 2 KB and 10% at 100 KB (docs/benchmarks.md).",
     )
     unsafe_no_fsync: bool = Field(
         False,

@@ -57,8 +57,9 @@ async def test_a_write_is_answered_only_after_its_wal_is_synced(
     monkeypatch.setattr(engine_module.os, "fdatasync", held)
     m = message()
     pending = asyncio.ensure_future(store.enqueue(m))
-    for _ in range(200):  # committed (another connection sees it) ...
-        if await store.get_message(m.id) is not None and synced:
+    deadline = asyncio.get_running_loop().time() + 30  # a bound, not a timing
+    while asyncio.get_running_loop().time() < deadline:  # committed (another connection
+        if await store.get_message(m.id) is not None and synced:  # sees it) ...
             break
         await asyncio.sleep(0.01)
     assert await store.get_message(m.id) is not None

@@ -122,10 +122,9 @@ async def test_a_large_body_is_placed_by_the_client_and_its_old_segment_let_go(
             assert await writes.get_raw(message_id) == raw
         # the bodies are in the client's segments (the writer wrote none of its own)
         assert client.engine.files._name is not None and writes.engine.files._name is None
-        for _ in range(100):  # the release runs on the client's writer thread
-            if not client.engine.files._retired:
-                break
-            await asyncio.sleep(0.01)
+        deadline = asyncio.get_running_loop().time() + 30  # a bound, not a timing
+        while client.engine.files._retired and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the release runs on the client's writer thread
         assert client.engine.files._retired == []
 
 

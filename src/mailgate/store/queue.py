@@ -138,8 +138,7 @@ async def settle(
     report them: in this transaction, so a crash keeps both or neither."""
     settled: set[int] = set()
     events, suppress = [], []
-    # one statement for every outcome (not one each: a statement costs the writer its
-    # GIL back, which the busy delivery loop holds); a row the lease no longer covers
+    # one statement for every outcome, not one each; a row the lease no longer covers
     # comes back missing
     params = json.dumps([settle_values(s) for s in settlements])
     found = {r[0]: r[1:] for r in await tx.fetch("settle", now, params, owner)}

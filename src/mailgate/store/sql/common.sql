@@ -9,7 +9,6 @@ VALUES (?, ?, ?, ?, ?, ?)
 -- name: insert_event
 INSERT INTO events (message_id, kind, at, details, api_key_id) VALUES (?, ?, ?, ?, ?)
 
-
 -- name: insert_tag
 INSERT INTO message_tags (tag, message_id) VALUES (?, ?) ON CONFLICT DO NOTHING
 
@@ -29,7 +28,6 @@ SELECT message_id FROM idempotency WHERE api_key_id = ? AND key = ?
 -- name: idempotent_response
 SELECT request_hash, response FROM idempotency
 WHERE api_key_id = ? AND key = ? AND expires_at > ?
-
 
 -- name: recover_leases
 UPDATE recipients SET next_attempt_at = ?

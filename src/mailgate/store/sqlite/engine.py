@@ -538,7 +538,6 @@ class SqliteEngine:
                     else:
                         value = drive(state.enqueue(tx, op.message, op.rows[0]))
                 else:
-                    assert op.fn is not None
                     value = drive(op.fn(tx))
                 conn.execute("RELEASE one")
                 results.append((op.future, value, None))
