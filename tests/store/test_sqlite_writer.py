@@ -142,3 +142,26 @@ async def test_a_batch_goes_as_rows_and_its_keyed_messages_whole(
             await client.enqueue_many(again)
         assert dup.value.message_id == batch[1].id
         assert await writes.get_message(again[0].id) is None  # the batch is one transaction
+
+
+async def test_a_batch_of_many_small_bodies_is_placed_by_the_client(
+    pair: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """A batch whose bodies come to 64 KB or more goes to the client's body file, each
+    body at its own offset; a keyed message in it is still placed by the writer, in
+    its transaction."""
+    client, writes = pair
+    async with serving(writes):
+        raws = [RAW + bytes([65 + i % 26]) * 2000 + b"\r\n" for i in range(60)]
+        batch = [
+            NewMessage(
+                raw=raw, sender="a@example.org", recipients=("b@example.com",), source=Source.HTTP
+            )
+            for raw in raws
+        ]
+        batch.append(message(idempotency=Idempotency("k", "h", "{}", 2e9)))
+        assert await client.enqueue_many(batch) == [m.id for m in batch]
+        for m in batch:
+            assert await writes.get_raw(m.id) == m.raw
+        assert client.engine.files._name is not None  # the 60 bodies: the client's file
+        assert writes.engine.files._name is None  # the keyed one stayed inline (small)

@@ -262,6 +262,15 @@ class BatchRequest(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
 
 
+class ValidBatch(BaseModel):
+    """A batch whose every item is valid, read in one pass (pydantic straight from the
+    JSON bytes); when this fails, BatchRequest and each item on its own say which."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[SendRequest] = Field(min_length=1)
+
+
 class RawRequest(BaseModel):
     """POST /v1/messages/raw with a JSON body."""
 

@@ -11,7 +11,8 @@ Each rule runs once, in this order (`Door.prepare` is the pure part, no I/O):
     cap         at most `max_recipients` envelope recipients (one setting)
     headers     Received (with the ingress's real client facts), Message-ID, Date
     sign        hooks; each gets the final bytes and returns them signed (DKIM, last)
-    ---- Door.screen (one indexed read per message or batch) ----
+    ---- Door.screen (one indexed read per message or batch, or for every send of one
+         turn of the loop: ingress/lookups.py) ----
     suppress    recipients on the suppression list get status `suppressed` and an event
                 instead of a place in the queue; the message is still accepted (even
                 when every recipient is suppressed: the answer says so per recipient)
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 
 from mailgate.compose import Draft, compose, header_date
 from mailgate.errors import DuplicateIdempotencyKey, StoreUnavailable
+from mailgate.ingress.lookups import JoinedLookups
 from mailgate.ingress.smtp_rules import (
     HeaderFacts,
     drop_blank_message_id,
@@ -236,6 +238,10 @@ class Door:
     clock: Callable[[], float] = time.time
 
     _list_seen: tuple[float, bool] = (-1.0, False)  # (when, was it empty), monotonic
+    _lookups: JoinedLookups = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lookups = JoinedLookups(lambda addresses: self.store.suppressed_among(addresses))
 
     async def _list_empty(self) -> bool:
         if self.store.point_reads_cheap:  # SQLite: the lookup is a local read, no window
@@ -306,7 +312,7 @@ class Door:
             if await self._list_empty():
                 found: dict[str, list[tuple[str, str]]] = {}
             else:
-                found = await self.store.suppressed_among(addresses_of(messages))
+                found = await self._lookups.among(addresses_of(messages))
         except StoreUnavailable:
             return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
         screened = []

@@ -198,6 +198,35 @@ def message_rows(m: NewMessage) -> NewRows:
     return _new(NewRows, (msg, rcpts, event, tags, suppressed))
 
 
+def rows_wire(r: NewRows) -> tuple[Any, ...]:
+    """An enqueue's rows as plain tuples, for the writer process's socket: a NamedTuple
+    pickles through copyreg, and did so at 18 µs a message and unpickled at 13, against
+    5 and 3 for the same values as tuples (a 2 KB message, here)."""
+    msg, rcpts, event, tags, suppressed = r
+    return (
+        tuple(msg),
+        [tuple(x) for x in rcpts],
+        tuple(event),
+        [tuple(x) for x in tags],
+        [tuple(x) for x in suppressed],
+    )
+
+
+def rows_unwire(w: tuple[Any, ...]) -> NewRows:
+    """rows_wire's tuples as NewRows again."""
+    msg, rcpts, event, tags, suppressed = w
+    return _new(
+        NewRows,
+        (
+            _new(MessageRow, msg),
+            [_new(RecipientRow, x) for x in rcpts],
+            _new(EventRow, event),
+            [_new(TagRow, x) for x in tags],
+            [_new(SuppressedEventRow, x) for x in suppressed],
+        ),
+    )
+
+
 EVENT_FOR_STATUS: dict[RecipientStatus, EventKind] = {
     RecipientStatus.DELIVERED: EventKind.DELIVERED,
     RecipientStatus.DEFERRED: EventKind.DEFERRED,

@@ -15,7 +15,7 @@ from mailgate.models import Claim, Event, NewMessage
 from mailgate.store import queries, queue
 from mailgate.store.base import EngineStore, Work
 from mailgate.store.protocols import Compaction
-from mailgate.store.rows import event_from_row, message_rows
+from mailgate.store.rows import NewRows, event_from_row, message_rows, rows_wire
 from mailgate.store.sqlite import compaction
 from mailgate.store.sqlite.bodies import BODY_FILE_GROUP_MIN
 from mailgate.store.sqlite.compaction import Live, Move
@@ -102,22 +102,10 @@ class SqliteStore(EngineStore):
                 # owner and idempotency record only (and places its body: a duplicate
                 # must not write one)
                 bare = dataclasses.replace(message, raw=b"")
-                message_id: str = await self._remote("enqueue", bare, rows)
+                message_id: str = await self._remote("enqueue", bare, rows_wire(rows))
                 return message_id
-            if len(message.raw) < BODY_FILE_GROUP_MIN:
-                message_id = await self._remote("enqueue_rows", rows)
-                return message_id
-            # a large body goes to this process's own body file first, and crosses the
-            # socket as a name and an offset
-            self._placing += 1
-            try:
-                [rows] = await self.engine.place([rows])
-                message_id = await self._remote("enqueue_rows", rows)
-                return message_id
-            finally:
-                self._placing -= 1
-                if not self._placing:
-                    self.engine.release_placed()
+            message_id = await self._placed_remote("enqueue_rows", [rows])
+            return message_id
         return await self.engine.enqueue(message, rows)
 
     async def enqueue_many(self, messages: Sequence[NewMessage]) -> list[str]:
@@ -127,9 +115,24 @@ class SqliteStore(EngineStore):
             # against its key); the others are their rows (a dataclass pickles slowly)
             keyed = [m for m in messages if m.idempotency is not None]
             ids: list[str] = [m.id for m in messages]
-            await self._remote("enqueue_many", keyed, rows)
+            await self._placed_remote("enqueue_many", rows, keyed)
             return ids
         return await self.engine.write(lambda tx: queue.enqueue_many(tx, messages, rows), rows)
+
+    async def _placed_remote(self, name: str, rows: list[NewRows], *before: Any) -> Any:
+        """An enqueue through the writer process, its rows last. Large bodies (a group
+        of BODY_FILE_GROUP_MIN bytes or more) go to this process's own body file first,
+        and cross the socket as a name and an offset, not as bytes."""
+        if sum(len(r.message.raw) for r in rows) < BODY_FILE_GROUP_MIN:
+            return await self._remote(name, *before, [rows_wire(r) for r in rows])
+        self._placing += 1
+        try:
+            rows = await self.engine.place(rows)
+            return await self._remote(name, *before, [rows_wire(r) for r in rows])
+        finally:
+            self._placing -= 1
+            if not self._placing:
+                self.engine.release_placed()
 
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
         # A read first: idle workers polling an empty queue must not queue up writes.

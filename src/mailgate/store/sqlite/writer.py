@@ -11,8 +11,8 @@ processes into one group commit and holds the turn only for SQLite's own work.
 The protocol is length-prefixed pickles over a Unix socket beside the database (mode
 0600: only serve's processes, running as the same user, may connect). A request is
 (id, name, args), name being "enqueue_rows" (a message with no idempotency key, as its
-rows), "enqueue", "enqueue_many" (the idempotent messages whole, every plain one as its
-rows) or one of store.base.CHANGES (or
+rows in a list of one), "enqueue", "enqueue_many" (the idempotent messages whole, every
+plain one as its rows; rows cross as plain tuples, rows.rows_wire) or one of store.base.CHANGES (or
 SQLITE_CHANGES); the reply (id, ok, value or exception) is sent once the commit is on
 disk. Replies and requests made in one turn of a loop go out in one write.
 
@@ -38,6 +38,7 @@ from typing import Any
 from mailgate.errors import MailgateError, StoreError, StoreUnavailable
 from mailgate.store import queue
 from mailgate.store.base import CHANGES
+from mailgate.store.rows import rows_unwire
 from mailgate.store.sqlite.compaction import repoint_bodies
 from mailgate.store.sqlite.engine import SqliteEngine, WriteOp
 
@@ -181,12 +182,14 @@ class WriterServer:
         requests read in this turn of the loop are all in."""
         engine = self.engine
         if name == "enqueue_rows":  # a message with no idempotency key: its rows say all
-            op = engine.op(None, None, list(args))
+            [wire] = args[0]
+            op = engine.op(None, None, [rows_unwire(wire)])
         elif name == "enqueue":
-            message, rows = args
-            op = engine.op(None, message, [rows])
+            message, wire = args
+            op = engine.op(None, message, [rows_unwire(wire)])
         elif name == "enqueue_many":
-            messages, rows = args
+            messages, wires = args
+            rows = [rows_unwire(w) for w in wires]
             op = engine.op(lambda tx: queue.enqueue_many(tx, messages, rows), None, rows)
         else:
             change = CHANGES.get(name) or SQLITE_CHANGES.get(name)
