@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailgate.errors import StoreUnavailable
-from mailgate.models import Claim, Event, NewMessage
+from mailgate.models import Claim, Event, Message, NewMessage
 from mailgate.store import queries, queue
 from mailgate.store.base import EngineStore, Work
 from mailgate.store.protocols import Compaction
@@ -23,6 +23,7 @@ from mailgate.store.sqlite.engine import SqliteEngine
 from mailgate.store.sqlite.writer import WriterClient
 
 T = TypeVar("T")
+LOAD_NOW_MAX = 32  # messages a claim's load reads on the calling thread (about 1 ms at 100 KB)
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 # Writes after which this process's own workers look for work at once (the others see
 # the commit through data_version, within POLL_INTERVAL).
@@ -136,9 +137,17 @@ class SqliteStore(EngineStore):
 
     async def claim(self, owner: str, now: float, limit: int, lease_seconds: float) -> Claim | None:
         # A read first: idle workers polling an empty queue must not queue up writes.
-        if await self._read(lambda tx: tx.fetchrow("next_due_domain", now)) is None:
+        if await self._read_now(lambda tx: tx.fetchrow("next_due_domain", now)) is None:
             return None
         return await super().claim(owner, now, limit, lease_seconds)
+
+    async def load(self, message_ids: Sequence[str]) -> dict[str, tuple[Message, bytes]]:
+        """A claim's messages. A few are read on the calling thread: handing the read to
+        the reader thread and back cost the delivery process 14% of its CPU (2 KB mail,
+        end to end), more than the read; a large claim still goes to that thread."""
+        if len(message_ids) > LOAD_NOW_MAX:
+            return await super().load(message_ids)
+        return await self._read_now(lambda tx: queries.load(tx, message_ids))
 
     async def events_since(
         self, cursor: str | None, limit: int, api_key_id: str | None = None
