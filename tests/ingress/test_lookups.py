@@ -37,7 +37,7 @@ async def test_lookups_of_one_turn_are_one_read_and_each_gets_its_own() -> None:
         joined.among(["c@x.test", "a@x.test"]),
     )
     assert reads.calls == [["a@x.test", "b@x.test", "c@x.test"]]
-    assert got == [
+    assert list(got) == [
         {"a@x.test": LIST["a@x.test"]},
         {},
         {"c@x.test": LIST["c@x.test"], "a@x.test": LIST["a@x.test"]},
@@ -67,7 +67,8 @@ async def test_a_failed_read_fails_every_caller_of_its_turn_and_the_next_turn_re
     assert await joined.among(["c@x.test"]) == {"c@x.test": LIST["c@x.test"]}
 
 
-async def test_the_first_callers_cancellation_does_not_strand_the_others() -> None:
+async def two_joined_in_flight() -> tuple[asyncio.Event, asyncio.Task[Found], asyncio.Task[Found]]:
+    """Two lookups joined into one read that is held until the event is set."""
     hold = asyncio.Event()
     reads = Reads(hold=hold)
     joined = JoinedLookups(reads)
@@ -75,6 +76,11 @@ async def test_the_first_callers_cancellation_does_not_strand_the_others() -> No
     second = asyncio.create_task(joined.among(["c@x.test"]))
     while not reads.calls:
         await asyncio.sleep(0)
+    return hold, first, second
+
+
+async def test_the_first_callers_cancellation_does_not_strand_the_others() -> None:
+    _, first, second = await two_joined_in_flight()
     first.cancel()  # its client went away while the read was in flight
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -83,13 +89,7 @@ async def test_the_first_callers_cancellation_does_not_strand_the_others() -> No
 
 
 async def test_a_joined_callers_cancellation_leaves_the_read_to_the_others() -> None:
-    hold = asyncio.Event()
-    reads = Reads(hold=hold)
-    joined = JoinedLookups(reads)
-    first = asyncio.create_task(joined.among(["a@x.test"]))
-    second = asyncio.create_task(joined.among(["c@x.test"]))
-    while not reads.calls:
-        await asyncio.sleep(0)
+    hold, first, second = await two_joined_in_flight()
     second.cancel()
     hold.set()
     assert await first == {"a@x.test": LIST["a@x.test"]}
