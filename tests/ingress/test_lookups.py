@@ -74,8 +74,11 @@ async def two_joined_in_flight() -> tuple[asyncio.Event, asyncio.Task[Found], as
     joined = JoinedLookups(reads)
     first = asyncio.create_task(joined.among(["a@x.test"]))
     second = asyncio.create_task(joined.among(["c@x.test"]))
-    while not reads.calls:
+    for _ in range(1000):  # a bound: the read starts within a turn or two
+        if reads.calls:
+            break
         await asyncio.sleep(0)
+    assert reads.calls == [["a@x.test", "c@x.test"]], "the two were not joined into one read"
     return hold, first, second
 
 

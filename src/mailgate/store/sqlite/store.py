@@ -23,7 +23,7 @@ from mailgate.store.sqlite.engine import SqliteEngine
 from mailgate.store.sqlite.writer import WriterClient
 
 T = TypeVar("T")
-LOAD_NOW_MAX = 32  # messages a claim's load reads on the calling thread (about 1 ms at 100 KB)
+LOAD_NOW_MAX = 32  # messages a claim's load reads on the calling thread (the loop waits)
 POLL_INTERVAL = 0.02  # how often a waiting worker looks for other processes' commits
 # Writes after which this process's own workers look for work at once (the others see
 # the commit through data_version, within POLL_INTERVAL).
