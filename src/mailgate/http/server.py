@@ -7,14 +7,53 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mailgate.config import HttpConfig
 from mailgate.errors import ConfigError
 from mailgate.http.app import Api, create_api
 
 BACKLOG = 2048
+
+
+class CorkedTransport:
+    """A transport whose writes of one loop turn leave as one send. uvicorn writes a
+    response's head and its body separately: two syscalls, and two segments for the
+    client to read, where one does. Everything else is the wrapped transport's."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:  # what was written before close() still goes out
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CorkedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through a CorkedTransport."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        corked = CorkedTransport(transport, self.loop)
+        super().connection_made(corked)  # type: ignore[arg-type]
 
 
 class HttpServer:
@@ -34,7 +73,7 @@ class HttpServer:
             host=cfg.host,
             port=cfg.port,
             lifespan="off",
-            http="httptools",
+            http=CorkedHttp,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
