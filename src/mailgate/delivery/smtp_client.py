@@ -113,6 +113,15 @@ def reply_line(text: bytes) -> str:
 def header_end(raw: bytes) -> int:
     """Where the header block ends: the first empty line, with any line ends data_block
     turns into CRLF (so bare LF or CR count); len(raw) when there is none."""
+    if not raw.startswith((b"\r", b"\n")):
+        # Stored mail is CRLF only: the first CRLF CRLF is the answer when every line
+        # end before it is a CRLF. memmem and counts, where the regex tried each byte.
+        at = raw.find(b"\r\n\r\n")
+        if at > 0:
+            head = raw[:at]
+            pairs = head.count(b"\r\n")
+            if head.count(b"\r") == pairs and head.count(b"\n") == pairs:
+                return at
     m = _EMPTY_LINE.search(raw)
     return len(raw) if m is None else m.start()
 
