@@ -39,6 +39,11 @@ BUSY_TIMEOUT_MS = 5000
 GATHER_THRESHOLD = 8  # after a batch at least this big, wait GATHER_DELAY for more writes
 GATHER_DELAY = 0.0002
 CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
+# Past this, a checkpoint also restarts the WAL (RESTART: it waits for the readers of
+# older snapshots and holds writers back meanwhile). Under steady load readers are never
+# all gone at once, so PASSIVE alone let the WAL grow without end (400 MB in 12 s).
+WAL_RESTART_BYTES = 64 << 20
+RESTART_WAIT_MS = 5  # how long a RESTART may wait for readers (and hold writers back)
 log = logging.getLogger("mailgate.store")
 Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
@@ -80,6 +85,7 @@ class SqliteEngine:
     ) -> None:
         self.path = path
         self.exclusive = exclusive
+        self.page_size = 4096  # read from the file on open
         self.unsafe_no_fsync = unsafe_no_fsync
         self.batch_max = batch_max
         self.files = BodyFiles(path.with_name(path.name + ".bodies"), fsync=not unsafe_no_fsync)
@@ -156,6 +162,9 @@ class SqliteEngine:
             self._ntx = SqliteTx(self._connect(), self.files)
             self._ntx.conn.execute("PRAGMA busy_timeout = 0")  # never wait on the loop
             self._cconn = self._connect()
+            # A RESTART holds writers back while it waits for readers: not for long.
+            self._cconn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            self.page_size = int(self._cconn.execute("PRAGMA page_size").fetchone()[0])
             wal = Path(str(self.path) + "-wal")  # the migration's and the recovery's writes
             if not self.unsafe_no_fsync and wal.exists() and self._sync_wal() is not None:
                 raise StoreError(f"store: cannot sync {wal}")
@@ -266,13 +275,18 @@ class SqliteEngine:
     # -- the checkpoint thread -------------------------------------------------
     def _checkpoint_loop(self) -> None:
         """Copy the WAL back into the database file in the background (PASSIVE: never
-        blocks the writer). A checkpoint changes no committed data; it only bounds the WAL."""
+        blocks the writer; RESTART once the WAL is long, so that it starts over). A
+        checkpoint changes no committed data; it only bounds the WAL."""
         while not self._closing.wait(CHECKPOINT_INTERVAL):
             conn = self._cconn
             if conn is None:
                 return
             try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if frames * self.page_size > WAL_RESTART_BYTES:
+                    # just copied back: the RESTART has little left to copy while it
+                    # holds writers back; busy (a reader stayed): tried next round
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)")
             except sqlite3.Error as exc:  # e.g. disk full: retried on the next round
                 log.warning("store: checkpoint failed: %s", exc)
 
