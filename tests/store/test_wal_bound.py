@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,12 @@ def message(i: int) -> NewMessage:
 
 
 def keep_reading(path: Path, stop: threading.Event) -> None:
-    """Short read transactions one after another, from another connection."""
+    """Short read transactions, a moment apart (as the delivery process's probes and
+    loads come), from another connection."""
     conn = sqlite3.connect(path)
     while not stop.is_set():
         conn.execute("SELECT count(*) FROM messages").fetchall()
+        time.sleep(0.0005)
     conn.close()
 
 
