@@ -51,23 +51,23 @@ async def test_the_wal_starts_over_under_steady_writes_and_reads(
         reader.start()
     wal = Path(f"{path}-wal")
     largest = 0
+
+    async def producer(n: int) -> None:  # writes without a pause between commits
+        for i in range(n):
+            await store.enqueue(message(i))
+
+    async def watch() -> None:  # samples the size; nothing waits on it
+        nonlocal largest
+        while True:
+            largest = max(largest, wal.stat().st_size)
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.create_task(watch())
     try:
-
-        async def producer(n: int) -> None:  # writes without a pause between commits
-            for i in range(n):
-                await store.enqueue(message(i))
-
-        async def watch() -> None:
-            nonlocal largest
-            while True:
-                largest = max(largest, wal.stat().st_size)
-                await asyncio.sleep(0.005)
-
-        watcher = asyncio.create_task(watch())
         # 12,000 messages: about 60 MB of WAL if it never starts over
         await asyncio.gather(*(producer(600) for _ in range(20)))
-        watcher.cancel()
     finally:
+        watcher.cancel()
         stop.set()
         for reader in readers:
             reader.join()

@@ -30,6 +30,19 @@ def call(mail: Mail, key: str, method: str, path: str, **kw: Any) -> Any:
     return mail.http.request(method, path, headers={"Authorization": f"Bearer {key}"}, **kw)
 
 
+def send(mail: Mail, key: str, to: list[str], sender: str = "app@example.org") -> dict[str, Any]:
+    """POST /v1/messages of a short text message; its 202's JSON."""
+    sent = call(
+        mail,
+        key,
+        "POST",
+        "/v1/messages",
+        json={"from": sender, "to": to, "subject": "s", "text": "t"},
+    )
+    assert sent.status_code == 202, sent.text
+    return dict(sent.json())
+
+
 def hook(mail: Mail, key: str, got: Receiver, events: list[str]) -> str:
     """An endpoint of `key` for `events` at the receiver; its signing secret."""
     mail.zone.add("hooks.example.test", "A", "127.0.0.1")

@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 
 from tests.domains.conftest import INBOX, Mail
 from tests.events.receiver import Receiver
-from tests.suppressions.conftest import HOOKS, call, hook, make_key
+from tests.suppressions.conftest import HOOKS, call, hook, make_key, send
 
 ADDRESS_FAILURES = ("reject-1", "unknown-1")  # 550 5.1.1; 550 "No such user here"
 MESSAGE_FAILURES = ("full-1", "toobig-1", "policy-1", "datafail-1")
@@ -31,18 +31,6 @@ def statuses(mail: Mail, key: str, message_id: str, until: set[str], timeout: fl
         if set(found.values()) <= until or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
-
-
-def send(mail: Mail, key: str, to: list[str], sender: str = "app@example.org") -> dict:
-    sent = call(
-        mail,
-        key,
-        "POST",
-        "/v1/messages",
-        json={"from": sender, "to": to, "subject": "s", "text": "t"},
-    )
-    assert sent.status_code == 202, sent.text
-    return dict(sent.json())
 
 
 @pytest.mark.parametrize("mail", [{"webhooks": HOOKS}], indirect=True)
