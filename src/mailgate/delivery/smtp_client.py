@@ -192,6 +192,12 @@ def envelope(tx: Transaction, extensions: dict[str, str]) -> Envelope:
     return Envelope(mail, tuple(rcpts), refused)
 
 
+def pipelined(env: Envelope) -> bytes:
+    """MAIL, every RCPT and DATA as one group (RFC 2920)."""
+    assert env.mail is not None
+    return b"\r\n".join([env.mail, *(line for _, line in env.rcpts), b"DATA"]) + b"\r\n"
+
+
 class Connection:
     """One SMTP connection: replies in, commands out, EHLO extensions."""
 
@@ -270,8 +276,19 @@ class Connection:
         the line."""
         if b"\n" in getattr(self.reader, "_buffer", b""):
             return await self.reader.readline()
-        async with asyncio.timeout_at(deadline):
+        # A bare timer, not asyncio.timeout_at: that looks up the current task, which in
+        # Python 3.11 is a getpid() system call, on every wait for a reply.
+        assert self._loop is not None
+        timer = self._loop.call_at(deadline, self._expire)
+        try:
             return await self.reader.readline()
+        finally:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        """No reply in time: the waiting readline raises, and so does every read after
+        it (the caller treats the connection as lost)."""
+        self.reader.set_exception(TimeoutError())
 
     async def send(self, data: bytes, timeout: float, what: str = "") -> None:
         if self.unread():
@@ -349,6 +366,8 @@ class Session:
         self.conn: Connection | None = None
         self.tls = False
         self._on_close = on_close  # frees the per-host connection slot exactly once
+        # the transaction whose envelope went out with the last one's data (send's `then`)
+        self._ahead: tuple[Transaction, Envelope] | None = None
 
     async def open(self, allow_tls: bool = True) -> Outcome | None:
         """Connect, EHLO and STARTTLS per policy; None when ready, else why not."""
@@ -456,11 +475,10 @@ class Session:
             return await self._refused(reply, Step.AUTH)
         return None
 
-    async def send(self, tx: Transaction) -> dict[str, Outcome] | Outcome:
-        """Per-recipient outcomes, or one Outcome when the connection itself failed."""
-        conn = self.conn
-        assert conn is not None
-        host, cfg = self.target.host, self.cfg
+    def _envelope(self, conn: Connection, tx: Transaction) -> Envelope | dict[str, Outcome]:
+        """The transaction's envelope for this peer, or every recipient's outcome when
+        nothing of it may be sent (over the peer's SIZE, no sendable address)."""
+        host = self.target.host
         limit = conn.extensions.get("SIZE", "")
         if limit.isdigit() and 0 < int(limit) < len(tx.raw):
             # RFC 1870: the server said it would refuse this; do not send it to find out
@@ -471,11 +489,41 @@ class Session:
         env = envelope(tx, conn.extensions)
         if env.mail is None or not env.rcpts:
             return env.refused  # nothing that may be sent: no transaction at all
+        return env
+
+    async def send(
+        self, tx: Transaction, then: Transaction | None = None
+    ) -> dict[str, Outcome] | Outcome:
+        """Per-recipient outcomes, or one Outcome when the connection itself failed.
+
+        `then`: the transaction the caller sends next on this session. With PIPELINING
+        its MAIL, RCPT and DATA leave in the same write as this one's data and final dot
+        (RFC 2920 3.1: message content may open a group), saving a write and a round trip
+        a message. Its replies are read by the next send, which must be `send(then)`
+        while the session is usable; a session closed in between is dropped, never sent
+        a QUIT the peer would read as message content."""
+        conn = self.conn
+        assert conn is not None
+        host, cfg = self.target.host, self.cfg
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if ahead[0] is not tx:
+                await self.drop()  # its DATA may be open: only a drop ends it unsent
+                raise RuntimeError("send() after send(tx, then) must send `then`")
+            env = ahead[1]
+        else:
+            prepared = self._envelope(conn, tx)
+            if not isinstance(prepared, Envelope):
+                return prepared
+            env = prepared
         try:
+            assert env.mail is not None  # _envelope returns only envelopes that go
             lines = [env.mail, *(line for _, line in env.rcpts)]
             if conn.supports("PIPELINING"):
-                # RFC 2920: the envelope and DATA in one write, then one reply per command
-                await conn.send(b"\r\n".join([*lines, b"DATA"]) + b"\r\n", cfg.command_timeout)
+                # RFC 2920: the envelope and DATA in one write (with the last message's
+                # data when it was sent ahead), then one reply per command
+                if ahead is None:
+                    await conn.send(pipelined(env), cfg.command_timeout)
                 replies = [await conn.read(cfg.command_timeout) for _ in lines]
                 data_reply: Response | None = await conn.read(cfg.command_timeout)
             else:
@@ -484,7 +532,7 @@ class Session:
                     replies.append(await conn.command(line, cfg.command_timeout))
                     if not Step.MAIL.accepts(replies[0].code):
                         break
-            results = await self._finish(conn, tx, env, replies, data_reply)
+            results = await self._finish(conn, tx, env, replies, data_reply, then)
         except ProtocolError as exc:
             await self.drop()
             return protocol_error(f"{host}: {exc}", host)
@@ -503,6 +551,7 @@ class Session:
         env: Envelope,
         replies: list[Response],
         data_reply: Response | None,
+        then: Transaction | None,
     ) -> dict[str, Outcome]:
         host, cfg = self.target.host, self.cfg
         queued = [rcpt for rcpt, _ in env.rcpts]
@@ -530,14 +579,33 @@ class Session:
             outcome = from_reply(data_reply.code, data_reply.text, host, Step.DATA)
             await self._abandon(conn, None, in_step=is_failure(data_reply.code))
         else:
-            await conn.send(data_block(tx.raw, tx.crlf_only), cfg.data_timeout, "the message")
+            block = data_block(tx.raw, tx.crlf_only)
+            following = self._following(conn, then)
+            if following is not None:
+                block += pipelined(following)
+            await conn.send(block, cfg.data_timeout, "the message")
+            if following is not None and then is not None:
+                self._ahead = (then, following)
             final = await conn.read(cfg.data_timeout)
             outcome = from_reply(final.code, final.text, host, Step.DOT)
-            if conn.unread() or not (is_failure(final.code) or Step.DOT.accepts(final.code)):
-                await self.drop()  # more than one reply, or a senseless one: start afresh
+            # More than one reply (when nothing was sent ahead to explain more), or a
+            # senseless one: start afresh. A stray reply behind a final one when the next
+            # envelope went ahead shifts that envelope's replies, so its DATA is answered
+            # by a RCPT's reply and it is dropped unsent (never counted delivered).
+            stray = self._ahead is None and conn.unread()
+            if stray or not (is_failure(final.code) or Step.DOT.accepts(final.code)):
+                await self.drop()
         for rcpt in accepted:
             results[rcpt] = outcome
         return results
+
+    def _following(self, conn: Connection, then: Transaction | None) -> Envelope | None:
+        """`then`'s envelope when it may leave with this message's data: the peer
+        pipelines and some of it may be sent at all (else it goes the usual way)."""
+        if then is None or not conn.supports("PIPELINING"):
+            return None
+        prepared = self._envelope(conn, then)
+        return prepared if isinstance(prepared, Envelope) else None
 
     async def _abandon(self, conn: Connection, data_reply: Response | None, in_step: bool) -> None:
         """End a transaction that will carry no message, keeping the connection usable
@@ -554,7 +622,12 @@ class Session:
             await self.drop()  # the outcomes already read stand
 
     async def close(self) -> None:
-        """QUIT and close, then free the host slot."""
+        """QUIT and close, then free the host slot. With a transaction sent ahead and
+        not finished, a drop: the peer may be reading message content, and would take
+        a QUIT for part of it."""
+        if self._ahead is not None:
+            await self.drop()
+            return
         if self.conn is not None:
             await self.conn.quit()
             self.conn = None
@@ -562,6 +635,7 @@ class Session:
 
     async def drop(self) -> None:
         """Close without QUIT: the peer is out of step, and waiting on it costs a timeout."""
+        self._ahead = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None

@@ -105,6 +105,25 @@ def owner_prefix(pid: int) -> str:
     return f"{os.uname().nodename}:{pid}:"
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One transaction to send: some (`pending`) of one message's recipients (`rcpts`)."""
+
+    rcpts: list[Recipient]
+    pending: list[Recipient]
+    tx: Transaction
+
+
+def transaction(message: Message, raw: bytes, rcpts: list[Recipient]) -> Transaction:
+    """The transaction carrying `raw` to `rcpts`."""
+    return Transaction(
+        message.sender,
+        tuple(r.address for r in rcpts),
+        raw,
+        message.source is Source.SMTP,  # its door refused bare CR and LF
+    )
+
+
 def by_message(claim: Claim) -> dict[str, list[Recipient]]:
     """A claim's recipients grouped by message, in claim order."""
     grouped: dict[str, list[Recipient]] = defaultdict(list)
@@ -379,72 +398,87 @@ class Deliverer:
     ) -> None:
         """One transaction per message, one connection reused, the next MX on connection
         failure; `done` gets each message's outcomes per recipient id as they come.
-        `opener` makes the sessions of a route with its own login (a grant's)."""
+        `opener` makes the sessions of a route with its own login (a grant's).
+
+        Each transaction is sent with the next one as `then`, so the next envelope
+        leaves with this message's data (smtp_client.Session.send); not while the domain
+        is paced, where each message must wait for its turn before any of it goes."""
         outcomes: dict[int, Outcome] = {}
         session: Session | None = None
         index = 0
         failure: Outcome = permanent("no destination", "5.4.4")
+        ahead = self.cfg.domain_rate <= 0
+        queue: deque[_Attempt] = deque()
+        for message_id, rcpts in by_message(claim).items():
+            message, raw = messages[message_id]
+            head = raw[: header_end(raw)]  # a body quoting Received lines is no loop
+            if head.count(b"\r\nReceived:") + head.startswith(b"Received:") > MAX_HOPS:
+                loop = permanent("Mail loop detected (too many hops)", "5.4.6", 554)
+                done(rcpts, dict.fromkeys((r.id for r in rcpts), loop))
+            else:
+                queue.append(_Attempt(rcpts, rcpts, transaction(message, raw, rcpts)))
+
+        def settle(attempt: _Attempt, result: dict[str, Outcome] | Outcome) -> None:
+            for r in attempt.pending:
+                outcomes[r.id] = result if isinstance(result, Outcome) else result[r.address]
+            if all(r.id in outcomes for r in attempt.rcpts):
+                done(attempt.rcpts, {r.id: outcomes[r.id] for r in attempt.rcpts})
+
         try:
-            for message_id, rcpts in by_message(claim).items():
-                message, raw = messages[message_id]
-                head = raw[: header_end(raw)]  # a body quoting Received lines is no loop
-                if head.count(b"\r\nReceived:") + head.startswith(b"Received:") > MAX_HOPS:
-                    loop = permanent("Mail loop detected (too many hops)", "5.4.6", 554)
-                    done(rcpts, dict.fromkeys((r.id for r in rcpts), loop))
-                    continue
-                pending = rcpts
-                while pending:
-                    if session is None:
-                        if index >= len(targets):
-                            outcomes.update(dict.fromkeys((r.id for r in pending), failure))
-                            break
-                        target = targets[index]
-                        if (target.address, self._port(target)) in self.own_endpoints:
-                            failure = permanent(
-                                "Destination is this mail server (loop)", "5.4.6", 554, target.host
-                            )
-                            index += 1
-                            continue
-                        host_slot = self.host_slots[target.address]
-                        await host_slot.acquire()
-                        if opener is not None:
-                            session = opener(target, self._port(target), host_slot.release)
-                        else:
-                            session = Session(
-                                target,
-                                self._port(target),
-                                self.cfg,
-                                self.ehlo,
-                                on_close=host_slot.release,
-                            )
-                        problem = await session.open()
-                        if problem is not None:
-                            await session.close()
-                            failure, session, index = problem, None, index + 1
-                            continue
-                    await self.pacers[claim.domain].wait()
-                    tx = Transaction(
-                        message.sender,
-                        tuple(r.address for r in pending),
-                        raw,
-                        message.source is Source.SMTP,  # its door refused bare CR and LF
-                    )
-                    result = await session.send(tx)
-                    if isinstance(result, Outcome):  # connection lost: next MX
-                        await session.close()
-                        failure, session, index = result, None, index + 1
+            while queue:
+                attempt = queue.popleft()
+                if session is None:
+                    if index >= len(targets):
+                        settle(attempt, failure)
                         continue
-                    if not session.usable:  # it dropped the connection: a fresh one next
+                    target = targets[index]
+                    if (target.address, self._port(target)) in self.own_endpoints:
+                        failure = permanent(
+                            "Destination is this mail server (loop)", "5.4.6", 554, target.host
+                        )
+                        index += 1
+                        queue.appendleft(attempt)
+                        continue
+                    host_slot = self.host_slots[target.address]
+                    await host_slot.acquire()
+                    if opener is not None:
+                        session = opener(target, self._port(target), host_slot.release)
+                    else:
+                        session = Session(
+                            target,
+                            self._port(target),
+                            self.cfg,
+                            self.ehlo,
+                            on_close=host_slot.release,
+                        )
+                    problem = await session.open()
+                    if problem is not None:
                         await session.close()
-                        session = None
-                    too_many = [r for r in pending if result[r.address].reply.code == 452]
-                    progress = len(too_many) < len(pending)
-                    for r in pending:
-                        if not (progress and r in too_many):
-                            outcomes[r.id] = result[r.address]
-                    # 452 too many recipients: the rest go in another transaction
-                    pending = too_many if progress else []
-                done(rcpts, {r.id: outcomes[r.id] for r in rcpts})
+                        failure, session, index = problem, None, index + 1
+                        queue.appendleft(attempt)
+                        continue
+                await self.pacers[claim.domain].wait()
+                then = queue[0].tx if ahead and queue else None
+                result = await session.send(attempt.tx, then)
+                if isinstance(result, Outcome):  # connection lost: next MX
+                    await session.close()
+                    failure, session, index = result, None, index + 1
+                    queue.appendleft(attempt)
+                    continue
+                if not session.usable:  # it dropped the connection: a fresh one next
+                    await session.close()
+                    session = None
+                too_many = [r for r in attempt.pending if result[r.address].reply.code == 452]
+                if too_many and len(too_many) < len(attempt.pending):
+                    # 452 too many recipients: the rest go in another transaction, after
+                    # the one whose envelope may have gone out already
+                    message, raw = messages[attempt.rcpts[0].message_id]
+                    later = _Attempt(attempt.rcpts, too_many, transaction(message, raw, too_many))
+                    queue.append(later)
+                    attempt = _Attempt(
+                        attempt.rcpts, [r for r in attempt.pending if r not in too_many], attempt.tx
+                    )
+                settle(attempt, result)
         finally:
             if session is not None:
                 await session.close()

@@ -1,0 +1,237 @@
+"""Messages pipelined across transactions (RFC 2920 3.1): a message's data and final dot
+leave in one write with the next message's MAIL, RCPT and DATA. The promise stays that of
+one message at a time: only a 2xx after a message's own final dot delivers it, a reply
+out of step never delivers the next one, and a next message whose envelope went ahead but
+whose data never left is deferred, never counted sent. Real sockets on loopback: a
+recording peer for the write boundaries, the scripted HostileReceiver for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailgate.delivery.outcome import Outcome, Verdict
+from mailgate.delivery.smtp_client import Transaction
+from mailgate.models import RecipientStatus, Source
+from tests.delivery.conftest import World
+from tests.delivery.hostile_receiver import CLOSE, HostileReceiver, Plan, Say
+
+
+def tx(*rcpts: str, body: bytes = b"hello") -> Transaction:
+    return Transaction("s@origin.test", rcpts, b"Subject: t\r\n\r\n" + body + b"\r\n")
+
+
+class ChunkPeer:
+    """An SMTP server offering PIPELINING that answers every command and final dot in the
+    order received and records each chunk read from the socket, so a test sees which
+    commands and data the client put in one write."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.bodies: list[bytes] = []
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 chunk.test ESMTP\r\n")
+        pending = b""
+        body: list[bytes] | None = None  # collecting a message's lines after 354
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                self.chunks.append(chunk)
+                pending += chunk
+                *lines, pending = pending.split(b"\r\n")
+                out: list[bytes] = []
+                for line in lines:
+                    if body is not None:
+                        if line == b".":
+                            self.bodies.append(b"\r\n".join(body) + b"\r\n")
+                            body = None
+                            out.append(b"250 2.0.0 queued")
+                        else:
+                            body.append(line[1:] if line.startswith(b".") else line)
+                        continue
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        out.append(b"250-chunk.test\r\n250 PIPELINING")
+                    elif verb == b"DATA":
+                        body = []
+                        out.append(b"354 go ahead")
+                    elif verb == b"QUIT":
+                        writer.write(b"".join(o + b"\r\n" for o in out) + b"221 bye\r\n")
+                        return
+                    else:
+                        out.append(b"250 ok")
+                if out:
+                    writer.write(b"".join(o + b"\r\n" for o in out))
+                    await writer.drain()
+        finally:
+            writer.close()
+
+
+def verbs(chunk: bytes) -> list[bytes]:
+    """The commands in a chunk, with a message's content as b"<data>"."""
+    found: list[bytes] = []
+    for line in chunk.split(b"\r\n")[:-1]:
+        verb = line[:4].upper()
+        if verb in (b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"):
+            found.append(verb)
+        elif line == b".":
+            found.append(b".")
+        elif not found or found[-1] != b"<data>":
+            found.append(b"<data>")
+    return found
+
+
+async def send_three(world: World, **cfg: object) -> tuple[ChunkPeer, list[str]]:
+    peer = ChunkPeer()
+    server = await asyncio.start_server(peer.session, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ids = [
+        await world.queue(f"r{i}@example.test", raw=b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i))
+        for i in range(3)
+    ]
+    try:
+        await world.run_until_idle(world.deliverer(port=port, **cfg))
+    finally:
+        server.close()
+        await server.wait_closed()
+    return peer, ids
+
+
+async def test_each_message_data_leaves_with_the_next_envelope(world: World) -> None:
+    peer, ids = await send_three(world)
+    assert [verbs(c) for c in peer.chunks] == [
+        [b"EHLO"],
+        [b"MAIL", b"RCPT", b"DATA"],
+        [b"<data>", b".", b"MAIL", b"RCPT", b"DATA"],
+        [b"<data>", b".", b"MAIL", b"RCPT", b"DATA"],
+        [b"<data>", b"."],
+        [b"QUIT"],
+    ]
+    assert sorted(peer.bodies) == [b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i) for i in range(3)]
+    for mid in ids:
+        [r] = await world.store.recipients(mid)
+        assert r.status is RecipientStatus.DELIVERED
+
+
+async def test_a_paced_domain_sends_each_message_on_its_own(world: World) -> None:
+    peer, _ = await send_three(world, domain_rate=1000)
+    assert [verbs(c) for c in peer.chunks][1:-1] == [
+        [b"MAIL", b"RCPT", b"DATA"],
+        [b"<data>", b"."],
+    ] * 3
+    assert len(peer.bodies) == 3
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(b"250 2.0.0 queued too\r\n", id="extra-250"),
+        pytest.param(b"354 go on\r\n", id="extra-354"),
+        pytest.param(b"250 2.0.0 a\r\n250 2.0.0 b\r\n250 2.0.0 c\r\n", id="three-extra-250"),
+    ],
+)
+async def test_a_stray_reply_after_a_dot_never_delivers_the_message_sent_ahead(
+    extra: bytes,
+) -> None:
+    plan = Plan(dot=Say(250, "2.0.0 queued", extra=extra))
+    async with HostileReceiver(plan) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        first = await session.send(tx("a@dest.test"), then=(second_tx := tx("b@dest.test")))
+        assert isinstance(first, dict) and first["a@dest.test"].verdict is Verdict.DELIVERED
+        second = await session.send(second_tx)
+        outcome = second if isinstance(second, Outcome) else second["b@dest.test"]
+        assert outcome.verdict is Verdict.TEMPORARY, outcome
+        assert not session.usable
+        await session.close()
+    assert rx.delivered() == {"a@dest.test"}
+    assert [t.body is not None for t in rx.txns] == [True, False]
+
+
+async def test_a_connection_lost_after_the_data_sends_the_next_message_to_the_next_mx(
+    world: World,
+) -> None:
+    """The first connection takes the first message's data and closes without a reply:
+    that message is sent again (a possible duplicate, never a loss) and the second, whose
+    envelope went ahead but whose data never left, goes whole to the next MX."""
+    world.zone.add("example.test", "MX", (20, "mx2.example.test"))
+    world.zone.add("mx2.example.test", "A", "127.0.0.1")
+    first = await world.queue("a@example.test")
+    second = await world.queue("b@example.test")
+    async with HostileReceiver(Plan(dot=CLOSE), Plan()) as rx:
+        await world.run_until_idle(world.deliverer(port=rx.port))
+    for mid in (first, second):
+        [r] = await world.store.recipients(mid)
+        assert r.status is RecipientStatus.DELIVERED, r
+    assert rx.connections == 2
+    # connection 1: the first message whole, then the close; connection 2: both again
+    # (the first once more, since its fate was unknown), each with its body
+    first_conn, *rest = rx.txns
+    assert first_conn.body is not None and first_conn.final is None
+    assert sorted(a for t in rest for a, _ in t.rcpts) == ["a@example.test", "b@example.test"]
+    assert all(t.body is not None for t in rest)
+
+
+async def test_closing_with_a_message_sent_ahead_drops_without_quit() -> None:
+    """After the envelope went ahead the peer may be reading message content: a QUIT
+    would be taken as part of it, so the session is dropped and the message never ends."""
+    async with HostileReceiver(Plan()) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        first = await session.send(tx("a@dest.test"), then=tx("b@dest.test"))
+        assert isinstance(first, dict) and first["a@dest.test"].verdict is Verdict.DELIVERED
+        await session.close()
+        await asyncio.sleep(0.05)  # the receiver sees the connection end
+    assert b"QUIT" not in rx.commands
+    assert rx.delivered() == {"a@dest.test"} and rx.txns[1].body is None
+
+
+async def test_sending_other_than_the_announced_transaction_is_refused() -> None:
+    async with HostileReceiver(Plan()) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        await session.send(tx("a@dest.test"), then=tx("b@dest.test"))
+        with pytest.raises(RuntimeError):
+            await session.send(tx("c@dest.test"))
+        assert not session.usable
+    assert rx.delivered() == {"a@dest.test"}
+
+
+async def test_a_next_message_that_cannot_go_is_not_sent_ahead() -> None:
+    """Over the peer's SIZE: it is bounced by the client, so no envelope of it leaves."""
+    plan = Plan(extensions=("PIPELINING", "SIZE 100"))
+    async with HostileReceiver(plan) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        big = tx("b@dest.test", body=b"x" * 200)
+        first = await session.send(tx("a@dest.test"), then=big)
+        assert isinstance(first, dict) and first["a@dest.test"].verdict is Verdict.DELIVERED
+        second = await session.send(big)
+        assert isinstance(second, dict) and second["b@dest.test"].reply.code == 552
+        assert session.usable
+        await session.close()
+    assert len(rx.mails) == 1 and b"QUIT" in rx.commands
+
+
+async def test_452_leftovers_go_after_the_message_sent_ahead(world: World) -> None:
+    """The second recipient of each transaction is told 452 (too many): it goes in a later
+    transaction on the same connection, after the message whose envelope already left."""
+    first = await world.queue("a@example.test", "b@example.test", source=Source.HTTP)
+    world.clock.advance(1)  # claimed in this order
+    second = await world.queue("c@example.test", source=Source.HTTP)
+    plan = Plan(rcpt=(Say(250, "2.1.5 ok"), Say(452, "4.5.3 too many recipients")))
+    async with HostileReceiver(plan) as rx:
+        await world.run_until_idle(world.deliverer(port=rx.port))
+    for mid in (first, second):
+        for r in await world.store.recipients(mid):
+            assert r.status is RecipientStatus.DELIVERED, r
+    assert [[a for a, _ in t.rcpts] for t in rx.txns] == [
+        ["a@example.test", "b@example.test"],
+        ["c@example.test"],
+        ["b@example.test"],
+    ]
+    assert rx.connections == 1
