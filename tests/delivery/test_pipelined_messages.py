@@ -132,6 +132,8 @@ async def test_a_paced_domain_sends_each_message_on_its_own(world: World) -> Non
         pytest.param(b"250 2.0.0 queued too\r\n", id="extra-250"),
         pytest.param(b"354 go on\r\n", id="extra-354"),
         pytest.param(b"250 2.0.0 a\r\n250 2.0.0 b\r\n250 2.0.0 c\r\n", id="three-extra-250"),
+        # read as the next MAIL's reply, it would bounce a message the server never refused
+        pytest.param(b"550 5.7.1 stray refusal\r\n", id="extra-550"),
     ],
 )
 async def test_a_stray_reply_after_a_dot_never_delivers_the_message_sent_ahead(

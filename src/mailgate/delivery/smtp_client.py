@@ -557,6 +557,13 @@ class Session:
         queued = [rcpt for rcpt, _ in env.rcpts]
         mail = replies[0]
         if not Step.MAIL.accepts(mail.code):
+            later = [*replies[1:], *([data_reply] if data_reply else [])]
+            if is_failure(mail.code) and any(not is_failure(r.code) for r in later):
+                # RFC 2920 3.1: after a refused MAIL, RCPT and DATA fail too. A success
+                # means the replies are out of step (a stray one read as this MAIL's):
+                # deferred, not bounced on a reply that may answer something else.
+                await self.drop()
+                return dict.fromkeys(queued, protocol_error(f"{host}: replies out of step", host))
             await self._abandon(conn, data_reply, in_step=is_failure(mail.code))
             return dict.fromkeys(queued, from_reply(mail.code, mail.text, host, Step.MAIL))
         results: dict[str, Outcome] = {}
