@@ -24,6 +24,7 @@ from mailgate.models import (
     Suppression,
     Webhook,
     WebhookAttempt,
+    pickled_by_fields,
 )
 from mailgate.store.rows import MessageRow
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # store/mailbox.py builds on this module's Tx
 Row = Sequence[Any]
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Dsn:
     """A delivery status notification to queue with the settlements it reports.
