@@ -8,11 +8,15 @@ recording peer for the write boundaries, the scripted HostileReceiver for the re
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 
 import pytest
 
 from mailgate.delivery.outcome import Outcome, Verdict
-from mailgate.delivery.smtp_client import Transaction
+from mailgate.delivery.smtp_client import Connection, Transaction
+from mailgate.errors import ConnectionLost
 from mailgate.models import RecipientStatus, Source
 from tests.delivery.conftest import World
 from tests.delivery.hostile_receiver import CLOSE, HostileReceiver, Plan, Say
@@ -136,22 +140,73 @@ async def test_a_paced_domain_sends_each_message_on_its_own(world: World) -> Non
         pytest.param(b"550 5.7.1 stray refusal\r\n", id="extra-550"),
     ],
 )
-async def test_a_stray_reply_after_a_dot_never_delivers_the_message_sent_ahead(
-    extra: bytes,
-) -> None:
+async def test_a_stray_reply_after_a_dot_defers_and_never_delivers_the_next(extra: bytes) -> None:
+    """The stray reply shifts the next group's replies; seen out of step, neither message
+    counts: the first is deferred (it may have been taken: a possible duplicate, never a
+    false delivery) and the second's data never leaves."""
     plan = Plan(dot=Say(250, "2.0.0 queued", extra=extra))
     async with HostileReceiver(plan) as rx:
         session = rx.session()
         assert await session.open() is None
-        first = await session.send(tx("a@dest.test"), then=(second_tx := tx("b@dest.test")))
-        assert isinstance(first, dict) and first["a@dest.test"].verdict is Verdict.DELIVERED
-        second = await session.send(second_tx)
-        outcome = second if isinstance(second, Outcome) else second["b@dest.test"]
-        assert outcome.verdict is Verdict.TEMPORARY, outcome
+        first = await session.send(tx("a@dest.test"), then=tx("b@dest.test"))
+        assert isinstance(first, dict)
+        assert first["a@dest.test"].verdict is Verdict.TEMPORARY, first
+        assert first["a@dest.test"].reply.enhanced == "4.5.0"
         assert not session.usable
         await session.close()
-    assert rx.delivered() == {"a@dest.test"}
-    assert [t.body is not None for t in rx.txns] == [True, False]
+    assert all(t.body is None for t in rx.txns[1:])
+    assert "b@dest.test" not in rx.delivered()
+
+
+async def test_a_missing_reply_to_the_dot_is_never_read_as_one() -> None:
+    """The peer takes the data and dot without a word, then answers the next group: its
+    MAIL's 250 must not count as the reply after the dot."""
+    async with HostileReceiver(Plan(dot=Say(raw=b""))) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        first = await session.send(tx("a@dest.test"), then=tx("b@dest.test"))
+        assert isinstance(first, dict)
+        assert first["a@dest.test"].verdict is Verdict.TEMPORARY, first
+        assert not session.usable
+    assert rx.delivered() == set()
+
+
+async def test_a_stray_reply_never_moves_a_refusal_to_another_recipient(world: World) -> None:
+    """Each transaction's first recipient is refused, its second accepted; a stray 250
+    follows every dot. Read one off, the second message's refusal of x would be y's, and
+    y would be bounced and suppressed on another address's reply."""
+    first = await world.queue("w@example.test", "v@example.test", source=Source.HTTP)
+    world.clock.advance(1)
+    second = await world.queue("x@example.test", "y@example.test", source=Source.HTTP)
+    plan = Plan(
+        rcpt=(Say(550, "5.1.1 no such user"), Say(250, "2.1.5 ok")),
+        dot=Say(250, "2.0.0 queued", extra=b"250 2.0.0 stray\r\n"),
+    )
+    async with HostileReceiver(plan) as rx:
+        await world.run_until_idle(world.deliverer(port=rx.port))
+    status = {
+        r.address: r.status for mid in (first, second) for r in await world.store.recipients(mid)
+    }
+    assert status["w@example.test"] is RecipientStatus.BOUNCED
+    assert status["x@example.test"] is RecipientStatus.BOUNCED
+    # v: deferred (its reply came with a stray one); y: delivered on a fresh connection
+    assert status["v@example.test"] is RecipientStatus.DEFERRED
+    assert status["y@example.test"] is RecipientStatus.DELIVERED
+    listed = await world.store.suppressed_among(["v@example.test", "y@example.test"])
+    assert listed == {}
+
+
+async def test_no_reply_to_data_drops_without_quit() -> None:
+    """DATA unanswered in time: the peer may be reading content, so no QUIT follows."""
+    async with HostileReceiver(Plan(data=Say(raw=b""))) as rx:
+        session = rx.session(command_timeout=0.3)
+        assert await session.open() is None
+        result = await session.send(tx("a@dest.test"))
+        assert isinstance(result, Outcome) and result.verdict is Verdict.TEMPORARY
+        assert not session.usable
+        await session.close()
+        await asyncio.sleep(0.05)
+    assert b"QUIT" not in rx.commands
 
 
 async def test_a_connection_lost_after_the_data_sends_the_next_message_to_the_next_mx(
@@ -219,21 +274,57 @@ async def test_a_next_message_that_cannot_go_is_not_sent_ahead() -> None:
     assert len(rx.mails) == 1 and b"QUIT" in rx.commands
 
 
-async def test_452_leftovers_go_after_the_message_sent_ahead(world: World) -> None:
-    """The second recipient of each transaction is told 452 (too many): it goes in a later
-    transaction on the same connection, after the message whose envelope already left."""
-    first = await world.queue("a@example.test", "b@example.test", source=Source.HTTP)
-    world.clock.advance(1)  # claimed in this order
-    second = await world.queue("c@example.test", source=Source.HTTP)
+async def test_452_leftovers_go_right_after_the_message_sent_ahead(world: World) -> None:
+    """The second recipient of each transaction is told 452 (too many): it goes in the
+    next transaction but the one whose envelope already left (not at the claim's end, so
+    the message's outcomes are recorded soon)."""
+    ids = []
+    for rcpts in (("a@example.test", "b@example.test"), ("c@example.test",), ("d@example.test",)):
+        ids.append(await world.queue(*rcpts, source=Source.HTTP))
+        world.clock.advance(1)  # claimed in this order
     plan = Plan(rcpt=(Say(250, "2.1.5 ok"), Say(452, "4.5.3 too many recipients")))
     async with HostileReceiver(plan) as rx:
         await world.run_until_idle(world.deliverer(port=rx.port))
-    for mid in (first, second):
+    for mid in ids:
         for r in await world.store.recipients(mid):
             assert r.status is RecipientStatus.DELIVERED, r
     assert [[a for a, _ in t.rcpts] for t in rx.txns] == [
         ["a@example.test", "b@example.test"],
         ["c@example.test"],
         ["b@example.test"],
+        ["d@example.test"],
     ]
     assert rx.connections == 1
+
+
+async def test_a_reply_handled_with_its_expired_deadline_is_late() -> None:
+    """The loop busy past a reply's deadline, the reply and the deadline's timer come due
+    in the same turn: the reply is late (as with asyncio.timeout), never taken while the
+    timer has already made every later read fail, which would have sent a message on a
+    late 354 and then lost its final reply (a duplicate)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def peer() -> None:
+        client, _ = listener.accept()
+        with client:
+            client.sendall(b"220 slow.test ESMTP\r\n")
+            client.recv(1024)  # EHLO
+            time.sleep(0.3)
+            client.sendall(b"250 slow.test\r\n")
+            client.recv(1024)  # until the client hangs up
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        conn, greeting = await Connection.open("127.0.0.1", listener.getsockname()[1], 5)
+        assert greeting.code == 220
+        # the loop blocked from 0.05 to 0.65 s: the 0.2 s deadline and the 0.3 s reply
+        asyncio.get_running_loop().call_later(0.05, time.sleep, 0.6)
+        with pytest.raises(ConnectionLost):
+            await conn.command(b"EHLO mg.test", 0.2)
+        conn.close()
+    finally:
+        listener.close()
+        await asyncio.to_thread(thread.join, 5)

@@ -32,6 +32,7 @@ from mailgate.delivery.mx import Target
 from mailgate.delivery.outcome import (
     Outcome,
     Step,
+    Verdict,
     clean_text,
     from_reply,
     is_failure,
@@ -192,10 +193,33 @@ def envelope(tx: Transaction, extensions: dict[str, str]) -> Envelope:
     return Envelope(mail, tuple(rcpts), refused)
 
 
+def command_lines(env: Envelope) -> list[bytes]:
+    """MAIL and every RCPT."""
+    assert env.mail is not None  # Session._envelope returns only envelopes that go
+    return [env.mail, *(line for _, line in env.rcpts)]
+
+
 def pipelined(env: Envelope) -> bytes:
     """MAIL, every RCPT and DATA as one group (RFC 2920)."""
-    assert env.mail is not None
-    return b"\r\n".join([env.mail, *(line for _, line in env.rcpts), b"DATA"]) + b"\r\n"
+    return b"\r\n".join([*command_lines(env), b"DATA"]) + b"\r\n"
+
+
+def unfit(step: Step, reply: Response) -> str | None:
+    """Why `reply` cannot answer `step`'s command in a pipelined group, or None: it must
+    be the command's success or a failure."""
+    if step.accepts(reply.code) or is_failure(reply.code):
+        return None
+    return f"{step.label} answered {reply.code} {clean_text(reply.text)}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A transaction whose envelope left with the last message's data, and its replies."""
+
+    tx: Transaction
+    env: Envelope
+    replies: list[Response]
+    data_reply: Response
 
 
 class Connection:
@@ -205,6 +229,7 @@ class Connection:
         self.reader, self.writer = reader, writer
         self.extensions: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # asked once: each ask is a getpid
+        self._expired = False  # a reply's deadline passed: every read after fails
 
     @classmethod
     async def open(
@@ -281,13 +306,17 @@ class Connection:
         assert self._loop is not None
         timer = self._loop.call_at(deadline, self._expire)
         try:
-            return await self.reader.readline()
+            line = await self.reader.readline()
         finally:
             timer.cancel()
+        if self._expired:  # fired as the line came in: late all the same
+            raise TimeoutError
+        return line
 
     def _expire(self) -> None:
         """No reply in time: the waiting readline raises, and so does every read after
         it (the caller treats the connection as lost)."""
+        self._expired = True
         self.reader.set_exception(TimeoutError())
 
     async def send(self, data: bytes, timeout: float, what: str = "") -> None:
@@ -367,7 +396,7 @@ class Session:
         self.tls = False
         self._on_close = on_close  # frees the per-host connection slot exactly once
         # the transaction whose envelope went out with the last one's data (send's `then`)
-        self._ahead: tuple[Transaction, Envelope] | None = None
+        self._ahead: _Ahead | None = None
 
     async def open(self, allow_tls: bool = True) -> Outcome | None:
         """Connect, EHLO and STARTTLS per policy; None when ready, else why not."""
@@ -499,50 +528,73 @@ class Session:
         `then`: the transaction the caller sends next on this session. With PIPELINING
         its MAIL, RCPT and DATA leave in the same write as this one's data and final dot
         (RFC 2920 3.1: message content may open a group), saving a write and a round trip
-        a message. Its replies are read by the next send, which must be `send(then)`
-        while the session is usable; a session closed in between is dropped, never sent
-        a QUIT the peer would read as message content."""
+        a message. Its replies are read here too, and this message's reply stands only if
+        they are in step; the next send must be `send(then)` while the session is usable
+        (a session closed in between is dropped, never sent a QUIT the peer would read as
+        message content)."""
         conn = self.conn
         assert conn is not None
         host, cfg = self.target.host, self.cfg
         ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            if ahead[0] is not tx:
-                await self.drop()  # its DATA may be open: only a drop ends it unsent
-                raise RuntimeError("send() after send(tx, then) must send `then`")
-            env = ahead[1]
-        else:
-            prepared = self._envelope(conn, tx)
-            if not isinstance(prepared, Envelope):
-                return prepared
-            env = prepared
+        if ahead is not None and ahead.tx is not tx:
+            await self.drop()  # its DATA may be open: only a drop ends it unsent
+            raise RuntimeError("send() after send(tx, then) must send `then`")
         try:
-            assert env.mail is not None  # _envelope returns only envelopes that go
-            lines = [env.mail, *(line for _, line in env.rcpts)]
-            if conn.supports("PIPELINING"):
-                # RFC 2920: the envelope and DATA in one write (with the last message's
-                # data when it was sent ahead), then one reply per command
-                if ahead is None:
-                    await conn.send(pipelined(env), cfg.command_timeout)
-                replies = [await conn.read(cfg.command_timeout) for _ in lines]
-                data_reply: Response | None = await conn.read(cfg.command_timeout)
+            if ahead is not None:  # its envelope went out, and its replies were read
+                env, replies, data_reply = ahead.env, ahead.replies, ahead.data_reply
             else:
-                replies, data_reply = [], None
-                for line in lines:
-                    replies.append(await conn.command(line, cfg.command_timeout))
-                    if not Step.MAIL.accepts(replies[0].code):
-                        break
+                prepared = self._envelope(conn, tx)
+                if not isinstance(prepared, Envelope):
+                    return prepared
+                env = prepared
+                if conn.supports("PIPELINING"):
+                    # RFC 2920: the envelope and DATA in one write, one reply per command
+                    await conn.send(pipelined(env), cfg.command_timeout)
+                    replies, data_reply = await self._group(conn, env)
+                else:
+                    replies, data_reply = [], None
+                    for line in command_lines(env):
+                        replies.append(await conn.command(line, cfg.command_timeout))
+                        if not Step.MAIL.accepts(replies[0].code):
+                            break
             results = await self._finish(conn, tx, env, replies, data_reply, then)
         except ProtocolError as exc:
             await self.drop()
             return protocol_error(f"{host}: {exc}", host)
         except ConnectionLost as exc:
-            await self.close()
+            # Dropped, not QUIT: the peer may be in DATA, reading anything as content.
+            await self.drop()
             # The remote may have taken the message before the connection broke (a stall
             # after the dot): retrying may duplicate, never lose.
             return temporary(f"connection to {host} lost: {exc}", host)
         results.update(env.refused)
         return results
+
+    async def _group(self, conn: Connection, env: Envelope) -> tuple[list[Response], Response]:
+        """The replies to a pipelined MAIL, its RCPTs and DATA, read in step. ProtocolError
+        when they cannot answer those commands (`unfit`, a success after a refused MAIL)
+        or more came than were asked for: a reply missing or extra shifts the rest, and
+        none of them could be trusted."""
+        timeout = self.cfg.command_timeout
+        replies: list[Response] = []
+        for step in [Step.MAIL, *(Step.RCPT for _ in env.rcpts), Step.DATA]:
+            reply = await conn.read(timeout)
+            problem = unfit(step, reply)
+            if problem is not None:  # at once: the rest may never come
+                raise ProtocolError(problem)
+            replies.append(reply)
+        data_reply = replies.pop()
+        problem = None
+        if is_failure(replies[0].code) and not all(is_failure(r.code) for r in replies[1:]):
+            # RFC 2920 3.1: after a refused MAIL, RCPT and DATA fail too; a success means
+            # a reply was read for the wrong command
+            problem = "a command after a refused MAIL was accepted"
+        elif conn.unread():
+            after = "the message" if Step.DATA.accepts(data_reply.code) else "the next command"
+            problem = f"unsolicited data before {after}"
+        if problem is not None:
+            raise ProtocolError(problem)
+        return replies, data_reply
 
     async def _finish(
         self,
@@ -557,15 +609,10 @@ class Session:
         queued = [rcpt for rcpt, _ in env.rcpts]
         mail = replies[0]
         if not Step.MAIL.accepts(mail.code):
-            later = [*replies[1:], *([data_reply] if data_reply else [])]
-            if is_failure(mail.code) and any(not is_failure(r.code) for r in later):
-                # RFC 2920 3.1: after a refused MAIL, RCPT and DATA fail too. A success
-                # means the replies are out of step (a stray one read as this MAIL's):
-                # deferred, not bounced on a reply that may answer something else.
-                await self.drop()
-                return dict.fromkeys(queued, protocol_error(f"{host}: replies out of step", host))
-            await self._abandon(conn, data_reply, in_step=is_failure(mail.code))
-            return dict.fromkeys(queued, from_reply(mail.code, mail.text, host, Step.MAIL))
+            refused = from_reply(mail.code, mail.text, host, Step.MAIL)
+            if not await self._abandon(conn, data_reply, in_step=is_failure(mail.code)):
+                refused = self._unsure(refused)
+            return dict.fromkeys(queued, refused)
         results: dict[str, Outcome] = {}
         accepted: list[str] = []
         for rcpt, reply in zip(queued, replies[1:], strict=True):
@@ -578,33 +625,60 @@ class Session:
                 await self.drop()
                 return dict.fromkeys(queued, outcome)
         if not accepted:
-            await self._abandon(conn, data_reply, in_step=True)
+            if not await self._abandon(conn, data_reply, in_step=True):
+                results = {rcpt: self._unsure(o) for rcpt, o in results.items()}
             return results
         if data_reply is None:
             data_reply = await conn.command(b"DATA", cfg.command_timeout)
         if not Step.DATA.accepts(data_reply.code):
             outcome = from_reply(data_reply.code, data_reply.text, host, Step.DATA)
-            await self._abandon(conn, None, in_step=is_failure(data_reply.code))
+            if not await self._abandon(conn, None, in_step=is_failure(data_reply.code)):
+                results = {rcpt: self._unsure(o) for rcpt, o in results.items()}
+                outcome = self._unsure(outcome)
         else:
-            block = data_block(tx.raw, tx.crlf_only)
-            following = self._following(conn, then)
-            if following is not None:
-                block += pipelined(following)
-            await conn.send(block, cfg.data_timeout, "the message")
-            if following is not None and then is not None:
-                self._ahead = (then, following)
-            final = await conn.read(cfg.data_timeout)
-            outcome = from_reply(final.code, final.text, host, Step.DOT)
-            # More than one reply (when nothing was sent ahead to explain more), or a
-            # senseless one: start afresh. A stray reply behind a final one when the next
-            # envelope went ahead shifts that envelope's replies, so its DATA is answered
-            # by a RCPT's reply and it is dropped unsent (never counted delivered).
-            stray = self._ahead is None and conn.unread()
-            if stray or not (is_failure(final.code) or Step.DOT.accepts(final.code)):
-                await self.drop()
+            outcome = await self._data(conn, tx, then)
         for rcpt in accepted:
             results[rcpt] = outcome
         return results
+
+    async def _data(self, conn: Connection, tx: Transaction, then: Transaction | None) -> Outcome:
+        """Send the message after its 354, with `then`'s envelope when it may go ahead,
+        and read the reply after the final dot."""
+        host, cfg = self.target.host, self.cfg
+        block = data_block(tx.raw, tx.crlf_only)
+        following = self._following(conn, then)
+        if following is not None:
+            block += pipelined(following)
+        await conn.send(block, cfg.data_timeout, "the message")
+        final = await conn.read(cfg.data_timeout)
+        outcome = from_reply(final.code, final.text, host, Step.DOT)
+        if not (is_failure(final.code) or Step.DOT.accepts(final.code)):
+            await self.drop()  # a senseless reply: start afresh
+        elif following is None or then is None:
+            if conn.unread():
+                await self.drop()  # more than one reply: start afresh
+        else:
+            # The next group's replies mostly arrive with this one. This message's reply
+            # stands only if they are in step: were the reply to its dot missing, the
+            # next MAIL's 250 would have been read as it, and the 354 would then answer
+            # a RCPT. Either way this message may have been taken: deferred, not bounced
+            # or counted delivered on a reply that may be another command's.
+            try:
+                replies, data_reply = await self._group(conn, following)
+            except (ProtocolError, ConnectionLost) as exc:
+                await self.drop()
+                return protocol_error(f"{host}: {exc}, after the message's data", host)
+            self._ahead = _Ahead(then, following, replies, data_reply)
+        return outcome
+
+    def _unsure(self, outcome: Outcome) -> Outcome:
+        """A refusal read from replies found out of step afterwards (RSET answered
+        otherwise than 250): it may answer another command, so the recipient is deferred."""
+        if outcome.verdict is Verdict.TEMPORARY:
+            return outcome
+        text = outcome.reply.text if outcome.reply is not None else ""
+        host = self.target.host
+        return protocol_error(f"{host}: replies out of step after {text!r}", host)
 
     def _following(self, conn: Connection, then: Transaction | None) -> Envelope | None:
         """`then`'s envelope when it may leave with this message's data: the peer
@@ -614,19 +688,22 @@ class Session:
         prepared = self._envelope(conn, then)
         return prepared if isinstance(prepared, Envelope) else None
 
-    async def _abandon(self, conn: Connection, data_reply: Response | None, in_step: bool) -> None:
+    async def _abandon(self, conn: Connection, data_reply: Response | None, in_step: bool) -> bool:
         """End a transaction that will carry no message, keeping the connection usable
-        when the peer is still in step with us."""
+        when the peer is still in step with us. False when RSET was answered otherwise
+        than 250: the replies were out of step (a late 354 behind a shifted group)."""
         if not in_step or (data_reply is not None and not is_failure(data_reply.code)):
             # A protocol error, or a pipelined DATA not refused though no recipient was
             # accepted: the transaction cannot be ended cleanly, so drop the connection.
             await self.drop()
-            return
+            return True
         try:
             if (await conn.command(b"RSET", self.cfg.command_timeout)).code != 250:
                 await self.drop()
+                return False
         except ConnectionLost:
             await self.drop()  # the outcomes already read stand
+        return True
 
     async def close(self) -> None:
         """QUIT and close, then free the host slot. With a transaction sent ahead and

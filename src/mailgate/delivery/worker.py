@@ -470,11 +470,12 @@ class Deliverer:
                     session = None
                 too_many = [r for r in attempt.pending if result[r.address].reply.code == 452]
                 if too_many and len(too_many) < len(attempt.pending):
-                    # 452 too many recipients: the rest go in another transaction, after
-                    # the one whose envelope may have gone out already
+                    # 452 too many recipients: the rest go in another transaction, next
+                    # but for the one whose envelope may have gone out already (the
+                    # message's outcomes are recorded once all of them are known)
                     message, raw = messages[attempt.rcpts[0].message_id]
                     later = _Attempt(attempt.rcpts, too_many, transaction(message, raw, too_many))
-                    queue.append(later)
+                    queue.insert(0 if then is None else 1, later)
                     attempt = _Attempt(
                         attempt.rcpts, [r for r in attempt.pending if r not in too_many], attempt.tx
                     )
