@@ -27,6 +27,7 @@ class Say:
     more: tuple[str, ...] = ()  # further lines: a multiline reply
     extra: bytes = b""  # unsolicited bytes in the same write, after the reply
     raw: bytes | None = None  # sent instead of a reply (garbage)
+    delay: float = 0.0  # seconds before it is sent (nothing else is read meanwhile)
 
     def wire(self) -> bytes | None:
         if self.raw is not None:
@@ -55,6 +56,7 @@ class Plan:
     rcpt: tuple[Say, ...] = (Say(250, "2.1.5 ok"),)  # the i-th RCPT; the last repeats
     data: Say = Say(354, "go ahead")
     dot: Say = Say(250, "2.0.0 queued")
+    rset: Say = Say(250, "2.0.0 reset")
     tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
 
 
@@ -149,6 +151,7 @@ class HostileReceiver:
         self, plan: Plan, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         async def say(answer: Say) -> bool:
+            await asyncio.sleep(answer.delay)
             data = answer.wire()
             if data is None:
                 return False
@@ -206,7 +209,7 @@ class HostileReceiver:
                     txn = None
                 continue
             elif verb == b"RSET":
-                txn, answer = None, Say(250, "2.0.0 reset")
+                txn, answer = None, plan.rset
             elif verb == b"QUIT":
                 await say(Say(221, "2.0.0 bye"))
                 return

@@ -31,12 +31,14 @@ class ChunkPeer:
     order received and records each chunk read from the socket, so a test sees which
     commands and data the client put in one write."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy_at: int | None = None) -> None:
         self.chunks: list[bytes] = []
         self.bodies: list[bytes] = []
+        self.busy_at = busy_at  # the n-th MAIL of each connection gets 421, then a close
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 chunk.test ESMTP\r\n")
+        mails = 0
         pending = b""
         body: list[bytes] | None = None  # collecting a message's lines after 354
         try:
@@ -66,6 +68,10 @@ class ChunkPeer:
                     elif verb == b"QUIT":
                         writer.write(b"".join(o + b"\r\n" for o in out) + b"221 bye\r\n")
                         return
+                    elif verb == b"MAIL" and (mails := mails + 1) == self.busy_at:
+                        out.append(b"421 4.7.0 Try again later, closing connection")
+                        writer.write(b"".join(o + b"\r\n" for o in out))
+                        return
                     else:
                         out.append(b"250 ok")
                 if out:
@@ -89,8 +95,10 @@ def verbs(chunk: bytes) -> list[bytes]:
     return found
 
 
-async def send_three(world: World, **cfg: object) -> tuple[ChunkPeer, list[str]]:
-    peer = ChunkPeer()
+async def send_three(
+    world: World, peer: ChunkPeer | None = None, **cfg: object
+) -> tuple[ChunkPeer, list[str]]:
+    peer = peer or ChunkPeer()
     server = await asyncio.start_server(peer.session, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     ids = [
@@ -328,3 +336,68 @@ async def test_a_reply_handled_with_its_expired_deadline_is_late() -> None:
     finally:
         listener.close()
         await asyncio.to_thread(thread.join, 5)
+
+
+async def test_421_to_the_next_mail_leaves_the_delivery_standing(world: World) -> None:
+    """A server limiting messages per connection answers the next MAIL 421 and closes
+    after taking a message: that message is delivered (not sent twice), the rest go on
+    fresh connections."""
+    peer, ids = await send_three(world, ChunkPeer(busy_at=2))
+    assert len(peer.bodies) == 3  # each message once
+    for mid in ids:
+        [r] = await world.store.recipients(mid)
+        assert r.status is RecipientStatus.DELIVERED, r
+
+
+@pytest.mark.parametrize("closing", [Say(421, "4.3.2 shutting down"), Say(554, "5.5.1 no")])
+async def test_a_failed_rset_keeps_the_refusals(closing: Say) -> None:
+    plan = Plan(rcpt=(Say(550, "5.1.1 no such user"),), data=Say(554, "5.5.1 none"), rset=closing)
+    async with HostileReceiver(plan) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        result = await session.send(tx("x@dest.test", "y@dest.test"))
+        assert not session.usable
+    assert isinstance(result, dict)
+    assert {o.verdict for o in result.values()} == {Verdict.PERMANENT}
+
+
+async def test_rset_answered_354_defers_the_refusals_read_before() -> None:
+    """A 354 to RSET is the DATA's, late: the refusals were read one off."""
+    plan = Plan(rcpt=(Say(550, "5.1.1 no such user"),), data=Say(554, "5.5.1 none"), rset=Say(354))
+    async with HostileReceiver(plan) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        result = await session.send(tx("x@dest.test", "y@dest.test"))
+    assert isinstance(result, dict)
+    assert {(o.verdict, o.reply.enhanced) for o in result.values()} == {
+        (Verdict.TEMPORARY, "4.5.0")
+    }
+
+
+async def test_354_to_data_after_a_refused_mail_is_out_of_step() -> None:
+    plan = Plan(mail=Say(550, "5.7.1 blocked"), rcpt=(Say(550, "5.5.1 no"),), data=Say(354))
+    async with HostileReceiver(plan) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        result = await session.send(tx("x@dest.test"))
+    outcome = result if isinstance(result, Outcome) else result["x@dest.test"]
+    assert (outcome.verdict, outcome.reply.enhanced) == (Verdict.TEMPORARY, "4.5.0")
+
+
+async def test_cancelled_with_a_message_ahead_drops_at_once() -> None:
+    """Cancelled while waiting for the reply to a dot, with the next envelope sent ahead
+    (its DATA may be open): the connection is dropped, so no QUIT can follow as content."""
+    async with HostileReceiver(Plan(dot=Say(250, "2.0.0 queued", delay=0.5))) as rx:
+        session = rx.session()
+        assert await session.open() is None
+        sending = asyncio.create_task(session.send(tx("a@dest.test"), then=tx("b@dest.test")))
+        for _ in range(200):
+            if rx.txns and rx.txns[0].body is not None:
+                break  # the data is in; the reply to the dot comes in 0.5 s
+            await asyncio.sleep(0.01)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert not session.usable
+        await session.close()
+    assert b"QUIT" not in rx.commands

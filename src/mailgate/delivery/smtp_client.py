@@ -567,6 +567,9 @@ class Session:
             # The remote may have taken the message before the connection broke (a stall
             # after the dot): retrying may duplicate, never lose.
             return temporary(f"connection to {host} lost: {exc}", host)
+        except BaseException:  # cancelled mid-exchange: a DATA may be open, so no QUIT
+            await self.drop()
+            raise
         results.update(env.refused)
         return results
 
@@ -583,17 +586,17 @@ class Session:
             if problem is not None:  # at once: the rest may never come
                 raise ProtocolError(problem)
             replies.append(reply)
-        data_reply = replies.pop()
         problem = None
         if is_failure(replies[0].code) and not all(is_failure(r.code) for r in replies[1:]):
             # RFC 2920 3.1: after a refused MAIL, RCPT and DATA fail too; a success means
             # a reply was read for the wrong command
             problem = "a command after a refused MAIL was accepted"
         elif conn.unread():
-            after = "the message" if Step.DATA.accepts(data_reply.code) else "the next command"
+            after = "the message" if Step.DATA.accepts(replies[-1].code) else "the next command"
             problem = f"unsolicited data before {after}"
         if problem is not None:
             raise ProtocolError(problem)
+        data_reply = replies.pop()
         return replies, data_reply
 
     async def _finish(
@@ -661,13 +664,19 @@ class Session:
             # The next group's replies mostly arrive with this one. This message's reply
             # stands only if they are in step: were the reply to its dot missing, the
             # next MAIL's 250 would have been read as it, and the 354 would then answer
-            # a RCPT. Either way this message may have been taken: deferred, not bounced
-            # or counted delivered on a reply that may be another command's.
+            # a RCPT. Then this message may have been taken: deferred, not bounced or
+            # counted delivered on a reply that may be another command's. A group cut
+            # short by the peer closing (421 to MAIL, then the close: a server's usual
+            # way to limit messages a connection) leaves the reply standing, as it did
+            # when nothing went ahead; the next message goes on a fresh connection.
             try:
                 replies, data_reply = await self._group(conn, following)
-            except (ProtocolError, ConnectionLost) as exc:
+            except ProtocolError as exc:
                 await self.drop()
                 return protocol_error(f"{host}: {exc}, after the message's data", host)
+            except ConnectionLost:
+                await self.drop()
+                return outcome
             self._ahead = _Ahead(then, following, replies, data_reply)
         return outcome
 
@@ -690,19 +699,22 @@ class Session:
 
     async def _abandon(self, conn: Connection, data_reply: Response | None, in_step: bool) -> bool:
         """End a transaction that will carry no message, keeping the connection usable
-        when the peer is still in step with us. False when RSET was answered otherwise
-        than 250: the replies were out of step (a late 354 behind a shifted group)."""
+        when the peer is still in step with us. False when RSET was answered with
+        neither 250 nor a failure: the replies were out of step (a late 354 behind a
+        shifted group), so the refusals read before may answer other commands."""
         if not in_step or (data_reply is not None and not is_failure(data_reply.code)):
             # A protocol error, or a pipelined DATA not refused though no recipient was
             # accepted: the transaction cannot be ended cleanly, so drop the connection.
             await self.drop()
             return True
         try:
-            if (await conn.command(b"RSET", self.cfg.command_timeout)).code != 250:
-                await self.drop()
-                return False
+            reply = await conn.command(b"RSET", self.cfg.command_timeout)
         except ConnectionLost:
             await self.drop()  # the outcomes already read stand
+            return True
+        if reply.code != 250:
+            await self.drop()  # a failure (421 closing): the outcomes read stand
+            return is_failure(reply.code)
         return True
 
     async def close(self) -> None:
