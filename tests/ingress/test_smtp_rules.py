@@ -119,6 +119,13 @@ def test_unstuff() -> None:
     assert unstuff(b"..a\r\n...b\r\n.c\r\n") == b".a\r\n..b\r\n.c\r\n"
 
 
+@given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"\r", b"\n"])).map(b"".join))
+def test_unstuff_matches_one_replace(data: bytes) -> None:
+    """The rfind that skips the replace when nothing is stuffed changes nothing."""
+    expected = (data[1:] if data.startswith(b"..") else data).replace(b"\r\n..", b"\r\n.")
+    assert unstuff(data) == expected
+
+
 def test_header_facts_folded_and_display_names() -> None:
     facts = header_facts(
         b'From: "x@good.test" <real@evil.test>\r\nSubject: a\r\n b\r\nMessage-ID: <m@x>\r\n\r\nbody'

@@ -84,7 +84,9 @@ def data_block(raw: bytes, crlf_only: bool = False) -> bytes:
     not regex passes (which cost about 0.5 ms per 100 KB); signed mail is CRLF-only
     already, so nothing a DKIM signature covers changes here. crlf_only: raw is known
     to have no bare CR or LF (not checked again)."""
-    body = (raw if crlf_only else crlf_lines(raw)).replace(b"\r\n.", b"\r\n..")
+    body = raw if crlf_only else crlf_lines(raw)
+    if body.rfind(b"\r\n.") >= 0:  # backward: skips by CR, not by the text's dots
+        body = body.replace(b"\r\n.", b"\r\n..")
     if body.startswith(b"."):
         body = b"." + body
     if body and not body.endswith(b"\r\n"):

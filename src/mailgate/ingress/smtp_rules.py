@@ -90,19 +90,35 @@ def data_problem(data: bytes, max_line: int = MAX_LINE) -> Reply | None:
     """Refuse DATA with bare CR, bare LF, NUL or overlong lines (smuggling-safe)."""
     # With every CRLF taken out, any CR or LF left is bare. C-speed passes only: a regex
     # took 2 ms per 100 KB, three counts and a split 270 µs, this 130 µs.
-    lines = data.split(b"\r\n")
-    rest = b"".join(lines)
+    rest = b"".join(data.split(b"\r\n"))
     if b"\x00" in rest or b"\r" in rest or b"\n" in rest:
         return Reply(550, "5.6.0", "Message contains bare CR, bare LF or NUL; use CRLF")
-    if len(data) > max_line and max(map(len, lines)) > max_line:
+    if overlong(data, max_line):
         return Reply(550, "5.6.0", f"Message has a line longer than {max_line} octets")
     return None
+
+
+def overlong(data: bytes, max_line: int) -> bool:
+    """A line (without its CRLF) longer than max_line, in data with CRLF line ends only.
+    Jumps to the last LF within reach of each line start: a few `rfind`s per message
+    where lengths of the split lines took a Python call per line."""
+    at, end = 0, len(data)  # `at`: where a line starts
+    while end - at > max_line:
+        lf = data.rfind(b"\n", at, at + max_line + 2)  # a line of max_line ends by here
+        if lf < 0:
+            return True
+        at = lf + 1
+    return False
 
 
 def unstuff(data: bytes) -> bytes:
     """Undo dot-stuffing (RFC 5321 4.5.2)."""
     if data.startswith(b".."):
         data = data[1:]
+    # rfind first: a backward search skips by CR, rare in text, where replace's forward
+    # count skips by dots (about 23 against 37 µs for 80 KB with no stuffed line)
+    if data.rfind(b"\r\n..") < 0:
+        return data
     return data.replace(b"\r\n..", b"\r\n.")
 
 
