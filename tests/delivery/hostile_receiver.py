@@ -80,6 +80,7 @@ class HostileReceiver:
         self.connections = 0
         self.commands: list[bytes] = []
         self.txns: list[Txn] = []
+        self.cut: list[bytes] = []  # what came of each DATA the client never ended
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -100,6 +101,12 @@ class HostileReceiver:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+    async def served(self, timeout: float = 10) -> None:
+        """Until every connection so far has ended (the client hung up, or its plan did):
+        what the receiver recorded is then complete."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
     def delivered(self) -> set[str]:
         """Recipients this receiver accepted in a transaction whose whole body it got and
@@ -218,13 +225,14 @@ class HostileReceiver:
             if not await say(answer):
                 return
 
-    @staticmethod
-    async def _body(reader: asyncio.StreamReader) -> bytes | None:
-        """The message up to the final dot, or None when the client stopped short."""
+    async def _body(self, reader: asyncio.StreamReader) -> bytes | None:
+        """The message up to the final dot, or None when the client stopped short (what
+        came of it is kept in `cut`)."""
         lines: list[bytes] = []
         while True:
             line = await reader.readline()
             if not line.endswith(b"\n"):
+                self.cut.append(b"".join(lines) + line)
                 return None
             if line == b".\r\n":
                 return b"".join(lines)

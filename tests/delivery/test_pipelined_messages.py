@@ -213,7 +213,7 @@ async def test_no_reply_to_data_drops_without_quit() -> None:
         assert isinstance(result, Outcome) and result.verdict is Verdict.TEMPORARY
         assert not session.usable
         await session.close()
-        await asyncio.sleep(0.05)
+        await rx.served()
     assert b"QUIT" not in rx.commands
 
 
@@ -250,9 +250,10 @@ async def test_closing_with_a_message_sent_ahead_drops_without_quit() -> None:
         first = await session.send(tx("a@dest.test"), then=tx("b@dest.test"))
         assert isinstance(first, dict) and first["a@dest.test"].verdict is Verdict.DELIVERED
         await session.close()
-        await asyncio.sleep(0.05)  # the receiver sees the connection end
+        await rx.served()
     assert b"QUIT" not in rx.commands
     assert rx.delivered() == {"a@dest.test"} and rx.txns[1].body is None
+    assert rx.cut == [b""]  # the DATA sent ahead got nothing, not a QUIT as content
 
 
 async def test_sending_other_than_the_announced_transaction_is_refused() -> None:
@@ -387,17 +388,19 @@ async def test_354_to_data_after_a_refused_mail_is_out_of_step() -> None:
 async def test_cancelled_with_a_message_ahead_drops_at_once() -> None:
     """Cancelled while waiting for the reply to a dot, with the next envelope sent ahead
     (its DATA may be open): the connection is dropped, so no QUIT can follow as content."""
-    async with HostileReceiver(Plan(dot=Say(250, "2.0.0 queued", delay=0.5))) as rx:
+    async with HostileReceiver(Plan(dot=Say(250, "2.0.0 queued", delay=2))) as rx:
         session = rx.session()
         assert await session.open() is None
         sending = asyncio.create_task(session.send(tx("a@dest.test"), then=tx("b@dest.test")))
         for _ in range(200):
             if rx.txns and rx.txns[0].body is not None:
-                break  # the data is in; the reply to the dot comes in 0.5 s
+                break  # the data is in; the reply to the dot comes in 2 s
             await asyncio.sleep(0.01)
         sending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await sending
         assert not session.usable
         await session.close()
+        await rx.served()
     assert b"QUIT" not in rx.commands
+    assert not any(b"QUIT" in content for content in rx.cut)  # nor as message content

