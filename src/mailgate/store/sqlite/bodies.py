@@ -19,6 +19,7 @@ not that process is still alive (the kernel drops a dead process's locks).
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +42,8 @@ NEW = ".new"  # a segment being born: `.<name>.new`, never read, never compacted
 # BODY_FILE_GROUP_MIN bytes of them; else they stay in the row.
 BODY_FILE_MIN = 512
 BODY_FILE_GROUP_MIN = 64 * 1024
+PAGE = mmap.PAGESIZE
+SPLIT_AT = 4 * PAGE  # a body this large ends its own write (`writes`)
 
 
 class BodyFiles:
@@ -65,9 +68,10 @@ class BodyFiles:
                 self._open_segment()
             assert self._fd is not None and self._name is not None
             offset = os.lseek(self._fd, 0, os.SEEK_END)  # after any failed write's bytes
-            view = memoryview(b"".join(bodies))
-            while view:
-                view = view[os.write(self._fd, view) :]
+            for chunk in writes(bodies):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view) :]
             if self.fsync:
                 os.fdatasync(self._fd)
         except OSError as exc:  # disk full, I/O error: nothing is acknowledged
@@ -87,6 +91,7 @@ class BodyFiles:
             raise BodyMoved(name) from None
         try:
             body = os.pread(fd, size, offset)
+            drop_pages(fd, offset, size)
         finally:
             os.close(fd)
         if len(body) != size:  # a cut segment: never hand on a partial message as whole
@@ -135,6 +140,39 @@ class BodyFiles:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = self._name = None
+
+
+def writes(bodies: Sequence[bytes]) -> list[bytes]:
+    """The bodies as writes: each large one (SPLIT_AT or more) alone, the small ones
+    between them joined. The page cache takes a write in large folios, and a folio can
+    be dropped only whole: one across two bodies would stay cached after both were read
+    (with a group in one write, two thirds of a busy server's read bodies stayed)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    for body in bodies:
+        if len(body) < SPLIT_AT:
+            small.append(body)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(body)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
+def drop_pages(fd: int, offset: int, size: int) -> None:
+    """Let the kernel drop the cached pages wholly inside a body just read: a body is read
+    about once (by its delivery), and the pages given back are the ones the next appends
+    take, already mapped and warm. Kept cached, delivered bodies grew the page cache by
+    every body taken in, each append taking fresh pages (a 100 KB append cost 35-95 µs
+    instead of 7, ~10% of the CPU of taking in and delivering 100 KB mail). Synced pages
+    are clean, so this drops them; a later read (a retry, a DSN, the dashboard) reads
+    the disk."""
+    start = -(-offset // PAGE) * PAGE  # the first page boundary at or after offset
+    if offset + size - start >= PAGE:  # at least one whole page
+        os.posix_fadvise(fd, start, offset + size - start, os.POSIX_FADV_DONTNEED)
 
 
 def place(files: BodyFiles, rows: Sequence[MessageRow]) -> Sequence[MessageRow]:
