@@ -299,18 +299,20 @@ class Session(asyncio.Protocol):
                 if size > cap:
                     del buf[: end + 5]
                     return None, size
+                # through a memoryview: a bytearray slice is a copy of its own (and a
+                # second 100 KB allocation, which glibc gives back and faults in again)
                 if moved:
-                    body += buf[: end + 2]
+                    body += memoryview(buf)[: end + 2]
                     stuffed = bytes(body)
                 else:
-                    stuffed = bytes(buf[: end + 2])  # the usual case: one buffer, one copy
+                    stuffed = bytes(memoryview(buf)[: end + 2])  # one buffer, one copy
                 del buf[: end + 5]
                 data = unstuff(stuffed)
                 return (data if len(data) <= limit else None), size
             if len(buf) > 4:
                 n = len(buf) - 4
                 if moved + n <= cap:
-                    body += buf[:n]
+                    body += memoryview(buf)[:n]  # released here, before the del below
                 else:
                     body.clear()  # surely over the limit: count the rest, keep nothing
                 moved += n
