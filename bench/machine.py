@@ -33,13 +33,14 @@ def python_loop_seconds(iterations: int = 10_000_000, runs: int = 3) -> float:
     return best
 
 
-def smtp_ceiling(messages: int, sessions: int, size: int) -> float:
-    """msg/s from smtp-source straight into smtp-sink: no queue, no disk."""
+def smtp_ceiling(messages: int, sessions: int, size: int, reuse: bool = True) -> float:
+    """msg/s from smtp-source straight into smtp-sink: no queue, no disk. reuse: as
+    run_smtp_source (False: a connection per message)."""
     port = free_port()
     sink = start_sink(port)
     try:
         wait_port(port)
-        return run_smtp_source(port, messages, sessions, size).rate
+        return run_smtp_source(port, messages, sessions, size, reuse=reuse).rate
     finally:
         stop_sink(sink)
 
@@ -118,6 +119,8 @@ class Machine:
     ceiling: float | None  # msg/s, smtp-source -> smtp-sink, 2 KB
     sessions: int
     messages: int
+    # the same with a connection per message (smtp-source without -d)
+    ceiling_per_connection: float | None = None
 
     def header(self) -> str:
         line = f"machine: {self.cores} cores, 10M-iteration Python loop {self.loop_seconds:.3f} s"
@@ -126,14 +129,22 @@ class Machine:
                 f", ceiling {self.ceiling:,.0f} msg/s (smtp-source -> smtp-sink, no queue; "
                 f"2 KB, {self.sessions} sessions, {self.messages:,} messages)"
             )
+        if self.ceiling_per_connection is not None:
+            line += f"; {self.ceiling_per_connection:,.0f} msg/s with a connection per message"
         return line
 
 
-def header(sessions: int | None, messages: int = 20_000) -> Machine:
+def header(sessions: int | None, messages: int = 20_000, per_connection: int = 0) -> Machine:
     """Measure the machine, print the header line and return it (the ceiling only with
-    a session count: benches without SMTP skip it)."""
+    a session count: benches without SMTP skip it; with per_connection, also the ceiling
+    of that many messages sent a connection each)."""
     ceiling = smtp_ceiling(messages, sessions, 2048) if sessions else None
-    machine = Machine(os.cpu_count() or 1, python_loop_seconds(), ceiling, sessions or 0, messages)
+    fresh = None
+    if sessions and per_connection:
+        fresh = smtp_ceiling(per_connection, sessions, 2048, reuse=False)
+    machine = Machine(
+        os.cpu_count() or 1, python_loop_seconds(), ceiling, sessions or 0, messages, fresh
+    )
     print(machine.header(), flush=True)
     return machine
 

@@ -6,9 +6,11 @@ fsynced before 250) relaying to smtp-sink. For 2 KB and 100 KB messages, prints 
 for each and the ratio; beside each rate the server's CPU per message (the whole machine's
 busy time from /proc/stat, less smtp-source's, smtp-sink's and this script's) and the
 machine's idle share, and for 2 KB the ratio to the no-queue ceiling printed at the top.
-Needs root for Postfix; installs postfix if missing.
+Then 2 KB mail sent with a connection per message (smtp-source without -d), to both and
+against the ceiling measured the same way. Needs root for Postfix; installs postfix if
+missing.
 
-    python bench/smtp_ingest.py [--messages 20000] [--sessions 20]
+    python bench/smtp_ingest.py [--messages 20000] [--sessions 20] [--per-connection 10000]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import CpuMeter, Rate, header
+from machine import CpuMeter, Machine, Rate, header
 from smtp_load import SMTP_SOURCE, run_smtp_source, start_sink, stop_sink, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,11 +76,13 @@ def quiet_disk() -> None:
     time.sleep(2)
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int, sink_pid: int) -> Rate:
+def smtp_source(
+    port: int, messages: int, sessions: int, size: int, sink_pid: int, reuse: bool = True
+) -> Rate:
     """Run smtp-source from a quiet disk; its rate and the machine's CPU during it."""
     quiet_disk()
     meter = CpuMeter(load_pids=(sink_pid,))
-    run = run_smtp_source(port, messages, sessions, size)
+    run = run_smtp_source(port, messages, sessions, size, reuse=reuse)
     return Rate(run.rate, meter.stop(messages))
 
 
@@ -112,14 +116,46 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def per_connection(
+    messages: int, sessions: int, tmp: Path, sink_pid: int, machine: Machine
+) -> None:
+    """2 KB mail with a connection per message (a printer, an old app): each message
+    pays for a TCP handshake, the greeting, EHLO and QUIT. Measured against the ceiling
+    of smtp-source -> smtp-sink sent the same way."""
+    mg = start_mailgate(tmp, deliver=False)
+    try:
+        mine = smtp_source(MAILGATE_PORT, messages, sessions, 2048, sink_pid, reuse=False)
+    finally:
+        stop(mg)
+        shutil.rmtree(tmp / "mailgate", ignore_errors=True)
+    pf = smtp_source(POSTFIX_PORT, messages, sessions, 2048, sink_pid, reuse=False)
+    of = machine.ceiling_per_connection
+    assert of is not None, "header() measures it when asked for per-connection runs"
+    print(f"   2 KB  mailgate, a connection per message  {mine.describe(of)}")
+    print(f"   2 KB  postfix, a connection per message   {pf.describe(of)}")
+    print(
+        f"   2 KB, a connection per message: mailgate {mine.rate:7,.0f} msg/s   postfix "
+        f"{pf.rate:7,.0f} msg/s   ratio {mine.rate / pf.rate:.2f}x; mailgate "
+        f"{mine.rate / of:.2f}x the ceiling sent the same way, postfix {pf.rate / of:.2f}x",
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--messages", type=int, default=20_000)
     p.add_argument("--sessions", type=int, default=20)
     p.add_argument("--sizes", default="2048,102400")
+    p.add_argument(
+        "--per-connection",
+        type=int,
+        default=10_000,
+        help="messages of 2 KB sent a connection each, to both and to the ceiling (0: skip)",
+    )
     args = p.parse_args()
     ensure_postfix()
-    ceiling = header(args.sessions, max(args.messages, 10_000)).ceiling
+    machine = header(args.sessions, max(args.messages, 10_000), args.per_connection)
+    ceiling = machine.ceiling
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-ingest-"))
     sink = start_sink(SINK_PORT)
     try:  # Postfix starts inside: a failed start must not leave the sink running
@@ -156,6 +192,8 @@ def main() -> None:
                     f"{pf_rate / of:.2f}x",
                     flush=True,
                 )
+        if args.per_connection:
+            per_connection(args.per_connection, args.sessions, tmp, sink.pid, machine)
     finally:
         subprocess.run(
             ["postfix", "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -34,16 +34,23 @@ def children_cpu() -> float:
 
 
 def run_smtp_source(
-    port: int, messages: int, sessions: int, size: int, sender: str = "bench@example.org"
+    port: int,
+    messages: int,
+    sessions: int,
+    size: int,
+    sender: str = "bench@example.org",
+    reuse: bool = True,
 ) -> SourceRun:
     """smtp-source to 127.0.0.1:port until every message is answered; `sender` is the
-    envelope sender and, as smtp-source writes it, the From: header."""
+    envelope sender and, as smtp-source writes it, the From: header. reuse: each session
+    keeps its connection for message after message (-d); else a connection per message,
+    as a printer or an old app sends."""
     cpu_before = children_cpu()
     started = time.perf_counter()
     subprocess.run(
         [
             SMTP_SOURCE,
-            "-d",
+            *(["-d"] if reuse else []),
             "-s",
             str(sessions),
             "-m",
