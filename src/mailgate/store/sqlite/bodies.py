@@ -3,8 +3,9 @@ the rule that decides which bodies go there.
 
 A body inside SQLite is written twice (WAL, then checkpoint), in 4 KB pages with a
 write() call each: most of the kernel time of taking in large mail. Here the writer
-thread appends a whole commit group's bodies with one write and one fdatasync before the
-commit that references them, so a committed row always points at bytes on disk. Bytes
+thread appends a whole commit group's bodies (`writes`: each large one alone) with one
+fdatasync before the commit that references them, so a committed row always points at
+bytes on disk; a read gives the body's pages back to the kernel (`drop_pages`). Bytes
 appended by a commit that then failed are never referenced. Each process writes its own
 segments (named by a new id), so the server's children never share one.
 
