@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailgate.shared import SharedBuckets, SharedCounts, SharedEvents, SharedTable
+import pytest
+
+from mailgate import shared
+from mailgate.shared import ALIVE_FOR, SharedBuckets, SharedCounts, SharedEvents, SharedTable
 
 
 def test_two_maps_of_one_file_share_buckets_and_events(tmp_path: Path) -> None:
@@ -104,3 +107,31 @@ def test_what_other_nodes_did_counts_here() -> None:
     counts.set_other_nodes("ip", 0)
     counts.release("ip")
     assert counts.held("ip") == 0 and counts.mine == {}
+
+
+def test_a_process_seen_running_is_asked_about_again_after_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Liveness from /proc is kept for ALIVE_FOR (each connection's open and close asks
+    about every other process): a process that dies counts for at most that long."""
+    path = tmp_path / "c.shm"
+    code = (
+        "import sys; from pathlib import Path; from mailgate.shared import SharedCounts;"
+        f"c = SharedCounts(Path({str(path)!r}));"
+        "assert c.acquire('ip', 5) and c.acquire('ip', 5); print('held', flush=True);"
+        "sys.stdin.read()"
+    )
+    now = [1000.0]
+    monkeypatch.setattr(shared.time, "monotonic", lambda: now[0])
+    mine = SharedCounts(path)
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None and child.stdout.readline() == "held\n"
+        assert mine.held("ip") == 2, "the child runs: its two connections count"
+        child.kill()
+    now[0] += ALIVE_FOR / 2
+    assert mine.held("ip") == 2, "seen running half a window ago: not asked again yet"
+    now[0] += ALIVE_FOR
+    assert mine.held("ip") == 0, "asked again: gone, and its counts with it"
+    assert mine.acquire("ip", 1)
