@@ -258,6 +258,7 @@ class SharedEvents:
         return found
 
 
+_PAIR = struct.Struct("<II")  # (pid, count): SharedCounts' slots are rows of these
 ALIVE_FOR = 1.0  # seconds a process seen running is taken as running (SharedCounts)
 
 
@@ -291,13 +292,13 @@ class SharedCounts:
     def _counts(self, payload: bytes | None) -> dict[int, int]:
         if payload is None:
             return {}
-        flat = self._entries.unpack(payload)
-        pairs = zip(flat[::2], flat[1::2], strict=True)
-        return {
-            pid: n
-            for pid, n in pairs
-            if pid and n and (pid in (self.pid, self.OTHER_NODES) or self._alive(pid))
-        }
+        counts: dict[int, int] = {}
+        for pid, n in _PAIR.iter_unpack(payload):
+            if not pid:  # _pack writes the pairs first: the rest is zeros
+                break
+            if n and (pid in (self.pid, self.OTHER_NODES) or self._alive(pid)):
+                counts[pid] = n
+        return counts
 
     def _alive(self, pid: int) -> bool:
         """alive(pid), taken as still true for ALIVE_FOR after /proc last said so: every
@@ -317,10 +318,11 @@ class SharedCounts:
         return True
 
     def _pack(self, counts: dict[int, int]) -> bytes:
-        flat: list[int] = []
-        for pid, n in list(counts.items())[: self.PROCESSES]:
-            flat += [pid, n]
-        return self._entries.pack(*flat, *[0] * (2 * self.PROCESSES - len(flat)))
+        """The pairs first, then zeros to the slot's size (a few pairs and 500-odd zero
+        bytes, where packing all 144 integers was ~2% of a connection's cost)."""
+        pairs = list(counts.items())[: self.PROCESSES]
+        packed = b"".join(_PAIR.pack(pid, n) for pid, n in pairs)
+        return packed.ljust(self._entries.size, b"\0")
 
     def acquire(self, name: str, cap: int) -> bool:
         """Count one more for this process, unless the server's total is at `cap`. A
