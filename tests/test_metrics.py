@@ -10,6 +10,7 @@ from prometheus_client import values as prometheus_values
 
 from mailgate.metrics import Metrics
 from mailgate.models import Source
+from mailgate.process import current_pid
 
 
 def test_create_leaves_the_process_alone(tmp_path: Path) -> None:
@@ -42,3 +43,20 @@ def test_an_app_with_children_leaves_the_process_alone(tmp_path: Path) -> None:
     assert app.shares_ports and app.child_delivers
     assert dict(os.environ) == environ
     assert prometheus_values.ValueClass is value_class
+
+
+def test_the_kept_process_id_follows_a_fork() -> None:
+    """prometheus_client names a process's metric file by current_pid(): a forked child
+    must get its own id, never its parent's (their values would mix in one file)."""
+    assert current_pid() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report what it sees, then leave at once
+        os.write(write, f"{current_pid()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        kept, real = f.read().split()
+    os.waitpid(child, 0)
+    assert kept == real != str(os.getpid())
+    assert current_pid() == os.getpid()
