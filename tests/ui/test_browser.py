@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
@@ -92,7 +93,11 @@ class World:
             time.sleep(0.05)
 
     def wait(self) -> WebDriverWait:  # type: ignore[type-arg]
-        return WebDriverWait(self.driver, WAIT)
+        # A wait that polls across a form's navigation may read a node of the page
+        # being replaced: Chromium then answers "Node with given id does not belong to
+        # the document" (a WebDriverException, not a stale element; seen once in CI).
+        # Polled again; a condition that never holds still ends in a timeout.
+        return WebDriverWait(self.driver, WAIT, ignored_exceptions=(WebDriverException,))
 
     def open(self, path: str) -> None:
         self.driver.get(self.url + path)
