@@ -92,7 +92,8 @@ class BodyFiles:
             raise BodyMoved(name) from None
         try:
             body = os.pread(fd, size, offset)
-            drop_pages(fd, offset, size)
+            if self.fsync:  # unsynced pages are dirty: the kernel would only start their writeback
+                drop_pages(fd, offset, size)
         finally:
             os.close(fd)
         if len(body) != size:  # a cut segment: never hand on a partial message as whole

@@ -333,7 +333,7 @@ class SqliteEngine:
 
     async def place(self, rows: list[NewRows]) -> list[NewRows]:
         """The rows with their bodies written to this process's body files, on disk, by
-        the writer thread with whatever else is being placed (one write, one fdatasync).
+        the writer thread with whatever else is being placed (one fdatasync).
         For a process that commits through serve's writer process: a large body then
         crosses its socket as a file name and an offset, not as bytes.
 
