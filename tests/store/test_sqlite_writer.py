@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,47 @@ async def test_a_batch_of_many_small_bodies_is_placed_by_the_client(
             assert await writes.get_raw(m.id) == m.raw
         assert client.engine.files._name is not None  # the 60 bodies: the client's file
         assert writes.engine.files._name is None  # the keyed one stayed inline (small)
+
+
+async def test_writes_read_during_a_sync_wait_for_it_and_commit_as_one_group(
+    pair: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group committed while the last one is being synced waits for that sync and the
+    next anyway; the writer commits what it reads meanwhile as one group once the sync is
+    done (fewer, larger commits: less WAL per message), and answers each only after its
+    own sync."""
+    client, writes = pair
+    groups: list[int] = []
+    commit = writes.engine._commit_batch
+    monkeypatch.setattr(
+        writes.engine, "_commit_batch", lambda batch: (groups.append(len(batch)), commit(batch))
+    )
+    held, syncing = threading.Event(), threading.Event()
+    fdatasync = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        held.wait(10)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync)
+    async with serving(writes) as server:
+        first = asyncio.ensure_future(client.enqueue(message()))
+        await until(syncing.is_set)  # the first group's sync has begun, and is held
+        assert groups == [1]
+        rest = [asyncio.ensure_future(client.enqueue(message())) for _ in range(30)]
+        await until(lambda: len(server._batch) == 30)  # all read by the writer
+        await asyncio.sleep(0.05)  # a loop turn or fifty: still none committed
+        assert groups == [1] and not first.done() and not any(f.done() for f in rest)
+        held.set()
+        ids = await asyncio.gather(first, *rest)
+    assert groups == [1, 30]
+    for message_id in ids:
+        assert await client.get_message(message_id) is not None
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)

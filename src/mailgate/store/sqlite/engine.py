@@ -20,6 +20,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,11 @@ class SqliteEngine:
             queue.SimpleQueue()
         )
         self._syncer: threading.Thread | None = None
+        # whether the sync thread is syncing, and who to call when it is done (see
+        # defer_while_syncing); the lock makes "busy, so call me after" atomic
+        self._sync_state = threading.Lock()
+        self._syncing = False
+        self._after_sync: Callable[[], None] | None = None
         self._wal_fd: int | None = None
         self._sync_error: StoreUnavailable | None = None
 
@@ -457,6 +463,17 @@ class SqliteEngine:
             self._unsynced.put((batch, results, tx.woken))
 
     # -- the sync thread ----------------------------------------------------------
+    def defer_while_syncing(self, then: Callable[[], None]) -> bool:
+        """True when a sync is running: `then` is called (on the sync thread) once it is
+        done. A group committed during a sync waits for it and the next one anyway, so
+        the caller may gather more writes into one commit meanwhile: every commit
+        rewrites the last page of each table and index it touches, and small groups made
+        the WAL 22 KB per 2 KB message."""
+        with self._sync_state:
+            if self._syncing:
+                self._after_sync = then
+            return self._syncing
+
     def _sync_loop(self) -> None:
         """Make committed groups durable, then answer them. The writer's connection runs
         with synchronous=NORMAL, so COMMIT does not wait for the disk inside the write
@@ -468,6 +485,8 @@ class SqliteEngine:
             item = self._unsynced.get()
             if item is None:
                 return
+            with self._sync_state:
+                self._syncing = True
             groups, stop = [item], False
             while True:
                 try:
@@ -483,6 +502,11 @@ class SqliteEngine:
                 if error is not None:  # committed, but not known to be on disk: refused
                     results = [(fut, None, error) for fut, _, _ in results]
                 self._hand_back(batch, results, woken and error is None)
+            with self._sync_state:
+                self._syncing = False
+                then, self._after_sync = self._after_sync, None
+            if then is not None:
+                then()
             if stop:
                 return
 
