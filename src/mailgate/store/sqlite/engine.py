@@ -43,7 +43,10 @@ CHECKPOINT_INTERVAL = 0.5  # seconds between background WAL checkpoints
 # Past this, a checkpoint also restarts the WAL (RESTART: it waits for the readers of
 # older snapshots and holds writers back meanwhile). Under steady load readers are never
 # all gone at once, so PASSIVE alone let the WAL grow without end (400 MB in 12 s).
-WAL_RESTART_BYTES = 64 << 20
+# Small, so the WAL is soon written over in pages already cached: growing it, ext4
+# allocates and zeroes each new page (2 KB ingest while delivering: 8 MB against 64 MB,
+# 6-8% more msg/s and 7% less CPU per message).
+WAL_RESTART_BYTES = 8 << 20
 RESTART_WAIT_MS = 5  # how long a RESTART may wait for readers (and hold writers back)
 log = logging.getLogger("mailgate.store")
 Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
