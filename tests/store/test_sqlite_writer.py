@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -177,33 +177,75 @@ async def test_writes_read_during_a_sync_wait_for_it_and_commit_as_one_group(
     done (fewer, larger commits: less WAL per message), and answers each only after its
     own sync."""
     client, writes = pair
+    groups, syncs = held_syncs(writes, monkeypatch)
+    async with serving(writes) as server:
+        try:
+            first = asyncio.ensure_future(client.enqueue(message()))
+            await until(lambda: syncs.count("begun") == 1)  # its sync is held
+            assert groups == [1]
+            rest = [asyncio.ensure_future(client.enqueue(message())) for _ in range(30)]
+            await until(lambda: len(server._batch) == 30)  # all read by the writer
+            await asyncio.sleep(0.05)  # a loop turn or fifty: still none committed
+            assert groups == [1] and not first.done() and not any(f.done() for f in rest)
+        finally:
+            syncs.append("release")
+        ids = await asyncio.gather(first, *rest)
+    assert groups == [1, 30]
+    assert syncs.count("begun") == 2  # the 30 were answered after a sync of their own
+    for message_id in ids:
+        assert await client.get_message(message_id) is not None
+
+
+async def test_writes_still_waiting_for_a_sync_when_the_writer_stops_are_refused(
+    pair: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that outlives stop's grace: the writes waiting for it are answered
+    StoreUnavailable and never committed (a commit after that answer would be made again
+    by the client's retry)."""
+    client, writes = pair
+    groups, syncs = held_syncs(writes, monkeypatch)
+    server = WriterServer(writes.engine, socket_path(writes.path))
+    await server.start()
+    try:
+        first = asyncio.ensure_future(client.enqueue(message()))
+        await until(lambda: syncs.count("begun") == 1)
+        waiting = [message() for _ in range(5)]
+        sent = [asyncio.ensure_future(client.enqueue(m)) for m in waiting]
+        await until(lambda: len(server._batch) == 5)
+        await server.stop(0.1)
+        for refused in await asyncio.gather(*sent, return_exceptions=True):
+            assert isinstance(refused, StoreUnavailable)
+        with pytest.raises(StoreUnavailable):  # in flight when the socket closed
+            await first
+    finally:
+        syncs.append("release")
+    await until(lambda: not writes.engine._syncing)
+    await asyncio.sleep(0.05)  # time for a commit the stop should have prevented
+    assert groups == [1]
+    for m in waiting:
+        assert await writes.get_message(m.id) is None
+
+
+def held_syncs(writes: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[str]]:
+    """The sizes of the writer's commit groups, and its fdatasyncs: each appends "begun"
+    and waits until the test appends "release" (then every later one runs at once)."""
     groups: list[int] = []
     commit = writes.engine._commit_batch
     monkeypatch.setattr(
         writes.engine, "_commit_batch", lambda batch: (groups.append(len(batch)), commit(batch))
     )
-    held, syncing = threading.Event(), threading.Event()
+    syncs: list[str] = []
     fdatasync = os.fdatasync
 
-    def slow_sync(fd: int) -> None:
-        syncing.set()
-        held.wait(10)
+    def held(fd: int) -> None:
+        syncs.append("begun")
+        deadline = time.monotonic() + 10
+        while "release" not in syncs and time.monotonic() < deadline:
+            time.sleep(0.001)
         fdatasync(fd)
 
-    monkeypatch.setattr(os, "fdatasync", slow_sync)
-    async with serving(writes) as server:
-        first = asyncio.ensure_future(client.enqueue(message()))
-        await until(syncing.is_set)  # the first group's sync has begun, and is held
-        assert groups == [1]
-        rest = [asyncio.ensure_future(client.enqueue(message())) for _ in range(30)]
-        await until(lambda: len(server._batch) == 30)  # all read by the writer
-        await asyncio.sleep(0.05)  # a loop turn or fifty: still none committed
-        assert groups == [1] and not first.done() and not any(f.done() for f in rest)
-        held.set()
-        ids = await asyncio.gather(first, *rest)
-    assert groups == [1, 30]
-    for message_id in ids:
-        assert await client.get_message(message_id) is not None
+    monkeypatch.setattr(os, "fdatasync", held)
+    return groups, syncs
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

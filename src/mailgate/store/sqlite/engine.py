@@ -509,7 +509,10 @@ class SqliteEngine:
                 self._syncing = False
                 then, self._after_sync = self._after_sync, None
             if then is not None:
-                then()
+                try:
+                    then()
+                except Exception:  # the sync thread must outlive a caller's bug
+                    log.exception("store: a write waiting for the sync could not be resumed")
             if stop:
                 return
 

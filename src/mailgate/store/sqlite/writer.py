@@ -174,6 +174,7 @@ class WriterServer:
         self.engine, self.path = engine, path
         self.sessions: set[_Session] = set()
         self.stopping = False
+        self.closed = False  # past stop's grace: nothing more is committed
         self._batch: list[WriteOp] = []  # requests read since the last commit
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # serving's, set by start
@@ -213,7 +214,7 @@ class WriterServer:
         for the sync's end instead (up to batch_max requests), gathering more into one
         commit (engine.defer_while_syncing says why; docs/benchmarks.md what it gained)."""
         limit = self.engine.batch_max
-        if not self._batch:
+        if not self._batch or self.closed:
             return
         if len(self._batch) < limit and self.engine.defer_while_syncing(self._commit_later):
             return
@@ -244,6 +245,14 @@ class WriterServer:
         deadline = loop.time() + grace
         while any(s.in_flight for s in self.sessions) and loop.time() < deadline:
             await asyncio.sleep(0.01)
+        # Writes still waiting for a sync that outlived the grace: their clients are about
+        # to hear "went away", so they are refused here and never committed (a commit
+        # after that answer would be made twice by the client's retry).
+        self.closed = True
+        waiting, self._batch = self._batch, []
+        for op in waiting:
+            if not op.future.done():
+                op.future.set_exception(StoreUnavailable("store: the writer process is stopping"))
         await asyncio.sleep(0)  # the last replies' flush
         for session in list(self.sessions):
             if session.transport is not None:
