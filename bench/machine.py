@@ -4,7 +4,8 @@
 - `smtp_ceiling`: smtp-source -> smtp-sink on loopback with no queue between (the most
   any SMTP relay here could do);
 - `CpuMeter`: /proc/stat around a run -> busy CPU seconds of the whole machine, its idle
-  share, and CPU per message without the load generator's own;
+  share, and CPU per message without the load generator's own; and each of mailgate's
+  processes by role (serve, ingress, writer, worker), so a figure that moved shows where;
 - `header`: the first line of every bench, so runs on machines of different speed can be
   compared (ratios to the ceiling travel; msg/s do not).
 """
@@ -66,6 +67,24 @@ def own_cpu() -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
+def mailgate_processes() -> dict[int, tuple[str, float]]:
+    """Each running `mailgate serve` process: pid -> (its role, CPU seconds so far). The
+    role is its `--role` (a child) or "serve" (the one started)."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"mailgate" not in b" ".join(args) or b"serve" not in args:
+                continue
+            role = args[args.index(b"--role") + 1].decode() if b"--role" in args else "serve"
+            found[int(entry.name)] = (role, process_cpu(int(entry.name)))
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class CpuUse:
     """What the machine did during one measured run."""
@@ -75,6 +94,8 @@ class CpuUse:
     load: float  # of which the load generator and receiver (subtracted per message)
     idle_share: float  # idle + iowait over all ticks, 0..1
     messages: int
+    # mailgate's processes by role (summed when several share one): CPU seconds
+    by_role: tuple[tuple[str, float], ...] = ()
 
     @property
     def per_message_us(self) -> float:
@@ -82,7 +103,11 @@ class CpuUse:
         return (self.busy - self.load) / self.messages * 1e6
 
     def describe(self) -> str:
-        return f"{self.per_message_us:6,.0f} µs CPU/msg, {self.idle_share:4.0%} idle"
+        text = f"{self.per_message_us:6,.0f} µs CPU/msg, {self.idle_share:4.0%} idle"
+        if self.by_role:  # where mailgate's CPU went: which process a change moved
+            split = ", ".join(f"{r} {cpu / self.messages * 1e6:,.0f}" for r, cpu in self.by_role)
+            text += f" [{split}]"
+        return text
 
 
 class CpuMeter:
@@ -92,6 +117,7 @@ class CpuMeter:
 
     def __init__(self, load_pids: tuple[int, ...] = ()) -> None:
         self._pids = load_pids
+        self._mailgate = mailgate_processes()
         self._ticks = machine_ticks()
         self._load = self._load_cpu()
         self._started = time.monotonic()
@@ -103,12 +129,17 @@ class CpuMeter:
         wall = time.monotonic() - self._started
         total, idle = machine_ticks()
         d_total, d_idle = total - self._ticks[0], idle - self._ticks[1]
+        by_role: dict[str, float] = {}
+        for pid, (role, cpu) in mailgate_processes().items():
+            before = self._mailgate.get(pid, (role, 0.0))[1]  # started since: all of it
+            by_role[role] = by_role.get(role, 0.0) + cpu - before
         return CpuUse(
             wall=wall,
             busy=(d_total - d_idle) / TICK,
             load=self._load_cpu() - self._load,
             idle_share=d_idle / d_total if d_total else 0.0,
             messages=max(messages, 1),
+            by_role=tuple(sorted(by_role.items())),
         )
 
 
