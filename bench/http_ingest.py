@@ -127,7 +127,7 @@ def run_wrk(
     sent = headers or {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in sent.items())
     script.write_text(LUA.replace("{headers}", lines).replace("{body}", body))
-    meter = CpuMeter()
+    meter = CpuMeter(metrics_url=f"http://127.0.0.1:{port}/metrics")
     out = subprocess.run(
         [
             "wrk",

@@ -6,6 +6,7 @@
 - `CpuMeter`: /proc/stat around a run -> busy CPU seconds of the whole machine, its idle
   share, and CPU per message without the load generator's own; and each of mailgate's
   processes by role (serve, ingress, writer, worker), so a figure that moved shows where;
+  and, given mailgate's /metrics, where a commit's time went (`Stages`);
 - `header`: the first line of every bench, so runs on machines of different speed can be
   compared (ratios to the ceiling travel; msg/s do not).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +87,58 @@ def mailgate_processes() -> dict[int, tuple[str, float]]:
     return found
 
 
+# mailgate's histograms of a commit's stages (metrics.py), read as _sum and _count
+STAGES = (
+    "mailgate_accept_commit_seconds",
+    "mailgate_store_commit_seconds",
+    "mailgate_store_commit_group_writes",
+    "mailgate_store_sync_seconds",
+)
+
+
+def stage_sums(metrics_url: str) -> dict[str, float]:
+    """The _sum and _count of each stage histogram on mailgate's /metrics (summed there
+    over serve's processes); empty when it does not answer."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith(("_sum", "_count")) and name.rsplit("_", 1)[0] in STAGES:
+            sums[name] = float(value)
+    return sums
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Where a run's commits spent their time: the averages over the run."""
+
+    wait: float  # s the door waited for each message's commit (hand-over to on disk)
+    group: float  # s a commit group took in the write turn
+    writes: float  # writes per group
+    sync: float  # s per fdatasync (0: none, e.g. PostgreSQL)
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> Stages | None:
+        def mean(name: str) -> float:
+            n = after.get(name + "_count", 0.0) - before.get(name + "_count", 0.0)
+            total = after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)
+            return total / n if n else 0.0
+
+        if not after:
+            return None
+        wait, group, writes, sync = (mean(name) for name in STAGES)
+        return cls(wait, group, writes, sync)
+
+    def describe(self) -> str:
+        text = f"commit wait {self.wait * 1e3:.2f} ms: groups of {self.writes:.1f} writes"
+        text += f" in {self.group * 1e3:.2f} ms"
+        return text + (f", sync {self.sync * 1e3:.2f} ms" if self.sync else "")
+
+
 @dataclass(frozen=True)
 class CpuUse:
     """What the machine did during one measured run."""
@@ -96,6 +150,7 @@ class CpuUse:
     messages: int
     # mailgate's processes by role (summed when several share one): CPU seconds
     by_role: tuple[tuple[str, float], ...] = ()
+    stages: Stages | None = None  # given mailgate's /metrics
 
     @property
     def per_message_us(self) -> float:
@@ -107,16 +162,21 @@ class CpuUse:
         if self.by_role:  # where mailgate's CPU went: which process a change moved
             split = ", ".join(f"{r} {cpu / self.messages * 1e6:,.0f}" for r, cpu in self.by_role)
             text += f" [{split}]"
+        if self.stages is not None:
+            text += f" {{{self.stages.describe()}}}"
         return text
 
 
 class CpuMeter:
     """Started just before a measured run, stopped just after it. The load side is this
     process and the children it reaps in between (smtp-source, wrk) plus the live
-    processes named in `load_pids` (smtp-sink)."""
+    processes named in `load_pids` (smtp-sink). With `metrics_url` (mailgate's /metrics)
+    it also reads where the run's commits spent their time."""
 
-    def __init__(self, load_pids: tuple[int, ...] = ()) -> None:
+    def __init__(self, load_pids: tuple[int, ...] = (), metrics_url: str | None = None) -> None:
         self._pids = load_pids
+        self._metrics_url = metrics_url
+        self._stages = stage_sums(metrics_url) if metrics_url else {}
         self._mailgate = mailgate_processes()
         self._ticks = machine_ticks()
         self._load = self._load_cpu()
@@ -133,6 +193,9 @@ class CpuMeter:
         for pid, (role, cpu) in mailgate_processes().items():
             before = self._mailgate.get(pid, (role, 0.0))[1]  # started since: all of it
             by_role[role] = by_role.get(role, 0.0) + cpu - before
+        stages = None
+        if self._metrics_url:
+            stages = Stages.between(self._stages, stage_sums(self._metrics_url))
         return CpuUse(
             wall=wall,
             busy=(d_total - d_idle) / TICK,
@@ -140,6 +203,7 @@ class CpuMeter:
             idle_share=d_idle / d_total if d_total else 0.0,
             messages=max(messages, 1),
             by_role=tuple(sorted(by_role.items())),
+            stages=stages,
         )
 
 

@@ -22,6 +22,7 @@ after it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -34,8 +35,16 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import CpuMeter, Rate, header
-from smtp_ingest import READY_PORT, ensure_postfix, quiet_disk, start_postfix, stop, wait_ready
+from machine import CpuMeter, Rate, Stages, header, stage_sums
+from smtp_ingest import (
+    METRICS_URL,
+    READY_PORT,
+    ensure_postfix,
+    quiet_disk,
+    start_postfix,
+    stop,
+    wait_ready,
+)
 from smtp_load import run_smtp_source, sink_total, start_sink, stop_sink, wait_delivered, wait_port
 
 MG_PORT, PF_PORT, SINK_PORT = 2735, 2635, 2636
@@ -79,10 +88,13 @@ def is_ready(http_port: int) -> bool:
         return False
 
 
-def flow(port: int, log: Path, n: int, sessions: int, sink_pid: int) -> Rate:
-    """n messages from smtp-source to their delivery at the sink, which starts at 0."""
+def flow(
+    port: int, log: Path, n: int, sessions: int, sink_pid: int, metrics: str | None = None
+) -> Rate:
+    """n messages from smtp-source to their delivery at the sink, which starts at 0.
+    metrics: mailgate's /metrics, for where its commits spent their time."""
     quiet_disk()
-    meter = CpuMeter(load_pids=(sink_pid,))
+    meter = CpuMeter(load_pids=(sink_pid,), metrics_url=metrics)
     started = time.monotonic()
     run_smtp_source(port, n, sessions, SIZE)
     done = wait_delivered(log, n, 1800)
@@ -97,7 +109,7 @@ def mailgate_flow(tmp: Path, n: int, sessions: int) -> Rate:
         mg = spawn_mailgate(tmp, deliver=True)
         try:
             wait_ready(READY_PORT)
-            return flow(MG_PORT, log, n, sessions, sink.pid)
+            return flow(MG_PORT, log, n, sessions, sink.pid, METRICS_URL)
         finally:
             stop(mg)
     finally:
@@ -144,6 +156,9 @@ def mailgate_drain(tmp: Path, n: int, sessions: int) -> tuple[Rate, str]:
             started, meter, start = drain_start(log, sink.pid)
             done = wait_delivered(log, n, 1800)
             use = meter.stop(n)
+            # the commits' stages since this server started (it emptied its metrics):
+            # read after the run, not polled during its start
+            use = dataclasses.replace(use, stages=Stages.between({}, stage_sums(METRICS_URL)))
             time.sleep(0.5)
             if sink_total(log) != n:  # more than the backlog: something was sent twice
                 raise RuntimeError(f"the sink has {sink_total(log)} of a backlog of {n}")

@@ -33,7 +33,8 @@ from smtp_load import SMTP_SOURCE, run_smtp_source, start_sink, stop_sink, wait_
 ROOT = Path(__file__).resolve().parents[1]
 POSTFIX_RELAY = ROOT / "scripts" / "postfix-relay"  # same setup as ../shared/tools
 MAILGATE_PORT, POSTFIX_PORT, SINK_PORT = 2725, 2625, 2626
-READY_PORT = 8724  # mailgate's HTTP port, for /readyz only
+READY_PORT = 8724  # mailgate's HTTP port, for /readyz and /metrics
+METRICS_URL = f"http://127.0.0.1:{READY_PORT}/metrics"  # where its commits spent their time
 
 
 def ensure_postfix() -> None:
@@ -79,9 +80,11 @@ def quiet_disk() -> None:
 def smtp_source(
     port: int, messages: int, sessions: int, size: int, sink_pid: int, reuse: bool = True
 ) -> Rate:
-    """Run smtp-source from a quiet disk; its rate and the machine's CPU during it."""
+    """Run smtp-source from a quiet disk; its rate and the machine's CPU during it (and
+    mailgate's, where its commits spent their time)."""
     quiet_disk()
-    meter = CpuMeter(load_pids=(sink_pid,))
+    metrics = METRICS_URL if port == MAILGATE_PORT else None
+    meter = CpuMeter(load_pids=(sink_pid,), metrics_url=metrics)
     run = run_smtp_source(port, messages, sessions, size, reuse=reuse)
     return Rate(run.rate, meter.stop(messages))
 

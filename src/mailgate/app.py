@@ -114,7 +114,7 @@ def shared_metrics_dir(config: Config, role: Role) -> Path | None:
     up whichever process answers; None for a process on its own. The serving process
     empties it: counters start again with the server. serve calls this and
     process.share_metrics once, before anything makes a metric."""
-    if role in (Role.INGRESS, Role.WORKER):
+    if role in (Role.INGRESS, Role.WORKER, Role.WRITER):
         inherited = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         return Path(inherited) if inherited else None
     if not has_children(config, role):
@@ -295,6 +295,7 @@ class App:
             cfg.server.hostname,
             cfg.accept.max_recipients,
             self.metrics.count_accepted,
+            self.metrics.time_commit_wait,
             signers=[sending.sign],
             require_sending=sending.is_sending if cfg.domains.require_verified else None,
         )
@@ -401,6 +402,11 @@ class App:
         self.store = make_store(cfg, server=self.role not in children_roles)
         await self.store.open()
         store = self.store
+        if isinstance(store, SqliteStore):  # the commit's stages, for /metrics
+            store.engine.on_group = self.metrics.time_group
+            store.engine.on_sync = self.metrics.time_sync
+        elif isinstance(store, PostgresStore):
+            store.on_group = self.metrics.time_group
         if self.role is Role.ALL:
             await first_admin_key(store, Path(cfg.server.data_dir))
         via_writer = uses_writer(cfg, self.role, self.supervised)

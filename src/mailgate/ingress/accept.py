@@ -135,9 +135,14 @@ LIST_EMPTY_SECONDS = 1.0  # an empty suppression list is looked at again after t
 Signer = Callable[[bytes, str | None], bytes]
 IsSending = Callable[[str], bool]  # is this From address's domain a sending domain?
 Count = Callable[[Source, int], None]
+Timed = Callable[[float], None]  # seconds one commit was waited for
 
 
 def _no_count(source: Source, n: int) -> None:
+    return None
+
+
+def _no_time(seconds: float) -> None:
     return None
 
 
@@ -233,6 +238,7 @@ class Door:
     hostname: str
     max_recipients: int
     count: Count = _no_count  # metrics: committed messages by source
+    timed: Timed = _no_time  # metrics: how long each commit was waited for
     signers: list[Signer] = field(default_factory=list)
     require_sending: IsSending | None = None  # set when domains.require_verified is on
     clock: Callable[[], float] = time.time
@@ -341,6 +347,7 @@ class Door:
                 first.created_at + idempotency.ttl,
             )
             messages = [dataclasses.replace(first, idempotency=record), *messages[1:]]
+        started = time.perf_counter()
         try:
             if len(messages) == 1:
                 message_id = await self.store.enqueue(messages[0])
@@ -350,6 +357,7 @@ class Door:
             return Accepted(dup.message_id, replayed=True)
         except StoreUnavailable:
             return Refusal(Rule.UNAVAILABLE, "", "Temporary storage failure, try again later")
+        self.timed(time.perf_counter() - started)
         self.count(messages[0].source, len(messages))
         return Accepted(message_id, replayed=False, suppressed=len(messages[0].suppressed))
 

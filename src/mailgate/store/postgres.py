@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -110,6 +111,9 @@ class PostgresStore(EngineStore):
         self._inflight = asyncio.Semaphore(max(1, pool_size // 2))
         self._listener: asyncpg.Connection | None = None
         self._work = asyncio.Event()
+        # metrics (set by the app): a batch insert's seconds, commit included, and its
+        # messages; must never raise
+        self.on_group: Callable[[float, int], None] | None = None
         self._listener_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -211,7 +215,10 @@ class PostgresStore(EngineStore):
         try:
             plain = [message_rows(m) for m, _ in batch if m.idempotency is None]
             try:
+                started = time.perf_counter()
                 await self._run(lambda tx: queue.insert_rows(tx, plain))
+                if self.on_group is not None and plain:
+                    self.on_group(time.perf_counter() - started, len(plain))
                 done: list[tuple[NewMessage, asyncio.Future[str]]] = [
                     (m, f) for m, f in batch if m.idempotency is None
                 ]

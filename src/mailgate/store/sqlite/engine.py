@@ -121,6 +121,10 @@ class SqliteEngine:
         self._after_sync: Callable[[], None] | None = None
         self._wal_fd: int | None = None
         self._sync_error: StoreUnavailable | None = None
+        # metrics (set by the app): a commit group's seconds in the turn and its writes;
+        # a sync's seconds. Called on the store's own threads, so they must never raise.
+        self.on_group: Callable[[float, int], None] | None = None
+        self.on_sync: Callable[[float], None] | None = None
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
@@ -441,6 +445,7 @@ class SqliteEngine:
                 return
         tx = SqliteTx(conn, self.files)
         self._take_turn()
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = self._apply(tx, batch)
@@ -460,6 +465,8 @@ class SqliteEngine:
         finally:
             self._end_turn()
             self.files.release_retired()  # rows naming them are committed or never will be
+        if self.on_group is not None:
+            self.on_group(time.perf_counter() - started, len(batch))
         if self.unsafe_no_fsync:
             self._hand_back(batch, results, tx.woken)
         else:  # answered once the WAL is on disk, by the sync thread
@@ -500,7 +507,10 @@ class SqliteEngine:
                     stop = True
                     break
                 groups.append(nxt)
+            started = time.perf_counter()
             error = self._sync_wal()
+            if self.on_sync is not None:
+                self.on_sync(time.perf_counter() - started)
             for batch, results, woken in groups:
                 if error is not None:  # committed, but not known to be on disk: refused
                     results = [(fut, None, error) for fut, _, _ in results]
