@@ -105,10 +105,13 @@ class _Peer(asyncio.Protocol):
 
     def send_frame(self, data: bytes) -> None:
         if not self._out:
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self.flush)
         self._out.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what was sent since the last flush (nothing: no write)."""
+        if not self._out:
+            return
         out, self._out = self._out, []
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
@@ -204,20 +207,32 @@ class WriterServer:
         return op.future
 
     def _commit_later(self) -> None:
-        """From the sync thread, once its sync is done: commit what waited."""
+        """From the sync thread, once its sync is done: commit what waited, after the
+        synced groups' replies."""
         assert self._loop is not None, "requests come in only once started"
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
-            self._loop.call_soon_threadsafe(self._commit)
+            self._loop.call_soon_threadsafe(self._after_replies)
+
+    def _after_replies(self) -> None:
+        """The sync queued its groups' answers on this loop before this; resolving them
+        has queued each reply's callback by now, so a commit queued here runs after
+        them, and its flush sends their replies before it holds the loop for a commit.
+        (Queued straight away, the commit ran first and every reply waited for it.)"""
+        assert self._loop is not None
+        self._loop.call_soon(self._commit)
 
     def _commit(self) -> None:
         """Commit the requests read so far; while the last group is being synced, wait
         for the sync's end instead (up to batch_max requests), gathering more into one
-        commit (engine.defer_while_syncing says why; docs/benchmarks.md what it gained)."""
+        commit (engine.defer_while_syncing says why; docs/benchmarks.md what it gained).
+        Replies waiting to go out go first: a commit holds this loop for a while."""
         limit = self.engine.batch_max
         if not self._batch or self.closed:
             return
         if len(self._batch) < limit and self.engine.defer_while_syncing(self._commit_later):
             return
+        for session in self.sessions:
+            session.flush()
         batch, self._batch = self._batch, []
         for at in range(0, len(batch), limit):
             self.engine.commit_here(batch[at : at + limit])
