@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client import values as prometheus_values
 
@@ -26,6 +27,25 @@ def test_each_process_counts_on_its_own_registry() -> None:
     one.count_accepted(Source.HTTP, 3)
     assert b'mailgate_accepted_messages_total{source="http"} 3.0' in generate_latest(one.registry)
     assert b"mailgate_accepted_messages_total{" not in generate_latest(two.registry)
+
+
+def test_a_metric_that_fails_is_logged_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Metric updates run after a commit (an exception there would answer a stored
+    message as failed) and on the store's threads: a failing one is skipped."""
+    metrics = Metrics.create()
+
+    def broken(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics.commit_wait, "observe", broken)
+    monkeypatch.setattr(metrics.accepted, "labels", broken)
+    metrics.time_commit_wait(0.001)
+    metrics.count_accepted(Source.SMTP, 1)
+    assert caplog.text.count("No space left on device") == 2
+    metrics.time_group(0.001, 3)  # the others still count
+    assert b"mailgate_store_commit_group_writes_sum 3.0" in generate_latest(metrics.registry)
 
 
 def test_an_app_with_children_leaves_the_process_alone(tmp_path: Path) -> None:

@@ -59,6 +59,17 @@ def test_both_ingress_processes_take_connections_and_metrics_add_up(tmp_path: Pa
             scraped = httpx.get(f"{base}/metrics").text
             count = re.search(r'mailgate_accepted_messages_total\{source="http"\} (\S+)', scraped)
             assert count and float(count.group(1)) == 32, "/metrics must add up both processes"
+        # where the commits spent their time: the door's waits in both ingress processes,
+        # the groups and syncs in the writer process (which alone commits), all shared
+        stage = {
+            name: float(value)
+            for name, value in re.findall(r"^(mailgate_\w+_(?:sum|count)) (\S+)$", scraped, re.M)
+        }
+        assert stage["mailgate_accept_commit_seconds_count"] == 32
+        assert 0 < stage["mailgate_accept_commit_seconds_sum"] < 32 * 10
+        assert stage["mailgate_store_commit_group_writes_sum"] >= 32  # and the deliveries'
+        assert stage["mailgate_store_commit_seconds_count"] >= 1
+        assert stage["mailgate_store_sync_seconds_count"] >= 1
         assert server.terminate() == 0
     assert not child_pids(server.proc.pid, "ingress"), "the child outlived serve"
 

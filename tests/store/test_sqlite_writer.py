@@ -196,6 +196,38 @@ async def test_writes_read_during_a_sync_wait_for_it_and_commit_as_one_group(
         assert await client.get_message(message_id) is not None
 
 
+async def test_a_synced_groups_replies_go_out_before_the_next_commit(
+    pair: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a sync is done, its groups' replies are written before the writer holds its
+    loop for the next commit (queued first, that commit made every reply wait for it)."""
+    client, writes = pair
+    _, syncs = held_syncs(writes, monkeypatch)
+    order: list[str] = []
+    commit = writes.engine._commit_batch
+    monkeypatch.setattr(
+        writes.engine,
+        "_commit_batch",
+        lambda batch: (order.append(f"commit {len(batch)}"), commit(batch)),
+    )
+    async with serving(writes) as server:
+        try:
+            first = asyncio.ensure_future(client.enqueue(message()))
+            await until(lambda: syncs.count("begun") == 1)
+            [session] = server.sessions
+            assert session.transport is not None
+            write = session.transport.write
+            monkeypatch.setattr(
+                session.transport, "write", lambda data: (order.append("reply"), write(data))
+            )
+            rest = [asyncio.ensure_future(client.enqueue(message())) for _ in range(10)]
+            await until(lambda: len(server._batch) == 10)
+        finally:
+            syncs.append("release")
+        await asyncio.gather(first, *rest)
+    assert order[:3] == ["commit 1", "reply", "commit 10"], order
+
+
 async def test_writes_still_waiting_for_a_sync_when_the_writer_stops_are_refused(
     pair: tuple[SqliteStore, SqliteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
