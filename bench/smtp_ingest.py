@@ -10,7 +10,12 @@ Then 2 KB mail sent with a connection per message (smtp-source without -d), to b
 against the ceiling measured the same way. Needs root for Postfix; installs postfix if
 missing.
 
+With --cpus (a taskset list, e.g. 0), mailgate and Postfix run on those CPUs only, as on
+a smaller machine (the load generator and the ceiling do not): on one CPU serve runs as
+one process, as it does by default on a one-CPU machine.
+
     python bench/smtp_ingest.py [--messages 20000] [--sessions 20] [--per-connection 10000]
+                                [--cpus 0]
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ def ensure_postfix() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "postfix"], check=True, env=env)
 
 
-def start_postfix(port: int, relay_port: int) -> None:
-    """Postfix as a durable loopback relay (the shared reference setup), empty queue."""
+def start_postfix(port: int, relay_port: int, cpus: str | None = None) -> None:
+    """Postfix as a durable loopback relay (the shared reference setup), empty queue;
+    with `cpus`, its master and daemons on those CPUs (the daemons it starts later are
+    the master's children, which keep its CPUs)."""
     subprocess.run(
         ["bash", str(POSTFIX_RELAY), str(port), f"127.0.0.1:{relay_port}"],
         check=True,
@@ -54,6 +61,24 @@ def start_postfix(port: int, relay_port: int) -> None:
     )
     subprocess.run(["postsuper", "-d", "ALL"], check=False, capture_output=True)
     wait_port(port)
+    if cpus is not None:
+        master = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
+        for pid in [master, *children_of(master)]:
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True
+            )
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:  # gone meanwhile
+            continue
+        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
 
 
 def wait_ready(http_port: int, timeout: float = 60) -> None:
@@ -89,9 +114,10 @@ def smtp_source(
     return Rate(run.rate, meter.stop(messages))
 
 
-def start_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
+def start_mailgate(tmp: Path, deliver: bool, cpus: str | None = None) -> subprocess.Popen[bytes]:
     """mailgate on SQLite; with deliver, it relays to smtp-sink while it takes mail in,
-    as the Postfix it is compared with does."""
+    as the Postfix it is compared with does. With `cpus`, on those CPUs alone (from its
+    start: serve lays out its processes by the CPUs it may use)."""
     env = dict(os.environ)
     env.update(
         {
@@ -106,7 +132,10 @@ def start_mailgate(tmp: Path, deliver: bool) -> subprocess.Popen[bytes]:
             "MAILGATE_DELIVERY_SMARTHOST_TLS": "none",
         }
     )
-    proc = subprocess.Popen([sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp)
+    pinned = ["taskset", "-c", cpus] if cpus is not None else []
+    proc = subprocess.Popen(
+        [*pinned, sys.executable, "-m", "mailgate.cli", "serve"], env=env, cwd=tmp
+    )
     wait_ready(READY_PORT)
     return proc
 
@@ -120,12 +149,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def per_connection(
-    messages: int, sessions: int, tmp: Path, sink_pid: int, machine: Machine
+    messages: int, sessions: int, tmp: Path, sink_pid: int, machine: Machine, cpus: str | None
 ) -> None:
     """2 KB mail with a connection per message (a printer, an old app): each message
     pays for a TCP handshake, the greeting, EHLO and QUIT. Measured against the ceiling
     of smtp-source -> smtp-sink sent the same way."""
-    mg = start_mailgate(tmp, deliver=False)
+    mg = start_mailgate(tmp, deliver=False, cpus=cpus)
     try:
         mine = smtp_source(MAILGATE_PORT, messages, sessions, 2048, sink_pid, reuse=False)
     finally:
@@ -155,6 +184,7 @@ def main() -> None:
         default=10_000,
         help="messages of 2 KB sent a connection each, to both and to the ceiling (0: skip)",
     )
+    p.add_argument("--cpus", help="run mailgate and Postfix on these CPUs (taskset -c)")
     args = p.parse_args()
     ensure_postfix()
     machine = header(args.sessions, max(args.messages, 10_000), args.per_connection)
@@ -162,12 +192,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-ingest-"))
     sink = start_sink(SINK_PORT)
     try:  # Postfix starts inside: a failed start must not leave the sink running
-        start_postfix(POSTFIX_PORT, SINK_PORT)
+        start_postfix(POSTFIX_PORT, SINK_PORT, args.cpus)
         wait_port(POSTFIX_PORT)
+        if args.cpus is not None:
+            print(f"mailgate and Postfix on CPUs {args.cpus} alone (taskset)", flush=True)
         for size in (int(s) for s in args.sizes.split(",")):
             rates: dict[bool, Rate] = {}
             for deliver in (False, True):
-                mg = start_mailgate(tmp, deliver)
+                mg = start_mailgate(tmp, deliver, args.cpus)
                 try:
                     rates[deliver] = smtp_source(
                         MAILGATE_PORT, args.messages, args.sessions, size, sink.pid
@@ -196,7 +228,7 @@ def main() -> None:
                     flush=True,
                 )
         if args.per_connection:
-            per_connection(args.per_connection, args.sessions, tmp, sink.pid, machine)
+            per_connection(args.per_connection, args.sessions, tmp, sink.pid, machine, args.cpus)
     finally:
         subprocess.run(
             ["postfix", "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from mailgate import config
 from mailgate.config import load_config, render_config_docs
 from mailgate.errors import ConfigError
 
@@ -25,6 +27,37 @@ def test_defaults_are_safe() -> None:
     assert cfg.smtp.allow_plaintext_auth is False
     assert cfg.store.unsafe_no_fsync is False
     assert cfg.store_url.endswith("data/mailgate.db")
+
+
+def test_one_cpu_runs_one_process_unless_told_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one CPU serve's children cost more than they give (docs/benchmarks.md): unset,
+    one process takes mail in and delivers it; whatever is set stays as set."""
+    monkeypatch.setattr(config, "usable_cpus", lambda: 1)
+    cfg = load_config(environ={})
+    assert (cfg.server.ingress_processes, cfg.server.delivery_process) == (1, False)
+    cfg = load_config(environ={"MAILGATE_SERVER_INGRESS_PROCESSES": "2"})
+    assert (cfg.server.ingress_processes, cfg.server.delivery_process) == (2, False)
+    path = tmp_path / "m.toml"
+    path.write_text("[server]\ndelivery_process = true\n")
+    cfg = load_config(path, environ={})
+    assert (cfg.server.ingress_processes, cfg.server.delivery_process) == (1, True)
+    monkeypatch.setattr(config, "usable_cpus", lambda: 2)
+    cfg = load_config(environ={})
+    assert (cfg.server.ingress_processes, cfg.server.delivery_process) == (2, True)
+
+
+def test_usable_cpus_heeds_a_cgroup_quota(tmp_path: Path) -> None:
+    mine = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert config.usable_cpus(quota) == mine
+    quota.write_text("50000 100000\n")  # half a CPU: one
+    assert config.usable_cpus(quota) == 1
+    quota.write_text("150000 100000\n")  # one and a half: two, if the machine has them
+    assert config.usable_cpus(quota) == min(mine, 2)
+    assert config.usable_cpus(tmp_path / "none") == mine
 
 
 def test_toml_and_environment_override(tmp_path: Path) -> None:

@@ -45,6 +45,32 @@ def _fernet_key(value: str) -> str:
     return value
 
 
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process can use: those it may run on (taskset, a container's
+    cpuset), fewer when a cgroup quota allows less (a container's --cpus, rounded up)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit here
+        pass
+    return cpus
+
+
+def _one_cpu_layout(data: Any) -> Any:
+    """On one CPU, one process takes mail in and delivers it, unless set otherwise: the
+    children cost more than they give there (2 KB SMTP mail, one core: 4,839-5,089
+    against 3,787-4,227 msg/s taking it in, 2,391-2,820 against 2,126-2,235 delivering
+    it meanwhile; docs/benchmarks.md)."""
+    if isinstance(data, dict) and usable_cpus() == 1:
+        return {"ingress_processes": 1, "delivery_process": False, **data}
+    return data
+
+
 class ServerConfig(_Section):
     hostname: str = Field(
         "localhost", description="Name used in the SMTP greeting, Received and Message-ID."
@@ -69,7 +95,8 @@ class ServerConfig(_Section):
     delivery_process: bool = Field(
         True,
         description="`serve` runs delivery in a child process of its own, so taking mail in"
-        " and sending it out use separate cores; off: one process does everything.",
+        " and sending it out use separate cores; off: one process does everything."
+        " Unset on a machine (or container) with one CPU: off.",
     )
     delivery_processes: int = Field(
         1,
@@ -85,8 +112,11 @@ class ServerConfig(_Section):
         le=64,
         description="Processes taking mail in over HTTP and SMTP: `serve` starts all but one"
         " as children sharing its ports (SO_REUSEPORT) and its store, since one Python"
-        " process uses one core. 1: everything in the serving process.",
+        " process uses one core. 1: everything in the serving process. Unset on a machine"
+        " (or container) with one CPU: 1.",
     )
+
+    _layout = model_validator(mode="before")(_one_cpu_layout)
 
 
 class StoreConfig(_Section):
