@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import resource
 import time
@@ -102,7 +103,7 @@ def stage_sums(metrics_url: str) -> dict[str, float]:
     try:
         with urllib.request.urlopen(metrics_url, timeout=5) as answer:
             text = answer.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException, ValueError):
         return {}
     sums: dict[str, float] = {}
     for line in text.splitlines():
@@ -116,26 +117,31 @@ def stage_sums(metrics_url: str) -> dict[str, float]:
 class Stages:
     """Where a run's commits spent their time: the averages over the run."""
 
-    wait: float  # s the door waited for each message's commit (hand-over to on disk)
+    wait: float | None  # s the door waited for each commit (None: no door commits)
     group: float  # s a commit group took in the write turn
     writes: float  # writes per group
     sync: float  # s per fdatasync (0: none, e.g. PostgreSQL)
 
     @classmethod
-    def between(cls, before: dict[str, float], after: dict[str, float]) -> Stages | None:
-        def mean(name: str) -> float:
+    def between(
+        cls, before: dict[str, float], after: dict[str, float], from_start: bool = False
+    ) -> Stages | None:
+        """The averages between two scrapes; None when either failed (an empty `before`
+        stands for the server's start only with from_start)."""
+
+        def mean(name: str) -> float | None:
             n = after.get(name + "_count", 0.0) - before.get(name + "_count", 0.0)
             total = after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)
-            return total / n if n else 0.0
+            return total / n if n else None
 
-        if not after:
+        if not after or not (before or from_start):
             return None
         wait, group, writes, sync = (mean(name) for name in STAGES)
-        return cls(wait, group, writes, sync)
+        return cls(wait, group or 0.0, writes or 0.0, sync or 0.0)
 
     def describe(self) -> str:
-        text = f"commit wait {self.wait * 1e3:.2f} ms: groups of {self.writes:.1f} writes"
-        text += f" in {self.group * 1e3:.2f} ms"
+        text = f"commit wait {self.wait * 1e3:.2f} ms: " if self.wait is not None else ""
+        text += f"groups of {self.writes:.1f} writes in {self.group * 1e3:.2f} ms"
         return text + (f", sync {self.sync * 1e3:.2f} ms" if self.sync else "")
 
 

@@ -158,7 +158,8 @@ def mailgate_drain(tmp: Path, n: int, sessions: int) -> tuple[Rate, str]:
             use = meter.stop(n)
             # the commits' stages since this server started (it emptied its metrics):
             # read after the run, not polled during its start
-            use = dataclasses.replace(use, stages=Stages.between({}, stage_sums(METRICS_URL)))
+            stages = Stages.between({}, stage_sums(METRICS_URL), from_start=True)
+            use = dataclasses.replace(use, stages=stages)
             time.sleep(0.5)
             if sink_total(log) != n:  # more than the backlog: something was sent twice
                 raise RuntimeError(f"the sink has {sink_total(log)} of a backlog of {n}")

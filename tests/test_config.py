@@ -49,15 +49,39 @@ def test_one_cpu_runs_one_process_unless_told_otherwise(
 
 
 def test_usable_cpus_heeds_a_cgroup_quota(tmp_path: Path) -> None:
+    """v2 (cpu.max) or v1 (cfs quota and period), on the process's own cgroup or any
+    parent up to the root (a systemd CPUQuota, a container without its own namespace)."""
     mine = len(os.sched_getaffinity(0))
-    quota = tmp_path / "cpu.max"
-    quota.write_text("max 100000\n")
-    assert config.usable_cpus(quota) == mine
-    quota.write_text("50000 100000\n")  # half a CPU: one
-    assert config.usable_cpus(quota) == 1
-    quota.write_text("150000 100000\n")  # one and a half: two, if the machine has them
-    assert config.usable_cpus(quota) == min(mine, 2)
-    assert config.usable_cpus(tmp_path / "none") == mine
+    own = tmp_path / "self-cgroup"
+    unit = tmp_path / "system.slice" / "mailgate.service"
+    unit.mkdir(parents=True)
+    own.write_text("0::/system.slice/mailgate.service\n")
+    assert config.usable_cpus(tmp_path, own) == mine  # no limit anywhere
+    (unit / "cpu.max").write_text("max 100000\n")
+    assert config.usable_cpus(tmp_path, own) == mine
+    (tmp_path / "system.slice" / "cpu.max").write_text("50000 100000\n")  # a parent's half
+    assert config.usable_cpus(tmp_path, own) == 1
+    (tmp_path / "system.slice" / "cpu.max").write_text("150000 100000\n")  # one and a half
+    assert config.usable_cpus(tmp_path, own) == min(mine, 2)
+    (unit / "cpu.max").write_text("100000 0\n")  # nonsense: no limit, no crash
+    (tmp_path / "system.slice" / "cpu.max").write_text("max 100000\n")
+    assert config.usable_cpus(tmp_path, own) == mine
+    v1 = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    own.write_text("5:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n")
+    assert config.usable_cpus(tmp_path, own) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert config.usable_cpus(tmp_path, own) == mine
+    assert config.usable_cpus(tmp_path / "none", tmp_path / "none") == mine
+
+
+def test_one_cpu_keeps_delivery_children_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "usable_cpus", lambda: 1)
+    cfg = load_config(environ={"MAILGATE_SERVER_DELIVERY_PROCESSES": "2"})
+    assert cfg.server.ingress_processes == 1
+    assert cfg.server.delivery_process and cfg.server.delivery_processes == 2
 
 
 def test_toml_and_environment_override(tmp_path: Path) -> None:

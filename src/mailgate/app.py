@@ -295,7 +295,7 @@ class App:
             cfg.server.hostname,
             cfg.accept.max_recipients,
             self.metrics.count_accepted,
-            self.metrics.time_commit_wait,
+            timed=self.metrics.time_commit_wait,
             signers=[sending.sign],
             require_sending=sending.is_sending if cfg.domains.require_verified else None,
         )

@@ -12,6 +12,7 @@ import binascii
 import ipaddress
 import json
 import logging
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -45,29 +46,76 @@ def _fernet_key(value: str) -> str:
     return value
 
 
-def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def usable_cpus(cgroups: Path = CGROUP_ROOT, own: Path = Path("/proc/self/cgroup")) -> int:
     """The CPUs this process can use: those it may run on (taskset, a container's
-    cpuset), fewer when a cgroup quota allows less (a container's --cpus, rounded up)."""
+    cpuset), fewer when a cgroup quota on its way to the root allows less (a container's
+    --cpus, systemd's CPUQuota; rounded up)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
+    quota = cgroup_quota(cgroups, own)
+    return cpus if quota is None else min(cpus, max(1, math.ceil(quota)))
+
+
+def cgroup_quota(cgroups: Path, own: Path) -> float | None:
+    """The smallest CPU quota (in CPUs) of this process's cgroup and its parents, v2
+    (`cpu.max`) or v1 (`cpu.cfs_quota_us` / `cpu.cfs_period_us`); None: no limit."""
     try:
-        quota, period = cgroup.read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):  # no cgroup v2 limit here
-        pass
-    return cpus
+        lines = own.read_text().splitlines()
+    except OSError:
+        lines = []
+    places: list[tuple[Path, Path]] = []  # (the hierarchy's root, this process's cgroup in it)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2, the unified hierarchy
+            places.append((cgroups, cgroups / path.lstrip("/")))
+        elif "cpu" in controllers.split(","):
+            base = cgroups / controllers
+            places.append((base, base / path.lstrip("/")))
+    if not places:
+        places = [(cgroups, cgroups)]
+    found: list[float] = []
+    for top, at in places:
+        while True:
+            limit = _quota_at(at)
+            if limit is not None:
+                found.append(limit)
+            if at == top or top not in at.parents:
+                break
+            at = at.parent
+    return min(found, default=None)
+
+
+def _quota_at(directory: Path) -> float | None:
+    try:
+        if (directory / "cpu.max").exists():
+            quota, period = (directory / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0 or int(quota) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):  # no limit here, or a file we cannot read
+        return None
 
 
 def _one_cpu_layout(data: Any) -> Any:
     """On one CPU, one process takes mail in and delivers it, unless set otherwise: the
-    children cost more than they give there (2 KB SMTP mail, one core: 4,839-5,089
-    against 3,787-4,227 msg/s taking it in, 2,391-2,820 against 2,126-2,235 delivering
-    it meanwhile; docs/benchmarks.md)."""
+    children cost more than they give there (docs/benchmarks.md, "One CPU"). Setting
+    delivery_processes asks for delivery children."""
     if isinstance(data, dict) and usable_cpus() == 1:
-        return {"ingress_processes": 1, "delivery_process": False, **data}
+        layout = {"ingress_processes": 1}
+        if "delivery_processes" not in data:
+            layout["delivery_process"] = False
+        return {**layout, **data}
     return data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,20 @@ P = ParamSpec("P")
 
 
 def never_raises(fn: Callable[P, None]) -> Callable[P, None]:
-    """A metric update that fails (the shared metric files on a full disk) is logged and
-    skipped: it runs after a commit, where an exception would answer a stored message as
-    failed (and its client would send it again), and on the store's own threads."""
+    """A metric update that raises (a new metric file on a full disk) is skipped, and
+    said once a minute: it runs after a commit, where an exception would answer a
+    stored message as failed (and its client would send it again), and on the store's
+    own threads."""
+    said = [float("-inf")]
 
     @functools.wraps(fn)
     def safe(*args: P.args, **kwargs: P.kwargs) -> None:
         try:
             fn(*args, **kwargs)
         except Exception as exc:
-            log.warning("metrics: %s failed: %s", fn.__name__, exc)
+            if time.monotonic() - said[0] >= 60:
+                said[0] = time.monotonic()
+                log.warning("metrics: %s failed: %s (said once a minute)", fn.__name__, exc)
 
     return safe
 
@@ -88,7 +93,8 @@ class Metrics:
             ),
             Histogram(
                 "mailgate_accept_commit_seconds",
-                "From a message handed to the store to its commit on disk, as the door waits",
+                "From a commit handed to the store (a message or an HTTP batch) to its being"
+                " on disk, as the door waits",
                 registry=r,
                 buckets=STAGE_BUCKETS,
             ),

@@ -112,6 +112,8 @@ class Server:
 [server]
 hostname = "mailgate.chaos.test"
 data_dir = "{self.data}"
+ingress_processes = 2
+delivery_process = true
 [store]
 url = "{self.url}"
 lease_seconds = {lease_seconds}

@@ -238,7 +238,7 @@ class Door:
     hostname: str
     max_recipients: int
     count: Count = _no_count  # metrics: committed messages by source
-    timed: Timed = _no_time  # metrics: how long each commit was waited for
+    timed: Timed = field(default=_no_time, kw_only=True)  # metrics: each commit's wait
     signers: list[Signer] = field(default_factory=list)
     require_sending: IsSending | None = None  # set when domains.require_verified is on
     clock: Callable[[], float] = time.time

@@ -111,8 +111,8 @@ class PostgresStore(EngineStore):
         self._inflight = asyncio.Semaphore(max(1, pool_size // 2))
         self._listener: asyncpg.Connection | None = None
         self._work = asyncio.Event()
-        # metrics (set by the app): a batch insert's seconds, commit included, and its
-        # messages; must never raise
+        # metrics (set by the app): a batch insert's seconds (the wait for a pooled
+        # connection and the commit included) and its messages; must never raise
         self.on_group: Callable[[float, int], None] | None = None
         self._listener_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()

@@ -446,10 +446,12 @@ class SqliteEngine:
         tx = SqliteTx(conn, self.files)
         self._take_turn()
         started = time.perf_counter()
+        took: float | None = None  # the commit's time in the turn, once it succeeded
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = self._apply(tx, batch)
             conn.execute("COMMIT")
+            took = time.perf_counter() - started
         except BaseException as exc:  # never leave callers hanging
             try:
                 conn.execute("ROLLBACK")
@@ -465,12 +467,12 @@ class SqliteEngine:
         finally:
             self._end_turn()
             self.files.release_retired()  # rows naming them are committed or never will be
-        if self.on_group is not None:
-            self.on_group(time.perf_counter() - started, len(batch))
         if self.unsafe_no_fsync:
             self._hand_back(batch, results, tx.woken)
         else:  # answered once the WAL is on disk, by the sync thread
             self._unsynced.put((batch, results, tx.woken))
+        if took is not None and self.on_group is not None:  # after: nobody waits on it
+            self.on_group(took, len(batch))
 
     # -- the sync thread ----------------------------------------------------------
     def defer_while_syncing(self, then: Callable[[], None]) -> bool:
@@ -507,14 +509,16 @@ class SqliteEngine:
                     stop = True
                     break
                 groups.append(nxt)
+            synced = self._sync_error is None  # else no sync runs: the first error stands
             started = time.perf_counter()
             error = self._sync_wal()
-            if self.on_sync is not None:
-                self.on_sync(time.perf_counter() - started)
+            took = time.perf_counter() - started
             for batch, results, woken in groups:
                 if error is not None:  # committed, but not known to be on disk: refused
                     results = [(fut, None, error) for fut, _, _ in results]
                 self._hand_back(batch, results, woken and error is None)
+            if synced and error is None and self.on_sync is not None:  # after the answers
+                self.on_sync(took)
             with self._sync_state:
                 self._syncing = False
                 then, self._after_sync = self._after_sync, None
