@@ -23,7 +23,7 @@ from typing import Protocol
 from mailgate import keys
 from mailgate.auth_guard import AuthGuard
 from mailgate.cluster_limits import ClusterLimits, Tables
-from mailgate.config import Config
+from mailgate.config import Config, usable_cpus
 from mailgate.delivery.worker import Deliverer, owner_prefix
 from mailgate.domains.manage import DomainAdmin, DomainChecks, policy_of
 from mailgate.domains.sending import SendingDomains
@@ -430,6 +430,11 @@ class App:
             assert isinstance(store, SqliteStore)
             await self.supervisor.start([Role.WRITER.value])
             store.use_writer(socket_path(store.path))
+        if self.role is Role.ALL and not has_children(cfg, self.role) and usable_cpus() == 1:
+            log.info(
+                "one CPU usable: this one process takes mail in and delivers it"
+                " (server.ingress_processes and server.delivery_process change that)"
+            )
         children = [Role.WORKER] * cfg.server.delivery_processes if self.child_delivers else []
         if self.role is Role.ALL and self.shares_ports:
             children += [Role.INGRESS] * (cfg.server.ingress_processes - 1)
