@@ -63,22 +63,11 @@ def start_postfix(port: int, relay_port: int, cpus: str | None = None) -> None:
     wait_port(port)
     if cpus is not None:
         master = int(Path("/var/spool/postfix/pid/master.pid").read_text().split()[0])
-        for pid in [master, *children_of(master)]:
+        daemons = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+        for pid in [master, *map(int, daemons.stdout.split())]:
             subprocess.run(
                 ["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True
             )
-
-
-def children_of(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:  # gone meanwhile
-            continue
-        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_ready(http_port: int, timeout: float = 60) -> None:

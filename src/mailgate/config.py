@@ -95,9 +95,9 @@ def cgroup_quota(cgroups: Path, own: Path) -> float | None:
 
 def _quota_at(directory: Path) -> float | None:
     try:
-        if (directory / "cpu.max").exists():
+        try:  # v2
             quota, period = (directory / "cpu.max").read_text().split()[:2]
-        else:
+        except FileNotFoundError:  # v1
             quota = (directory / "cpu.cfs_quota_us").read_text().strip()
             period = (directory / "cpu.cfs_period_us").read_text().strip()
         if quota in ("max", "-1") or int(period) <= 0 or int(quota) <= 0:

@@ -509,7 +509,6 @@ class SqliteEngine:
                     stop = True
                     break
                 groups.append(nxt)
-            synced = self._sync_error is None  # else no sync runs: the first error stands
             started = time.perf_counter()
             error = self._sync_wal()
             took = time.perf_counter() - started
@@ -517,7 +516,8 @@ class SqliteEngine:
                 if error is not None:  # committed, but not known to be on disk: refused
                     results = [(fut, None, error) for fut, _, _ in results]
                 self._hand_back(batch, results, woken and error is None)
-            if synced and error is None and self.on_sync is not None:  # after the answers
+            # after the answers; no error: a sync ran (after a failure none does)
+            if error is None and self.on_sync is not None:
                 self.on_sync(took)
             with self._sync_state:
                 self._syncing = False
