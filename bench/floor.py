@@ -106,8 +106,7 @@ def main() -> None:
         ):
             if not count or not ceiling:
                 continue
-            how = "20 sessions" if reuse else "a connection per message"
-            how = how.replace("20", str(args.sessions))
+            how = f"{args.sessions} sessions" if reuse else "a connection per message"
             print(f"2 KB, {how} (ceiling {ceiling:,.0f} msg/s):", flush=True)
             runs: list[tuple[str, Rate]] = []
             for processes in (1, 2):
