@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import smtp_ingest
-from machine import CpuMeter, Rate, header
-from smtp_load import free_port, run_smtp_source, start_sink, stop_sink, wait_port
+from machine import header
+from smtp_load import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 # Replaces the commit in every mailgate process this bench starts (children included:
@@ -47,13 +47,6 @@ async def _commit(self, messages, idempotency=None, response=None):
 
 accept.Door.commit = _commit
 """
-
-
-def measure(port: int, messages: int, sessions: int, reuse: bool, sink_pid: int) -> Rate:
-    smtp_ingest.quiet_disk()
-    meter = CpuMeter(load_pids=(sink_pid,))
-    run = run_smtp_source(port, messages, sessions, 2048, reuse=reuse)
-    return Rate(run.rate, meter.stop(messages))
 
 
 @contextmanager
@@ -98,7 +91,6 @@ def main() -> None:
     args = p.parse_args()
     machine = header(args.sessions, args.messages, args.per_connection)
     tmp = Path(tempfile.mkdtemp(prefix="mailgate-floor-"))
-    sink = start_sink(free_port())  # counts the load side's CPU as the other benches do
     try:
         for reuse, count, ceiling in (
             (True, args.messages, machine.ceiling),
@@ -108,18 +100,16 @@ def main() -> None:
                 continue
             how = f"{args.sessions} sessions" if reuse else "a connection per message"
             print(f"2 KB, {how} (ceiling {ceiling:,.0f} msg/s):", flush=True)
-            runs: list[tuple[str, Rate]] = []
             for processes in (1, 2):
                 with python_sink(processes) as port:
-                    rate = measure(port, count, args.sessions, reuse, sink.pid)
-                runs.append((f"python sink, {processes} process(es)", rate))
-                print(f"   {runs[-1][0]:32s} {rate.describe(ceiling)}", flush=True)
+                    rate = smtp_ingest.smtp_source(port, count, args.sessions, 2048, None, reuse)
+                name = f"python sink, {processes} process(es)"
+                print(f"   {name:32s} {rate.describe(ceiling)}", flush=True)
             for name, no_store in (("mailgate, no store", True), ("mailgate", False)):
                 with mailgate(tmp, no_store) as port:
-                    rate = measure(port, count, args.sessions, reuse, sink.pid)
+                    rate = smtp_ingest.smtp_source(port, count, args.sessions, 2048, None, reuse)
                 print(f"   {name:32s} {rate.describe(ceiling)}", flush=True)
     finally:
-        stop_sink(sink)
         shutil.rmtree(tmp, ignore_errors=True)
     print(
         "CPU/msg is the machine's busy time less smtp-source's and this script's; "

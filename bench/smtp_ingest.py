@@ -92,13 +92,15 @@ def quiet_disk() -> None:
 
 
 def smtp_source(
-    port: int, messages: int, sessions: int, size: int, sink_pid: int, reuse: bool = True
+    port: int, messages: int, sessions: int, size: int, sink_pid: int | None, reuse: bool = True
 ) -> Rate:
     """Run smtp-source from a quiet disk; its rate and the machine's CPU during it (and
-    mailgate's, where its commits spent their time)."""
+    mailgate's, where its commits spent their time). sink_pid: the smtp-sink the
+    receiver relays to, whose CPU is the load side's (None: it relays nowhere)."""
     quiet_disk()
     metrics = METRICS_URL if port == MAILGATE_PORT else None
-    meter = CpuMeter(load_pids=(sink_pid,), metrics_url=metrics)
+    load = (sink_pid,) if sink_pid is not None else ()
+    meter = CpuMeter(load_pids=load, metrics_url=metrics)
     run = run_smtp_source(port, messages, sessions, size, reuse=reuse)
     return Rate(run.rate, meter.stop(messages))
 
